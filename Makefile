@@ -1,0 +1,46 @@
+# anomaly-vlm — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-all lint format bench weights clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_%-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
+
+# Re-installs only when pyproject.toml changes; a second `make install` is a no-op.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package with pinned dependencies
+
+demo: $(STAMP)  ## offline demo: tiny CLIP on the synthetic dataset, overlays in the run folder
+	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) train.py experiment=demo
+
+test: $(STAMP)  ## fast test suite (the CI command)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-all: $(STAMP)  ## every test, including slow real-architecture tests
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "not gpu and not network" $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff
+	$(PY) -m ruff check .
+
+format: $(STAMP)  ## ruff format + import sort
+	$(PY) -m ruff check --fix --select I .
+	$(PY) -m ruff format .
+
+bench: $(STAMP)  ## benchmarks (metrics at MVTec scale)
+	$(PY) bench/bench_metrics.py
+
+weights: $(STAMP)  ## download the weights of every backbone config (needs network)
+	$(PY) -m anomaly_vlm.backbones.download
+
+clean:  ## remove outputs (not the venv)
+	rm -rf outputs multirun wandb reports

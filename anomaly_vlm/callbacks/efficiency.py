@@ -1,0 +1,62 @@
+"""Efficiency figures measured during the test loop: latency, throughput, memory, parameters."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import lightning as L
+import torch
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+class EfficiencyProbe(L.Callback):
+    """Times every test batch; reports median ms/image after warm-up and images/s.
+
+    Args:
+        warmup_batches: batches excluded from timing per category (first-call allocations, lazy init).
+    """
+
+    def __init__(self, warmup_batches: int = 1) -> None:
+        self.warmup_batches = warmup_batches
+        self.per_image_ms: list[float] = []
+        self.timed_images = 0
+        self.timed_seconds = 0.0
+        self._start = 0.0
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        _synchronize()
+        self._start = time.perf_counter()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        _synchronize()
+        elapsed = time.perf_counter() - self._start
+        if batch_idx < self.warmup_batches:
+            return
+        count = len(batch)
+        self.per_image_ms.append(1000.0 * elapsed / count)
+        self.timed_images += count
+        self.timed_seconds += elapsed
+
+    def summary(self, pl_module: L.LightningModule | None = None) -> dict:
+        """Figures for results.json (None where nothing was timed)."""
+        figures: dict = {
+            "ms_per_image": statistics.median(self.per_image_ms) if self.per_image_ms else None,
+            "images_per_s": self.timed_images / self.timed_seconds if self.timed_seconds else None,
+            "timed_images": self.timed_images,
+            # ru_maxrss is in KiB on Linux.
+            "peak_cpu_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20
+            if torch.cuda.is_available()
+            else None,
+        }
+        if pl_module is not None and hasattr(pl_module, "parameter_counts"):
+            counts = pl_module.parameter_counts()
+            figures["total_parameters"] = counts["total"]
+            figures["trainable_parameters"] = counts["trainable"]
+        return figures

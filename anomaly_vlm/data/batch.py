@@ -1,0 +1,81 @@
+"""The one typed batch that flows from the datamodule through a method to the evaluator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Sample:
+    """One image on disk and what is known about it.
+
+    Attributes:
+        path: image file.
+        category: dataset category (folder name), e.g. ``bottle``.
+        label: 0 normal, 1 anomalous, -1 unknown (unlabelled prediction).
+        defect_type: ``good`` for normal images, else the defect folder name.
+        mask_path: ground-truth mask file; None for normal images and for datasets without masks.
+    """
+
+    path: str
+    category: str
+    label: int
+    defect_type: str = "good"
+    mask_path: str | None = None
+
+
+@dataclass
+class AnomalyBatch:
+    """A batch of images with labels, masks, and (after a method ran) predictions.
+
+    Attributes:
+        image: ``[B, 3, H, W]`` RGB in ``[0, 1]``, resized to the model input size (normalisation is
+            the backbone's job).
+        label: ``[B]`` 0/1 (-1 when unknown).
+        mask: ``[B, H, W]`` binary float ground truth at the input size; zeros for normal images; None
+            when the dataset has no masks for this batch.
+        category, path, defect_type: per-image strings.
+        pred_score: ``[B]`` image anomaly score, filled by the method.
+        anomaly_map: ``[B, H, W]`` pixel anomaly map at the input size, filled by the method.
+    """
+
+    image: Tensor
+    label: Tensor
+    category: list[str]
+    path: list[str]
+    defect_type: list[str]
+    mask: Tensor | None = None
+    pred_score: Tensor | None = None
+    anomaly_map: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def to(self, device: torch.device | str) -> AnomalyBatch:
+        """Move every tensor to ``device`` (strings stay)."""
+        moved = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Tensor):
+                value = value.to(device)
+            elif isinstance(value, dict):
+                value = {key: tensor.to(device) for key, tensor in value.items()}
+            moved[item.name] = value
+        return AnomalyBatch(**moved)
+
+
+def collate_samples(items: list[dict]) -> AnomalyBatch:
+    """Collate dataset items (dicts from :class:`~anomaly_vlm.data.dataset.AnomalyImageDataset`)."""
+    masks = [item["mask"] for item in items]
+    return AnomalyBatch(
+        image=torch.stack([item["image"] for item in items]),
+        label=torch.tensor([item["label"] for item in items], dtype=torch.long),
+        category=[item["category"] for item in items],
+        path=[item["path"] for item in items],
+        defect_type=[item["defect_type"] for item in items],
+        mask=None if any(mask is None for mask in masks) else torch.stack(masks),
+    )

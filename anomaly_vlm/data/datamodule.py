@@ -1,0 +1,96 @@
+"""The datamodule: per-category test loaders, few-shot references, auxiliary training data."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from anomaly_vlm.data.batch import Sample, collate_samples
+from anomaly_vlm.data.dataset import AnomalyImageDataset
+from anomaly_vlm.data.image_io import load_image
+from anomaly_vlm.data.sampling import draw_references
+from anomaly_vlm.data.source import DatasetSource
+
+
+class AnomalyDataModule(L.LightningDataModule):
+    """Serves one category at a time for testing, and the auxiliary dataset for training.
+
+    Categories are looped inside one job (the backbone is built once), so test loaders are made per
+    category rather than through Lightning's single ``test_dataloader`` hook.
+
+    Args:
+        source: the evaluated dataset.
+        image_size: model input size (``${backbone.image_size}``).
+        batch_size: test batch size.
+        num_workers: loader worker processes.
+        train_source: the auxiliary dataset trainable methods learn from (the cross-dataset protocol
+            trains on the OTHER dataset's test split, masks included); None for training-free methods.
+        train_split: which split of ``train_source`` to train on (``test`` in the published protocol).
+        train_batch_size: training batch size.
+    """
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        image_size: int,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        train_source: DatasetSource | None = None,
+        train_split: str = "test",
+        train_batch_size: int = 8,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.image_size = int(image_size)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_source = train_source
+        self.train_split = train_split
+        self.train_batch_size = train_batch_size
+
+    @property
+    def categories(self) -> list[str]:
+        return self.source.categories
+
+    def _loader(self, dataset: AnomalyImageDataset, batch_size: int, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate_samples,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def category_test_dataloader(self, category: str) -> DataLoader:
+        """Test images of one category, with masks when the category has them."""
+        samples = self.source.samples(category, "test")
+        dataset = AnomalyImageDataset(samples, self.image_size, with_masks=self.source.has_masks(category))
+        return self._loader(dataset, self.batch_size)
+
+    def reference_samples(self, category: str, shots: int, seed: int) -> list[Sample]:
+        """The few-shot normal references of a category (empty for zero-shot)."""
+        if shots == 0:
+            return []
+        return draw_references(self.source.samples(category, "train"), shots, seed, category)
+
+    def load_images(self, samples: list[Sample]) -> Tensor:
+        """``[k, 3, S, S]`` images of the given samples (for few-shot memory banks)."""
+        return torch.stack([load_image(sample.path, self.image_size) for sample in samples])
+
+    def train_samples(self) -> list[Sample]:
+        """Every sample of the auxiliary dataset's training split, all its categories."""
+        if self.train_source is None:
+            raise ValueError("this method trains, but no auxiliary dataset is set (train_data=...)")
+        return [
+            sample
+            for category in self.train_source.categories
+            for sample in self.train_source.samples(category, self.train_split)
+        ]
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = AnomalyImageDataset(self.train_samples(), self.image_size, with_masks=True)
+        return self._loader(dataset, self.train_batch_size, shuffle=True)

@@ -1,0 +1,59 @@
+"""The one torch dataset: reads the samples a source lists."""
+
+from __future__ import annotations
+
+import logging
+
+from torch.utils.data import Dataset
+
+from anomaly_vlm.data.batch import Sample
+from anomaly_vlm.data.image_io import image_size_of, load_image, load_mask
+
+log = logging.getLogger(__name__)
+
+
+class AnomalyImageDataset(Dataset):
+    """Images (and masks) of a list of samples at the model input size.
+
+    Args:
+        samples: what to read.
+        image_size: square side the images and masks are resized to (the model input size, which is
+            also the evaluation resolution of the reference implementations).
+        with_masks: read masks (normal images get an all-zero mask). False yields ``mask=None``.
+    """
+
+    def __init__(self, samples: list[Sample], image_size: int, with_masks: bool = True) -> None:
+        self.samples = samples
+        self.image_size = int(image_size)
+        self.with_masks = with_masks
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image = load_image(sample.path, self.image_size)
+        mask = None
+        if self.with_masks:
+            if sample.mask_path:
+                mask, mask_size = load_mask(sample.mask_path, self.image_size)
+                image_size = image_size_of(sample.path)
+                if mask_size != image_size:
+                    log.warning(
+                        "mask %s is %sx%s but its image %s is %sx%s; both are resized to %s",
+                        sample.mask_path,
+                        *mask_size,
+                        sample.path,
+                        *image_size,
+                        self.image_size,
+                    )
+            else:
+                mask = image.new_zeros(self.image_size, self.image_size)
+        return {
+            "image": image,
+            "mask": mask,
+            "label": sample.label,
+            "category": sample.category,
+            "path": sample.path,
+            "defect_type": sample.defect_type,
+        }

@@ -1,0 +1,50 @@
+"""MVTec AD (Bergmann et al., CVPR 2019): 15 categories, 1725 test images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.source import MVTecLayout
+
+MVTEC_CATEGORIES = (
+    "bottle",
+    "cable",
+    "capsule",
+    "carpet",
+    "grid",
+    "hazelnut",
+    "leather",
+    "metal_nut",
+    "pill",
+    "screw",
+    "tile",
+    "toothbrush",
+    "transistor",
+    "wood",
+    "zipper",
+)
+
+
+class MVTecAD(MVTecLayout):
+    """MVTec AD in its release layout; every anomalous test image must have its mask."""
+
+    name = "mvtec"
+
+    def __init__(self, root: str | Path, categories: Sequence[str] | None = None) -> None:
+        super().__init__(root, categories, require_masks=True)
+
+    def available_categories(self) -> list[str]:
+        self._check_root()
+        return list(MVTEC_CATEGORIES)
+
+    @property
+    def categories(self) -> list[str]:
+        selected = super().categories
+        missing = [str(self.root / category) for category in selected if not (self.root / category).is_dir()]
+        if missing:
+            raise DataError(
+                f"MVTec AD category folder missing: {missing} (select a subset with data.categories)"
+            )
+        return selected

@@ -1,0 +1,164 @@
+"""Dataset sources: where the images of each category and split are, and what they are.
+
+A source only lists :class:`~anomaly_vlm.data.batch.Sample` records; reading pixels is the one
+dataset class's job. New datasets implement :class:`DatasetSource` and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from anomaly_vlm.data.batch import Sample
+from anomaly_vlm.data.image_io import IMAGE_EXTENSIONS, DataError
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "test"]
+NORMAL_FOLDER = "good"
+
+
+class DatasetSource:
+    """Base class: a named collection of categories with train/test samples.
+
+    Args:
+        categories: subset of categories to use; None means all available.
+    """
+
+    name: str = "dataset"
+
+    def __init__(self, categories: Sequence[str] | None = None) -> None:
+        self._requested = list(categories) if categories else None
+
+    def available_categories(self) -> list[str]:
+        """All categories present in this source."""
+        raise NotImplementedError
+
+    @property
+    def categories(self) -> list[str]:
+        """The selected categories, validated against the available ones."""
+        available = self.available_categories()
+        if self._requested is None:
+            return available
+        unknown = [category for category in self._requested if category not in available]
+        if unknown:
+            raise DataError(
+                f"data.categories: {unknown} not in dataset '{self.name}'. Valid categories: {available}"
+            )
+        return list(self._requested)
+
+    def samples(self, category: str, split: Split) -> list[Sample]:
+        """All samples of one category and split, in a stable order."""
+        raise NotImplementedError
+
+    def has_masks(self, category: str) -> bool:
+        """Whether anomalous test images of this category come with ground-truth masks."""
+        return True
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of a folder, sorted by name (hidden files skipped)."""
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    )
+
+
+class MVTecLayout(DatasetSource):
+    """Any dataset in MVTec AD layout.
+
+    ``<root>/<category>/{train/good, test/good, test/<defect>, ground_truth/<defect>/<stem>_mask.png}``
+
+    Args:
+        root: dataset folder.
+        categories: subset; None means every category folder under ``root``.
+        require_masks: an anomalous test image without its mask is an error (MVTec AD, VisA). With
+            False, a category without any mask reports image metrics only.
+        mask_suffix: mask file name = image stem + this suffix + extension.
+    """
+
+    name = "mvtec_layout"
+
+    def __init__(
+        self,
+        root: str | Path,
+        categories: Sequence[str] | None = None,
+        require_masks: bool = True,
+        mask_suffix: str = "_mask",
+    ) -> None:
+        super().__init__(categories)
+        self.root = Path(root).expanduser()
+        self.require_masks = require_masks
+        self.mask_suffix = mask_suffix
+        self._cache: dict[tuple[str, str], list[Sample]] = {}
+
+    def _check_root(self) -> None:
+        if not self.root.is_dir():
+            raise DataError(f"dataset root does not exist: {self.root} (set data.root or DATA_ROOT)")
+
+    def available_categories(self) -> list[str]:
+        self._check_root()
+        found = sorted(
+            path.name
+            for path in self.root.iterdir()
+            if path.is_dir() and not path.name.startswith(".") and (path / "test").is_dir()
+        )
+        if not found:
+            raise DataError(f"dataset root {self.root} holds no category folders with a test/ subfolder")
+        return found
+
+    def _find_mask(self, category: str, defect: str, image: Path) -> Path | None:
+        folder = self.root / category / "ground_truth" / defect
+        for extension in (".png", image.suffix, ".bmp", ".tif", ".jpg"):
+            candidate = folder / f"{image.stem}{self.mask_suffix}{extension}"
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def samples(self, category: str, split: Split) -> list[Sample]:
+        key = (category, split)
+        if key in self._cache:
+            return self._cache[key]
+        self._check_root()
+        split_dir = self.root / category / split
+        if not split_dir.is_dir():
+            raise DataError(f"category folder missing: {split_dir}")
+        records: list[Sample] = []
+        defect_dirs = sorted(
+            path for path in split_dir.iterdir() if path.is_dir() and not path.name.startswith(".")
+        )
+        for defect_dir in defect_dirs:
+            defect = defect_dir.name
+            if split == "train" and defect != NORMAL_FOLDER:
+                continue
+            for image in list_images(defect_dir):
+                if defect == NORMAL_FOLDER:
+                    records.append(Sample(str(image), category, 0, NORMAL_FOLDER, None))
+                    continue
+                mask = self._find_mask(category, defect, image)
+                if mask is None and self.require_masks:
+                    expected = (
+                        self.root / category / "ground_truth" / defect / f"{image.stem}{self.mask_suffix}.png"
+                    )
+                    raise DataError(f"anomalous test image {image} has no mask; expected {expected}")
+                records.append(Sample(str(image), category, 1, defect, str(mask) if mask else None))
+        if not records:
+            raise DataError(f"no images found under {split_dir}")
+        self._cache[key] = records
+        return records
+
+    def has_masks(self, category: str) -> bool:
+        anomalous = [sample for sample in self.samples(category, "test") if sample.label == 1]
+        if not anomalous:
+            return False
+        with_mask = [sample for sample in anomalous if sample.mask_path]
+        if with_mask and len(with_mask) != len(anomalous):
+            missing = next(sample.path for sample in anomalous if not sample.mask_path)
+            raise DataError(
+                f"category '{category}': some anomalous images have masks and some do not (e.g. {missing}); "
+                "pixel metrics need all or none"
+            )
+        return bool(with_mask)

@@ -1,0 +1,168 @@
+"""The thin Lightning base every method wrapper derives from.
+
+A method wrapper owns a pure torch model and answers three questions: how to get ready for a
+category (text classifier, few-shot memory), how to score a batch, and (optionally) how to train.
+It never computes metrics: it fills ``pred_score`` and ``anomaly_map`` and the evaluator does the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from anomaly_vlm.backbones.clip import FrozenCLIP
+from anomaly_vlm.data.batch import AnomalyBatch
+from anomaly_vlm.prompts import PromptSet, TextEmbeddingCache
+
+CHECKPOINT_KEY = "anomaly_vlm"
+
+
+class AnomalyMethod(L.LightningModule):
+    """Base class of the Lightning wrappers.
+
+    Args:
+        model: the method's pure torch model (holds the frozen backbone).
+        prompts: the prompt set.
+        shots: number of normal reference images per category (0 = zero-shot).
+        text_cache_dir: disk cache of text embeddings; None keeps them in memory only.
+    """
+
+    method_name: str = "base"
+    supports_few_shot: bool = True
+
+    def __init__(
+        self, model: nn.Module, prompts: PromptSet, shots: int = 0, text_cache_dir: str | None = None
+    ):
+        super().__init__()
+        if shots < 0:
+            raise ValueError(f"shots={shots} is negative")
+        if shots and not self.supports_few_shot:
+            raise ValueError(
+                f"method '{self.method_name}' is zero-shot only; got shots={shots} (use shots=0)"
+            )
+        self.model = model
+        self.prompts = prompts
+        self.shots = int(shots)
+        self.text_cache = TextEmbeddingCache(text_cache_dir)
+        self.current_category: str | None = None
+
+    @property
+    def backbone(self) -> FrozenCLIP:
+        return self.model.backbone
+
+    @property
+    def is_trainable(self) -> bool:
+        return any(parameter.requires_grad for parameter in self.parameters())
+
+    def parameter_counts(self) -> dict[str, int]:
+        total = sum(parameter.numel() for parameter in self.parameters())
+        trainable = sum(parameter.numel() for parameter in self.parameters() if parameter.requires_grad)
+        return {"total": int(total), "trainable": int(trainable)}
+
+    # ----- per-category life cycle -------------------------------------------------------------
+    def prepare_category(self, category: str, reference_images: Tensor | None = None) -> None:
+        """Queue ``category`` for the next test run.
+
+        The work (text classifier, few-shot memory) happens in ``on_test_start``, once Lightning has
+        moved the model to its device.
+        """
+        self._pending = (category, reference_images)
+
+    def on_test_start(self) -> None:
+        pending = getattr(self, "_pending", None)
+        if pending is None:
+            raise RuntimeError("prepare_category(category, references) must be called before testing")
+        category, references = pending
+        self.current_category = category
+        with torch.no_grad():
+            self.setup_category(category, None if references is None else references.to(self.device))
+        self._pending = None
+
+    def setup_category(self, category: str, reference_images: Tensor | None) -> None:
+        raise NotImplementedError
+
+    def predict_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Score ``[B, 3, H, W]`` images: ``([B] image scores, [B, H, W] anomaly maps)``."""
+        raise NotImplementedError
+
+    def finalize_image_scores(self, image_scores: np.ndarray) -> np.ndarray:
+        """Called once a category's test set is done; methods with set-level normalisation override."""
+        return image_scores
+
+    # ----- Lightning hooks ------------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, AnomalyBatch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def test_step(self, batch: AnomalyBatch, batch_idx: int) -> AnomalyBatch:
+        with torch.no_grad():
+            scores, maps = self.predict_images(batch.image)
+        batch.pred_score = scores.float()
+        batch.anomaly_map = maps.float()
+        return batch
+
+    predict_step = test_step
+
+    # ----- checkpoints: trainable parameters only -------------------------------------------------
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What a checkpoint must match to be loaded back (checked on load)."""
+        return {
+            "method": self.method_name,
+            "backbone": self.backbone.identity,
+            "backbone_model": self.backbone.model_name,
+            "image_size": self.backbone.image_size,
+            "prompt_set": self.prompts.name,
+        }
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        names = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+        return {name: tensor for name, tensor in self.state_dict().items() if name in names}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The frozen backbone is rebuilt from its config; storing it would cost gigabytes per run.
+        checkpoint["state_dict"] = self.trainable_state_dict()
+        checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint(checkpoint, source="checkpoint")
+
+    def check_checkpoint(self, checkpoint: dict[str, Any], source: str) -> None:
+        """Refuse a checkpoint made for another method, backbone, input size or prompt set."""
+        stored = checkpoint.get(CHECKPOINT_KEY)
+        if stored is None:
+            raise ValueError(f"{source} is not an anomaly-vlm checkpoint (no '{CHECKPOINT_KEY}' metadata)")
+        expected = self.checkpoint_metadata()
+        mismatched = {
+            key: (stored.get(key), value)
+            for key, value in expected.items()
+            if key in stored and stored.get(key) != value
+        }
+        if mismatched:
+            details = "; ".join(
+                f"{key}: checkpoint has {old!r}, this run has {new!r}"
+                for key, (old, new) in mismatched.items()
+            )
+            raise ValueError(f"{source} was made for another configuration: {details}")
+
+    def load_trainable_checkpoint(self, path: str) -> None:
+        """Load trained parameters saved by :meth:`on_save_checkpoint` (or by Lightning)."""
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ckpt_path does not exist: {path}")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        self.check_checkpoint(checkpoint, source=f"ckpt_path={path}")
+        state = checkpoint.get("state_dict", {})
+        expected = set(self.trainable_state_dict())
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"ckpt_path={path} does not fit this method: missing {missing}, unexpected {unexpected}"
+            )
+        self.load_state_dict(state, strict=False)

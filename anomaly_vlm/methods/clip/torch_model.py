@@ -1,0 +1,45 @@
+"""Two-prompt CLIP baseline ("CLIP" rows of the zero-shot anomaly literature).
+
+Paper: Radford et al., "Learning Transferable Visual Models From Natural Language Supervision",
+ICML 2021 (zero-shot protocol as used in WinCLIP, CVPR 2023, Table 1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anomaly_vlm.backbones.clip import FrozenCLIP
+
+
+class CLIPBaseline(nn.Module):
+    """Image score: softmax(100 * cos(image, [normal, anomalous]))[anomalous]; the same on every
+    final patch token projected by the visual projection gives the pixel map, upsampled bilinearly.
+
+    Args:
+        backbone: frozen CLIP.
+        logit_scale: temperature of the two-way softmax (CLIP's 100).
+    """
+
+    def __init__(self, backbone: FrozenCLIP, logit_scale: float = 100.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.logit_scale = logit_scale
+        self.register_buffer("text_classifier", torch.zeros(2, backbone.embed_dim), persistent=False)
+
+    def set_text_classifier(self, classifier: Tensor) -> None:
+        """``[2, D]`` unit-norm rows (normal, anomalous)."""
+        self.text_classifier = classifier.to(self.text_classifier)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.backbone.encode_image(images)
+        image_embedding = F.normalize(features.global_embedding, dim=-1)
+        image_scores = (self.logit_scale * image_embedding @ self.text_classifier.T).softmax(-1)[:, 1]
+        patches = F.normalize(self.backbone.project(features.patch_tokens), dim=-1)
+        patch_scores = (self.logit_scale * patches @ self.text_classifier.T).softmax(-1)[..., 1]
+        side_h, side_w = self.backbone.grid_size
+        grid = patch_scores.reshape(-1, 1, side_h, side_w)
+        size = images.shape[-2:]
+        maps = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)[:, 0]
+        return image_scores, maps

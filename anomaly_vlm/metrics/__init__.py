@@ -1,0 +1,30 @@
+"""Exact anomaly-detection metrics and the per-category evaluator."""
+
+from anomaly_vlm.metrics.evaluator import METRIC_NAMES, Evaluator
+from anomaly_vlm.metrics.functional import (
+    ScoreSplit,
+    aupro,
+    auroc,
+    average_precision,
+    f1_max,
+    image_metrics,
+    pixel_metrics,
+    ranking_metrics,
+    region_sizes,
+    to_numpy,
+)
+
+__all__ = [
+    "METRIC_NAMES",
+    "Evaluator",
+    "ScoreSplit",
+    "aupro",
+    "auroc",
+    "average_precision",
+    "f1_max",
+    "image_metrics",
+    "pixel_metrics",
+    "ranking_metrics",
+    "region_sizes",
+    "to_numpy",
+]

@@ -1,0 +1,257 @@
+"""Per-category evaluator: accumulates scores, maps and masks, then computes exact metrics.
+
+Pixel data are stored already split by ground truth (:class:`ScoreSplit`): background scores and
+anomalous scores as float32 plus the int32 size of each anomalous pixel's region, labelled at update
+time. That is ~4 bytes per pixel, and computing a category is one sort per side.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from anomaly_vlm.metrics.functional import ScoreSplit, ranking_metrics, to_numpy
+
+__all__ = ["METRIC_NAMES", "Evaluator"]
+
+METRIC_NAMES: tuple[str, ...] = (
+    "image_auroc",
+    "image_ap",
+    "image_f1max",
+    "pixel_auroc",
+    "pixel_ap",
+    "pixel_f1max",
+    "pixel_aupro",
+)
+
+
+@dataclass
+class _CategoryStore:
+    scores: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    pixel_parts: list[ScoreSplit] = field(default_factory=list)
+    num_images: int = 0
+    # Pixel metrics are only meaningful if every image came with both a map and a mask.
+    images_with_pixels: int = 0
+    images_without_pixels: int = 0
+    warned_mixed: bool = False
+    released: bool = False
+
+
+def _squeeze_channel(x: np.ndarray, what: str, batch: int) -> np.ndarray:
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 3 or x.shape[0] != batch:
+        raise ValueError(f"Evaluator.update: {what} must be [B, H, W] with B={batch}, got {x.shape}.")
+    return x
+
+
+class Evaluator:
+    """Collects per-category predictions and computes exact image and pixel metrics.
+
+    Typical use: ``update`` per batch, ``compute_category`` at the end of a category, ``release`` to
+    free its pixel data, ``macro_mean`` at the end.
+
+    Degenerate categories are reported as absent (``None``), never as 0 or 0.5: image metrics when
+    the labels are all of one class, pixel metrics when the category has no masks (``masks=None``),
+    its masks are all empty, or ``compute_pixel`` is off. Macro means skip absent values.
+
+    Args:
+        compute_pixel: Store maps and masks and compute pixel metrics.
+        pro_fpr_limit: Upper FPR bound of the AUPRO integral.
+    """
+
+    def __init__(self, compute_pixel: bool = True, pro_fpr_limit: float = 0.3) -> None:
+        if not 0.0 < pro_fpr_limit <= 1.0:
+            raise ValueError(f"pro_fpr_limit must be in (0, 1], got {pro_fpr_limit}.")
+        self.compute_pixel = compute_pixel
+        self.pro_fpr_limit = pro_fpr_limit
+        self._stores: dict[str, _CategoryStore] = {}
+        self._results: dict[str, dict[str, float | None]] = {}
+
+    @property
+    def categories(self) -> list[str]:
+        """Categories seen by ``update``, in order of first appearance."""
+        return list(self._stores)
+
+    @property
+    def results(self) -> dict[str, dict[str, float | None]]:
+        """Metrics per category, filled by :meth:`compute_category`."""
+        return self._results
+
+    def reset(self) -> None:
+        """Forgets all stored data and results."""
+        self._stores.clear()
+        self._results.clear()
+
+    def update(
+        self,
+        category: str,
+        image_scores: Any,
+        labels: Any,
+        anomaly_maps: Any | None = None,
+        masks: Any | None = None,
+    ) -> None:
+        """Adds one batch of predictions of a category.
+
+        Args:
+            category: Category name.
+            image_scores: ``[B]`` image scores (tensor or array).
+            labels: ``[B]`` 0/1 image labels.
+            anomaly_maps: ``[B, H, W]`` (or ``[B, 1, H, W]``) float maps, or ``None``.
+            masks: ``[B, H, W]`` (or ``[B, 1, H, W]``) bool/0-1 masks, or ``None`` if the test set
+                has no masks.
+
+        Raises:
+            ValueError: On malformed shapes, non-binary labels, NaN, or an update after ``release``.
+        """
+        store = self._stores.get(category)
+        if store is not None and store.released:
+            raise ValueError(f"Evaluator.update: category {category!r} was already released.")
+        scores = to_numpy(image_scores).astype(np.float64).reshape(-1)
+        batch = scores.size
+        lab = to_numpy(labels).reshape(-1)
+        if lab.size != batch:
+            raise ValueError(f"Evaluator.update: {lab.size} labels for {batch} image scores.")
+        if lab.dtype != bool and not np.isin(lab, (0, 1)).all():
+            raise ValueError("Evaluator.update: labels must be 0/1 (or bool).")
+        if np.isnan(scores).any():
+            raise ValueError(f"Evaluator.update: NaN image score in category {category!r}.")
+        has_pixels = self.compute_pixel and anomaly_maps is not None and masks is not None
+        part = None
+        if has_pixels:
+            maps = _squeeze_channel(to_numpy(anomaly_maps), "anomaly_maps", batch)
+            gt = _squeeze_channel(to_numpy(masks), "masks", batch)
+            if store is None or store.images_without_pixels == 0:
+                part = ScoreSplit.from_maps(maps, gt)
+
+        # Validation is over: nothing is stored for a batch that raised.
+        if store is None:
+            store = self._stores[category] = _CategoryStore()
+        store.scores.append(scores)
+        store.labels.append(lab.astype(np.uint8))
+        store.num_images += batch
+        if not self.compute_pixel:
+            return
+        if has_pixels:
+            if part is not None:
+                store.pixel_parts.append(part)
+            store.images_with_pixels += batch
+        else:
+            store.images_without_pixels += batch
+            store.pixel_parts.clear()  # the category can no longer have pixel metrics
+        if store.images_with_pixels and store.images_without_pixels and not store.warned_mixed:
+            store.warned_mixed = True
+            warnings.warn(
+                f"Evaluator: category {category!r} has maps and masks for only some images; "
+                "its pixel metrics are reported as absent.",
+                stacklevel=2,
+            )
+
+    def _store(self, category: str) -> _CategoryStore:
+        try:
+            return self._stores[category]
+        except KeyError:
+            raise ValueError(f"Evaluator: no data for category {category!r}.") from None
+
+    def stored_image_scores(self, category: str) -> np.ndarray:
+        """The image scores of a category as stored by ``update`` (float64, ``[N]``)."""
+        store = self._store(category)
+        return np.concatenate(store.scores) if store.scores else np.zeros(0)
+
+    def stored_labels(self, category: str) -> np.ndarray:
+        """The image labels of a category (int64 0/1, ``[N]``)."""
+        store = self._store(category)
+        return np.concatenate(store.labels).astype(np.int64) if store.labels else np.zeros(0, np.int64)
+
+    def compute_category(self, category: str, image_scores: Any | None = None) -> dict[str, float | None]:
+        """Computes the metrics of one category and records them in :attr:`results`.
+
+        Args:
+            category: Category name.
+            image_scores: Optional ``[N]`` scores replacing the stored image scores, e.g. after a
+                per-category rescaling; must have one score per stored image, in update order.
+
+        Returns:
+            The seven metrics of :data:`METRIC_NAMES`, fractions in ``[0, 1]`` or ``None`` if absent.
+
+        Raises:
+            ValueError: For an unknown category or an override of the wrong length.
+        """
+        store = self._store(category)
+        labels = self.stored_labels(category)
+        if image_scores is None:
+            scores = self.stored_image_scores(category)
+        else:
+            scores = to_numpy(image_scores).astype(np.float64).reshape(-1)
+            if scores.size != labels.size:
+                raise ValueError(
+                    f"compute_category: {scores.size} override scores for {labels.size} images "
+                    f"of category {category!r}."
+                )
+        out: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
+
+        if labels.size and 0 < labels.sum() < labels.size:
+            m = ranking_metrics(ScoreSplit.from_labels(scores, labels))
+            out.update(image_auroc=m["auroc"], image_ap=m["ap"], image_f1max=m["f1max"])
+        else:
+            warnings.warn(
+                f"Evaluator: category {category!r} has only one image class "
+                f"({int(labels.sum())} anomalous of {labels.size}); image metrics are absent.",
+                stacklevel=2,
+            )
+
+        if store.released:
+            # Pixel data are gone; keep what was computed before the release (image scores may be
+            # recomputed, e.g. after a rescaling).
+            previous = self._results.get(category, {})
+            out.update({k: previous.get(k) for k in METRIC_NAMES if k.startswith("pixel_")})
+        elif store.pixel_parts and store.images_without_pixels == 0:
+            if len(store.pixel_parts) > 1:
+                # Join once and keep only the joined split, so a second compute re-uses it.
+                store.pixel_parts = [ScoreSplit.concatenate(store.pixel_parts)]
+            split = store.pixel_parts[0]
+            if split.positives.size and split.negatives.size:
+                m = ranking_metrics(split, pro_fpr_limit=self.pro_fpr_limit)
+                out.update(
+                    pixel_auroc=m["auroc"],
+                    pixel_ap=m["ap"],
+                    pixel_f1max=m["f1max"],
+                    pixel_aupro=m["aupro"],
+                )
+        self._results[category] = out
+        return out
+
+    def release(self, category: str) -> None:
+        """Frees the stored pixel data of a category.
+
+        Image scores, labels and results are kept; a later :meth:`compute_category` of the category
+        recomputes the image metrics and carries over the pixel metrics computed before the release.
+        """
+        store = self._store(category)
+        store.pixel_parts = []
+        store.released = True
+
+    def stored_nbytes(self) -> int:
+        """Bytes held by the stored pixel data and image scores of all categories."""
+        total = 0
+        for store in self._stores.values():
+            total += sum(p.nbytes for p in store.pixel_parts)
+            total += sum(s.nbytes + lab.nbytes for s, lab in zip(store.scores, store.labels, strict=True))
+        return total
+
+    def macro_mean(self) -> dict[str, float | None]:
+        """Mean of each metric over the computed categories that have it (``None`` if none has).
+
+        Returns:
+            One value per name in :data:`METRIC_NAMES`.
+        """
+        out: dict[str, float | None] = {}
+        for name in METRIC_NAMES:
+            values = [r[name] for r in self._results.values() if r.get(name) is not None]
+            out[name] = math.fsum(values) / len(values) if values else None
+        return out

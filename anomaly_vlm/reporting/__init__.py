@@ -1,0 +1,1 @@
+"""results.json, tables, overlays, saved predictions."""

@@ -1,0 +1,15 @@
+"""Test only (optionally loading trained parameters from ``ckpt_path``)."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    from anomaly_vlm.tasks import evaluate
+
+    return evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

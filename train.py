@@ -1,0 +1,15 @@
+"""Train (when the method has trainable parameters) and test. ``python train.py --help`` lists groups."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from anomaly_vlm.tasks import train
+
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
