@@ -19,7 +19,8 @@ class EfficiencyProbe(L.Callback):
     """Times every test batch; reports median ms/image after warm-up and images/s.
 
     Args:
-        warmup_batches: batches excluded from timing per category (first-call allocations, lazy init).
+        warmup_batches: test batches of the job excluded from timing (first-call allocations, lazy
+            init); counted over the whole job, not per category, so small categories still get timed.
     """
 
     def __init__(self, warmup_batches: int = 1) -> None:
@@ -28,6 +29,7 @@ class EfficiencyProbe(L.Callback):
         self.timed_images = 0
         self.timed_seconds = 0.0
         self._start = 0.0
+        self._batches_seen = 0
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         _synchronize()
@@ -36,7 +38,8 @@ class EfficiencyProbe(L.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         _synchronize()
         elapsed = time.perf_counter() - self._start
-        if batch_idx < self.warmup_batches:
+        self._batches_seen += 1
+        if self._batches_seen <= self.warmup_batches:
             return
         count = len(batch)
         self.per_image_ms.append(1000.0 * elapsed / count)

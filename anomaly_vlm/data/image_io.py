@@ -42,11 +42,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if image.mode == "F":
             peak = max(float(array.max()), 1e-12)
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
-        # Transparent pixels become black, the usual background of product photos with alpha.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba)
+    # Alpha is dropped, not composited: the reference implementations read images with
+    # PIL's convert("RGB"), and pixel values must match theirs.
     return image.convert("RGB")
 
 

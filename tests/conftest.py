@@ -1,0 +1,34 @@
+"""Shared fixtures: the tiny CLIP and the synthetic dataset, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network or the user's caches.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """A private cache folder (synthetic data, text embeddings) for the whole session."""
+    return tmp_path_factory.mktemp("anomaly_vlm_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from anomaly_vlm.backbones import FrozenCLIP
+
+    return FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_source(cache_dir):
+    from anomaly_vlm.data.synthetic import SyntheticAD
+
+    return SyntheticAD(cache_dir / "synthetic")

@@ -1,0 +1,101 @@
+"""The entry points on the demo configuration: results.json, predictions, overlays, multirun."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from anomaly_vlm.metrics import METRIC_NAMES, Evaluator
+
+DEMO = ("experiment=demo", "logger=none", "data.categories=[disc,nut]")
+
+
+@pytest.fixture(scope="module")
+def demo_run(run_entry_point, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("demo_run")
+    result = run_entry_point("train.py", *DEMO, f"hydra.run.dir={run_dir}", "save_predictions=true", "num_overlays=2")
+    return run_dir, result
+
+
+def test_results_json_schema(demo_run):
+    run_dir, result = demo_run
+    payload = json.loads((run_dir / "results.json").read_text())
+    assert payload["status"] == "complete"
+    assert (payload["method"], payload["backbone"], payload["dataset"], payload["prompts"]) == (
+        "clip", "tiny", "synthetic", "two_prompt")
+    assert payload["shots"] == 0 and payload["seed"] == 0
+    assert set(payload["metrics"]["per_category"]) == {"disc", "nut"}
+    for metrics in [payload["metrics"]["mean"], *payload["metrics"]["per_category"].values()]:
+        assert set(metrics) == set(METRIC_NAMES)
+        assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    efficiency = payload["efficiency"]
+    assert efficiency["ms_per_image"] > 0 and efficiency["images_per_s"] > 0
+    assert efficiency["total_parameters"] > efficiency["trainable_parameters"] == 0
+    assert efficiency["peak_cpu_memory_mb"] > 0
+    assert payload["versions"]["torch"] and payload["versions"]["open_clip_torch"]
+    assert "commit" in payload["git"]
+    assert payload["config"]["backbone"]["model"] == "anomaly-vlm-tiny"
+    # The console ends with the per-category table.
+    assert "mean" in result.stdout and "I-AUROC" in result.stdout
+
+
+def test_saved_predictions_reproduce_every_metric(demo_run):
+    run_dir, _ = demo_run
+    payload = json.loads((run_dir / "results.json").read_text())
+    with (run_dir / "predictions" / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    evaluator = Evaluator()
+    for category in ("disc", "nut"):
+        maps = np.load(run_dir / "predictions" / category / "anomaly_maps.npz")
+        masks = np.load(run_dir / "predictions" / category / "masks.npz")
+        category_rows = [row for row in rows if row["category"] == category]
+        keys = ["/".join(row["path"].split("/")[-3:]) for row in category_rows]
+        assert sorted(keys) == sorted(maps.files) == sorted(masks.files)
+        assert maps[keys[0]].shape == (128, 128)
+        evaluator.update(
+            category,
+            np.array([float(row["score"]) for row in category_rows]),
+            np.array([int(row["label"]) for row in category_rows]),
+            np.stack([maps[key] for key in keys]),
+            np.stack([masks[key] for key in keys]),
+        )
+        recomputed = evaluator.compute_category(category)
+        for name in METRIC_NAMES:
+            assert recomputed[name] == pytest.approx(payload["metrics"]["per_category"][category][name], abs=1e-6)
+
+
+def test_overlays_are_written(demo_run):
+    run_dir, _ = demo_run
+    for category in ("disc", "nut"):
+        pngs = list((run_dir / "overlays" / category).glob("*.png"))
+        assert len(pngs) == 2
+
+
+def test_finished_result_is_never_overwritten(demo_run, run_entry_point):
+    run_dir, _ = demo_run
+    before = (run_dir / "results.json").read_text()
+    refused = run_entry_point("train.py", *DEMO, f"hydra.run.dir={run_dir}", expect_ok=False)
+    assert refused.returncode != 0
+    assert "already holds a finished result" in refused.stderr + refused.stdout
+    assert (run_dir / "results.json").read_text() == before
+
+
+def test_evaluate_entry_point_tests_only(run_entry_point, tmp_path):
+    run_entry_point("evaluate.py", *DEMO, "data.categories=[gravel]", f"hydra.run.dir={tmp_path}")
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert list(payload["metrics"]["per_category"]) == ["gravel"]
+    assert payload["config"]["task_name"] == "evaluate"
+
+
+def test_multirun_two_seeds_two_folders(run_entry_point, tmp_path):
+    run_entry_point("train.py", "-m", "seed=0,1", *DEMO, "data.categories=[brick]", f"hydra.sweep.dir={tmp_path}")
+    results = sorted(tmp_path.rglob("results.json"))
+    assert len(results) == 2
+    assert results[0].parent != results[1].parent
+    seeds = sorted(json.loads(path.read_text())["seed"] for path in results)
+    assert seeds == [0, 1]
+    embeddings = [json.loads(path.read_text())["metrics"]["mean"]["image_auroc"] for path in results]
+    assert embeddings[0] != embeddings[1]  # different random tiny CLIPs
