@@ -16,7 +16,9 @@ DEMO = ("experiment=demo", "logger=none", "data.categories=[disc,nut]")
 @pytest.fixture(scope="module")
 def demo_run(run_entry_point, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("demo_run")
-    result = run_entry_point("train.py", *DEMO, f"hydra.run.dir={run_dir}", "save_predictions=true", "num_overlays=2")
+    result = run_entry_point(
+        "train.py", *DEMO, f"hydra.run.dir={run_dir}", "save_predictions=true", "num_overlays=2"
+    )
     return run_dir, result
 
 
@@ -25,7 +27,11 @@ def test_results_json_schema(demo_run):
     payload = json.loads((run_dir / "results.json").read_text())
     assert payload["status"] == "complete"
     assert (payload["method"], payload["backbone"], payload["dataset"], payload["prompts"]) == (
-        "clip", "tiny", "synthetic", "two_prompt")
+        "clip",
+        "tiny",
+        "synthetic",
+        "two_prompt",
+    )
     assert payload["shots"] == 0 and payload["seed"] == 0
     assert set(payload["metrics"]["per_category"]) == {"disc", "nut"}
     for metrics in [payload["metrics"]["mean"], *payload["metrics"]["per_category"].values()]:
@@ -64,7 +70,9 @@ def test_saved_predictions_reproduce_every_metric(demo_run):
         )
         recomputed = evaluator.compute_category(category)
         for name in METRIC_NAMES:
-            assert recomputed[name] == pytest.approx(payload["metrics"]["per_category"][category][name], abs=1e-6)
+            assert recomputed[name] == pytest.approx(
+                payload["metrics"]["per_category"][category][name], abs=1e-6
+            )
 
 
 def test_overlays_are_written(demo_run):
@@ -91,7 +99,9 @@ def test_evaluate_entry_point_tests_only(run_entry_point, tmp_path):
 
 
 def test_multirun_two_seeds_two_folders(run_entry_point, tmp_path):
-    run_entry_point("train.py", "-m", "seed=0,1", *DEMO, "data.categories=[brick]", f"hydra.sweep.dir={tmp_path}")
+    run_entry_point(
+        "train.py", "-m", "seed=0,1", *DEMO, "data.categories=[brick]", f"hydra.sweep.dir={tmp_path}"
+    )
     results = sorted(tmp_path.rglob("results.json"))
     assert len(results) == 2
     assert results[0].parent != results[1].parent

@@ -28,7 +28,9 @@ def test_layer_taps_match_open_clip_intermediates(tiny_backbone):
         tiny_backbone.normalize(images), indices=[2, 7], output_fmt="NLC", output_extra_tokens=True
     )
     for ours_index, theirs in zip([3, 8], range(2), strict=True):
-        torch.testing.assert_close(ours.layer_tokens[ours_index][:, 1:], reference["image_intermediates"][theirs])
+        torch.testing.assert_close(
+            ours.layer_tokens[ours_index][:, 1:], reference["image_intermediates"][theirs]
+        )
         torch.testing.assert_close(
             ours.layer_tokens[ours_index][:, :1], reference["image_intermediates_prefix"][theirs]
         )
@@ -102,7 +104,11 @@ def test_encode_text_counts_forward_passes(tiny_backbone):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "image_size", "grid", "quick_gelu"),
-    [("ViT-B-16-plus-240", 240, 15, False), ("ViT-L-14-336", 518, 37, False), ("ViT-L-14-336", 518, 37, True)],
+    [
+        ("ViT-B-16-plus-240", 240, 15, False),
+        ("ViT-L-14-336", 518, 37, False),
+        ("ViT-L-14-336", 518, 37, True),
+    ],
 )
 def test_real_architectures_random_weights(model, image_size, grid, quick_gelu):
     backbone = FrozenCLIP(model, None, image_size=image_size, quick_gelu=quick_gelu)

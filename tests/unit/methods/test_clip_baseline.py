@@ -14,12 +14,14 @@ def test_scores_follow_the_two_prompt_formula(tiny_backbone):
     module.on_test_start()
     images = torch.rand(2, 3, 128, 128)
     scores, maps = module.predict_images(images)
-    text = F.normalize(tiny_backbone.encode_text(["a photo of a flawless disc.", "a photo of a damaged disc."]), dim=-1)
+    text = F.normalize(
+        tiny_backbone.encode_text(["a photo of a flawless disc.", "a photo of a damaged disc."]), dim=-1
+    )
     image = F.normalize(tiny_backbone.clip.encode_image(tiny_backbone.normalize(images)), dim=-1)
     expected = (100 * image @ text.T).softmax(-1)[:, 1]
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
     assert maps.shape == (2, 128, 128)
-    assert 0 <= float(maps.min()) and float(maps.max()) <= 1
+    assert float(maps.min()) >= 0 and float(maps.max()) <= 1
 
 
 def test_clip_baseline_is_zero_shot_only(tiny_backbone):

@@ -5,15 +5,23 @@ from anomaly_vlm.prompts import PromptSet, TextEmbeddingCache, aggregate_text_em
 
 
 def make_prompts(**kwargs) -> PromptSet:
-    base = dict(name="t", normal_states=["{}", "flawless {}"], anomalous_states=["damaged {}"],
-                templates=["a photo of a {}.", "a {}."])
+    base = dict(
+        name="t",
+        normal_states=["{}", "flawless {}"],
+        anomalous_states=["damaged {}"],
+        templates=["a photo of a {}.", "a {}."],
+    )
     return PromptSet(**{**base, **kwargs})
 
 
 def test_sentences_cross_states_and_templates():
     normal, anomalous = make_prompts().sentences("metal_nut")
-    assert normal == ["a photo of a metal_nut.", "a metal_nut.", "a photo of a flawless metal_nut.",
-                      "a flawless metal_nut."]
+    assert normal == [
+        "a photo of a metal_nut.",
+        "a metal_nut.",
+        "a photo of a flawless metal_nut.",
+        "a flawless metal_nut.",
+    ]
     assert anomalous == ["a photo of a damaged metal_nut.", "a damaged metal_nut."]
     readable, _ = make_prompts(readable_class_names=True).sentences("metal_nut")
     assert readable[0] == "a photo of a metal nut."
@@ -32,7 +40,9 @@ def test_text_cache_second_run_needs_no_text_forward(tiny_backbone, tmp_path):
     prompts = make_prompts()
     first = TextEmbeddingCache(tmp_path).classifier(tiny_backbone, prompts, "disc")
     passes = tiny_backbone.text_forward_passes
-    second = TextEmbeddingCache(tmp_path).classifier(tiny_backbone, prompts, "disc")  # a fresh process-like cache
+    second = TextEmbeddingCache(tmp_path).classifier(
+        tiny_backbone, prompts, "disc"
+    )  # a fresh process-like cache
     assert tiny_backbone.text_forward_passes == passes
     torch.testing.assert_close(first, second)
     TextEmbeddingCache(tmp_path).classifier(tiny_backbone, prompts, "nut")  # another class is encoded
