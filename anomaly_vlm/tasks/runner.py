@@ -7,6 +7,7 @@ fails in seconds, before weights load.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -21,10 +22,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_vlm.callbacks import EfficiencyProbe, EvaluationCallback
-from anomaly_vlm.data import AnomalyDataModule, Sample
+from anomaly_vlm.data import AnomalyDataModule, DatasetSource, Sample
+from anomaly_vlm.data.checks import preflight
 from anomaly_vlm.data.sampling import write_reference_log
 from anomaly_vlm.methods.base import AnomalyMethod
 from anomaly_vlm.metrics import Evaluator
+from anomaly_vlm.prompts import PromptSet
 from anomaly_vlm.reporting.console import print_metrics_table
 from anomaly_vlm.reporting.results import RESULTS_FILE, build_results, read_results, write_json_atomic
 
@@ -107,6 +110,22 @@ def close_logger(logger: Any) -> None:
         wandb.finish()
 
 
+def dataset_class_names(*sources: DatasetSource | None) -> dict[str, str]:
+    """``data.class_names`` (and ``train_data.class_names``), checked against their categories."""
+    names: dict[str, str] = {}
+    for source in sources:
+        if source is not None:
+            names.update(source.class_names)
+    return names
+
+
+def with_class_names(prompts: PromptSet, class_names: dict[str, str]) -> PromptSet:
+    """The prompt set with the datasets' class names merged in (the data's names win)."""
+    if not class_names:
+        return prompts
+    return dataclasses.replace(prompts, class_name_overrides={**prompts.class_name_overrides, **class_names})
+
+
 def draw_all_references(
     datamodule: AnomalyDataModule, categories: list[str], shots: int, seed: int
 ) -> dict[str, list[Sample]]:
@@ -129,11 +148,13 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     categories = datamodule.categories
     shots = int(cfg.shots)
     references = draw_all_references(datamodule, categories, shots, int(cfg.seed))
+    class_names = dataset_class_names(train_source, source)
+    preflight(datamodule, categories, references)
     if shots:
         write_reference_log(output_dir / "references.json", references, shots, int(cfg.seed))
 
     backbone = build(cfg.backbone)
-    prompts = build(cfg.prompts)
+    prompts = with_class_names(build(cfg.prompts), class_names)
     method: AnomalyMethod = build(
         cfg.method, backbone=backbone, prompts=prompts, shots=shots, text_cache_dir=cfg.paths.cache_dir
     )
@@ -199,5 +220,10 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def evaluate(cfg: DictConfig) -> float | None:
-    """Test only; trained parameters come from ``ckpt_path``."""
+    """Test only; trained parameters come from ``ckpt_path``. ``mode=predict`` scores unlabelled images."""
+    if cfg.get("mode") == "predict":
+        from anomaly_vlm.tasks.predict import predict
+
+        predict(cfg)
+        return None
     return run(cfg, fit=False)
