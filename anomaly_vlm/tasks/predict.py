@@ -29,6 +29,15 @@ from anomaly_vlm.data.sampling import write_reference_log
 from anomaly_vlm.methods.base import AnomalyMethod
 from anomaly_vlm.reporting.overlays import colorize, overlay_panel
 from anomaly_vlm.reporting.results import write_json_atomic
+from anomaly_vlm.tasks.runner import (
+    FinishedRunError,
+    _quiet_lightning,
+    build,
+    dataset_class_names,
+    draw_all_references,
+    load_checkpoint,
+    with_class_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +45,7 @@ SCORES_FILE = "scores.csv"
 HEATMAP_DIR = "heatmaps"
 
 
-class FinishedPredictionError(FileExistsError):
+class FinishedPredictionError(FinishedRunError):
     """The output folder already holds the scores of a finished prediction run."""
 
 
@@ -85,14 +94,6 @@ class PredictionCollector(L.Callback):
 
 def predict(cfg: DictConfig) -> None:
     """Score the images of ``cfg.data`` (any source; its test split, labels ignored)."""
-    from anomaly_vlm.tasks.runner import (
-        _quiet_lightning,
-        build,
-        dataset_class_names,
-        draw_all_references,
-        with_class_names,
-    )
-
     _quiet_lightning()
     output_dir = Path(cfg.paths.output_dir)
     scores_path = output_dir / SCORES_FILE
@@ -120,7 +121,7 @@ def predict(cfg: DictConfig) -> None:
         cfg.method, backbone=backbone, prompts=prompts, shots=shots, text_cache_dir=cfg.paths.cache_dir
     )
     if cfg.get("ckpt_path"):
-        method.load_trainable_checkpoint(str(cfg.ckpt_path))
+        load_checkpoint(method, str(cfg.ckpt_path))
     elif method.is_trainable:
         log.warning(
             "method '%s' has trainable parameters but no ckpt_path was given: scores come from "
