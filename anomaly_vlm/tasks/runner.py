@@ -118,9 +118,8 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
     """
     missing = sorted(OmegaConf.missing_keys(node))
     if missing:
-        prefix = node._get_full_key(None)
-        keys = [f"{prefix}.{key}" if prefix else key for key in missing]
-        raise MissingValueError(f"{', '.join(keys)} must be set (add {keys[0]}=... to the command line)")
+        # missing_keys already names them from the config root (``data.root``).
+        raise MissingValueError(f"{', '.join(missing)} must be set (add {missing[0]}=... to the command line)")
     try:
         factory = instantiate(node, _partial_=True)
     except InstantiationException as error:
