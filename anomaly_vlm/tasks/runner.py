@@ -119,7 +119,7 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
     missing = sorted(OmegaConf.missing_keys(node))
     if missing:
         # missing_keys already names them from the config root (``data.root``).
-        raise MissingValueError(f"{', '.join(missing)} must be set (add {missing[0]}=... on the command line)")
+        raise MissingValueError(f"{', '.join(missing)} must be set (add {missing[0]}=... to the command)")
     try:
         factory = instantiate(node, _partial_=True)
     except InstantiationException as error:
