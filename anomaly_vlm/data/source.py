@@ -7,7 +7,7 @@ dataset class's job. New datasets implement :class:`DatasetSource` and nothing e
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -25,12 +25,30 @@ class DatasetSource:
 
     Args:
         categories: subset of categories to use; None means all available.
+        class_names: category -> the words used for it in prompts (``data.class_names``). The
+            runner merges them into the prompt set's ``class_name_overrides`` (the data's names win),
+            so a dataset's own vocabulary reaches every method without touching the prompt files.
     """
 
     name: str = "dataset"
 
-    def __init__(self, categories: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, categories: Sequence[str] | None = None, class_names: Mapping[str, str] | None = None
+    ) -> None:
         self._requested = list(categories) if categories else None
+        self._class_names = {str(key): str(value) for key, value in (class_names or {}).items()}
+
+    @property
+    def class_names(self) -> dict[str, str]:
+        """Prompt names of the categories that have one (checked against the available categories)."""
+        if self._class_names:
+            available = self.available_categories()
+            unknown = sorted(set(self._class_names) - set(available))
+            if unknown:
+                raise DataError(
+                    f"data.class_names: {unknown} not in dataset '{self.name}'. Valid categories: {available}"
+                )
+        return dict(self._class_names)
 
     def available_categories(self) -> list[str]:
         """All categories present in this source."""
@@ -98,6 +116,8 @@ class MVTecLayout(DatasetSource):
     def _check_root(self) -> None:
         if not self.root.is_dir():
             raise DataError(f"dataset root does not exist: {self.root} (set data.root or DATA_ROOT)")
+        if not any(entry for entry in self.root.iterdir() if not entry.name.startswith(".")):
+            raise DataError(f"dataset root is empty: {self.root} (set data.root or DATA_ROOT)")
 
     def available_categories(self) -> list[str]:
         self._check_root()
@@ -117,6 +137,10 @@ class MVTecLayout(DatasetSource):
             if candidate.is_file():
                 return candidate
         return None
+
+    def expected_mask(self, category: str, defect: str, image: Path) -> Path:
+        """Where the mask of an anomalous image should be (for error messages)."""
+        return self.root / category / "ground_truth" / defect / f"{image.stem}{self.mask_suffix}.png"
 
     def samples(self, category: str, split: Split) -> list[Sample]:
         key = (category, split)
@@ -140,9 +164,7 @@ class MVTecLayout(DatasetSource):
                     continue
                 mask = self._find_mask(category, defect, image)
                 if mask is None and self.require_masks:
-                    expected = (
-                        self.root / category / "ground_truth" / defect / f"{image.stem}{self.mask_suffix}.png"
-                    )
+                    expected = self.expected_mask(category, defect, image)
                     raise DataError(f"anomalous test image {image} has no mask; expected {expected}")
                 records.append(Sample(str(image), category, 1, defect, str(mask) if mask else None))
         if not records:
@@ -156,9 +178,10 @@ class MVTecLayout(DatasetSource):
             return False
         with_mask = [sample for sample in anomalous if sample.mask_path]
         if with_mask and len(with_mask) != len(anomalous):
-            missing = next(sample.path for sample in anomalous if not sample.mask_path)
+            missing = next(sample for sample in anomalous if not sample.mask_path)
+            expected = self.expected_mask(category, missing.defect_type, Path(missing.path))
             raise DataError(
-                f"category '{category}': some anomalous images have masks and some do not (e.g. {missing}); "
-                "pixel metrics need all or none"
+                f"anomalous test image {missing.path} has no mask; expected {expected} "
+                f"(category '{category}' has masks for other images; pixel metrics need all or none)"
             )
         return bool(with_mask)

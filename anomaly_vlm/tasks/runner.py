@@ -7,7 +7,10 @@ fails in seconds, before weights load.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,11 +23,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_vlm.backbones.weights import WeightsNotFoundError
 from anomaly_vlm.callbacks import EfficiencyProbe, EvaluationCallback
-from anomaly_vlm.data import AnomalyDataModule, Sample
-from anomaly_vlm.data.sampling import write_reference_log
+from anomaly_vlm.data import AnomalyDataModule, DataError, DatasetSource, Sample
+from anomaly_vlm.data.checks import preflight
+from anomaly_vlm.data.sampling import ShotsError, write_reference_log
 from anomaly_vlm.methods.base import AnomalyMethod
 from anomaly_vlm.metrics import Evaluator
+from anomaly_vlm.prompts import PromptSet
 from anomaly_vlm.reporting.console import print_metrics_table
 from anomaly_vlm.reporting.results import RESULTS_FILE, build_results, read_results, write_json_atomic
 
@@ -57,11 +63,63 @@ class FinishedRunError(FileExistsError):
     """The output folder already holds a finished results.json."""
 
 
+class MissingValueError(ValueError):
+    """A config value marked ``???`` was not given."""
+
+
+class CheckpointError(ValueError):
+    """``ckpt_path`` is missing, unreadable, or made for another method, backbone or prompt set."""
+
+
+#: Mistakes in the input (data, config values, files): the entry points print their message alone.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    DataError,
+    ShotsError,
+    FinishedRunError,
+    CheckpointError,
+    WeightsNotFoundError,
+    MissingValueError,
+)
+
+
+def report_user_errors(task: Any) -> Any:
+    """Print one ``error: <message>`` line for :data:`USER_ERRORS` and exit 1 (no traceback).
+
+    Programming errors keep Hydra's traceback; a user who mistyped a path needs the path, not a stack.
+    """
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except USER_ERRORS as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+
+    return wrapper
+
+
+def load_checkpoint(method: AnomalyMethod, path: str) -> None:
+    """``method.load_trainable_checkpoint`` with its failures as :class:`CheckpointError`."""
+    try:
+        method.load_trainable_checkpoint(path)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
+        if isinstance(error, FileNotFoundError | IsADirectoryError):
+            raise CheckpointError(f"ckpt_path does not exist: {path}") from error
+        message = str(error) if "ckpt_path" in str(error) else f"ckpt_path={path}: {error}"
+        raise CheckpointError(message) from error
+
+
 def build(node: DictConfig, **kwargs: Any) -> Any:
     """``instantiate`` that surfaces our own clear errors instead of Hydra's wrapped repr of them.
 
     Built objects are passed through a partial: Hydra would turn dataclass kwargs back into configs.
+    A value left at ``???`` is reported by its full key before anything is built.
     """
+    missing = sorted(OmegaConf.missing_keys(node))
+    if missing:
+        # missing_keys already names them from the config root (``data.root``).
+        raise MissingValueError(f"{', '.join(missing)} must be set (add {missing[0]}=... to the command)")
     try:
         factory = instantiate(node, _partial_=True)
     except InstantiationException as error:
@@ -107,6 +165,22 @@ def close_logger(logger: Any) -> None:
         wandb.finish()
 
 
+def dataset_class_names(*sources: DatasetSource | None) -> dict[str, str]:
+    """``data.class_names`` (and ``train_data.class_names``), checked against their categories."""
+    names: dict[str, str] = {}
+    for source in sources:
+        if source is not None:
+            names.update(source.class_names)
+    return names
+
+
+def with_class_names(prompts: PromptSet, class_names: dict[str, str]) -> PromptSet:
+    """The prompt set with the datasets' class names merged in (the data's names win)."""
+    if not class_names:
+        return prompts
+    return dataclasses.replace(prompts, class_name_overrides={**prompts.class_name_overrides, **class_names})
+
+
 def draw_all_references(
     datamodule: AnomalyDataModule, categories: list[str], shots: int, seed: int
 ) -> dict[str, list[Sample]]:
@@ -129,16 +203,18 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     categories = datamodule.categories
     shots = int(cfg.shots)
     references = draw_all_references(datamodule, categories, shots, int(cfg.seed))
+    class_names = dataset_class_names(train_source, source)
+    preflight(datamodule, categories, references)
     if shots:
         write_reference_log(output_dir / "references.json", references, shots, int(cfg.seed))
 
     backbone = build(cfg.backbone)
-    prompts = build(cfg.prompts)
+    prompts = with_class_names(build(cfg.prompts), class_names)
     method: AnomalyMethod = build(
         cfg.method, backbone=backbone, prompts=prompts, shots=shots, text_cache_dir=cfg.paths.cache_dir
     )
     if cfg.get("ckpt_path"):
-        method.load_trainable_checkpoint(str(cfg.ckpt_path))
+        load_checkpoint(method, str(cfg.ckpt_path))
 
     logger = build_logger(cfg)
     evaluator = Evaluator()
@@ -193,11 +269,18 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     return mean.get("image_auroc")
 
 
+@report_user_errors
 def train(cfg: DictConfig) -> float | None:
     """Fit the method's trainable parameters (if any) on the auxiliary data, then test."""
     return run(cfg, fit=True)
 
 
+@report_user_errors
 def evaluate(cfg: DictConfig) -> float | None:
-    """Test only; trained parameters come from ``ckpt_path``."""
+    """Test only; trained parameters come from ``ckpt_path``. ``mode=predict`` scores unlabelled images."""
+    if cfg.get("mode") == "predict":
+        from anomaly_vlm.tasks.predict import predict
+
+        predict(cfg)
+        return None
     return run(cfg, fit=False)

@@ -1,0 +1,61 @@
+"""Your own images in MVTec-like layout (``data=folder``).
+
+::
+
+    <root>/<category>/train/good/*.png            normal images (few-shot references)
+    <root>/<category>/test/good/*.png             normal test images
+    <root>/<category>/test/<defect>/*.png         anomalous test images, one folder per defect type
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png   optional masks
+
+``root`` may also be a single category folder (one holding ``test/`` itself). Any format PIL reads
+works (PNG incl. 16-bit, JPEG, BMP, TIFF, WebP; grayscale, palette, RGBA): images become 8-bit RGB.
+A category whose anomalous images have no masks at all reports image metrics only (pixel metrics
+are absent, ``null`` in results.json); one with masks for some anomalous images but not others is an
+error, because pixel metrics over a subset would be silently wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.source import MVTecLayout
+
+
+class FolderDataset(MVTecLayout):
+    """A user's dataset in MVTec-like layout, masks optional.
+
+    Args:
+        root: folder of category folders, or one category folder.
+        categories: subset; None means every category folder with a ``test/`` subfolder.
+        class_names: category -> words used in prompts, e.g. ``{pcb_v2: printed circuit board}``;
+            default the folder name.
+        mask_suffix: mask file name = image stem + this suffix (``_mask`` as in MVTec AD; ``""`` for
+            masks named exactly like their image).
+        require_masks: every anomalous test image must have its mask (set for ``train_data=folder``:
+            training on an anomalous image with an all-zero mask would teach the opposite).
+    """
+
+    name = "folder"
+
+    def __init__(
+        self,
+        root: str | Path,
+        categories: Sequence[str] | None = None,
+        class_names: Mapping[str, str] | None = None,
+        mask_suffix: str = "_mask",
+        require_masks: bool = False,
+    ) -> None:
+        path = Path(root).expanduser()
+        if (path / "test").is_dir():
+            # A single category folder: its name is the category.
+            if categories and list(categories) != [path.name]:
+                raise DataError(
+                    f"data.root={path} is a single category folder ('{path.name}'); "
+                    f"data.categories={list(categories)} does not match it"
+                )
+            categories = [path.name]
+            path = path.parent
+        super().__init__(path, categories, require_masks=require_masks, mask_suffix=mask_suffix)
+        self._class_names = {str(key): str(value) for key, value in (class_names or {}).items()}

@@ -1,0 +1,83 @@
+"""Unlabelled images to score (``mode=predict``, ``data=images``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anomaly_vlm.data.batch import Sample
+from anomaly_vlm.data.image_io import IMAGE_EXTENSIONS, DataError
+from anomaly_vlm.data.source import DatasetSource, Split, list_images
+
+
+def _collect(path: Path, key: str, recursive: bool) -> list[Path]:
+    if not path.exists():
+        raise DataError(f"{key}: {path} does not exist")
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"{key}: {path} is not an image file (extensions {list(IMAGE_EXTENSIONS)})")
+        return [path]
+    if recursive:
+        found = sorted(
+            file
+            for file in path.rglob("*")
+            if file.is_file()
+            and file.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in file.relative_to(path).parts)
+        )
+    else:
+        found = list_images(path)
+    if not found:
+        raise DataError(f"{key}: no images in {path} (extensions {list(IMAGE_EXTENSIONS)})")
+    return found
+
+
+class ImageFiles(DatasetSource):
+    """One image, or a folder of images, without labels; optional normal references for few-shot.
+
+    The images form a single category: its name is what the prompts call the object, so set
+    ``data.category`` to a word the text encoder knows (``bottle``, ``pcb``); default the folder name.
+
+    Args:
+        path: an image file or a folder (searched recursively when ``recursive``).
+        reference_dir: normal images of the same object, the few-shot references (``shots > 0``).
+        category: category / class name of the images; default the folder's name.
+        recursive: also take images in subfolders of ``path``.
+    """
+
+    name = "images"
+
+    def __init__(
+        self,
+        path: str | Path,
+        reference_dir: str | Path | None = None,
+        category: str | None = None,
+        recursive: bool = True,
+    ) -> None:
+        self.path = Path(path).expanduser()
+        folder = self.path if self.path.is_dir() else self.path.parent
+        self.category = category or folder.resolve().name or "object"
+        super().__init__([self.category])
+        self.reference_dir = Path(reference_dir).expanduser() if reference_dir else None
+        self.recursive = recursive
+        self._cache: dict[str, list[Sample]] = {}
+
+    def available_categories(self) -> list[str]:
+        return [self.category]
+
+    def samples(self, category: str, split: Split) -> list[Sample]:
+        if split not in self._cache:
+            if split == "test":
+                files = _collect(self.path, "data.path", self.recursive)
+                self._cache[split] = [Sample(str(file), self.category, -1, "unknown") for file in files]
+            else:
+                if self.reference_dir is None:
+                    raise DataError(
+                        "few-shot prediction needs normal reference images: set data.reference_dir "
+                        "(or shots=0)"
+                    )
+                files = _collect(self.reference_dir, "data.reference_dir", self.recursive)
+                self._cache[split] = [Sample(str(file), self.category, 0, "good") for file in files]
+        return self._cache[split]
+
+    def has_masks(self, category: str) -> bool:
+        return False
