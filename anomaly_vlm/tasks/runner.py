@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_vlm.backbones.weights import WeightsNotFoundError
@@ -181,6 +181,16 @@ def with_class_names(prompts: PromptSet, class_names: dict[str, str]) -> PromptS
     return dataclasses.replace(prompts, class_name_overrides={**prompts.class_name_overrides, **class_names})
 
 
+def check_shots_supported(method_node: DictConfig, shots: int, method_name: str | None) -> None:
+    """Reject few-shot for zero-shot-only methods before anything heavy is built."""
+    method_class = get_class(method_node._target_)
+    if shots and not getattr(method_class, "supports_few_shot", True):
+        raise ShotsError(
+            f"method '{method_name or method_class.__name__}' is zero-shot only; shots={shots} "
+            "is not supported (use shots=0)"
+        )
+
+
 def draw_all_references(
     datamodule: AnomalyDataModule, categories: list[str], shots: int, seed: int
 ) -> dict[str, list[Sample]]:
@@ -197,6 +207,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     # Cheap checks first: data layout, categories, shots.
+    check_shots_supported(cfg.method, int(cfg.shots), names["method"])
     source = build(cfg.data)
     train_source = build(cfg.train_data) if cfg.get("train_data") else None
     datamodule: AnomalyDataModule = build(cfg.datamodule, source=source, train_source=train_source)

@@ -183,3 +183,14 @@ def test_with_class_names_merges_and_data_wins():
     assert merged.class_name("a") == "x" and merged.class_name("b") == "z"
     assert merged.fingerprint() != prompts.fingerprint()  # the text cache sees the new names
     assert with_class_names(prompts, {}) is prompts
+
+
+def test_few_shot_on_a_zero_shot_method_is_rejected_before_building():
+    from omegaconf import OmegaConf
+
+    from anomaly_vlm.tasks.runner import check_shots_supported
+
+    node = OmegaConf.create({"_target_": "anomaly_vlm.methods.clip.CLIPBaselineModule"})
+    with pytest.raises(ShotsError, match="method 'clip' is zero-shot only; shots=2"):
+        check_shots_supported(node, 2, "clip")
+    check_shots_supported(node, 0, "clip")
