@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_vlm.callbacks import EfficiencyProbe, EvaluationCallback
@@ -113,6 +113,14 @@ def draw_all_references(
     return {category: datamodule.reference_samples(category, shots, seed) for category in categories}
 
 
+def check_shots(method_node: DictConfig, shots: int) -> None:
+    """Refuse few-shot runs of zero-shot-only methods before any weights load."""
+    method_class = get_object(method_node._target_)
+    if shots and not getattr(method_class, "supports_few_shot", True):
+        name = getattr(method_class, "method_name", method_node._target_)
+        raise ValueError(f"method '{name}' is zero-shot only; got shots={shots} (use shots=0)")
+
+
 def run(cfg: DictConfig, fit: bool) -> float | None:
     """Run one job. Returns the mean image AUROC (the value sweepers optimise)."""
     started = time.time()
@@ -128,6 +136,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     datamodule: AnomalyDataModule = build(cfg.datamodule, source=source, train_source=train_source)
     categories = datamodule.categories
     shots = int(cfg.shots)
+    check_shots(cfg.method, shots)
     references = draw_all_references(datamodule, categories, shots, int(cfg.seed))
     if shots:
         write_reference_log(output_dir / "references.json", references, shots, int(cfg.seed))
