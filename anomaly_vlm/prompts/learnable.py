@@ -59,7 +59,7 @@ class LearnablePromptSet:
                 f"prompt set '{self.name}': deep_prompt_depth={self.deep_prompt_depth} needs "
                 "deep_prompt_length >= 1"
             )
-        if self.deep_prompt_length > self.context_length + 1 and self.deep_prompt_depth > 1:
+        if self.deep_prompt_length > self.context_length and self.deep_prompt_depth > 1:
             # Overwriting past the context would replace the sentence's own words.
             raise ValueError(
                 f"prompt set '{self.name}': deep_prompt_length={self.deep_prompt_length} exceeds "
