@@ -185,8 +185,9 @@ def check_shots_supported(method_node: DictConfig, shots: int, method_name: str 
     """Reject few-shot for zero-shot-only methods before anything heavy is built."""
     method_class = get_class(method_node._target_)
     if shots and not getattr(method_class, "supports_few_shot", True):
+        name = method_name or getattr(method_class, "method_name", method_class.__name__)
         raise ShotsError(
-            f"method '{method_name or method_class.__name__}' is zero-shot only; shots={shots} "
+            f"method '{name}' is zero-shot only; shots={shots} "
             "is not supported (use shots=0)"
         )
 
@@ -207,13 +208,13 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     # Cheap checks first: data layout, categories, shots.
-    check_shots_supported(cfg.method, int(cfg.shots), names["method"])
     source = build(cfg.data)
     train_source = build(cfg.train_data) if cfg.get("train_data") else None
     datamodule: AnomalyDataModule = build(cfg.datamodule, source=source, train_source=train_source)
     categories = datamodule.categories
     shots = int(cfg.shots)
     references = draw_all_references(datamodule, categories, shots, int(cfg.seed))
+    check_shots_supported(cfg.method, shots, names["method"])
     class_names = dataset_class_names(train_source, source)
     preflight(datamodule, categories, references)
     if shots:

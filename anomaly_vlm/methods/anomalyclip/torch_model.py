@@ -1,0 +1,277 @@
+"""AnomalyCLIP: object-agnostic learnable prompts, DPAM, glocal loss (pure torch).
+
+Paper: Zhou et al., "AnomalyCLIP: Object-agnostic Prompt Learning for Zero-shot Anomaly Detection",
+ICLR 2024. Where the paper and the official code (zqhang/AnomalyCLIP) differ, this follows the code,
+which produced the published numbers; each such point is stated where it is implemented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anomaly_vlm.backbones.clip import FrozenCLIP
+from anomaly_vlm.methods.losses import dice_loss, focal_loss
+from anomaly_vlm.prompts.learnable import LearnablePromptEncoder, LearnablePromptSet
+
+#: Blocks refined by DPAM in the official code: ``DPAM_layer=20`` replaces the last 19 of 24 blocks.
+REFERENCE_DEPTH = 24
+REFERENCE_DPAM_START = 6
+
+
+def default_dpam_start(num_layers: int) -> int:
+    """First DPAM block (1-based) for a backbone of ``num_layers`` blocks.
+
+    The official code hard-codes blocks 6..24 of ViT-L/14 (the last 19 of 24). Other depths keep the same
+    fraction of undisturbed early blocks: ``1 + round(5 * num_layers / 24)`` (6 for 24 blocks, 3 for 8).
+    """
+    return 1 + int(round((REFERENCE_DPAM_START - 1) * num_layers / REFERENCE_DEPTH))
+
+
+def value_value_attention(block: nn.Module, tokens: Tensor) -> Tensor:
+    """DPAM's V-V self-attention with a block's own attention weights.
+
+    ``out_proj(softmax(V Vᵀ / sqrt(d_head)) V)`` per head, V from the value slice of the block's
+    ``in_proj``. ``tokens`` are batch-first ``[B, L, W]`` and already normalised by the block's ``ln_1``.
+    """
+    attention = block.attn
+    if not isinstance(attention, nn.MultiheadAttention) or not attention._qkv_same_embed_dim:
+        raise ValueError(
+            "DPAM needs blocks whose attention is an nn.MultiheadAttention with a packed in_proj"
+        )
+    width = tokens.shape[-1]
+    heads = int(attention.num_heads)
+    weight = attention.in_proj_weight[2 * width :]
+    bias = attention.in_proj_bias[2 * width :] if attention.in_proj_bias is not None else None
+    values = F.linear(tokens, weight, bias)
+    batch, length, _ = values.shape
+    values = values.view(batch, length, heads, width // heads).transpose(1, 2)
+    # scaled_dot_product_attention scales by 1/sqrt(d_head), the official qk_scale default.
+    mixed = F.scaled_dot_product_attention(values, values, values)
+    mixed = mixed.transpose(1, 2).reshape(batch, length, width)
+    return attention.out_proj(mixed)
+
+
+@dataclass
+class AnomalyCLIPFeatures:
+    """Image-side outputs.
+
+    Attributes:
+        global_embedding: ``[B, D]`` projected CLS of the ORIGINAL stream (not normalised).
+        patch_embeddings: block (1-based) -> ``[B, N, D]`` projected patch tokens of the DPAM stream
+            (the plain stream for blocks before DPAM starts or with DPAM off), not normalised.
+    """
+
+    global_embedding: Tensor
+    patch_embeddings: dict[int, Tensor]
+
+
+def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
+    """Separable Gaussian blur of ``[B, H, W]`` maps, equal to ``scipy.ndimage.gaussian_filter``.
+
+    Same kernel as SciPy (radius ``int(truncate * sigma + 0.5)``, normalised samples of the Gaussian)
+    and the same border mode (``reflect``: ``d c b a | a b c d | d c b a``), which is what the official
+    test script applies per image with ``sigma=4``.
+    """
+    if sigma <= 0:
+        return maps
+    radius = int(truncate * float(sigma) + 0.5)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / float(sigma)) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    x = maps.unsqueeze(1)
+    for dim in (-1, -2):
+        size = x.shape[dim]
+        if radius >= size:
+            # SciPy reflects repeatedly; index the symmetric extension for arbitrarily wide kernels.
+            index = torch.arange(-radius, size + radius, device=maps.device)
+            period = 2 * size
+            index = torch.remainder(index, period)
+            index = torch.where(index >= size, period - 1 - index, index)
+            x = x.index_select(dim, index)
+        else:
+            left = x.narrow(dim, 0, radius).flip(dim)
+            right = x.narrow(dim, size - radius, radius).flip(dim)
+            x = torch.cat([left, x, right], dim=dim)
+        shape = (1, 1, 1, -1) if dim == -1 else (1, 1, -1, 1)
+        x = F.conv2d(x, kernel.view(shape))
+    return x[:, 0]
+
+
+class AnomalyCLIP(nn.Module):
+    """Frozen CLIP + DPAM image encoder + learnable object-agnostic prompts.
+
+    Args:
+        backbone: frozen CLIP (the published setting: ViT-L-14-336 QuickGELU, OpenAI weights, 518 px,
+            positional embedding interpolated bilinearly).
+        prompts: the learnable prompt set (shapes of context and deep prompt tokens).
+        layers: blocks (1-based) whose DPAM-stream patch tokens make anomaly maps. The published numbers
+            use ``[24]`` only (``--features_list 24``).
+        dpam: use the DPAM stream for patch tokens; False gives plain CLIP patch tokens.
+        dpam_start: first DPAM block (1-based); None scales the official 6-of-24 to the backbone depth
+            (:func:`default_dpam_start`).
+        temperature: cosine similarities are divided by it before every softmax (0.07).
+        local_loss_weight: weight of the local (segmentation) loss, the official ``lam = 4``.
+        global_ln_post: apply ``ln_post`` to the CLS token before the projection. The official code
+            does not (``x_ori[0] @ proj``; the learned prompts are fitted to that embedding), so the
+            default is False; the paper does not mention it.
+        blur_sigma, blur_truncate: Gaussian blur of the test maps (SciPy's ``gaussian_filter`` with
+            ``sigma=4`` and its default truncation 4 in the official test script); 0 disables.
+    """
+
+    def __init__(
+        self,
+        backbone: FrozenCLIP,
+        prompts: LearnablePromptSet,
+        layers: Sequence[int] = (24,),
+        dpam: bool = True,
+        dpam_start: int | None = None,
+        temperature: float = 0.07,
+        local_loss_weight: float = 4.0,
+        global_ln_post: bool = False,
+        blur_sigma: float = 4.0,
+        blur_truncate: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        if not layers:
+            raise ValueError("method.layers is empty; AnomalyCLIP needs at least one block (e.g. [24])")
+        try:
+            self.layers = backbone.check_layers(layers)
+        except ValueError as error:
+            raise ValueError(f"method.layers: {error}") from None
+        num_layers = backbone.num_layers
+        start = default_dpam_start(num_layers) if dpam_start is None else int(dpam_start)
+        if not 1 <= start <= num_layers:
+            raise ValueError(
+                f"method.dpam_start={dpam_start} outside 1..{num_layers} of '{backbone.model_name}'"
+            )
+        self.dpam = bool(dpam)
+        self.dpam_start = start
+        if temperature <= 0:
+            raise ValueError(f"method.temperature={temperature} must be positive")
+        self.temperature = float(temperature)
+        self.local_loss_weight = float(local_loss_weight)
+        self.global_ln_post = bool(global_ln_post)
+        self.blur_sigma = float(blur_sigma)
+        self.blur_truncate = float(blur_truncate)
+        self.prompt_encoder = LearnablePromptEncoder(backbone, prompts)
+
+    # ----- image side ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_image(self, images: Tensor) -> AnomalyCLIPFeatures:
+        """Run the original stream and, from ``dpam_start`` on, the DPAM stream beside it.
+
+        DPAM (as ``DAPM_replace`` + ``AnomalyCLIP_forward`` of the official code): the DPAM stream starts
+        as the original stream's input to block ``s = dpam_start`` (``h_{s-1}``) and, for each block
+        ``l >= s``, adds ``VV_l(ln_1(x_l))`` where ``x_l`` is the ORIGINAL stream's input to block ``l``;
+        it has no MLP. The original stream runs the unmodified blocks. Patch features of block ``l`` =
+        DPAM stream after block ``l`` -> ``ln_post`` -> ``proj``. Global feature = original stream's CLS
+        after the last block ``@ proj`` (see ``global_ln_post``).
+        """
+        backbone = self.backbone
+        visual = backbone.visual
+        x = visual.ln_pre(backbone.embed_patches(images))
+        seq_first = not getattr(visual.transformer, "batch_first", True)
+        wanted = set(self.layers)
+        taps: dict[int, Tensor] = {}
+        stream: Tensor | None = None
+        for index, block in enumerate(visual.transformer.resblocks, start=1):
+            if self.dpam and index >= self.dpam_start:
+                refined = value_value_attention(block, block.ln_1(x))
+                stream = x + refined if stream is None else stream + refined
+            x = block(x.transpose(0, 1)).transpose(0, 1) if seq_first else block(x)
+            if index in wanted:
+                taps[index] = x if stream is None else stream
+        if self.global_ln_post:
+            global_embedding = visual.ln_post(x[:, 0]) @ visual.proj
+        else:
+            global_embedding = x[:, 0] @ visual.proj
+        patches = {index: visual.ln_post(tokens[:, 1:]) @ visual.proj for index, tokens in taps.items()}
+        return AnomalyCLIPFeatures(global_embedding=global_embedding, patch_embeddings=patches)
+
+    # ----- text side ----------------------------------------------------------------------------
+    def text_features(self) -> Tensor:
+        """``[2, D]`` unit-norm text features (normal, anomalous) from the learnable prompts."""
+        return self.prompt_encoder()
+
+    # ----- scoring --------------------------------------------------------------------------------
+    def image_logits(self, features: AnomalyCLIPFeatures, text: Tensor) -> Tensor:
+        """``[B, 2]`` cos(image, text) / temperature."""
+        return F.normalize(features.global_embedding, dim=-1) @ text.T / self.temperature
+
+    def patch_probabilities(
+        self, features: AnomalyCLIPFeatures, text: Tensor, size: tuple[int, int]
+    ) -> dict[int, Tensor]:
+        """Per used block ``[B, 2, H, W]`` class probabilities at ``size = (H, W)``.
+
+        Softmax over (normal, anomalous) of cos/temperature on the patch grid, THEN bilinear upsampling
+        (``align_corners=False``) to ``size``, as ``compute_similarity`` + ``get_similarity_map`` of the
+        official code.
+        """
+        side_h, side_w = self.backbone.grid_size
+        maps = {}
+        for index in self.layers:
+            patches = F.normalize(features.patch_embeddings[index], dim=-1)
+            probs = (patches @ text.T / self.temperature).softmax(dim=-1)
+            grid = probs.transpose(1, 2).reshape(probs.shape[0], 2, side_h, side_w)
+            maps[index] = F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)
+        return maps
+
+    def loss(self, images: Tensor, masks: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Glocal loss: CE(image logits, label) + local_loss_weight x Σ_layers (focal + 2 dice).
+
+        ``masks`` are ``[B, H, W]`` binary at the input size, ``labels`` ``[B]`` 0/1. The official code
+        sums the local terms over the used layers and multiplies the sum by 4.
+        """
+        return self.loss_from_features(self.encode_image(images), masks, labels)
+
+    def loss_from_features(
+        self, features: AnomalyCLIPFeatures, masks: Tensor, labels: Tensor
+    ) -> dict[str, Tensor]:
+        """:meth:`loss` on image features computed beforehand (the image side is frozen)."""
+        text = self.text_features()
+        global_loss = F.cross_entropy(self.image_logits(features, text), labels.long())
+        target = (masks > 0.5).to(text.dtype)
+        local = text.new_zeros(())
+        for probs in self.patch_probabilities(features, text, masks.shape[-2:]).values():
+            local = local + focal_loss(probs, target)
+            local = local + dice_loss(probs[:, 1], target)
+            local = local + dice_loss(probs[:, 0], 1.0 - target)
+        total = global_loss + self.local_loss_weight * local
+        return {"loss": total, "global_loss": global_loss, "local_loss": local}
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, text: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``([B] image scores, [B, H, W] anomaly maps)``.
+
+        Image score = softmax(cos(global, text)/T)[anomalous]. Map = anomalous probability summed over
+        the used layers, then the Gaussian blur. (The official map ``(p_anomalous + 1 - p_normal) / 2``
+        equals ``p_anomalous`` for a two-way softmax.)
+        """
+        text = self.text_features() if text is None else text
+        features = self.encode_image(images)
+        scores = self.image_logits(features, text).softmax(dim=-1)[:, 1]
+        probabilities = self.patch_probabilities(features, text, images.shape[-2:])
+        maps = sum(probs[:, 1] for probs in probabilities.values())
+        maps = gaussian_blur(maps, self.blur_sigma, self.blur_truncate)
+        return scores, maps
+
+    def extra_repr(self) -> str:
+        return (
+            f"layers={self.layers}, dpam={self.dpam}, dpam_start={self.dpam_start}, "
+            f"temperature={self.temperature}, blur_sigma={self.blur_sigma}"
+        )
+
+
+__all__ = [
+    "AnomalyCLIP",
+    "AnomalyCLIPFeatures",
+    "default_dpam_start",
+    "gaussian_blur",
+    "value_value_attention",
+]

@@ -1,0 +1,25 @@
+"""The runner refuses few-shot runs of zero-shot-only methods before building anything."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from anomaly_vlm.data.sampling import ShotsError
+from anomaly_vlm.tasks.runner import check_shots_supported
+
+
+def test_zero_shot_only_method_refuses_shots() -> None:
+    node = OmegaConf.create({"_target_": "anomaly_vlm.methods.anomalyclip.AnomalyCLIPModule", "layers": [24]})
+    with pytest.raises(
+        ShotsError, match=r"method 'anomalyclip' is zero-shot only; shots=4 .*\(use shots=0\)"
+    ):
+        check_shots_supported(node, 4, None)
+    check_shots_supported(node, 0, None)
+
+
+def test_unknown_target_fails_clearly() -> None:
+    with pytest.raises(Exception, match="no_such_method"):
+        check_shots_supported(
+            OmegaConf.create({"_target_": "anomaly_vlm.methods.no_such_method.Module"}), 1, None
+        )
