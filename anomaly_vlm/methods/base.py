@@ -34,6 +34,8 @@ class AnomalyMethod(L.LightningModule):
 
     method_name: str = "base"
     supports_few_shot: bool = True
+    #: Learns parameters on an auxiliary dataset (``train_data``) before testing.
+    trains_on_auxiliary_data: bool = False
 
     def __init__(
         self, model: nn.Module, prompts: PromptSet, shots: int = 0, text_cache_dir: str | None = None

@@ -192,6 +192,22 @@ def check_shots_supported(method_node: DictConfig, shots: int, method_name: str 
         )
 
 
+def check_training_data(cfg: DictConfig, fit: bool, method_name: str | None) -> None:
+    """A method that learns on auxiliary data needs ``train_data`` (or trained weights) to be useful."""
+    method_class = get_class(cfg.method._target_)
+    if not getattr(method_class, "trains_on_auxiliary_data", False) or cfg.get("ckpt_path"):
+        return
+    name = method_name or getattr(method_class, "method_name", method_class.__name__)
+    if fit and not cfg.get("train_data"):
+        raise DataError(
+            f"method '{name}' trains on an auxiliary dataset: set train_data=<mvtec|visa|folder|synthetic> "
+            "(the cross-dataset protocol trains on the other dataset's test split), or load trained "
+            "parameters with ckpt_path=..."
+        )
+    if not fit:
+        log.warning("method '%s' is evaluated with untrained parameters (no ckpt_path given)", name)
+
+
 def draw_all_references(
     datamodule: AnomalyDataModule, categories: list[str], shots: int, seed: int
 ) -> dict[str, list[Sample]]:
@@ -215,6 +231,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     shots = int(cfg.shots)
     references = draw_all_references(datamodule, categories, shots, int(cfg.seed))
     check_shots_supported(cfg.method, shots, names["method"])
+    check_training_data(cfg, fit, names["method"])
     class_names = dataset_class_names(train_source, source)
     preflight(datamodule, categories, references)
     if shots:

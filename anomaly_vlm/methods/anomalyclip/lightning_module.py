@@ -37,6 +37,7 @@ class AnomalyCLIPModule(AnomalyMethod):
 
     method_name = "anomalyclip"
     supports_few_shot = False
+    trains_on_auxiliary_data = True
 
     def __init__(
         self,

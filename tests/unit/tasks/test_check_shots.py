@@ -23,3 +23,19 @@ def test_unknown_target_fails_clearly() -> None:
         check_shots_supported(
             OmegaConf.create({"_target_": "anomaly_vlm.methods.no_such_method.Module"}), 1, None
         )
+
+
+def test_trained_method_without_auxiliary_data_is_rejected_before_building() -> None:
+    from anomaly_vlm.data import DataError
+    from anomaly_vlm.tasks.runner import check_training_data
+
+    cfg = OmegaConf.create(
+        {"method": {"_target_": "anomaly_vlm.methods.anomalyclip.AnomalyCLIPModule"}, "train_data": None}
+    )
+    with pytest.raises(DataError, match="method 'anomalyclip' trains on an auxiliary dataset: set train_data="):
+        check_training_data(cfg, fit=True, method_name="anomalyclip")
+    check_training_data(cfg, fit=False, method_name="anomalyclip")  # evaluate: a warning only
+    cfg.ckpt_path = "trained.ckpt"
+    check_training_data(cfg, fit=True, method_name="anomalyclip")  # trained parameters given
+    clip = OmegaConf.create({"method": {"_target_": "anomaly_vlm.methods.clip.CLIPBaselineModule"}})
+    check_training_data(clip, fit=True, method_name="clip")
