@@ -32,7 +32,9 @@ def test_trained_method_without_auxiliary_data_is_rejected_before_building() -> 
     cfg = OmegaConf.create(
         {"method": {"_target_": "anomaly_vlm.methods.anomalyclip.AnomalyCLIPModule"}, "train_data": None}
     )
-    with pytest.raises(DataError, match="method 'anomalyclip' trains on an auxiliary dataset: set train_data="):
+    with pytest.raises(
+        DataError, match="method 'anomalyclip' trains on an auxiliary dataset: set train_data="
+    ):
         check_training_data(cfg, fit=True, method_name="anomalyclip")
     check_training_data(cfg, fit=False, method_name="anomalyclip")  # evaluate: a warning only
     cfg.ckpt_path = "trained.ckpt"
