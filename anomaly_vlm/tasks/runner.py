@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -113,10 +114,29 @@ def draw_all_references(
     return {category: datamodule.reference_samples(category, shots, seed) for category in categories}
 
 
+def is_repeated_zero_shot_draw(cfg: DictConfig) -> bool:
+    """Whether this multirun job would repeat another one: a zero-shot job uses no references, so of
+    the reference draws a method sweeps by default (``reference_seed`` = 0 .. ``reference_draws`` - 1)
+    only the first one runs."""
+    if int(cfg.get("shots", 0)) != 0 or not HydraConfig.initialized():
+        return False
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    draws = int(cfg.get("reference_draws") or 1)
+    return 0 < int(cfg.get("reference_seed", 0)) < draws
+
+
 def run(cfg: DictConfig, fit: bool) -> float | None:
     """Run one job. Returns the mean image AUROC (the value sweepers optimise)."""
     started = time.time()
     _quiet_lightning()
+    if is_repeated_zero_shot_draw(cfg):
+        log.warning(
+            "shots=0 uses no reference images: the job with reference_seed=%s would repeat the one with "
+            "reference_seed=0 and is skipped",
+            cfg.reference_seed,
+        )
+        return None
     output_dir = Path(cfg.paths.output_dir)
     guard_finished_run(output_dir, bool(cfg.get("overwrite", False)))
     names = group_choices(cfg)
@@ -128,9 +148,10 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     datamodule: AnomalyDataModule = build(cfg.datamodule, source=source, train_source=train_source)
     categories = datamodule.categories
     shots = int(cfg.shots)
-    references = draw_all_references(datamodule, categories, shots, int(cfg.seed))
+    reference_seed = int(cfg.get("reference_seed", cfg.seed))
+    references = draw_all_references(datamodule, categories, shots, reference_seed)
     if shots:
-        write_reference_log(output_dir / "references.json", references, shots, int(cfg.seed))
+        write_reference_log(output_dir / "references.json", references, shots, reference_seed)
 
     backbone = build(cfg.backbone)
     prompts = build(cfg.prompts)
@@ -148,7 +169,9 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
     trainer: L.Trainer = build(cfg.trainer, logger=logger, callbacks=[evaluation, *extra_callbacks])
     if logger:
-        logger.log_hyperparams({**names, "shots": shots, "seed": int(cfg.seed)})
+        logger.log_hyperparams(
+            {**names, "shots": shots, "seed": int(cfg.seed), "reference_seed": reference_seed}
+        )
 
     trained_checkpoint = None
     if fit and method.is_trainable and not cfg.get("ckpt_path"):
@@ -186,6 +209,8 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     )
     results_path = write_json_atomic(output_dir / RESULTS_FILE, payload)
     title = f"{names['method']} | {names['backbone']} | {names['data']} | shots={shots} | seed={cfg.seed}"
+    if shots:
+        title += f" | reference_seed={reference_seed}"
     print_metrics_table(evaluator.results, mean, title=title)
     print(f"results: {results_path}")
     close_logger(logger)
