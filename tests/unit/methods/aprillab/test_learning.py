@@ -63,13 +63,23 @@ def run(tmp_path_factory):
             train_batch_size=8,
         )
         train_batches = list(datamodule.train_dataloader())
-        before = {"loss": _mean_loss(module, train_batches), "auroc": _held_out_pixel_auroc(module, datamodule)}
+        before = {
+            "loss": _mean_loss(module, train_batches),
+            "auroc": _held_out_pixel_auroc(module, datamodule),
+        }
         trainer = L.Trainer(
-            accelerator="cpu", max_epochs=8, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False,
+            accelerator="cpu",
+            max_epochs=8,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
         )
         trainer.fit(module, datamodule=datamodule)
-        after = {"loss": _mean_loss(module, train_batches), "auroc": _held_out_pixel_auroc(module, datamodule)}
+        after = {
+            "loss": _mean_loss(module, train_batches),
+            "auroc": _held_out_pixel_auroc(module, datamodule),
+        }
     finally:
         torch.set_num_threads(threads)
     return before, after

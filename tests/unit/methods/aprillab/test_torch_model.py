@@ -116,8 +116,12 @@ def test_training_step_updates_only_the_projections(backbone):
     mask = torch.zeros(2, 128, 128)
     mask[:, 40:60, 40:60] = 1
     batch = AnomalyBatch(
-        image=torch.rand(2, 3, 128, 128), label=torch.tensor([1, 1]), category=["a", "b"],
-        path=["x", "y"], defect_type=["d", "d"], mask=mask,
+        image=torch.rand(2, 3, 128, 128),
+        label=torch.tensor([1, 1]),
+        category=["a", "b"],
+        path=["x", "y"],
+        defect_type=["d", "d"],
+        mask=mask,
     )
     optimizer = module.configure_optimizers()
     assert optimizer.defaults["lr"] == 1e-3 and optimizer.defaults["betas"] == (0.5, 0.999)
@@ -128,7 +132,9 @@ def test_training_step_updates_only_the_projections(backbone):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    assert all(not torch.equal(b, layer.weight) for b, layer in zip(before, module.model.projections, strict=True))
+    assert all(
+        not torch.equal(b, layer.weight) for b, layer in zip(before, module.model.projections, strict=True)
+    )
     assert all(torch.equal(frozen[name], value) for name, value in backbone.state_dict().items())
     assert sorted(module.trainable_state_dict()) == sorted(
         f"model.projections.{i}.{kind}" for i in range(4) for kind in ("weight", "bias")
@@ -143,7 +149,9 @@ def test_checkpoint_reloads_and_refuses_other_stages_or_backbone(backbone, tmp_p
     checkpoint: dict = {}
     trained.on_save_checkpoint(checkpoint)
     assert checkpoint["anomaly_vlm"]["stages"] == [2, 4, 6, 8]
-    assert checkpoint["anomaly_vlm"]["image_size"] == 128 and checkpoint["anomaly_vlm"]["prompt_set"] == "test"
+    assert (
+        checkpoint["anomaly_vlm"]["image_size"] == 128 and checkpoint["anomaly_vlm"]["prompt_set"] == "test"
+    )
     path = tmp_path / "trained.ckpt"
     torch.save(checkpoint, path)
 
@@ -152,7 +160,9 @@ def test_checkpoint_reloads_and_refuses_other_stages_or_backbone(backbone, tmp_p
     for a, b in zip(fresh.model.projections, trained.model.projections, strict=True):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
-    with pytest.raises(ValueError, match=r"stages: checkpoint has \[2, 4, 6, 8\], this run has \[1, 3, 5, 7\]"):
+    with pytest.raises(
+        ValueError, match=r"stages: checkpoint has \[2, 4, 6, 8\], this run has \[1, 3, 5, 7\]"
+    ):
         _module(backbone, stages=[1, 3, 5, 7]).load_trainable_checkpoint(str(path))
     other = FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=4)
     with pytest.raises(ValueError, match="backbone: checkpoint has 'anomaly-vlm-tiny:random:seed3'"):
