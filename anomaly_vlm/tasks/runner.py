@@ -205,6 +205,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
         extra={
             "trained_checkpoint": str(trained_checkpoint) if trained_checkpoint else None,
             "device": str(method.device),
+            "reference_seed": reference_seed if shots else None,
         },
     )
     results_path = write_json_atomic(output_dir / RESULTS_FILE, payload)

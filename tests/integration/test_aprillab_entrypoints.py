@@ -69,8 +69,12 @@ def test_dash_m_runs_three_reference_draws_and_evaluate_reloads_the_checkpoint(t
         tmp_path,
     )
     (evaluated,) = _jobs(tmp_path, "evaluate")
-    assert evaluated["mean"]["pixel_auroc"] == pytest.approx(first["mean"]["pixel_auroc"], abs=1e-6)
-    assert evaluated["mean"]["image_auroc"] == pytest.approx(first["mean"]["image_auroc"], abs=1e-6)
+    assert evaluated["metrics"]["mean"]["pixel_auroc"] == pytest.approx(
+        first["metrics"]["mean"]["pixel_auroc"], abs=1e-6
+    )
+    assert evaluated["metrics"]["mean"]["image_auroc"] == pytest.approx(
+        first["metrics"]["mean"]["image_auroc"], abs=1e-6
+    )
 
     refused = _run(
         "evaluate.py",
