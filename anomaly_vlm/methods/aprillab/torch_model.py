@@ -68,6 +68,8 @@ def resolve_stages(
 class AprilGAN(nn.Module):
     """Frozen CLIP + one trainable linear projection per stage + optional few-shot memory.
 
+    Paper: Chen et al., arXiv 2305.17382 (APRIL-GAN); arithmetic as in the VAND-APRIL-GAN release.
+
     Args:
         backbone: frozen CLIP.
         stages: 1-based blocks whose outputs are projected (None: the published 6/12/18/24 scaled to
