@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from anomaly_vlm.data.batch import Sample, collate_samples
 from anomaly_vlm.data.dataset import AnomalyImageDataset
 from anomaly_vlm.data.image_io import load_image
+from anomaly_vlm.data.mosaic import MosaicDataset
 from anomaly_vlm.data.sampling import draw_references
 from anomaly_vlm.data.source import DatasetSource
 
@@ -29,6 +30,8 @@ class AnomalyDataModule(L.LightningDataModule):
             trains on the OTHER dataset's test split, masks included); None for training-free methods.
         train_split: which split of ``train_source`` to train on (``test`` in the published protocol).
         train_batch_size: training batch size.
+        train_mosaic_probability: chance that a training item is replaced by a 2x2 mosaic of four
+            images of its category (:class:`~anomaly_vlm.data.mosaic.MosaicDataset`); 0 disables it.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class AnomalyDataModule(L.LightningDataModule):
         train_source: DatasetSource | None = None,
         train_split: str = "test",
         train_batch_size: int = 8,
+        train_mosaic_probability: float = 0.0,
     ) -> None:
         super().__init__()
         self.source = source
@@ -49,6 +53,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.train_source = train_source
         self.train_split = train_split
         self.train_batch_size = train_batch_size
+        self.train_mosaic_probability = float(train_mosaic_probability)
 
     @property
     def categories(self) -> list[str]:
@@ -93,4 +98,6 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = AnomalyImageDataset(self.train_samples(), self.image_size, with_masks=True)
+        if self.train_mosaic_probability > 0:
+            dataset = MosaicDataset(dataset, self.train_mosaic_probability)
         return self._loader(dataset, self.train_batch_size, shuffle=True)

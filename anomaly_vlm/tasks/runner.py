@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -214,10 +215,29 @@ def draw_all_references(
     return {category: datamodule.reference_samples(category, shots, seed) for category in categories}
 
 
+def is_repeated_zero_shot_draw(cfg: DictConfig) -> bool:
+    """Whether this multirun job would repeat another one: a zero-shot job uses no references, so of
+    the reference draws a method sweeps by default (``reference_seed`` = 0 .. ``reference_draws`` - 1)
+    only the first one runs."""
+    if int(cfg.get("shots", 0)) != 0 or not HydraConfig.initialized():
+        return False
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    draws = int(cfg.get("reference_draws") or 1)
+    return 0 < int(cfg.get("reference_seed", 0)) < draws
+
+
 def run(cfg: DictConfig, fit: bool) -> float | None:
     """Run one job. Returns the mean image AUROC (the value sweepers optimise)."""
     started = time.time()
     _quiet_lightning()
+    if is_repeated_zero_shot_draw(cfg):
+        log.warning(
+            "shots=0 uses no reference images: the job with reference_seed=%s would repeat the one with "
+            "reference_seed=0 and is skipped",
+            cfg.reference_seed,
+        )
+        return None
     output_dir = Path(cfg.paths.output_dir)
     guard_finished_run(output_dir, bool(cfg.get("overwrite", False)))
     names = group_choices(cfg)
@@ -229,13 +249,14 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     datamodule: AnomalyDataModule = build(cfg.datamodule, source=source, train_source=train_source)
     categories = datamodule.categories
     shots = int(cfg.shots)
-    references = draw_all_references(datamodule, categories, shots, int(cfg.seed))
+    reference_seed = int(cfg.get("reference_seed", cfg.seed))
+    references = draw_all_references(datamodule, categories, shots, reference_seed)
     check_shots_supported(cfg.method, shots, names["method"])
     check_training_data(cfg, fit, names["method"])
     class_names = dataset_class_names(train_source, source)
     preflight(datamodule, categories, references)
     if shots:
-        write_reference_log(output_dir / "references.json", references, shots, int(cfg.seed))
+        write_reference_log(output_dir / "references.json", references, shots, reference_seed)
 
     backbone = build(cfg.backbone)
     prompts = with_class_names(build(cfg.prompts), class_names)
@@ -253,7 +274,9 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
     trainer: L.Trainer = build(cfg.trainer, logger=logger, callbacks=[evaluation, *extra_callbacks])
     if logger:
-        logger.log_hyperparams({**names, "shots": shots, "seed": int(cfg.seed)})
+        logger.log_hyperparams(
+            {**names, "shots": shots, "seed": int(cfg.seed), "reference_seed": reference_seed}
+        )
 
     trained_checkpoint = None
     if fit and method.is_trainable and not cfg.get("ckpt_path"):
@@ -287,10 +310,13 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
         extra={
             "trained_checkpoint": str(trained_checkpoint) if trained_checkpoint else None,
             "device": str(method.device),
+            "reference_seed": reference_seed if shots else None,
         },
     )
     results_path = write_json_atomic(output_dir / RESULTS_FILE, payload)
     title = f"{names['method']} | {names['backbone']} | {names['data']} | shots={shots} | seed={cfg.seed}"
+    if shots:
+        title += f" | reference_seed={reference_seed}"
     print_metrics_table(evaluator.results, mean, title=title)
     print(f"results: {results_path}")
     close_logger(logger)

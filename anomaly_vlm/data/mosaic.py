@@ -1,0 +1,84 @@
+"""2x2 mosaic augmentation of training images and masks (APRIL-GAN's MVTec training recipe)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from anomaly_vlm.data.dataset import AnomalyImageDataset
+
+
+class MosaicDataset(Dataset):
+    """With probability ``probability`` an item is replaced by a 2x2 mosaic of four images of its category.
+
+    As in the APRIL-GAN release, each of the four tiles is drawn independently: a defect type of the
+    category uniformly (``good`` included), then an image of that type uniformly; the tiles are laid out
+    row by row and the mosaic (with its mask) is resized to the input size. The item keeps its category
+    (the text classifier of training is per category); its label is 1 when any tile is anomalous.
+
+    Deviation, for the decode path only: tiles are read at the input size and the ``2S x 2S`` mosaic is
+    shrunk to ``S`` (antialiased bicubic for images, bilinear + 0.5 threshold for masks), where the
+    release pasted the files at their native size and resized once.
+
+    Args:
+        dataset: the training dataset (must return masks).
+        probability: chance of a mosaic per item (released value 0.2, MVTec-trained models only).
+    """
+
+    def __init__(self, dataset: AnomalyImageDataset, probability: float = 0.2) -> None:
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"mosaic probability must be in [0, 1], got {probability}")
+        if not dataset.with_masks:
+            raise ValueError("the mosaic augmentation needs a dataset with masks")
+        self.dataset = dataset
+        self.probability = float(probability)
+        groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for index, sample in enumerate(dataset.samples):
+            groups[sample.category][sample.defect_type].append(index)
+        self.groups = {category: dict(types) for category, types in groups.items()}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _draw_tile(self, category: str) -> int:
+        types = sorted(self.groups[category])
+        members = self.groups[category][types[int(torch.randint(len(types), ()).item())]]
+        return members[int(torch.randint(len(members), ()).item())]
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.dataset[index]
+        if self.probability == 0.0 or float(torch.rand(())) >= self.probability:
+            return item
+        tiles = [self.dataset[self._draw_tile(item["category"])] for _ in range(4)]
+        size = self.dataset.image_size
+        image = torch.cat(
+            [
+                torch.cat([tiles[0]["image"], tiles[1]["image"]], dim=2),
+                torch.cat([tiles[2]["image"], tiles[3]["image"]], dim=2),
+            ],
+            dim=1,
+        )
+        mask = torch.cat(
+            [
+                torch.cat([tiles[0]["mask"], tiles[1]["mask"]], dim=1),
+                torch.cat([tiles[2]["mask"], tiles[3]["mask"]], dim=1),
+            ],
+            dim=0,
+        )
+        image = F.interpolate(
+            image[None], size=(size, size), mode="bicubic", antialias=True, align_corners=False
+        )
+        mask = F.interpolate(
+            mask[None, None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        return {
+            **item,
+            "image": image[0].clamp(0.0, 1.0),
+            "mask": (mask[0, 0] > 0.5).float(),
+            "label": int(max(tile["label"] for tile in tiles)),
+            "defect_type": "mosaic",
+            "path": "+".join(tile["path"] for tile in tiles),
+        }

@@ -1,0 +1,195 @@
+"""APRIL-GAN: multi-stage linear projections of CLIP patch tokens into the text space, plus a
+few-shot memory bank of raw patch tokens.
+
+Paper: Chen et al., "APRIL-GAN: A Zero-/Few-Shot Anomaly Classification and Segmentation Method for
+CVPR 2023 VAND Workshop Challenge Tracks 1&2", arXiv 2305.17382 (the "AprilLab framework").
+
+Where the paper is silent the released code (VAND-APRIL-GAN) decides:
+
+* tokens are the raw residual stream at the output of the chosen blocks (no ``ln_post``, no ``proj``),
+  CLS dropped, each stage with its own ``Linear(width -> embed_dim)`` (bias on);
+* per stage, ``100 * normalised tokens @ T`` is reshaped to ``[B, 2, g, g]``, upsampled bilinearly with
+  ``align_corners=True`` and only then soft-maxed over the two classes; the test map is the SUM of the
+  stages' abnormal channels (not the mean), without any blur;
+* the image score uses the un-projected global embedding ``ln_post(CLS) @ proj``;
+* few-shot maps compare RAW (un-projected, un-normalised by ``ln_post``) tokens of the query with those
+  of the reference images, ``min(1 - cos)`` per stage, upsampled like the text maps and summed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anomaly_vlm.backbones.clip import FrozenCLIP
+
+#: The published stages: blocks 6, 12, 18, 24 of the 24-block ViT-L-14-336.
+REFERENCE_STAGES: tuple[int, ...] = (6, 12, 18, 24)
+REFERENCE_DEPTH = 24
+
+
+def default_stages(num_layers: int) -> tuple[int, ...]:
+    """The published stages scaled to a backbone of ``num_layers`` blocks (1-based).
+
+    24 blocks -> 6/12/18/24, 12 -> 3/6/9/12, 8 -> 2/4/6/8.
+    """
+    stages = tuple(max(1, round(stage * num_layers / REFERENCE_DEPTH)) for stage in REFERENCE_STAGES)
+    if len(set(stages)) != len(stages):
+        raise ValueError(
+            f"a backbone with {num_layers} blocks is too shallow for {len(REFERENCE_STAGES)} distinct "
+            "stages; set method.stages explicitly"
+        )
+    return stages
+
+
+def resolve_stages(
+    stages: Sequence[int] | None, backbone: FrozenCLIP, key: str = "method.stages"
+) -> tuple[int, ...]:
+    """Validate explicit stages or derive the default ones from the backbone depth."""
+    if stages is None:
+        return default_stages(backbone.num_layers)
+    resolved = tuple(int(stage) for stage in stages)
+    if not resolved:
+        raise ValueError(f"{key} is empty; give at least one block index (1-based)")
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"{key}={list(resolved)} repeats a block")
+    bad = [stage for stage in resolved if not 1 <= stage <= backbone.num_layers]
+    if bad:
+        raise ValueError(
+            f"{key}={list(resolved)}: blocks {bad} outside 1..{backbone.num_layers} of backbone "
+            f"'{backbone.model_name}'"
+        )
+    return resolved
+
+
+class AprilGAN(nn.Module):
+    """Frozen CLIP + one trainable linear projection per stage + optional few-shot memory.
+
+    Paper: Chen et al., arXiv 2305.17382 (APRIL-GAN); arithmetic as in the VAND-APRIL-GAN release.
+
+    Args:
+        backbone: frozen CLIP.
+        stages: 1-based blocks whose outputs are projected (None: the published 6/12/18/24 scaled to
+            the backbone depth).
+        few_shot_stages: blocks whose raw tokens feed the few-shot memory (None: same as ``stages``,
+            as in the published runs).
+        logit_scale: the fixed 100 of CLIP's zero-shot classifier.
+    """
+
+    def __init__(
+        self,
+        backbone: FrozenCLIP,
+        stages: Sequence[int] | None = None,
+        few_shot_stages: Sequence[int] | None = None,
+        logit_scale: float = 100.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.stages = resolve_stages(stages, backbone)
+        self.few_shot_stages = (
+            self.stages
+            if few_shot_stages is None
+            else resolve_stages(few_shot_stages, backbone, key="method.few_shot_stages")
+        )
+        self.logit_scale = float(logit_scale)
+        self.projections = nn.ModuleList(
+            [nn.Linear(backbone.width, backbone.embed_dim, bias=True) for _ in self.stages]
+        )
+        self.register_buffer("text_classifier", torch.zeros(2, backbone.embed_dim), persistent=False)
+        self.memory: list[Tensor] = []
+
+    # ----- state ------------------------------------------------------------------------------
+    def set_text_classifier(self, classifier: Tensor) -> None:
+        """``[2, D]`` unit rows (normal, abnormal) of the current category."""
+        if classifier.shape != (2, self.backbone.embed_dim):
+            raise ValueError(
+                f"text classifier must be [2, {self.backbone.embed_dim}], got {tuple(classifier.shape)}"
+            )
+        self.text_classifier = classifier.to(self.text_classifier)
+
+    @torch.no_grad()
+    def build_memory(self, reference_images: Tensor | None, batch_size: int = 8) -> None:
+        """Store the raw patch tokens of the reference images, one ``[k * N, W]`` bank per stage."""
+        if reference_images is None or len(reference_images) == 0:
+            self.memory = []
+            return
+        banks: list[list[Tensor]] = [[] for _ in self.few_shot_stages]
+        for start in range(0, len(reference_images), batch_size):
+            chunk = reference_images[start : start + batch_size]
+            taps = self.backbone.encode_image(chunk, layers=self.few_shot_stages).layer_tokens
+            for index, stage in enumerate(self.few_shot_stages):
+                banks[index].append(taps[stage][:, 1:].reshape(-1, self.backbone.width))
+        self.memory = [torch.cat(bank) for bank in banks]
+
+    @property
+    def has_memory(self) -> bool:
+        return bool(self.memory)
+
+    # ----- computation ------------------------------------------------------------------------
+    def encode(self, images: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        """Frozen forward pass: ``([B, D] global embedding, block -> [B, 1 + N, W] raw tokens)``."""
+        layers = sorted(set(self.stages) | (set(self.few_shot_stages) if self.has_memory else set()))
+        with torch.no_grad():
+            features = self.backbone.encode_image(images, layers=layers)
+        return features.global_embedding, features.layer_tokens
+
+    def _upsample(self, grid_values: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(grid_values, size=size, mode="bilinear", align_corners=True)
+
+    def stage_probabilities(
+        self, layer_tokens: dict[int, Tensor], text: Tensor, size: tuple[int, int]
+    ) -> list[Tensor]:
+        """Per stage ``[B, 2, H, W]`` class probabilities at the input size.
+
+        Args:
+            layer_tokens: raw block outputs from :meth:`encode`.
+            text: ``[2, D]`` (one category) or ``[B, 2, D]`` (a class per image, as in training).
+            size: output (input image) size.
+        """
+        side_h, side_w = self.backbone.grid_size
+        outputs = []
+        for projection, stage in zip(self.projections, self.stages, strict=True):
+            tokens = F.normalize(projection(layer_tokens[stage][:, 1:]), dim=-1)
+            if text.dim() == 2:
+                logits = self.logit_scale * tokens @ text.T
+            else:
+                logits = self.logit_scale * torch.einsum("bnd,bcd->bnc", tokens, text)
+            grid = logits.transpose(1, 2).reshape(tokens.shape[0], 2, side_h, side_w)
+            # Softmax after upsampling, as the released code does (upsampled logits, not probabilities).
+            outputs.append(self._upsample(grid, size).softmax(dim=1))
+        return outputs
+
+    def image_probability(self, global_embedding: Tensor) -> Tensor:
+        """``[B]`` abnormal probability of the global (CLS) embedding; the projections play no part."""
+        embedding = F.normalize(global_embedding, dim=-1)
+        return (self.logit_scale * embedding @ self.text_classifier.T).softmax(dim=-1)[:, 1]
+
+    def few_shot_map(self, layer_tokens: dict[int, Tensor], size: tuple[int, int]) -> Tensor:
+        """``[B, H, W]`` sum over stages of ``min_bank (1 - cos)`` of raw tokens, upsampled."""
+        side_h, side_w = self.backbone.grid_size
+        total = None
+        for bank, stage in zip(self.memory, self.few_shot_stages, strict=True):
+            query = F.normalize(layer_tokens[stage][:, 1:], dim=-1)
+            distance = 1.0 - query @ F.normalize(bank, dim=-1).T  # [B, N, k * N]
+            nearest = distance.min(dim=-1).values.reshape(-1, 1, side_h, side_w)
+            upsampled = self._upsample(nearest, size)[:, 0]
+            total = upsampled if total is None else total + upsampled
+        return total
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Score ``[B, 3, H, W]`` images: ``([B] text probability, [B, H, W] anomaly map)``.
+
+        The map is the zero-shot map (sum of the stages' abnormal probabilities) plus, when a memory is
+        set, the few-shot map. The few-shot image score also needs the category's min-max of
+        ``map.max()``, which only the caller (at the end of a category) can compute.
+        """
+        size = tuple(images.shape[-2:])
+        global_embedding, layer_tokens = self.encode(images)
+        probabilities = self.stage_probabilities(layer_tokens, self.text_classifier, size)
+        anomaly_map = torch.stack([stage[:, 1] for stage in probabilities]).sum(dim=0)
+        if self.has_memory:
+            anomaly_map = anomaly_map + self.few_shot_map(layer_tokens, size)
+        return self.image_probability(global_embedding), anomaly_map
