@@ -130,6 +130,8 @@ class AnomalyMethod(L.LightningModule):
         # The frozen backbone is rebuilt from its config; storing it would cost gigabytes per run.
         checkpoint["state_dict"] = self.trainable_state_dict()
         checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()
+        # The resolved run config (when the runner set it) documents how the parameters were made.
+        checkpoint["config"] = getattr(self, "run_config", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_checkpoint(checkpoint, source="checkpoint")

@@ -280,6 +280,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
 
     trained_checkpoint = None
     if fit and method.is_trainable and not cfg.get("ckpt_path"):
+        method.run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         trainer.fit(method, datamodule=datamodule)
         trained_checkpoint = output_dir / TRAINED_CHECKPOINT
         trainer.save_checkpoint(trained_checkpoint, weights_only=True)
