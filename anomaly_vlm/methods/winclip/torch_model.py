@@ -161,7 +161,8 @@ class WinCLIPModel(nn.Module):
         """``[2, D]`` unit rows (normal, anomalous)."""
         if classifier.shape != self.text_classifier.shape:
             raise ValueError(
-                f"text classifier of shape {tuple(classifier.shape)}, expected {tuple(self.text_classifier.shape)}"
+                f"text classifier of shape {tuple(classifier.shape)}, "
+                f"expected {tuple(self.text_classifier.shape)}"
             )
         self.text_classifier = classifier.to(self.text_classifier)
         self.has_text = True
