@@ -69,11 +69,18 @@ def harmonic_aggregation(window_scores: Tensor, coverage: Tensor) -> Tensor:
         coverage: ``[n_windows, N]`` 0/1 matrix from :func:`coverage_matrix`.
 
     Returns:
-        ``[B, N]``; a patch no window covers (possible only with stride > 1) gets 0.
+        ``[B, N]``; a patch covered by a window scoring exactly 0 gets 0 (the harmonic mean's limit,
+        e.g. a few-shot query identical to a reference), and so does a patch no window covers
+        (possible only with stride > 1).
     """
     counts = coverage.sum(dim=0)
-    inverse_sum = window_scores.reciprocal() @ coverage
-    return torch.where(counts > 0, counts / inverse_sum, torch.zeros_like(inverse_sum))
+    inverse = window_scores.reciprocal()
+    # inf * 0 is NaN inside a matrix product, so zero scores are routed around it.
+    infinite = torch.isinf(inverse)
+    inverse_sum = torch.where(infinite, torch.zeros_like(inverse), inverse) @ coverage
+    hit_zero = (infinite.to(coverage.dtype) @ coverage) > 0
+    result = counts / inverse_sum
+    return torch.where(hit_zero | (counts == 0), torch.zeros_like(result), result)
 
 
 def class_scores(embeddings: Tensor, text_classifier: Tensor, temperature: float) -> Tensor:
@@ -86,7 +93,7 @@ def class_scores(embeddings: Tensor, text_classifier: Tensor, temperature: float
 
 
 def min_cosine_distance(queries: Tensor, memory: Tensor, chunk: int = 65536) -> Tensor:
-    """``min over memory rows of (1 - cos(query, row)) / 2`` for ``[B, Q, C]`` queries.
+    """``min over memory rows of (1 - cos(query, row)) / 2`` for ``[B, Q, C]`` queries, clamped at 0.
 
     Args:
         queries: ``[B, Q, C]`` (normalised here).
@@ -98,7 +105,9 @@ def min_cosine_distance(queries: Tensor, memory: Tensor, chunk: int = 65536) -> 
     for start in range(0, memory.shape[0], chunk):
         similarity = (unit @ memory[start : start + chunk].T).amax(dim=-1)
         best = similarity if best is None else torch.maximum(best, similarity)
-    return (1.0 - best) / 2.0
+    # Rounding can push cos a hair above 1; a negative distance would make the harmonic means below
+    # meaningless (anomalib does not clamp; it only matters for near-duplicates of a reference).
+    return ((1.0 - best) / 2.0).clamp_min(0.0)
 
 
 class WinCLIPModel(nn.Module):
