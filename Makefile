@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench weights clean
+.PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip parity-venv parity-winclip weights clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_%-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -36,8 +36,30 @@ format: $(STAMP)  ## ruff format + import sort
 	$(PY) -m ruff check --fix --select I .
 	$(PY) -m ruff format .
 
-bench: $(STAMP)  ## benchmarks (metrics at MVTec scale)
+bench: bench-metrics bench-winclip  ## all benchmarks
+
+bench-metrics: $(STAMP)  ## metrics at MVTec scale
 	$(PY) bench/bench_metrics.py
+
+# anomalib's WinCLIP (the peer implementation) in a side environment: its [clip] extra with
+# open_clip_torch 2.24.0 (anomalib's window path gives identical windows with open_clip >= 2.26.1).
+PARITY_VENV ?= .venv-parity
+PARITY_PY := $(PARITY_VENV)/bin/python
+PARITY_STAMP := $(PARITY_VENV)/.installed
+
+$(PARITY_STAMP):
+	@test -x $(PARITY_PY) || $(PYTHON) -m venv $(PARITY_VENV) || python3 -m venv $(PARITY_VENV)
+	$(PARITY_PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PARITY_PY) -m pip install --quiet "anomalib[clip]==2.7.0" "open_clip_torch==2.24.0"
+	@touch $(PARITY_STAMP)
+
+parity-venv: $(PARITY_STAMP)  ## side env with anomalib[clip] + open_clip 2.24 (for parity/bench)
+
+parity-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP vs anomalib: max |delta| of scores and maps, 0- and 2-shot
+	cd bench && PARITY_PYTHON=$(abspath $(PARITY_PY)) $(abspath $(PY)) parity_winclip.py
+
+bench-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP forward time vs anomalib's (same weights and inputs), 0- and 4-shot
+	cd bench && PARITY_PYTHON=$(abspath $(PARITY_PY)) $(abspath $(PY)) bench_winclip.py
 
 weights: $(STAMP)  ## download the weights of every backbone config (needs network)
 	$(PY) -m anomaly_vlm.backbones.download

@@ -219,15 +219,22 @@ class FrozenCLIP(nn.Module):
         return x + visual.positional_embedding.to(x.dtype)
 
     def run_blocks(
-        self, tokens: Tensor, layers: Sequence[int] = (), apply_ln_pre: bool = True
+        self,
+        tokens: Tensor,
+        layers: Sequence[int] = (),
+        apply_ln_pre: bool = True,
+        last_block: int | None = None,
     ) -> tuple[Tensor, dict[int, Tensor]]:
         """Run ``ln_pre`` and all transformer blocks on batch-first tokens.
 
         Returns the last block's output (before ``ln_post``) and the outputs of the requested blocks
-        (1-based). Works on any token count, which is what window methods need.
+        (1-based). Works on any token count, which is what window methods need. ``last_block`` (1-based)
+        stops after that block, for methods that finish the stream themselves.
         """
         visual = self.visual
         taps = set(self.check_layers(layers))
+        if last_block is not None:
+            self.check_layers([last_block])
         x = visual.ln_pre(tokens) if apply_ln_pre else tokens
         # open_clip >= 2.26 is batch-first; older releases stored LND. Handle both, never permute blindly.
         seq_first = not getattr(visual.transformer, "batch_first", True)
@@ -235,6 +242,8 @@ class FrozenCLIP(nn.Module):
             x = x.transpose(0, 1)
         outputs: dict[int, Tensor] = {}
         for index, block in enumerate(visual.transformer.resblocks, start=1):
+            if last_block is not None and index > last_block:
+                break
             x = block(x)
             if index in taps:
                 outputs[index] = x.transpose(0, 1) if seq_first else x

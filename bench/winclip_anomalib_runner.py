@@ -1,0 +1,82 @@
+"""Serve anomalib's WinCLIP (the peer implementation) to ``parity_winclip.py`` / ``bench_winclip.py``.
+
+Runs inside the side environment made by ``make parity-venv`` (anomalib with its ``[clip]`` extra and
+``open_clip_torch==2.24.0``; newer open_clip releases break anomalib's window path). It reads one JSON
+command per line on stdin and answers one JSON line on stdout, so the caller can interleave timings of
+both implementations on the same machine:
+
+- ``{"cmd": "load", "weights": file, "class_name": name, "text_out": file | null}``: build
+  ``WinClipModel`` with the given CLIP state dict (no download), collect (and optionally save) the
+  text embeddings of ``class_name``;
+- ``{"cmd": "references", "images": file | null}``: few-shot memory from already-normalised images;
+- ``{"cmd": "forward", "images": file, "out": file | null}``: score already-normalised images, answer
+  the wall time and optionally save ``{"scores", "maps"}``;
+- ``{"cmd": "quit"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from importlib.metadata import version
+from unittest import mock
+
+import open_clip
+import torch
+
+
+def build(weights: str, class_name: str):
+    from anomalib.models.image.winclip import torch_model
+
+    create = open_clip.create_model_and_transforms
+
+    def without_download(name, pretrained=None, **kwargs):
+        return create(name, pretrained=None, **kwargs)
+
+    with mock.patch.object(torch_model.open_clip, "create_model_and_transforms", without_download):
+        model = torch_model.WinClipModel(class_name=None, scales=(2, 3), apply_transform=False)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    missing, unexpected = model.clip.load_state_dict(state, strict=False)
+    model.eval()
+    model.setup(class_name)
+    return model, {"missing": list(missing), "unexpected": list(unexpected)}
+
+
+def main() -> None:
+    torch.set_grad_enabled(False)
+    model = None
+    for line in sys.stdin:
+        command = json.loads(line)
+        reply: dict = {"ok": True}
+        name = command["cmd"]
+        if name == "load":
+            model, keys = build(command["weights"], command["class_name"])
+            reply.update(keys, open_clip=version("open_clip_torch"), torch=torch.__version__)
+            if command.get("text_out"):
+                torch.save(model.text_embeddings, command["text_out"])
+        elif name == "references":
+            if command["images"] is None:
+                model.k_shot = 0
+            else:
+                images = torch.load(command["images"], weights_only=True)
+                started = time.perf_counter()
+                model.setup(reference_images=images)
+                reply["seconds"] = time.perf_counter() - started
+        elif name == "forward":
+            images = torch.load(command["images"], weights_only=True)
+            started = time.perf_counter()
+            output = model(images)
+            reply["seconds"] = time.perf_counter() - started
+            if command.get("out"):
+                torch.save({"scores": output.pred_score, "maps": output.anomaly_map}, command["out"])
+        elif name == "quit":
+            print(json.dumps(reply), flush=True)
+            return
+        else:
+            reply = {"ok": False, "error": f"unknown command {name!r}"}
+        print(json.dumps(reply), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Shared set-up of the WinCLIP parity check and benchmark against anomalib (the peer implementation).
+
+Both implementations get the same random ``ViT-B-16-plus-240`` weights (a state dict written once to a
+temporary folder) and the same already-normalised 240 x 240 inputs. anomalib runs in its own
+environment (``make parity-venv``), driven line by line through ``winclip_anomalib_runner.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from anomaly_vlm.backbones.clip import FrozenCLIP  # noqa: E402
+from anomaly_vlm.methods.winclip import WinCLIPModel  # noqa: E402
+from anomaly_vlm.prompts import PromptSet, TextEmbeddingCache  # noqa: E402
+
+RUNNER = Path(__file__).with_name("winclip_anomalib_runner.py")
+CLASS_NAME = "bottle"
+
+
+def default_peer_python() -> str:
+    return os.environ.get("PARITY_PYTHON", str(ROOT / ".venv-parity" / "bin" / "python"))
+
+
+def load_prompts() -> PromptSet:
+    node = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "prompts" / "winclip_cpe.yaml"))
+    node.pop("_target_")
+    return PromptSet(**node)
+
+
+def build_ours(seed: int = 0) -> tuple[FrozenCLIP, WinCLIPModel]:
+    """Our WinCLIP on a randomly initialised ViT-B-16-plus-240 with the paper's settings."""
+    backbone = FrozenCLIP("ViT-B-16-plus-240", None, image_size=240, seed=seed)
+    model = WinCLIPModel(backbone, scales=(2, 3), temperature=0.07).eval()
+    classifier = TextEmbeddingCache(None).classifier(backbone, load_prompts(), CLASS_NAME, "raw_mean")
+    model.set_text_classifier(classifier)
+    return backbone, model
+
+
+def normalized_images(backbone: FrozenCLIP, count: int, seed: int) -> torch.Tensor:
+    """Smooth random images in [0, 1] (so windows differ from each other), normalised for the model."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 15, 15, generator=generator)
+    fine = torch.rand(count, 3, 240, 240, generator=generator)
+    images = 0.7 * torch.nn.functional.interpolate(coarse, size=240, mode="bilinear") + 0.3 * fine
+    return backbone.normalize(images.clamp(0, 1))
+
+
+class Peer:
+    """anomalib's WinClipModel in its own interpreter, one JSON command per line."""
+
+    def __init__(self, python: str) -> None:
+        if not Path(python).exists():
+            raise FileNotFoundError(
+                f"peer interpreter {python} not found; run `make parity-venv` (or set PARITY_PYTHON)"
+            )
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        self.process = subprocess.Popen(
+            [python, str(RUNNER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+
+    def call(self, **command) -> dict:
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"anomalib runner died while handling {command['cmd']!r} (see its stderr)")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"anomalib runner: {reply}")
+        return reply
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(BrokenPipeError, RuntimeError):
+                self.call(cmd="quit")
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=60)
