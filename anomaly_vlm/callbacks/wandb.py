@@ -144,7 +144,10 @@ def log_results(
 
     run = logger.experiment
     columns = ["category", *METRIC_NAMES]
-    rows = [[category, *(metrics.get(name) for name in METRIC_NAMES)] for category, metrics in per_category.items()]
+    rows = [
+        [category, *(metrics.get(name) for name in METRIC_NAMES)]
+        for category, metrics in per_category.items()
+    ]
     rows.append(["mean", *(mean.get(name) for name in METRIC_NAMES)])
     run.log({"test/per_category": wandb.Table(columns=columns, data=rows)})
     for name, value in mean.items():
@@ -155,7 +158,9 @@ def log_results(
             run.summary[f"efficiency/{key}"] = value
     panels = {}
     for category in per_category:
-        files = sorted((Path(output_dir) / "overlays" / category).glob("*.png"))[: logger.heatmaps_per_category]
+        files = sorted((Path(output_dir) / "overlays" / category).glob("*.png"))[
+            : logger.heatmaps_per_category
+        ]
         if files:
             panels[f"heatmaps/{category}"] = [
                 wandb.Image(str(path), caption=f"{path.stem}: image | map | ground truth") for path in files

@@ -12,11 +12,12 @@ final trainable parameters; a job killed while testing reloads it instead of tra
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
+import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from anomaly_vlm.reporting.results import RESULTS_FILE, read_results
 
@@ -58,17 +59,29 @@ def finished_result(output_dir: Path, overwrite: bool) -> dict | None:
     )
 
 
-def checkpoint_callback(output_dir: Path) -> ModelCheckpoint:
-    """Saves ``checkpoints/last.ckpt`` at the end of every training epoch (and nothing else)."""
-    return ModelCheckpoint(
-        dirpath=Path(output_dir) / CHECKPOINT_DIR,
-        filename="last",
-        save_last=True,
-        save_top_k=0,
-        every_n_epochs=1,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
-    )
+class LastCheckpoint(L.Callback):
+    """Writes ``checkpoints/last.ckpt`` at the end of every training epoch, atomically.
+
+    Lightning's ``ModelCheckpoint`` writes ``last.ckpt`` only alongside a top-k checkpoint; this keeps
+    exactly one file. The checkpoint holds what ``AnomalyMethod.on_save_checkpoint`` keeps (trainable
+    parameters and metadata) plus optimizer and loop state, so ``fit(ckpt_path=...)`` continues with the
+    next epoch.
+    """
+
+    def __init__(self, output_dir: Path) -> None:
+        self.path = Path(output_dir) / LAST_CHECKPOINT
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(temporary)  # collective under DDP; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(temporary, self.path)
+        trainer.strategy.barrier("last_checkpoint")
+
+
+def checkpoint_callback(output_dir: Path) -> LastCheckpoint:
+    """The callback that keeps ``checkpoints/last.ckpt`` current during training."""
+    return LastCheckpoint(output_dir)
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:

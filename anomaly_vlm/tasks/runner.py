@@ -168,7 +168,6 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
         cfg.trainer,
         logger=logger,
         callbacks=[evaluation, *extra_callbacks, *checkpointing],
-        enable_checkpointing=bool(checkpointing),
     )
     if logger:
         logger.log_hyperparams({**names, **wandb_helpers.pivot_fields(cfg, names)})
