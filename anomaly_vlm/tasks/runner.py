@@ -181,12 +181,12 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
 
     mean = evaluator.macro_mean()
     probe = next((callback for callback in extra_callbacks if isinstance(callback, EfficiencyProbe)), None)
-    efficiency = probe.summary(method) if probe else method.parameter_counts()
-    efficiency["flops_per_image"] = flops_per_image(method, datamodule.image_size)
     if not trainer.is_global_zero:
         # DDP: rank 0 gathered every rank's predictions; it alone reports and writes results.json.
         close_logger(logger)
         return None
+    efficiency = probe.summary(method) if probe else method.parameter_counts()
+    efficiency["flops_per_image"] = flops_per_image(method, datamodule.image_size)
     if logger:
         logger.log_metrics({f"test/{name}": value for name, value in mean.items() if value is not None})
         logger.log_metrics(
