@@ -29,7 +29,7 @@ from anomaly_vlm.methods.base import AnomalyMethod
 from anomaly_vlm.metrics import Evaluator
 from anomaly_vlm.reporting.console import print_metrics_table
 from anomaly_vlm.reporting.results import RESULTS_FILE, build_results, write_json_atomic
-from anomaly_vlm.tasks import resume
+from anomaly_vlm.tasks import ddp, resume
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     if finished is not None:
         return (finished.get("metrics") or {}).get("mean", {}).get("image_auroc")
     names = group_choices(cfg)
+    launch_environment = ddp.launch_environment()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     # Cheap checks first: data layout, categories, shots.
@@ -162,6 +163,8 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     )
     extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
     will_fit = fit and method.is_trainable and not cfg.get("ckpt_path")
+    if resume.in_multirun():
+        ddp.relaunch_job_not_sweep()  # DDP ranks must re-run this job, not the whole sweep
     # Trainable jobs checkpoint every epoch so an interrupted sweep resumes them (tasks/resume.py).
     checkpointing = [resume.checkpoint_callback(output_dir)] if will_fit else []
     trainer: L.Trainer = build(
@@ -184,6 +187,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     if not trainer.is_global_zero:
         # DDP: rank 0 gathered every rank's predictions; it alone reports and writes results.json.
         close_logger(logger)
+        ddp.teardown(launch_environment)
         return None
     efficiency = probe.summary(method) if probe else method.parameter_counts()
     efficiency["flops_per_image"] = flops_per_image(method, datamodule.image_size)
@@ -213,6 +217,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     print_metrics_table(evaluator.results, mean, title=title)
     print(f"results: {results_path}")
     close_logger(logger)
+    ddp.teardown(launch_environment)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return mean.get("image_auroc")
 
