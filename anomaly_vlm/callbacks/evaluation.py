@@ -59,7 +59,9 @@ class EvaluationCallback(L.Callback):
         masks = result.mask.detach().cpu().numpy() > 0.5 if result.mask is not None else None
         if trainer.world_size > 1:
             # DDP: keep this rank's shard; rank 0 gathers every shard when the category ends.
-            self._shard.append((category, list(result.path), list(result.category), scores, labels, maps, masks))
+            self._shard.append(
+                (category, list(result.path), list(result.category), scores, labels, maps, masks)
+            )
             if trainer.is_global_zero:
                 self._save_overlays(result, maps, masks)
             return

@@ -219,7 +219,14 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
     files = sorted(run_dir.rglob("run-*.wandb"))
     if len(files) != 1:
         raise FileNotFoundError(f"expected one run-*.wandb below {run_dir}, found {len(files)}")
-    out: dict[str, Any] = {"name": None, "group": None, "tags": [], "config": {}, "history": [], "summary": {}}
+    out: dict[str, Any] = {
+        "name": None,
+        "group": None,
+        "tags": [],
+        "config": {},
+        "history": [],
+        "summary": {},
+    }
     for raw in _log_records(files[0]):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
@@ -230,10 +237,16 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
             out["config"].update({item.key: json.loads(item.value_json) for item in record.config.update})
         elif kind == "history":
             out["history"].append(
-                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+                {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                    for item in record.history.item
+                }
             )
         elif kind == "summary":
             out["summary"].update(
-                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update}
+                {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                    for item in record.summary.update
+                }
             )
     return out

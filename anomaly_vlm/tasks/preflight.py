@@ -56,7 +56,9 @@ def check(overrides: list[str]) -> list[str]:
             source = build(cfg[key])
             categories = source.categories
             found.append(f"{key}: {getattr(source, 'name', key)} with {len(categories)} categories")
-    weights = resolve_weights(str(cfg.backbone.model), cfg.backbone.get("pretrained"), cfg.backbone.get("cache_dir"))
+    weights = resolve_weights(
+        str(cfg.backbone.model), cfg.backbone.get("pretrained"), cfg.backbone.get("cache_dir")
+    )
     found.append(f"backbone: {cfg.backbone.model} weights {weights or 'random init (pretrained: null)'}")
     return found
 
@@ -74,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                 "\n(the experiment or group value is not in conf/ of this checkout; `ls conf/experiment` "
                 "lists the available experiments)"
             )
-        print(f"preflight failed for {' '.join(overrides)}:\n{type(error).__name__}: {message}", file=sys.stderr)
+        print(
+            f"preflight failed for {' '.join(overrides)}:\n{type(error).__name__}: {message}", file=sys.stderr
+        )
         return 2
     print("preflight ok: " + "; ".join(lines))
     return 0
