@@ -10,7 +10,15 @@ from PIL import Image
 
 from anomaly_vlm.callbacks.wandb import WandbRunLogger, finish, log_results, read_offline_run
 
-pytest.importorskip("wandb")
+wandb = pytest.importorskip("wandb")
+
+
+@pytest.fixture(autouse=True)
+def fresh_wandb():
+    """W&B caches its settings (e.g. WANDB_MODE=disabled of the test session) process-wide; reset them."""
+    wandb.teardown()
+    yield
+    wandb.teardown()
 
 
 def _metrics(value: float) -> dict:
@@ -70,9 +78,6 @@ def test_unreachable_server_continues_offline(tmp_path: Path, monkeypatch, caplo
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    import wandb
-
-    wandb.teardown()  # forget settings cached by an earlier run in this process (its offline mode)
     logger = WandbRunLogger(project="p", save_dir=str(tmp_path), offline=False, name="n", init_timeout=5)
     with caplog.at_level("WARNING"):
         logger.log_metrics({"x": 1.0})
