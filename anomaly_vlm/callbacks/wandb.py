@@ -232,7 +232,13 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            out.update(name=record.run.display_name, group=record.run.run_group, tags=list(record.run.tags))
+            # A run may be recorded more than once (e.g. updates at finish); keep the fields that are set.
+            fields = {
+                "name": record.run.display_name,
+                "group": record.run.run_group,
+                "tags": list(record.run.tags),
+            }
+            out.update({key: value for key, value in fields.items() if value})
         elif kind == "config":
             out["config"].update({item.key: json.loads(item.value_json) for item in record.config.update})
         elif kind == "history":
