@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip parity-venv parity-winclip weights clean
+.PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip parity-venv parity-winclip \
+	weights tables clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_%-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -63,6 +64,35 @@ bench-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP forward time vs anomalib's (
 
 weights: $(STAMP)  ## download the weights of every backbone config (needs network)
 	$(PY) -m anomaly_vlm.backbones.download
+
+# ----- experiments: tables and reproductions -------------------------------------------------------------
+OUTPUTS ?= $(or $(ANOMALY_VLM_OUTPUTS),outputs)
+RESULTS ?=
+OUT ?= reports
+SEEDS ?= 0,1,2
+ifdef DATA_ROOT
+export DATA_ROOT
+endif
+
+tables: $(STAMP)  ## tables + plots: make tables RESULTS="<sweep folder>..." OUT=reports (default: latest sweeps)
+	$(PY) -m anomaly_vlm.reporting.tables --outputs $(OUTPUTS) --out $(OUT) $(if $(RESULTS),--results $(RESULTS))
+
+# reproduce-<method>-<dataset>: experiment <method>_<dataset>; zero-shot (seed of the experiment file), then
+# the paper's few-shot settings over SEEDS reference draws, then the table with the published numbers.
+# A preflight checks datasets and weights first, so a missing DATA_ROOT or weight stops in seconds.
+REPRODUCIBLE := winclip-mvtec winclip-visa aprillab-mvtec aprillab-visa anomalyclip-mvtec anomalyclip-visa
+FEWSHOT_winclip := 1,2,4
+FEWSHOT_aprillab := 1,2,4
+FEWSHOT_anomalyclip :=
+REPRODUCE_ARGS ?=
+
+reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip}-{mvtec,visa}
+	@case " $(REPRODUCIBLE) " in *" $* "*) ;; *) echo "unknown table '$*'; choose one of: $(REPRODUCIBLE)"; exit 2;; esac
+	$(PY) -m anomaly_vlm.tasks.preflight experiment=$(subst -,_,$*) $(REPRODUCE_ARGS)
+	$(PY) train.py -m experiment=$(subst -,_,$*) shots=0 sweep_name=reproduce-$* $(REPRODUCE_ARGS)
+	$(if $(FEWSHOT_$(word 1,$(subst -, ,$*))),$(PY) train.py -m experiment=$(subst -,_,$*) \
+		shots=$(FEWSHOT_$(word 1,$(subst -, ,$*))) seed=$(SEEDS) sweep_name=reproduce-$* $(REPRODUCE_ARGS))
+	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$* --out $(OUT)/reproduce-$*
 
 clean:  ## remove outputs (not the venv)
 	rm -rf outputs multirun wandb reports

@@ -63,3 +63,22 @@ class EfficiencyProbe(L.Callback):
             figures["total_parameters"] = counts["total"]
             figures["trainable_parameters"] = counts["trainable"]
         return figures
+
+
+def flops_per_image(method: L.LightningModule, image_size: int) -> int | None:
+    """FLOPs of scoring one image with ``method.predict_images`` (torch's FLOP counter).
+
+    Counted on one ``[1, 3, S, S]`` input after the method was set up for a category, so few-shot
+    memory comparisons and text-classifier products are included; text encoding done once per category
+    is not. A multiply-add counts as two FLOPs (torch's convention). None if the method cannot be run.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images = torch.rand(1, 3, int(image_size), int(image_size), device=method.device)
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            method.predict_images(images)
+    except (RuntimeError, NotImplementedError):
+        return None
+    return int(counter.get_total_flops())

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 class EvaluationCallback(L.Callback):
     """Collect each test batch, compute a category's metrics when its test epoch ends.
 
+    Under DDP (``trainer=ddp``) every rank scores a contiguous shard of the category; at the end of the
+    category rank 0 gathers all shards in rank order and computes the metrics from exactly the samples
+    a single process would have seen (no padding, no duplicates). Overlays come from rank 0's shard.
+
     Args:
         evaluator: the metric evaluator.
         output_dir: run folder; predictions and overlays go below it.
@@ -42,6 +46,7 @@ class EvaluationCallback(L.Callback):
         self.writer = PredictionWriter(self.output_dir / "predictions") if save_predictions else None
         self.num_overlays = num_overlays
         self._overlay_budget: dict[str, int] = {}
+        self._shard: list[tuple] = []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         result: AnomalyBatch = outputs
@@ -52,10 +57,38 @@ class EvaluationCallback(L.Callback):
         labels = result.label.detach().cpu().numpy()
         maps = result.anomaly_map.detach().float().cpu().numpy() if result.anomaly_map is not None else None
         masks = result.mask.detach().cpu().numpy() > 0.5 if result.mask is not None else None
+        if trainer.world_size > 1:
+            # DDP: keep this rank's shard; rank 0 gathers every shard when the category ends.
+            self._shard.append(
+                (category, list(result.path), list(result.category), scores, labels, maps, masks)
+            )
+            if trainer.is_global_zero:
+                self._save_overlays(result, maps, masks)
+            return
+        self._add(category, list(result.path), list(result.category), scores, labels, maps, masks)
+        self._save_overlays(result, maps, masks)
+
+    def _add(self, category, paths, categories, scores, labels, maps, masks) -> None:
         self.evaluator.update(category, scores, labels, maps, masks)
         if self.writer is not None:
-            self.writer.add(result.path, result.category, labels, scores, maps, masks)
-        self._save_overlays(result, maps, masks)
+            self.writer.add(paths, categories, labels, scores, maps, masks)
+
+    def _gather_shards(self, trainer) -> bool:
+        """DDP: bring every rank's records to rank 0, in rank order (= the single-process order).
+
+        Returns whether this rank holds the gathered data (rank 0) and must compute the metrics.
+        """
+        import torch.distributed as dist
+
+        shard, self._shard = self._shard, []
+        gathered = [None] * trainer.world_size if trainer.is_global_zero else None
+        dist.gather_object(shard, gathered, dst=0)
+        if not trainer.is_global_zero:
+            return False
+        for rank_records in gathered:
+            for record in rank_records:
+                self._add(*record)
+        return True
 
     def _save_overlays(self, result: AnomalyBatch, maps, masks) -> None:
         if not self.num_overlays or maps is None:
@@ -83,6 +116,8 @@ class EvaluationCallback(L.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         category = pl_module.current_category
+        if trainer.world_size > 1 and not self._gather_shards(trainer):
+            return  # only rank 0 computes, logs and writes
         stored = self.evaluator.stored_image_scores(category)
         final_scores = np.asarray(pl_module.finalize_image_scores(stored), dtype=np.float64)
         metrics = self.evaluator.compute_category(category, final_scores)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from anomaly_vlm.data.batch import Sample, collate_samples
 from anomaly_vlm.data.dataset import AnomalyImageDataset
+from anomaly_vlm.data.distributed import ContiguousShardSampler, rank_and_world
 from anomaly_vlm.data.image_io import load_image
 from anomaly_vlm.data.mosaic import MosaicDataset
 from anomaly_vlm.data.sampling import draw_references
@@ -59,11 +60,14 @@ class AnomalyDataModule(L.LightningDataModule):
     def categories(self) -> list[str]:
         return self.source.categories
 
-    def _loader(self, dataset: AnomalyImageDataset, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: AnomalyImageDataset, batch_size: int, shuffle: bool = False, sampler=None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_samples,
             persistent_workers=False,
@@ -74,7 +78,8 @@ class AnomalyDataModule(L.LightningDataModule):
         """Test images of one category, with masks when the category has them."""
         samples = self.source.samples(category, "test")
         dataset = AnomalyImageDataset(samples, self.image_size, with_masks=self.source.has_masks(category))
-        return self._loader(dataset, self.batch_size)
+        # Under DDP each rank tests a contiguous, unpadded shard (a single process gets everything).
+        return self._loader(dataset, self.batch_size, sampler=ContiguousShardSampler(len(dataset)))
 
     def reference_samples(self, category: str, shots: int, seed: int) -> list[Sample]:
         """The few-shot normal references of a category (empty for zero-shot)."""
@@ -100,4 +105,9 @@ class AnomalyDataModule(L.LightningDataModule):
         dataset = AnomalyImageDataset(self.train_samples(), self.image_size, with_masks=True)
         if self.train_mosaic_probability > 0:
             dataset = MosaicDataset(dataset, self.train_mosaic_probability)
+        rank, world = rank_and_world()
+        if world > 1:
+            # trainer=ddp turns Lightning's sampler injection off (test shards must not be padded).
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True)
+            return self._loader(dataset, self.train_batch_size, sampler=sampler)
         return self._loader(dataset, self.train_batch_size, shuffle=True)

@@ -52,6 +52,9 @@ class AnomalyMethod(L.LightningModule):
         self.shots = int(shots)
         self.text_cache = TextEmbeddingCache(text_cache_dir)
         self.current_category: str | None = None
+        # Checkpoints hold only trainable parameters: Lightning's resume (fit(ckpt_path=...)) must not
+        # demand the frozen backbone; on_load_checkpoint checks the trainable keys instead.
+        self.strict_loading = False
 
     @property
     def backbone(self) -> FrozenCLIP:
@@ -135,6 +138,9 @@ class AnomalyMethod(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_checkpoint(checkpoint, source="checkpoint")
+        missing = sorted(set(self.trainable_state_dict()) - set(checkpoint.get("state_dict", {})))
+        if missing:
+            raise ValueError(f"checkpoint lacks trainable parameters {missing}")
 
     def check_checkpoint(self, checkpoint: dict[str, Any], source: str) -> None:
         """Refuse a checkpoint made for another method, backbone, input size or prompt set."""

@@ -26,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_vlm.backbones.weights import WeightsNotFoundError
 from anomaly_vlm.callbacks import EfficiencyProbe, EvaluationCallback
+from anomaly_vlm.callbacks import wandb as wandb_helpers
+from anomaly_vlm.callbacks.efficiency import flops_per_image
 from anomaly_vlm.data import AnomalyDataModule, DataError, DatasetSource, Sample
 from anomaly_vlm.data.checks import preflight
 from anomaly_vlm.data.sampling import ShotsError, write_reference_log
@@ -33,12 +35,14 @@ from anomaly_vlm.methods.base import AnomalyMethod
 from anomaly_vlm.metrics import Evaluator
 from anomaly_vlm.prompts import PromptSet
 from anomaly_vlm.reporting.console import print_metrics_table
-from anomaly_vlm.reporting.results import RESULTS_FILE, build_results, read_results, write_json_atomic
+from anomaly_vlm.reporting.results import RESULTS_FILE, build_results, write_json_atomic
+from anomaly_vlm.tasks import ddp, resume
 
 log = logging.getLogger(__name__)
 
 NAMED_GROUPS = ("method", "backbone", "prompts", "data", "train_data")
-TRAINED_CHECKPOINT = "checkpoints/trained.ckpt"
+TRAINED_CHECKPOINT = resume.TRAINED_CHECKPOINT
+FinishedRunError = resume.FinishedRunError
 
 # Lightning's advice to raise num_workers is noise for per-category loaders of small test sets.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -58,10 +62,6 @@ def _quiet_lightning() -> None:
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
-
-
-class FinishedRunError(FileExistsError):
-    """The output folder already holds a finished results.json."""
 
 
 class MissingValueError(ValueError):
@@ -140,30 +140,42 @@ def group_choices(cfg: DictConfig) -> dict[str, str | None]:
     return {group: names.get(group) for group in NAMED_GROUPS}
 
 
-def guard_finished_run(output_dir: Path, overwrite: bool) -> None:
-    """Never replace a finished result unless asked to."""
-    finished = output_dir / RESULTS_FILE
-    if read_results(finished) is not None and not overwrite:
-        raise FinishedRunError(
-            f"{finished} already holds a finished result; refusing to overwrite it. "
-            "Choose another output folder or pass overwrite=true."
-        )
+def guard_finished_run(output_dir: Path, overwrite: bool) -> dict | None:
+    """Never replace a finished result unless asked to; in a multirun, return it so the job is skipped."""
+    return resume.finished_result(output_dir, overwrite)
 
 
-def build_logger(cfg: DictConfig) -> Any:
+def build_logger(cfg: DictConfig, names: dict[str, str | None]) -> Any:
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return False
+    if wandb_helpers.is_wandb_config(cfg.logger):
+        return build(cfg.logger, **wandb_helpers.run_fields(cfg, names))
     return instantiate(cfg.logger)
 
 
 def close_logger(logger: Any) -> None:
     """Finish W&B runs so each job of a multirun is its own run."""
-    from lightning.pytorch.loggers import WandbLogger
+    wandb_helpers.finish(logger)
 
-    if isinstance(logger, WandbLogger):
-        import wandb
 
-        wandb.finish()
+def fit_or_resume(trainer: L.Trainer, method: AnomalyMethod, datamodule: Any, output_dir: Path) -> Path:
+    """Train, resuming from ``checkpoints/last.ckpt`` when an earlier attempt was interrupted.
+
+    A job whose training finished (``checkpoints/trained.ckpt``) but whose testing did not reloads the
+    trained parameters instead of training again.
+    """
+    done = resume.trained_checkpoint(output_dir)
+    if done is not None:
+        log.info("training already finished; loading %s", done)
+        method.load_trainable_checkpoint(str(done))
+        return done
+    last = resume.last_checkpoint(output_dir)
+    if last is not None:
+        log.info("resuming training from %s", last)
+    trainer.fit(method, datamodule=datamodule, ckpt_path=str(last) if last else None)
+    trained = output_dir / TRAINED_CHECKPOINT
+    trainer.save_checkpoint(trained, weights_only=True)
+    return trained
 
 
 def dataset_class_names(*sources: DatasetSource | None) -> dict[str, str]:
@@ -239,8 +251,11 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
         )
         return None
     output_dir = Path(cfg.paths.output_dir)
-    guard_finished_run(output_dir, bool(cfg.get("overwrite", False)))
+    finished = guard_finished_run(output_dir, bool(cfg.get("overwrite", False)))
+    if finished is not None:
+        return (finished.get("metrics") or {}).get("mean", {}).get("image_auroc")
     names = group_choices(cfg)
+    launch_environment = ddp.launch_environment()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     # Cheap checks first: data layout, categories, shots.
@@ -266,24 +281,32 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     if cfg.get("ckpt_path"):
         load_checkpoint(method, str(cfg.ckpt_path))
 
-    logger = build_logger(cfg)
+    logger = build_logger(cfg, names)
     evaluator = Evaluator()
+    num_overlays = max(int(cfg.get("num_overlays", 0)), wandb_helpers.heatmaps_wanted(logger))
     evaluation = EvaluationCallback(
-        evaluator, output_dir, bool(cfg.get("save_predictions", False)), int(cfg.get("num_overlays", 0))
+        evaluator, output_dir, bool(cfg.get("save_predictions", False)), num_overlays
     )
     extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
-    trainer: L.Trainer = build(cfg.trainer, logger=logger, callbacks=[evaluation, *extra_callbacks])
+    will_fit = fit and method.is_trainable and not cfg.get("ckpt_path")
+    if resume.in_multirun():
+        ddp.relaunch_job_not_sweep()  # DDP ranks must re-run this job, not the whole sweep
+    # Trainable jobs checkpoint every epoch so an interrupted sweep resumes them (tasks/resume.py).
+    checkpointing = [resume.checkpoint_callback(output_dir)] if will_fit else []
+    trainer: L.Trainer = build(
+        cfg.trainer,
+        logger=logger,
+        callbacks=[evaluation, *extra_callbacks, *checkpointing],
+    )
     if logger:
         logger.log_hyperparams(
-            {**names, "shots": shots, "seed": int(cfg.seed), "reference_seed": reference_seed}
+            {**names, **wandb_helpers.pivot_fields(cfg, names), "reference_seed": reference_seed}
         )
 
     trained_checkpoint = None
-    if fit and method.is_trainable and not cfg.get("ckpt_path"):
+    if will_fit:
         method.run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-        trainer.fit(method, datamodule=datamodule)
-        trained_checkpoint = output_dir / TRAINED_CHECKPOINT
-        trainer.save_checkpoint(trained_checkpoint, weights_only=True)
+        trained_checkpoint = fit_or_resume(trainer, method, datamodule, output_dir)
 
     for category in categories:
         reference_images = datamodule.load_images(references[category]) if references[category] else None
@@ -292,12 +315,19 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
 
     mean = evaluator.macro_mean()
     probe = next((callback for callback in extra_callbacks if isinstance(callback, EfficiencyProbe)), None)
+    if not trainer.is_global_zero:
+        # DDP: rank 0 gathered every rank's predictions; it alone reports and writes results.json.
+        close_logger(logger)
+        ddp.teardown(launch_environment)
+        return None
     efficiency = probe.summary(method) if probe else method.parameter_counts()
+    efficiency["flops_per_image"] = flops_per_image(method, datamodule.image_size)
     if logger:
         logger.log_metrics({f"test/{name}": value for name, value in mean.items() if value is not None})
         logger.log_metrics(
             {f"efficiency/{k}": v for k, v in efficiency.items() if isinstance(v, int | float)}
         )
+        wandb_helpers.log_results(logger, evaluator.results, mean, efficiency, output_dir)
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     payload = build_results(
         config=config,
@@ -321,6 +351,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     print_metrics_table(evaluator.results, mean, title=title)
     print(f"results: {results_path}")
     close_logger(logger)
+    ddp.teardown(launch_environment)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return mean.get("image_auroc")
 

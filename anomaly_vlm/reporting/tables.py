@@ -1,0 +1,460 @@
+"""Paper-shaped tables from the ``results.json`` files of one or more sweeps.
+
+``python -m anomaly_vlm.reporting.tables --results <sweep folder>... --out reports/`` (``make tables``)
+writes, per evaluated dataset:
+
+* ``<dataset>_summary.{md,csv,tex}`` — rows method × shots (with backbone and prompt set), columns image
+  AUROC/AP/F1max and pixel AUROC/AP/F1max/AUPRO as mean ± std over seeds, the published number and
+  Δ = ours − published beside ours wherever the paper reports that cell (``published.json``);
+* ``<dataset>_per_category.{md,csv,tex}`` — the same per category, one block per configuration;
+* ``<dataset>_efficiency.{md,csv}`` — ms/image, images/s, GFLOPs/image, parameters, peak memory;
+* the plots of :mod:`anomaly_vlm.reporting.plots`.
+
+Values are percentages with one decimal, as in the papers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from anomaly_vlm.metrics import METRIC_NAMES
+from anomaly_vlm.reporting.results import RESULTS_FILE, read_results
+
+HEADERS = {
+    "image_auroc": "I-AUROC",
+    "image_ap": "I-AP",
+    "image_f1max": "I-F1max",
+    "pixel_auroc": "P-AUROC",
+    "pixel_ap": "P-AP",
+    "pixel_f1max": "P-F1max",
+    "pixel_aupro": "P-AUPRO",
+}
+EFFICIENCY_FIELDS = (
+    ("ms_per_image", "ms/image", 1.0),
+    ("images_per_s", "images/s", 1.0),
+    ("flops_per_image", "GFLOPs/image", 1e-9),
+    ("total_parameters", "params (M)", 1e-6),
+    ("trainable_parameters", "trainable (M)", 1e-6),
+    ("peak_gpu_memory_mb", "peak GPU MB", 1.0),
+    ("peak_cpu_memory_mb", "peak CPU MB", 1.0),
+)
+
+
+# ----- published numbers --------------------------------------------------------------------------------
+def load_published(path: str | Path | None = None) -> list[dict]:
+    """The published entries (``anomaly_vlm/reporting/published.json`` unless ``path`` is given)."""
+    if path is None:
+        text = resources.files("anomaly_vlm.reporting").joinpath("published.json").read_text()
+    else:
+        text = Path(path).read_text()
+    return json.loads(text)["entries"]
+
+
+def published_value(
+    entries: list[dict], method: str, dataset: str, shots: int, metric: str
+) -> tuple[float | None, str | None]:
+    """``(percent, source)`` of a published cell, or ``(None, None)`` when the paper has none."""
+    for entry in entries:
+        if entry["method"] == method and entry["dataset"] == dataset and int(entry["shots"]) == int(shots):
+            value = entry["metrics"].get(metric)
+            if value is not None:
+                return float(value), entry["source"]
+    return None, None
+
+
+# ----- collecting results ---------------------------------------------------------------------------------
+@dataclass
+class Group:
+    """All seeds of one configuration (dataset, method, backbone, prompts, shots, training data)."""
+
+    dataset: str
+    method: str
+    backbone: str
+    prompts: str
+    shots: int
+    train_dataset: str | None
+    runs: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.method_label} | {self.backbone} | {self.prompts}"
+
+    @property
+    def method_label(self) -> str:
+        """The method, with its auxiliary training data when it has one (cross-dataset protocol)."""
+        return f"{self.method} (trained on {self.train_dataset})" if self.train_dataset else self.method
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({int(run["seed"]) for run in self.runs})
+
+    def metric_values(self, metric: str, category: str | None = None) -> list[float]:
+        values = []
+        for run in self.runs:
+            block = (
+                run["metrics"]["mean"] if category is None else run["metrics"]["per_category"].get(category)
+            )
+            value = (block or {}).get(metric)
+            if value is not None:
+                values.append(100.0 * float(value))
+        return values
+
+    def efficiency_values(self, key: str) -> list[float]:
+        return [
+            float(run["efficiency"][key])
+            for run in self.runs
+            if (run.get("efficiency") or {}).get(key) is not None
+        ]
+
+    @property
+    def categories(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for run in self.runs:
+            seen.update(dict.fromkeys(run["metrics"]["per_category"]))
+        return list(seen)
+
+
+def find_result_files(folders: list[str | Path]) -> list[Path]:
+    """Every ``results.json`` below the given folders (or the files themselves)."""
+    files: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if folder.is_file():
+            files.append(folder)
+        elif folder.is_dir():
+            files.extend(sorted(folder.rglob(RESULTS_FILE)))
+        else:
+            raise FileNotFoundError(f"results folder does not exist: {folder}")
+    return files
+
+
+def latest_sweeps(output_root: str | Path = "outputs") -> list[Path]:
+    """The most recently finished sweep folder of each task (``<root>/<task>/multiruns/<sweep>``)."""
+    latest: list[Path] = []
+    for multiruns in sorted(Path(output_root).glob("*/multiruns")):
+        sweeps = [folder for folder in multiruns.iterdir() if folder.is_dir()]
+        stamped = [
+            (max(path.stat().st_mtime for path in files), folder)
+            for folder in sweeps
+            if (files := list(folder.rglob(RESULTS_FILE)))
+        ]
+        if stamped:
+            latest.append(max(stamped)[1])
+    return latest
+
+
+def collect(files: list[Path]) -> list[Group]:
+    """Group complete results by configuration; a seed seen twice keeps its newest result."""
+    groups: dict[tuple, Group] = {}
+    newest: dict[tuple, dict] = {}
+    for path in files:
+        run = read_results(path)
+        if run is None:
+            continue
+        key = (
+            run.get("dataset") or "unknown",
+            run.get("method") or "unknown",
+            run.get("backbone") or "unknown",
+            run.get("prompts") or "unknown",
+            int(run.get("shots") or 0),
+            run.get("train_dataset"),
+        )
+        seed_key = (*key, int(run.get("seed") or 0))
+        if seed_key in newest and str(newest[seed_key].get("created", "")) >= str(run.get("created", "")):
+            continue
+        newest[seed_key] = run
+    for seed_key, run in newest.items():
+        key = seed_key[:-1]
+        if key not in groups:
+            groups[key] = Group(*key)
+        groups[key].runs.append(run)
+    return sorted(groups.values(), key=lambda g: (g.dataset, g.method, g.backbone, g.prompts, g.shots))
+
+
+# ----- cells ------------------------------------------------------------------------------------------------
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def ours_cell(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    if mean is None:
+        return "—"
+    return f"{mean:.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
+def summary_rows(groups: list[Group], published: list[dict]) -> list[dict[str, Any]]:
+    """One row per configuration: ours (mean, std, n), published and Δ per metric."""
+    rows = []
+    for group in groups:
+        row: dict[str, Any] = {
+            "method": group.method,
+            "method_label": group.method_label,
+            "backbone": group.backbone,
+            "prompts": group.prompts,
+            "shots": group.shots,
+            "train_dataset": group.train_dataset,
+            "seeds": len(group.seeds),
+        }
+        for metric in METRIC_NAMES:
+            values = group.metric_values(metric)
+            mean, std = mean_std(values)
+            paper, source = published_value(published, group.method, group.dataset, group.shots, metric)
+            row[metric] = {
+                "values": values,
+                "mean": mean,
+                "std": std,
+                "published": paper,
+                "delta": None if mean is None or paper is None else mean - paper,
+                "source": source,
+            }
+        for key, _, scale in EFFICIENCY_FIELDS:
+            mean, _ = mean_std(group.efficiency_values(key))
+            row[key] = None if mean is None else mean * scale
+        rows.append(row)
+    return rows
+
+
+def display_cell(cell: dict) -> str:
+    text = ours_cell(cell["values"])
+    if cell["published"] is not None:
+        delta = "—" if cell["delta"] is None else f"{cell['delta']:+.1f}"
+        text += f" ({cell['published']:.1f}, Δ {delta})"
+    return text
+
+
+# ----- writers -------------------------------------------------------------------------------------------
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    return (
+        text.replace("\\", "\\textbackslash{}")
+        .replace("_", "\\_")
+        .replace("%", "\\%")
+        .replace("&", "\\&")
+        .replace("#", "\\#")
+        .replace("±", "$\\pm$")
+        .replace("Δ", "$\\Delta$")
+        .replace("—", "--")
+    )
+
+
+def latex_table(header: list[str], rows: list[list[str]], caption: str) -> str:
+    spec = "l" * 3 + "r" * (len(header) - 3)
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering\\small",
+        f"\\caption{{{_latex_escape(caption)}}}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(_latex_escape(h) for h in header) + " \\\\",
+        "\\midrule",
+    ]
+    lines += [" & ".join(_latex_escape(cell) for cell in row) + " \\\\" for row in rows]
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def write_summary(dataset: str, groups: list[Group], published: list[dict], out: Path) -> list[dict]:
+    rows = summary_rows(groups, published)
+    header = ["method", "backbone / prompts", "shots", *(HEADERS[m] for m in METRIC_NAMES)]
+    display = [
+        [
+            row["method_label"],
+            f"{row['backbone']} / {row['prompts']}",
+            str(row["shots"]),
+            *(display_cell(row[m]) for m in METRIC_NAMES),
+        ]
+        for row in rows
+    ]
+    sources = sorted({row[m]["source"] for row in rows for m in METRIC_NAMES if row[m]["source"]})
+    note = (
+        f"{dataset}: mean ± std over seeds (percent); in brackets the published value and "
+        "Δ = ours − published."
+    )
+    md = [f"# {dataset}\n", note + "\n", markdown_table(header, display)]
+    if sources:
+        md.append("\nPublished values: " + "; ".join(sources) + "\n")
+    (out / f"{dataset}_summary.md").write_text("\n".join(md))
+    (out / f"{dataset}_summary.tex").write_text(latex_table(header, display, note))
+    with (out / f"{dataset}_summary.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        columns = ["method", "backbone", "prompts", "shots", "train_dataset", "seeds"]
+        for metric in METRIC_NAMES:
+            columns += [f"{metric}_mean", f"{metric}_std", f"{metric}_published", f"{metric}_delta"]
+        columns += [key for key, _, _ in EFFICIENCY_FIELDS]
+        writer.writerow(columns)
+        for row in rows:
+            line = [row[c] if row[c] is not None else "" for c in columns[:6]]
+            for metric in METRIC_NAMES:
+                cell = row[metric]
+                line += [_fmt(cell["mean"]), _fmt(cell["std"]), _fmt(cell["published"]), _fmt(cell["delta"])]
+            line += [_fmt(row[key], 4) for key, _, _ in EFFICIENCY_FIELDS]
+            writer.writerow(line)
+    return rows
+
+
+def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
+    header = ["method", "backbone / prompts", "shots", "category", *(HEADERS[m] for m in METRIC_NAMES)]
+    md = [f"# {dataset}: per category\n", "Mean ± std over seeds (percent).\n"]
+    all_rows: list[list[str]] = []
+    with (out / f"{dataset}_per_category.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "method",
+                "backbone",
+                "prompts",
+                "shots",
+                "category",
+                *(f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")),
+            ]
+        )
+        for group in groups:
+            rows = []
+            for category in [*group.categories, None]:
+                name = category or "mean"
+                cells = [ours_cell(group.metric_values(m, category)) for m in METRIC_NAMES]
+                rows.append(
+                    [
+                        group.method_label,
+                        f"{group.backbone} / {group.prompts}",
+                        str(group.shots),
+                        name,
+                        *cells,
+                    ]
+                )
+                stats = [mean_std(group.metric_values(m, category)) for m in METRIC_NAMES]
+                writer.writerow(
+                    [
+                        group.method,
+                        group.backbone,
+                        group.prompts,
+                        group.shots,
+                        name,
+                        *(x for mean, std in stats for x in (_fmt(mean), _fmt(std))),
+                    ]
+                )
+            md.append(f"\n## {group.label} | shots={group.shots}\n")
+            md.append(markdown_table(header[3:], [row[3:] for row in rows]))
+            all_rows += rows
+    (out / f"{dataset}_per_category.md").write_text("\n".join(md))
+    (out / f"{dataset}_per_category.tex").write_text(
+        latex_table(header, all_rows, f"{dataset}: per-category results, mean ± std over seeds (percent).")
+    )
+
+
+def write_efficiency(dataset: str, rows: list[dict], out: Path) -> None:
+    header = ["method", "backbone / prompts", "shots", *(title for _, title, _ in EFFICIENCY_FIELDS)]
+    display = [
+        [
+            row["method_label"],
+            f"{row['backbone']} / {row['prompts']}",
+            str(row["shots"]),
+            *(_fmt(row[key], 2) or "—" for key, _, _ in EFFICIENCY_FIELDS),
+        ]
+        for row in rows
+    ]
+    (out / f"{dataset}_efficiency.md").write_text(
+        f"# {dataset}: efficiency\n\nms/image is the median after warm-up; FLOPs counted by torch's "
+        "FlopCounterMode on one image.\n\n" + markdown_table(header, display)
+    )
+    with (out / f"{dataset}_efficiency.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "backbone", "prompts", "shots", *(key for key, _, _ in EFFICIENCY_FIELDS)])
+        for row in rows:
+            writer.writerow(
+                [
+                    row["method"],
+                    row["backbone"],
+                    row["prompts"],
+                    row["shots"],
+                    *(_fmt(row[key], 4) for key, _, _ in EFFICIENCY_FIELDS),
+                ]
+            )
+
+
+def make_tables(
+    results: list[str | Path], out: str | Path, published_path: str | Path | None = None, plots: bool = True
+) -> list[Path]:
+    """Write every table (and plot) for the results below ``results`` into ``out``.
+
+    Returns:
+        The files written.
+
+    Raises:
+        FileNotFoundError: a results folder does not exist, or none holds a complete results.json.
+    """
+    files = find_result_files(list(results))
+    groups = collect(files)
+    if not groups:
+        raise FileNotFoundError(
+            f"no complete {RESULTS_FILE} below {[str(r) for r in results]}; run a sweep first "
+            "(python train.py -m ...) or pass RESULTS=<sweep folder>"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    published = load_published(published_path)
+    by_dataset: dict[str, list[Group]] = defaultdict(list)
+    for group in groups:
+        by_dataset[group.dataset].append(group)
+    before = set(out.rglob("*"))
+    for dataset, dataset_groups in by_dataset.items():
+        rows = write_summary(dataset, dataset_groups, published, out)
+        write_per_category(dataset, dataset_groups, out)
+        write_efficiency(dataset, rows, out)
+        if plots:
+            from anomaly_vlm.reporting import plots as plotting
+
+            plotting.make_plots(dataset, dataset_groups, rows, published, out)
+    return sorted(path for path in set(out.rglob("*")) - before if path.is_file()) or sorted(
+        out.rglob("*.md")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Paper-shaped tables and plots from results.json files.")
+    parser.add_argument(
+        "--results",
+        nargs="*",
+        default=None,
+        help="sweep folders (or results.json files); default: the latest sweep of each task under --outputs",
+    )
+    parser.add_argument("--outputs", default="outputs", help="output root searched for the latest sweeps")
+    parser.add_argument("--out", default="reports", help="folder for the tables and plots")
+    parser.add_argument(
+        "--published", default=None, help="published numbers JSON (default: the packaged one)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+    results = args.results or latest_sweeps(args.outputs)
+    if not results:
+        parser.error(f"no sweep folders with results under '{args.outputs}/*/multiruns'; pass --results")
+    written = make_tables(results, args.out, args.published, plots=not args.no_plots)
+    print(f"tables from {len(results)} folder(s) -> {args.out}")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""OmegaConf resolvers for deterministic sweep folders (imported by the entry points before Hydra runs).
+
+A multirun lands in ``<output_root>/<task>/multiruns/<sweep folder>/<job overrides>``:
+
+* the sweep folder is ``sweep_name`` when the user sets it, else the sweep's *non-swept* command-line
+  overrides (``method=aprillab,shots=4``), else ``default``. Re-running the same command — or the same
+  command with more values in a swept list — lands in the same folders, which is what lets a re-run
+  skip finished jobs and resume interrupted ones;
+* a job folder is Hydra's ``override_dirname`` (every override of the job, sorted) with path
+  separators replaced, so ``data.root=/x/y`` cannot create nested folders.
+
+No timestamps are involved, so jobs that start in the same second never collide.
+
+The sweep folder is computed once, when the multirun starts, from the overrides as typed (where
+``shots=0,1,2,4`` is still a list), by :class:`ResolverCallback` (listed under ``hydra.callbacks``), and
+exported in the environment; each job re-resolves ``hydra.sweep.dir`` from its own config, whose
+overrides hold only its own values, and reads the exported name (the resolver is also cached, and
+Hydra copies the launcher's resolver cache into every job config).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+#: Overrides that do not change what a job computes and so never name a folder.
+NEUTRAL_KEYS = ("overwrite", "save_predictions", "num_overlays", "sweep_name", "logger", "paths.output_root")
+DEFAULT_SWEEP_NAME = "default"
+_UNSAFE = re.compile(r"[^A-Za-z0-9=,._+\-\[\]@:]")
+
+
+def sanitize_dirname(name: str, max_length: int = 200) -> str:
+    """A folder name from an override string: ``/`` and other unsafe characters become ``_``.
+
+    Long names are shortened with a stable hash suffix (file systems limit a name to 255 bytes).
+    """
+    import hashlib
+
+    text = str(name).replace("/", "_").replace("\\", "_")
+    text = _UNSAFE.sub("_", text).strip(".") or DEFAULT_SWEEP_NAME
+    if len(text) > max_length:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+        text = f"{text[: max_length - 11]}-{digest}"
+    return text
+
+
+def _override_key(line: str) -> str:
+    key = line.split("=", 1)[0]
+    return key.lstrip("+~")
+
+
+def sweep_folder_name(overrides: list[str], sweep_name: str | None = None) -> str:
+    """The sweep folder for the command-line ``overrides`` of a multirun.
+
+    Args:
+        overrides: the task overrides as typed (``["method=winclip,aprillab", "backbone=tiny"]``).
+        sweep_name: explicit name (``sweep_name=...``); wins when set.
+
+    Returns:
+        ``sweep_name``, else the sorted non-swept overrides joined by ``,``, else ``default``; sanitised.
+    """
+    if sweep_name not in (None, "", "null", "None"):
+        return sanitize_dirname(str(sweep_name))
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    fixed = sorted(
+        override.input_line
+        for override in parsed
+        if not override.is_sweep_override() and _override_key(override.input_line) not in NEUTRAL_KEYS
+    )
+    return sanitize_dirname(",".join(fixed)) if fixed else DEFAULT_SWEEP_NAME
+
+
+#: Set by :class:`ResolverCallback` when a multirun starts (also exported to launcher workers).
+SWEEP_FOLDER_ENV = "ANOMALY_VLM_SWEEP_FOLDER"
+
+
+def _sweep_folder(sweep_name: str | None = None) -> str:
+    explicit = sweep_folder_name([], sweep_name)
+    if sweep_name not in (None, "", "null", "None"):
+        return explicit
+    return os.environ.get(SWEEP_FOLDER_ENV) or DEFAULT_SWEEP_NAME
+
+
+def register_resolvers() -> None:
+    """Register ``sweep_folder`` and ``sanitize_dirname`` (idempotent)."""
+    if not OmegaConf.has_resolver("sweep_folder"):
+        OmegaConf.register_new_resolver("sweep_folder", _sweep_folder, use_cache=True)
+    if not OmegaConf.has_resolver("sanitize_dirname"):
+        OmegaConf.register_new_resolver("sanitize_dirname", lambda name: sanitize_dirname(name or ""))
+
+
+register_resolvers()
+
+
+class ResolverCallback(Callback):
+    """Names the sweep folder when a multirun starts, and registers the resolvers in launcher workers.
+
+    ``on_multirun_start`` sees the overrides as typed (``shots=0,1,2,4`` still a list) and exports the
+    folder name before the launcher resolves ``hydra.sweep.dir``; local and SLURM workers inherit it.
+    Workers unpickle Hydra's callbacks before they resolve a job's folder, which imports this module.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        overrides = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+        os.environ[SWEEP_FOLDER_ENV] = sweep_folder_name(list(overrides), None)

@@ -1,0 +1,118 @@
+"""Tables and plots from fabricated results.json files (no model runs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from anomaly_vlm.metrics import METRIC_NAMES
+from anomaly_vlm.reporting import tables
+from anomaly_vlm.reporting.results import write_json_atomic
+
+
+def fake_result(folder: Path, method: str, dataset: str, shots: int, seed: int, base: float, **extra) -> Path:
+    categories = {"bottle": base, "cable": base - 0.02}
+    per_category = {c: {m: v + 0.001 * seed for m in METRIC_NAMES} for c, v in categories.items()}
+    mean = {m: sum(per_category[c][m] for c in categories) / 2 for m in METRIC_NAMES}
+    payload = {
+        "status": "complete",
+        "method": method,
+        "backbone": "vit_b16_plus_240",
+        "prompts": "winclip",
+        "dataset": dataset,
+        "train_dataset": extra.pop("train_dataset", None),
+        "shots": shots,
+        "seed": seed,
+        "metrics": {"mean": mean, "per_category": per_category},
+        "efficiency": {
+            "ms_per_image": 10.0 + shots,
+            "images_per_s": 90.0,
+            "flops_per_image": 3e10,
+            "total_parameters": 2e8,
+            "trainable_parameters": 0,
+        },
+        "created": f"2026-01-01T00:00:0{seed}",
+    }
+    payload.update(extra)
+    return write_json_atomic(folder / f"method={method},seed={seed},shots={shots}" / "results.json", payload)
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "outputs" / "train" / "multiruns" / "data=mvtec"
+    for shots, base in ((0, 0.90), (1, 0.93)):
+        for seed in (0, 1, 2):
+            fake_result(root, "winclip", "mvtec", shots, seed, base)
+    # An unfinished job must be ignored.
+    write_json_atomic(root / "method=winclip,seed=9,shots=4" / "results.json", {"status": "running"})
+    return root
+
+
+def test_published_numbers_are_complete_and_sourced() -> None:
+    entries = tables.load_published()
+    keys = {(e["method"], e["dataset"], e["shots"]) for e in entries}
+    for method in ("winclip", "aprillab"):
+        for dataset in ("mvtec", "visa"):
+            assert {(method, dataset, s) for s in (0, 1, 2, 4)} <= keys
+    assert {("anomalyclip", "mvtec", 0), ("anomalyclip", "visa", 0)} <= keys
+    assert all(e["source"] and set(e["metrics"]) <= set(METRIC_NAMES) for e in entries)
+    # APRIL-GAN's paper orders pixel columns AUROC/F1max/PRO: 0-shot MVTec F1max 43.3, PRO 44.0.
+    assert tables.published_value(entries, "aprillab", "mvtec", 0, "pixel_f1max")[0] == 43.3
+    assert tables.published_value(entries, "aprillab", "mvtec", 0, "pixel_aupro")[0] == 44.0
+    assert tables.published_value(entries, "winclip", "visa", 4, "pixel_aupro")[0] == 87.6
+    assert tables.published_value(entries, "anomalyclip", "mvtec", 0, "image_f1max") == (None, None)
+
+
+def test_summary_has_mean_std_published_and_delta(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    tables.make_tables([sweep], out)
+    markdown = (out / "mvtec_summary.md").read_text()
+    # 0-shot image AUROC: categories 90 and 88 -> 89.0 (+0.1 per seed) -> 89.1 ± 0.1; paper 91.8.
+    assert "89.1 ± 0.1 (91.8, Δ -2.7)" in markdown
+    # P-AP has no published WinCLIP value: no bracket.
+    rows = list(csv.DictReader((out / "mvtec_summary.csv").open()))
+    assert [(r["method"], r["shots"], r["seeds"]) for r in rows] == [
+        ("winclip", "0", "3"),
+        ("winclip", "1", "3"),
+    ]
+    assert rows[1]["image_auroc_published"] == "93.10"
+    assert float(rows[1]["image_auroc_delta"]) == pytest.approx(92.1 - 93.1, abs=1e-6)
+    assert rows[0]["pixel_ap_published"] == "" and rows[0]["pixel_ap_delta"] == ""
+    assert float(rows[0]["flops_per_image"]) == pytest.approx(30.0)  # GFLOPs
+    header_cells = markdown.splitlines()[4].count("|")
+    assert all(line.count("|") == header_cells for line in markdown.splitlines() if line.startswith("|"))
+    assert "\\begin{tabular}" in (out / "mvtec_summary.tex").read_text()
+    per_category = (out / "mvtec_per_category.md").read_text()
+    assert "| bottle | 90.1 ± 0.1 |" in per_category and "| cable |" in per_category
+    for name in (
+        "mvtec_per_category_image_auroc.png",
+        "mvtec_accuracy_vs_latency.png",
+        "mvtec_metric_vs_shots.png",
+    ):
+        assert (out / "plots" / name).stat().st_size > 1000
+
+
+def test_newest_result_of_a_seed_wins_and_latest_sweep(sweep: Path, tmp_path: Path) -> None:
+    other = sweep.parent / "later"
+    fake_result(other, "winclip", "mvtec", 0, 0, 0.50, created="2027-01-01T00:00:00")
+    groups = tables.collect(tables.find_result_files([sweep, other]))
+    zero = next(g for g in groups if g.shots == 0)
+    assert len(zero.runs) == 3 and min(zero.metric_values("image_auroc")) == pytest.approx(49.0)
+    assert tables.latest_sweeps(tmp_path / "outputs") == [other]
+
+
+def test_no_results_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no complete results.json"):
+        tables.make_tables([tmp_path / "empty"], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tables.make_tables([tmp_path / "missing"], tmp_path / "out")
+
+
+def test_cli_writes_tables(sweep: Path, tmp_path: Path, capsys) -> None:
+    assert tables.main(["--results", str(sweep), "--out", str(tmp_path / "r"), "--no-plots"]) == 0
+    assert (tmp_path / "r" / "mvtec_summary.md").exists() and not (tmp_path / "r" / "plots").exists()
+    assert json.loads(json.dumps(tables.load_published()))  # the packaged file is valid JSON
