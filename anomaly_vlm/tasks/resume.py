@@ -7,17 +7,26 @@ A job is finished when its folder holds a complete ``results.json`` (see
 Trainable jobs checkpoint every epoch into ``checkpoints/last.ckpt`` (trainable parameters, optimizer
 and loop state; never the frozen backbone). After training, ``checkpoints/trained.ckpt`` holds the
 final trainable parameters; a job killed while testing reloads it instead of training again.
+
+Jobs that would train identical parameters (the reference draws of a few-shot sweep) share them through
+``<cache_dir>/trained/<fingerprint>.ckpt``: the first job trains, the others load (``reuse_trained``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from anomaly_vlm.reporting.results import RESULTS_FILE, read_results
 
@@ -94,3 +103,72 @@ def trained_checkpoint(output_dir: Path) -> Path | None:
     """``checkpoints/trained.ckpt`` of a training run that finished, if any."""
     path = Path(output_dir) / TRAINED_CHECKPOINT
     return path if path.is_file() else None
+
+
+# ----- trained parameters shared by the jobs of a sweep ----------------------------------------------
+TRAINED_CACHE_FOLDER = "trained"
+# Trainer keys that change where/how a run reports, not what it learns.
+_REPORTING_TRAINER_KEYS = {
+    "_target_", "default_root_dir", "logger", "callbacks", "enable_progress_bar", "enable_model_summary",
+    "log_every_n_steps", "enable_checkpointing", "num_sanity_val_steps",
+}
+_TRAINING_DATAMODULE_KEYS = ("image_size", "train_split", "train_batch_size", "train_mosaic_probability")
+
+
+def code_identity() -> str:
+    """The code that trains: commit plus a hash of uncommitted changes (so edits never reuse stale runs)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD", "--", "anomaly_vlm"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        import anomaly_vlm
+
+        return f"package-{anomaly_vlm.__version__}"
+    return f"{commit}-{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if diff else commit
+
+
+def training_fingerprint(cfg: DictConfig) -> str:
+    """Hash of everything that determines the trained parameters of a job.
+
+    Few-shot draws (``shots``, ``reference_seed``), the evaluated dataset and reporting options are left
+    out: the jobs of ``method=aprillab shots=4 -m`` differ only in those and so train identical
+    parameters (bit-identical on CPU), which is why they can share one training run.
+    """
+
+    def plain(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+    trainer = {key: plain(value) for key, value in cfg.trainer.items() if key not in _REPORTING_TRAINER_KEYS}
+    parts = {
+        "method": plain(cfg.method),
+        "backbone": plain(cfg.backbone),
+        "prompts": plain(cfg.prompts),
+        "train_data": plain(cfg.get("train_data")),
+        "class_names": plain((cfg.get("data") or {}).get("class_names")),
+        "datamodule": {key: plain(cfg.datamodule.get(key)) for key in _TRAINING_DATAMODULE_KEYS},
+        "trainer": trainer,
+        "seed": int(cfg.seed),
+        "code": code_identity(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def shared_trained_checkpoint(cfg: DictConfig) -> Path | None:
+    """Where this job's trained parameters are shared (``<cache_dir>/trained/<fingerprint>.ckpt``).
+
+    None when ``reuse_trained=false``.
+    """
+    if not cfg.get("reuse_trained", True):
+        return None
+    return Path(cfg.paths.cache_dir).expanduser() / TRAINED_CACHE_FOLDER / f"{training_fingerprint(cfg)}.ckpt"
+
+
+def publish_trained_checkpoint(trained: Path, shared: Path) -> None:
+    """Copy a job's trained checkpoint to the shared cache (atomic: readers never see half a file)."""
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    temporary = shared.with_name(f".{shared.name}.{os.getpid()}.tmp")
+    shutil.copyfile(trained, temporary)
+    os.replace(temporary, shared)

@@ -158,13 +158,19 @@ def close_logger(logger: Any) -> None:
     wandb_helpers.finish(logger)
 
 
-def fit_or_resume(trainer: L.Trainer, method: AnomalyMethod, datamodule: Any, output_dir: Path) -> Path:
+def fit_or_resume(
+    trainer: L.Trainer, method: AnomalyMethod, datamodule: Any, output_dir: Path, shared: Path | None = None
+) -> Path:
     """Train, resuming from ``checkpoints/last.ckpt`` when an earlier attempt was interrupted.
 
     A job whose training finished (``checkpoints/trained.ckpt``) but whose testing did not reloads the
-    trained parameters instead of training again.
+    trained parameters instead of training again; so does a job whose identical training another job
+    already did (``shared``, see :func:`resume.shared_trained_checkpoint`).
     """
     done = resume.trained_checkpoint(output_dir)
+    if done is None and shared is not None and shared.is_file():
+        log.info("identical training already done by another job; loading %s", shared)
+        done = shared
     if done is not None:
         log.info("training already finished; loading %s", done)
         method.load_trainable_checkpoint(str(done))
@@ -175,6 +181,8 @@ def fit_or_resume(trainer: L.Trainer, method: AnomalyMethod, datamodule: Any, ou
     trainer.fit(method, datamodule=datamodule, ckpt_path=str(last) if last else None)
     trained = output_dir / TRAINED_CHECKPOINT
     trainer.save_checkpoint(trained, weights_only=True)
+    if shared is not None and trainer.is_global_zero:
+        resume.publish_trained_checkpoint(trained, shared)
     return trained
 
 
@@ -306,7 +314,9 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     trained_checkpoint = None
     if will_fit:
         method.run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-        trained_checkpoint = fit_or_resume(trainer, method, datamodule, output_dir)
+        trained_checkpoint = fit_or_resume(
+            trainer, method, datamodule, output_dir, resume.shared_trained_checkpoint(cfg)
+        )
 
     for category in categories:
         reference_images = datamodule.load_images(references[category]) if references[category] else None
