@@ -29,8 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 
 #: Overrides that do not change what a job computes and so never name a folder.
 NEUTRAL_KEYS = (
-    "overwrite", "save_predictions", "num_overlays", "sweep_name", "logger", "paths.output_root",
-    "paths.cache_dir", "reuse_trained",
+    "overwrite",
+    "save_predictions",
+    "num_overlays",
+    "sweep_name",
+    "logger",
+    "paths.output_root",
+    "paths.cache_dir",
+    "reuse_trained",
 )
 DEFAULT_SWEEP_NAME = "default"
 _UNSAFE = re.compile(r"[^A-Za-z0-9=,._+\-\[\]@:]")

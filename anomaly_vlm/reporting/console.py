@@ -7,7 +7,8 @@ from rich.table import Table
 
 from anomaly_vlm.metrics import METRIC_NAMES
 
-_HEADERS = {
+#: Short column headers of the metrics, shared by the console and the paper tables.
+METRIC_HEADERS = {
     "image_auroc": "I-AUROC",
     "image_ap": "I-AP",
     "image_f1max": "I-F1max",
@@ -29,7 +30,7 @@ def metrics_table(
     table = Table(title=title, title_justify="left")
     table.add_column("category")
     for name in METRIC_NAMES:
-        table.add_column(_HEADERS.get(name, name), justify="right")
+        table.add_column(METRIC_HEADERS.get(name, name), justify="right")
     for category, metrics in per_category.items():
         table.add_row(category, *(_cell(metrics.get(name)) for name in METRIC_NAMES))
     table.add_section()

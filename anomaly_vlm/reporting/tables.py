@@ -27,17 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_vlm.metrics import METRIC_NAMES
+from anomaly_vlm.reporting.console import METRIC_HEADERS
 from anomaly_vlm.reporting.results import RESULTS_FILE, read_results
 
-HEADERS = {
-    "image_auroc": "I-AUROC",
-    "image_ap": "I-AP",
-    "image_f1max": "I-F1max",
-    "pixel_auroc": "P-AUROC",
-    "pixel_ap": "P-AP",
-    "pixel_f1max": "P-F1max",
-    "pixel_aupro": "P-AUPRO",
-}
 EFFICIENCY_FIELDS = (
     ("ms_per_image", "ms/image", 1.0),
     ("images_per_s", "images/s", 1.0),
@@ -276,7 +268,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def write_summary(dataset: str, groups: list[Group], published: list[dict], out: Path) -> list[dict]:
     rows = summary_rows(groups, published)
-    header = ["method", "backbone / prompts", "shots", *(HEADERS[m] for m in METRIC_NAMES)]
+    header = ["method", "backbone / prompts", "shots", *(METRIC_HEADERS[m] for m in METRIC_NAMES)]
     display = [
         [
             row["method_label"],
@@ -314,7 +306,7 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
 
 
 def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
-    header = ["method", "backbone / prompts", "shots", "category", *(HEADERS[m] for m in METRIC_NAMES)]
+    header = ["method", "backbone / prompts", "shots", "category", *(METRIC_HEADERS[m] for m in METRIC_NAMES)]
     md = [f"# {dataset}: per category\n", "Mean ± std over seeds (percent).\n"]
     all_rows: list[list[str]] = []
     with (out / f"{dataset}_per_category.csv").open("w", newline="") as handle:

@@ -24,20 +24,9 @@ from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
 from anomaly_vlm.data import AnomalyDataModule
-from anomaly_vlm.data.checks import preflight
-from anomaly_vlm.data.sampling import write_reference_log
-from anomaly_vlm.methods.base import AnomalyMethod
 from anomaly_vlm.reporting.overlays import colorize, overlay_panel
 from anomaly_vlm.reporting.results import write_json_atomic
-from anomaly_vlm.tasks.runner import (
-    FinishedRunError,
-    _quiet_lightning,
-    build,
-    dataset_class_names,
-    draw_all_references,
-    load_checkpoint,
-    with_class_names,
-)
+from anomaly_vlm.tasks.runner import FinishedRunError, _quiet_lightning, build, group_choices, prepare_job
 
 log = logging.getLogger(__name__)
 
@@ -108,26 +97,8 @@ def predict(cfg: DictConfig) -> None:
     source = build(cfg.data)
     datamodule: AnomalyDataModule = build(cfg.datamodule, source=source)
     categories = datamodule.categories
-    shots = int(cfg.shots)
-    references = draw_all_references(datamodule, categories, shots, int(cfg.seed))
-    class_names = dataset_class_names(source)
-    preflight(datamodule, categories, references)
-    if shots:
-        write_reference_log(output_dir / "references.json", references, shots, int(cfg.seed))
-
-    backbone = build(cfg.backbone)
-    prompts = with_class_names(build(cfg.prompts), class_names)
-    method: AnomalyMethod = build(
-        cfg.method, backbone=backbone, prompts=prompts, shots=shots, text_cache_dir=cfg.paths.cache_dir
-    )
-    if cfg.get("ckpt_path"):
-        load_checkpoint(method, str(cfg.ckpt_path))
-    elif method.is_trainable:
-        log.warning(
-            "method '%s' has trainable parameters but no ckpt_path was given: scores come from "
-            "untrained parameters",
-            method.method_name,
-        )
+    job = prepare_job(cfg, datamodule, (source,), output_dir, group_choices(cfg)["method"], fit=False)
+    method, references, shots = job.method, job.references, job.shots
 
     rows: list[tuple[str, str, float]] = []
     for category in categories:

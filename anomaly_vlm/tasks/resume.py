@@ -109,8 +109,15 @@ def trained_checkpoint(output_dir: Path) -> Path | None:
 TRAINED_CACHE_FOLDER = "trained"
 # Trainer keys that change where/how a run reports, not what it learns.
 _REPORTING_TRAINER_KEYS = {
-    "_target_", "default_root_dir", "logger", "callbacks", "enable_progress_bar", "enable_model_summary",
-    "log_every_n_steps", "enable_checkpointing", "num_sanity_val_steps",
+    "_target_",
+    "default_root_dir",
+    "logger",
+    "callbacks",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "log_every_n_steps",
+    "enable_checkpointing",
+    "num_sanity_val_steps",
 }
 _TRAINING_DATAMODULE_KEYS = ("image_size", "train_split", "train_batch_size", "train_mosaic_probability")
 
@@ -119,10 +126,20 @@ def code_identity() -> str:
     """The code that trains: commit plus a hash of uncommitted changes (so edits never reuse stale runs)."""
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=5, check=True).stdout.strip()
-        diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD", "--", "anomaly_vlm"],
-                              capture_output=True, text=True, timeout=10, check=True).stdout
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        diff = subprocess.run(
+            ["git", "-C", str(root), "diff", "HEAD", "--", "anomaly_vlm"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         import anomaly_vlm
 

@@ -207,10 +207,7 @@ def check_shots_supported(method_node: DictConfig, shots: int, method_name: str 
     method_class = get_class(method_node._target_)
     if shots and not getattr(method_class, "supports_few_shot", True):
         name = method_name or getattr(method_class, "method_name", method_class.__name__)
-        raise ShotsError(
-            f"method '{name}' is zero-shot only; shots={shots} "
-            "is not supported (use shots=0)"
-        )
+        raise ShotsError(f"method '{name}' is zero-shot only; shots={shots} is not supported (use shots=0)")
 
 
 def check_training_data(cfg: DictConfig, fit: bool, method_name: str | None) -> None:
@@ -247,6 +244,50 @@ def is_repeated_zero_shot_draw(cfg: DictConfig) -> bool:
     return 0 < int(cfg.get("reference_seed", 0)) < draws
 
 
+@dataclasses.dataclass
+class PreparedJob:
+    """What the test (or predict) loop needs once every input check has passed."""
+
+    method: AnomalyMethod
+    references: dict[str, list[Sample]]
+    shots: int
+    reference_seed: int
+
+
+def prepare_job(
+    cfg: DictConfig,
+    datamodule: AnomalyDataModule,
+    sources: tuple[DatasetSource | None, ...],
+    output_dir: Path,
+    method_name: str | None,
+    fit: bool,
+) -> PreparedJob:
+    """Checks, reference draws, then the model: the part shared by testing and prediction.
+
+    Everything cheap (shots, training data, file headers) is checked before the backbone is built, so a
+    bad input fails in seconds.
+    """
+    categories = datamodule.categories
+    shots = int(cfg.shots)
+    reference_seed = int(cfg.get("reference_seed", cfg.seed))
+    references = draw_all_references(datamodule, categories, shots, reference_seed)
+    check_shots_supported(cfg.method, shots, method_name)
+    check_training_data(cfg, fit, method_name)
+    class_names = dataset_class_names(*sources)
+    preflight(datamodule, categories, references)
+    if shots:
+        write_reference_log(output_dir / "references.json", references, shots, reference_seed)
+
+    backbone = build(cfg.backbone)
+    prompts = with_class_names(build(cfg.prompts), class_names)
+    method: AnomalyMethod = build(
+        cfg.method, backbone=backbone, prompts=prompts, shots=shots, text_cache_dir=cfg.paths.cache_dir
+    )
+    if cfg.get("ckpt_path"):
+        load_checkpoint(method, str(cfg.ckpt_path))
+    return PreparedJob(method, references, shots, reference_seed)
+
+
 def run(cfg: DictConfig, fit: bool) -> float | None:
     """Run one job. Returns the mean image AUROC (the value sweepers optimise)."""
     started = time.time()
@@ -271,23 +312,8 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     train_source = build(cfg.train_data) if cfg.get("train_data") else None
     datamodule: AnomalyDataModule = build(cfg.datamodule, source=source, train_source=train_source)
     categories = datamodule.categories
-    shots = int(cfg.shots)
-    reference_seed = int(cfg.get("reference_seed", cfg.seed))
-    references = draw_all_references(datamodule, categories, shots, reference_seed)
-    check_shots_supported(cfg.method, shots, names["method"])
-    check_training_data(cfg, fit, names["method"])
-    class_names = dataset_class_names(train_source, source)
-    preflight(datamodule, categories, references)
-    if shots:
-        write_reference_log(output_dir / "references.json", references, shots, reference_seed)
-
-    backbone = build(cfg.backbone)
-    prompts = with_class_names(build(cfg.prompts), class_names)
-    method: AnomalyMethod = build(
-        cfg.method, backbone=backbone, prompts=prompts, shots=shots, text_cache_dir=cfg.paths.cache_dir
-    )
-    if cfg.get("ckpt_path"):
-        load_checkpoint(method, str(cfg.ckpt_path))
+    job = prepare_job(cfg, datamodule, (train_source, source), output_dir, names["method"], fit)
+    method, references, shots, reference_seed = job.method, job.references, job.shots, job.reference_seed
 
     logger = build_logger(cfg, names)
     evaluator = Evaluator()
