@@ -78,7 +78,8 @@ tables: $(STAMP)  ## tables + plots: make tables RESULTS="<sweep folder>..." OUT
 	$(PY) -m anomaly_vlm.reporting.tables --outputs $(OUTPUTS) --out $(OUT) $(if $(RESULTS),--results $(RESULTS))
 
 # reproduce-<method>-<dataset>: experiment <method>_<dataset>; zero-shot (seed of the experiment file), then
-# the paper's few-shot settings over SEEDS reference draws, then the table with the published numbers.
+# the paper's few-shot settings over SEEDS reference draws (reference_seed: training, where a method trains,
+# keeps the published seed and is shared by the draws), then the table with the published numbers.
 # A preflight checks datasets and weights first, so a missing DATA_ROOT or weight stops in seconds.
 REPRODUCIBLE := winclip-mvtec winclip-visa aprillab-mvtec aprillab-visa anomalyclip-mvtec anomalyclip-visa
 FEWSHOT_winclip := 1,2,4
@@ -91,7 +92,7 @@ reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprill
 	$(PY) -m anomaly_vlm.tasks.preflight experiment=$(subst -,_,$*) $(REPRODUCE_ARGS)
 	$(PY) train.py -m experiment=$(subst -,_,$*) shots=0 sweep_name=reproduce-$* $(REPRODUCE_ARGS)
 	$(if $(FEWSHOT_$(word 1,$(subst -, ,$*))),$(PY) train.py -m experiment=$(subst -,_,$*) \
-		shots=$(FEWSHOT_$(word 1,$(subst -, ,$*))) seed=$(SEEDS) sweep_name=reproduce-$* $(REPRODUCE_ARGS))
+		shots=$(FEWSHOT_$(word 1,$(subst -, ,$*))) reference_seed=$(SEEDS) sweep_name=reproduce-$* $(REPRODUCE_ARGS))
 	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$* --out $(OUT)/reproduce-$*
 
 clean:  ## remove outputs (not the venv)

@@ -86,8 +86,9 @@ class Group:
         return f"{self.method} (trained on {self.train_dataset})" if self.train_dataset else self.method
 
     @property
-    def seeds(self) -> list[int]:
-        return sorted({int(run["seed"]) for run in self.runs})
+    def seeds(self) -> list[tuple[int, int | None]]:
+        """The replicates: (seed, reference_seed) pairs (few-shot draws vary reference_seed)."""
+        return sorted({replicate_of(run) for run in self.runs}, key=lambda pair: (pair[0], pair[1] or 0))
 
     def metric_values(self, metric: str, category: str | None = None) -> list[float]:
         values = []
@@ -144,8 +145,13 @@ def latest_sweeps(output_root: str | Path = "outputs") -> list[Path]:
     return latest
 
 
+def replicate_of(run: dict) -> tuple[int, int | None]:
+    """Which replicate a run is: its seed and, for few-shot runs, the seed of its reference draw."""
+    return int(run.get("seed") or 0), run.get("reference_seed")
+
+
 def collect(files: list[Path]) -> list[Group]:
-    """Group complete results by configuration; a seed seen twice keeps its newest result."""
+    """Group complete results by configuration; a replicate seen twice keeps its newest result."""
     groups: dict[tuple, Group] = {}
     newest: dict[tuple, dict] = {}
     for path in files:
@@ -160,7 +166,7 @@ def collect(files: list[Path]) -> list[Group]:
             int(run.get("shots") or 0),
             run.get("train_dataset"),
         )
-        seed_key = (*key, int(run.get("seed") or 0))
+        seed_key = (*key, replicate_of(run))
         if seed_key in newest and str(newest[seed_key].get("created", "")) >= str(run.get("created", "")):
             continue
         newest[seed_key] = run

@@ -116,3 +116,12 @@ def test_cli_writes_tables(sweep: Path, tmp_path: Path, capsys) -> None:
     assert tables.main(["--results", str(sweep), "--out", str(tmp_path / "r"), "--no-plots"]) == 0
     assert (tmp_path / "r" / "mvtec_summary.md").exists() and not (tmp_path / "r" / "plots").exists()
     assert json.loads(json.dumps(tables.load_published()))  # the packaged file is valid JSON
+
+
+def test_reference_draws_are_replicates_even_with_one_training_seed(tmp_path: Path) -> None:
+    root = tmp_path / "draws"
+    for draw in (0, 1, 2):
+        fake_result(root / f"r{draw}", "aprillab", "mvtec", 4, 111, 0.9 + 0.01 * draw, reference_seed=draw)
+    (group,) = tables.collect(tables.find_result_files([root]))
+    assert group.seeds == [(111, 0), (111, 1), (111, 2)]
+    assert len(group.metric_values("image_auroc")) == 3
