@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from winclip_peer import CLASS_NAME, Peer, build_ours, default_peer_python, normalized_images
+from winclip_peer import CLASS_NAME, Peer, default_peer_python, shared_setup
 
 TOLERANCE = 1e-4
 
@@ -42,52 +41,41 @@ def main() -> int:
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}")
 
-    backbone, ours = build_ours()
-    queries = normalized_images(backbone, args.batch, seed=1)
-    references = normalized_images(backbone, args.shots, seed=2)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="winclip-bench-") as folder:
-        folder = Path(folder)
-        torch.save(backbone.clip.state_dict(), folder / "weights.pt")
-        torch.save(queries, folder / "queries.pt")
-        torch.save(references, folder / "references.pt")
-        peer = Peer(args.python)
-        try:
-            peer.call(cmd="load", weights=str(folder / "weights.pt"), class_name=CLASS_NAME)
-            for label, shots in (("zero-shot", 0), (f"{args.shots}-shot", args.shots)):
-                if shots:
-                    started = time.perf_counter()
-                    ours.set_reference_images(references, normalized=True)
-                    ours_setup = time.perf_counter() - started
-                    reply = peer.call(cmd="references", images=str(folder / "references.pt"))
-                    theirs_setup = reply["seconds"]
-                    print(f"{label} reference memory: ours {ours_setup:.1f} s, anomalib {theirs_setup:.1f} s")
-                ours_times, theirs_times, delta = [], [], 0.0
-                out = folder / "theirs.pt"
-                for round_index in range(args.rounds):
-                    if round_index % 2:
-                        scores, maps = time_ours(ours, queries, ours_times)
-                        time_theirs(peer, folder / "queries.pt", out, theirs_times)
-                    else:
-                        time_theirs(peer, folder / "queries.pt", out, theirs_times)
-                        scores, maps = time_ours(ours, queries, ours_times)
-                    theirs = torch.load(out)
-                    delta = max(
-                        delta,
-                        (scores - theirs["scores"]).abs().max().item(),
-                        (maps - theirs["maps"]).abs().max().item(),
-                    )
-                ours_s = statistics.median(ours_times) / args.batch
-                theirs_s = statistics.median(theirs_times) / args.batch
-                results[label] = (ours_s, theirs_s, delta)
-                print(
-                    f"{label:10s} per image: ours {ours_s:.2f} s, anomalib {theirs_s:.2f} s, "
-                    f"speed-up x{theirs_s / ours_s:.2f} (max|d| of outputs {delta:.1e}); "
-                    f"ours {[round(t, 2) for t in ours_times]}, "
-                    f"anomalib {[round(t, 2) for t in theirs_times]}"
+    with shared_setup(args.python, args.batch, args.shots) as (_, ours, queries, references, peer, folder):
+        peer.call(cmd="load", weights=str(folder / "weights.pt"), class_name=CLASS_NAME)
+        for label, shots in (("zero-shot", 0), (f"{args.shots}-shot", args.shots)):
+            if shots:
+                started = time.perf_counter()
+                ours.set_reference_images(references, normalized=True)
+                ours_setup = time.perf_counter() - started
+                reply = peer.call(cmd="references", images=str(folder / "references.pt"))
+                theirs_setup = reply["seconds"]
+                print(f"{label} reference memory: ours {ours_setup:.1f} s, anomalib {theirs_setup:.1f} s")
+            ours_times, theirs_times, delta = [], [], 0.0
+            out = folder / "theirs.pt"
+            for round_index in range(args.rounds):
+                if round_index % 2:
+                    scores, maps = time_ours(ours, queries, ours_times)
+                    time_theirs(peer, folder / "queries.pt", out, theirs_times)
+                else:
+                    time_theirs(peer, folder / "queries.pt", out, theirs_times)
+                    scores, maps = time_ours(ours, queries, ours_times)
+                theirs = torch.load(out)
+                delta = max(
+                    delta,
+                    (scores - theirs["scores"]).abs().max().item(),
+                    (maps - theirs["maps"]).abs().max().item(),
                 )
-        finally:
-            peer.close()
+            ours_s = statistics.median(ours_times) / args.batch
+            theirs_s = statistics.median(theirs_times) / args.batch
+            results[label] = (ours_s, theirs_s, delta)
+            print(
+                f"{label:10s} per image: ours {ours_s:.2f} s, anomalib {theirs_s:.2f} s, "
+                f"speed-up x{theirs_s / ours_s:.2f} (max|d| of outputs {delta:.1e}); "
+                f"ours {[round(t, 2) for t in ours_times]}, "
+                f"anomalib {[round(t, 2) for t in theirs_times]}"
+            )
     ok = all(delta <= TOLERANCE for _, _, delta in results.values())
     print("outputs agree" if ok else f"OUTPUTS DIFFER by more than {TOLERANCE:.0e}")
     return 0 if ok else 1

@@ -8,11 +8,9 @@ the compositional prompt ensemble; prints max |delta| of image scores and anomal
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import torch
-from winclip_peer import CLASS_NAME, Peer, build_ours, default_peer_python, normalized_images
+from winclip_peer import CLASS_NAME, default_peer_python, shared_setup
 
 TARGET = 1e-4
 
@@ -26,39 +24,28 @@ def main() -> int:
     torch.set_grad_enabled(False)
     torch.manual_seed(0)
 
-    backbone, ours = build_ours()
-    queries = normalized_images(backbone, args.images, seed=1)
-    references = normalized_images(backbone, args.shots, seed=2)
-    with tempfile.TemporaryDirectory(prefix="winclip-parity-") as folder:
-        folder = Path(folder)
-        torch.save(backbone.clip.state_dict(), folder / "weights.pt")
-        torch.save(queries, folder / "queries.pt")
-        torch.save(references, folder / "references.pt")
-        peer = Peer(args.python)
-        try:
-            weights, text = str(folder / "weights.pt"), str(folder / "t.pt")
-            loaded = peer.call(cmd="load", weights=weights, class_name=CLASS_NAME, text_out=text)
-            print(f"anomalib side: open_clip {loaded['open_clip']}, torch {loaded['torch']}")
-            if loaded["missing"] or loaded["unexpected"]:
-                raise RuntimeError(f"state dict keys differ: {loaded}")
-            theirs_text = torch.nn.functional.normalize(torch.load(folder / "t.pt"), dim=-1)
-            text_delta = (theirs_text - ours.text_classifier).abs().max().item()
-            print(f"text classifier (unit rows)    max|d| = {text_delta:.2e}")
+    with shared_setup(args.python, args.images, args.shots) as (_, ours, queries, references, peer, folder):
+        weights, text = str(folder / "weights.pt"), str(folder / "t.pt")
+        loaded = peer.call(cmd="load", weights=weights, class_name=CLASS_NAME, text_out=text)
+        print(f"anomalib side: open_clip {loaded['open_clip']}, torch {loaded['torch']}")
+        if loaded["missing"] or loaded["unexpected"]:
+            raise RuntimeError(f"state dict keys differ: {loaded}")
+        theirs_text = torch.nn.functional.normalize(torch.load(folder / "t.pt"), dim=-1)
+        text_delta = (theirs_text - ours.text_classifier).abs().max().item()
+        print(f"text classifier (unit rows)    max|d| = {text_delta:.2e}")
 
-            rows = []
-            for label, shots in (("zero-shot", 0), (f"{args.shots}-shot", args.shots)):
-                if shots:
-                    peer.call(cmd="references", images=str(folder / "references.pt"))
-                    ours.set_reference_images(references, normalized=True)
-                out = folder / f"theirs_{shots}.pt"
-                peer.call(cmd="forward", images=str(folder / "queries.pt"), out=str(out))
-                theirs = torch.load(out)
-                scores, maps = ours(queries, normalized=True)
-                score_delta = (scores - theirs["scores"]).abs().max().item()
-                map_delta = (maps - theirs["maps"]).abs().max().item()
-                rows.append((label, score_delta, map_delta, scores, maps))
-        finally:
-            peer.close()
+        rows = []
+        for label, shots in (("zero-shot", 0), (f"{args.shots}-shot", args.shots)):
+            if shots:
+                peer.call(cmd="references", images=str(folder / "references.pt"))
+                ours.set_reference_images(references, normalized=True)
+            out = folder / f"theirs_{shots}.pt"
+            peer.call(cmd="forward", images=str(folder / "queries.pt"), out=str(out))
+            theirs = torch.load(out)
+            scores, maps = ours(queries, normalized=True)
+            score_delta = (scores - theirs["scores"]).abs().max().item()
+            map_delta = (maps - theirs["maps"]).abs().max().item()
+            rows.append((label, score_delta, map_delta, scores, maps))
     worst = 0.0
     for label, score_delta, map_delta, scores, maps in rows:
         worst = max(worst, score_delta, map_delta)

@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -87,3 +89,25 @@ class Peer:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def shared_setup(python: str, num_queries: int, shots: int) -> Iterator[tuple]:
+    """Both implementations on the same random weights and normalised inputs.
+
+    Yields ``(backbone, ours, queries, references, peer, folder)``: our model, the anomalib process
+    (``peer``) and a scratch folder holding ``weights.pt``, ``queries.pt`` and ``references.pt``.
+    """
+    backbone, ours = build_ours()
+    queries = normalized_images(backbone, num_queries, seed=1)
+    references = normalized_images(backbone, shots, seed=2)
+    with tempfile.TemporaryDirectory(prefix="winclip-peer-") as scratch:
+        folder = Path(scratch)
+        torch.save(backbone.clip.state_dict(), folder / "weights.pt")
+        torch.save(queries, folder / "queries.pt")
+        torch.save(references, folder / "references.pt")
+        peer = Peer(python)
+        try:
+            yield backbone, ours, queries, references, peer, folder
+        finally:
+            peer.close()

@@ -30,28 +30,25 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_commit() -> dict[str, Any]:
-    """Commit of the checkout this package runs from (None outside a git checkout)."""
+def run_git(*args: str, timeout: float = 10.0) -> str | None:
+    """Output of a git command in the checkout this package runs from (None outside a git checkout)."""
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
+        completed = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=timeout, check=True
         )
-        return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout
+
+
+def git_commit() -> dict[str, Any]:
+    """Commit of the checkout this package runs from (None outside a git checkout)."""
+    commit = run_git("rev-parse", "HEAD")
+    if commit is None:
         return {"commit": None, "dirty": None}
+    status = run_git("status", "--porcelain", "--untracked-files=no") or ""
+    return {"commit": commit.strip(), "dirty": bool(status.strip())}
 
 
 def write_json_atomic(path: Path, payload: dict) -> Path:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_vlm.reporting.results import RESULTS_FILE, read_results
+from anomaly_vlm.reporting.results import RESULTS_FILE, read_results, run_git
 
 log = logging.getLogger(__name__)
 
@@ -124,26 +123,13 @@ _TRAINING_DATAMODULE_KEYS = ("image_size", "train_split", "train_batch_size", "t
 
 def code_identity() -> str:
     """The code that trains: commit plus a hash of uncommitted changes (so edits never reuse stale runs)."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        diff = subprocess.run(
-            ["git", "-C", str(root), "diff", "HEAD", "--", "anomaly_vlm"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    commit = run_git("rev-parse", "HEAD")
+    if commit is None:
         import anomaly_vlm
 
         return f"package-{anomaly_vlm.__version__}"
+    diff = run_git("diff", "HEAD", "--", "anomaly_vlm") or ""
+    commit = commit.strip()
     return f"{commit}-{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if diff else commit
 
 
