@@ -210,6 +210,11 @@ def check_shots_supported(method_node: DictConfig, shots: int, method_name: str 
         raise ShotsError(f"method '{name}' is zero-shot only; shots={shots} is not supported (use shots=0)")
 
 
+def trains_on_auxiliary_data(cfg: DictConfig) -> bool:
+    """Whether the configured method learns parameters on ``train_data``."""
+    return bool(getattr(get_class(cfg.method._target_), "trains_on_auxiliary_data", False))
+
+
 def check_training_data(cfg: DictConfig, fit: bool, method_name: str | None) -> None:
     """A method that learns on auxiliary data needs ``train_data`` (or trained weights) to be useful."""
     method_class = get_class(cfg.method._target_)
@@ -218,9 +223,10 @@ def check_training_data(cfg: DictConfig, fit: bool, method_name: str | None) -> 
     name = method_name or getattr(method_class, "method_name", method_class.__name__)
     if fit and not cfg.get("train_data"):
         raise DataError(
-            f"method '{name}' trains on an auxiliary dataset: set train_data=<mvtec|visa|folder|synthetic> "
-            "(the cross-dataset protocol trains on the other dataset's test split), or load trained "
-            "parameters with ckpt_path=..."
+            f"method '{name}' trains on an auxiliary dataset: use a published protocol "
+            f"(experiment={name}_mvtec trains on VisA, experiment={name}_visa on MVTec AD), or set "
+            "train_data=<mvtec|visa|folder|synthetic> (the cross-dataset protocol trains on the other "
+            "dataset's test split), or load trained parameters with ckpt_path=..."
         )
     if not fit:
         log.warning("method '%s' is evaluated with untrained parameters (no ckpt_path given)", name)
@@ -309,7 +315,15 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
 
     # Cheap checks first: data layout, categories, shots.
     source = build(cfg.data)
-    train_source = build(cfg.train_data) if cfg.get("train_data") else None
+    train_source = None
+    if cfg.get("train_data"):
+        if trains_on_auxiliary_data(cfg):
+            train_source = build(cfg.train_data)
+        else:
+            # A sweep over methods shares one train_data; the training-free methods ignore it and their
+            # results must not claim a training set.
+            log.info("method '%s' does not train: train_data is ignored", names["method"])
+            names["train_data"] = None
     datamodule: AnomalyDataModule = build(cfg.datamodule, source=source, train_source=train_source)
     categories = datamodule.categories
     job = prepare_job(cfg, datamodule, (train_source, source), output_dir, names["method"], fit)

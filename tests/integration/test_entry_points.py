@@ -109,3 +109,12 @@ def test_multirun_two_seeds_two_folders(run_entry_point, tmp_path):
     assert seeds == [0, 1]
     embeddings = [json.loads(path.read_text())["metrics"]["mean"]["image_auroc"] for path in results]
     assert embeddings[0] != embeddings[1]  # different random tiny CLIPs
+
+
+def test_training_free_method_ignores_train_data(run_entry_point, tmp_path):
+    """A sweep over methods shares train_data; a method that does not train must not claim it."""
+    run_entry_point(
+        "train.py", *DEMO, "data.categories=[nut]", "train_data=synthetic", f"hydra.run.dir={tmp_path}"
+    )
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["train_dataset"] is None

@@ -20,6 +20,7 @@ class TrainableProbe(CLIPBaselineModule):
     """Paper: none (test double of a trainable method)."""
 
     method_name = "trainable_probe"
+    trains_on_auxiliary_data = True
 
     def __init__(self, *args, seed: int = 0, kill_epoch: int = 1, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -33,7 +33,7 @@ def test_trained_method_without_auxiliary_data_is_rejected_before_building() -> 
         {"method": {"_target_": "anomaly_vlm.methods.anomalyclip.AnomalyCLIPModule"}, "train_data": None}
     )
     with pytest.raises(
-        DataError, match="method 'anomalyclip' trains on an auxiliary dataset: set train_data="
+        DataError, match="method .anomalyclip. trains on an auxiliary dataset: use a published protocol"
     ):
         check_training_data(cfg, fit=True, method_name="anomalyclip")
     check_training_data(cfg, fit=False, method_name="anomalyclip")  # evaluate: a warning only
