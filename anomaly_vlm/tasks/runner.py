@@ -395,12 +395,12 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
         },
     )
     results_path = write_json_atomic(output_dir / RESULTS_FILE, payload)
+    close_logger(logger)  # before the table: W&B prints its own summary when a run finishes
     title = f"{names['method']} | {names['backbone']} | {names['data']} | shots={shots} | seed={cfg.seed}"
     if shots:
         title += f" | reference_seed={reference_seed}"
     print_metrics_table(evaluator.results, mean, title=title)
     print(f"results: {results_path}")
-    close_logger(logger)
     ddp.teardown(launch_environment)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return mean.get("image_auroc")
