@@ -27,6 +27,14 @@ TITLES = {
 }
 
 
+
+def save_figure(figure, target: Path) -> Path:
+    """Lay out, write as PNG and release a figure (figures are not garbage-collected by pyplot)."""
+    figure.tight_layout()
+    figure.savefig(target, dpi=120)
+    plt.close(figure)
+    return target
+
 def _config_label(group: Group) -> str:
     return f"{group.method} {group.shots}-shot ({group.backbone})"
 
@@ -58,10 +66,7 @@ def per_category_bars(dataset: str, groups: list[Group], metric: str, target: Pa
     axis.set_title(f"{dataset}: {TITLES[metric]} per category")
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars stay visible
     axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(target, dpi=120)
-    plt.close(figure)
-    return target
+    return save_figure(figure, target)
 
 
 def accuracy_vs_latency(
@@ -84,10 +89,7 @@ def accuracy_vs_latency(
     axis.set_ylabel(f"{TITLES[metric]} (%)")
     axis.set_title(f"{dataset}: accuracy vs latency")
     axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(target, dpi=120)
-    plt.close(figure)
-    return target
+    return save_figure(figure, target)
 
 
 def metric_vs_shots(
@@ -133,10 +135,7 @@ def metric_vs_shots(
         axis.set_title(f"{dataset}: {TITLES[metric]} vs shots")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(target, dpi=120)
-    plt.close(figure)
-    return target
+    return save_figure(figure, target)
 
 
 def make_plots(
