@@ -1,0 +1,124 @@
+"""The method contract: what a method's torch model computes, and what the evaluation path does with it.
+
+Every method splits its forward pass in two:
+
+1. ``frozen_features(images) -> FrozenFeatures``: a pure function of the frozen backbone, the
+   preprocessing and the input images. Nothing learned and nothing category-specific enters it, so
+   its result can be cached per image and reused across jobs of a sweep, few-shot references and
+   training epochs. Every tensor in the dict has the batch axis first; ``features[key][i]`` belongs to
+   ``images[i]`` alone.
+2. Scoring from those features, with the text classifier, the few-shot memory and anything learned:
+   ``score(features) -> Prediction`` for inductive methods (each image scored on its own), or
+   ``score_set(features) -> Prediction`` for transductive methods, which score a whole category at
+   once (e.g. MuSc's mutual scoring of the test images against each other).
+
+A step that needs the whole category's predictions (e.g. APRIL-GAN's min-max of few-shot map maxima
+over the test set) is a declared set-level post-processing, ``postprocess_set(prediction)``, that
+the one evaluation path applies once a category's predictions are complete, for test and predict
+alike. Methods never keep per-batch state on the module for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+#: Per-image frozen features: name -> tensor with the batch axis first.
+FrozenFeatures = dict[str, Tensor]
+
+
+@dataclasses.dataclass
+class Prediction:
+    """What a method returns for a batch (or, concatenated, for a whole category).
+
+    Attributes:
+        image_score: ``[B]`` image-level anomaly scores, higher = more anomalous.
+        anomaly_map: ``[B, H, W]`` pixel-level anomaly maps at the evaluation resolution.
+        extras: named per-image tensors (batch axis first) that a set-level post-processing step
+            needs, e.g. the raw text probability and the map maximum that APRIL-GAN's few-shot score
+            combines over the category.
+    """
+
+    image_score: Tensor
+    anomaly_map: Tensor
+    extras: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.image_score.ndim != 1:
+            raise ValueError(f"image_score must be [B], got shape {tuple(self.image_score.shape)}")
+        if self.anomaly_map.ndim != 3 or self.anomaly_map.shape[0] != self.image_score.shape[0]:
+            raise ValueError(
+                f"anomaly_map must be [B, H, W] with B={self.image_score.shape[0]}, "
+                f"got shape {tuple(self.anomaly_map.shape)}"
+            )
+        for name, value in self.extras.items():
+            if value.shape[0] != self.image_score.shape[0]:
+                raise ValueError(f"extras[{name!r}] must have the batch axis first, got {tuple(value.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.image_score.shape[0])
+
+    def to(self, device: torch.device | str) -> Prediction:
+        return Prediction(
+            self.image_score.to(device),
+            self.anomaly_map.to(device),
+            {name: value.to(device) for name, value in self.extras.items()},
+        )
+
+    def detach(self) -> Prediction:
+        return Prediction(
+            self.image_score.detach(),
+            self.anomaly_map.detach(),
+            {name: value.detach() for name, value in self.extras.items()},
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Prediction]) -> Prediction:
+        """Concatenate batch predictions along the batch axis (same extras in every part)."""
+        if not parts:
+            raise ValueError("Prediction.concat needs at least one part")
+        names = set(parts[0].extras)
+        for part in parts[1:]:
+            if set(part.extras) != names:
+                raise ValueError(f"parts disagree on extras: {sorted(names)} vs {sorted(part.extras)}")
+        return Prediction(
+            torch.cat([part.image_score for part in parts]),
+            torch.cat([part.anomaly_map for part in parts]),
+            {name: torch.cat([part.extras[name] for part in parts]) for name in sorted(names)},
+        )
+
+
+def slice_features(features: Mapping[str, Tensor], index: int | slice) -> FrozenFeatures:
+    """The features of one image (``index`` an int keeps a batch axis of 1) or a range of images."""
+    if isinstance(index, int):
+        index = slice(index, index + 1)
+    return {name: value[index] for name, value in features.items()}
+
+
+def concat_features(parts: Sequence[Mapping[str, Tensor]]) -> FrozenFeatures:
+    """Concatenate per-image or per-batch features along the batch axis."""
+    if not parts:
+        raise ValueError("concat_features needs at least one part")
+    names = set(parts[0])
+    return {name: torch.cat([part[name] for part in parts]) for name in sorted(names)}
+
+
+@runtime_checkable
+class FrozenFeatureExtractor(Protocol):
+    """The frozen half of a method's torch model.
+
+    ``feature_spec()`` returns a JSON-serialisable description of everything, besides the backbone
+    identity, its preprocessing and the image itself, that determines the features (tap layers, DPAM,
+    window scales, ...). Together with those it is the key of the feature cache. A method whose
+    image features depend on learned parameters (e.g. visual prompts) sets ``cacheable = False``.
+    """
+
+    cacheable: bool
+
+    def feature_spec(self) -> dict[str, Any]: ...
+
+    def frozen_features(self, images: Tensor) -> FrozenFeatures: ...
