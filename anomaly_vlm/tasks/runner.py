@@ -25,7 +25,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_vlm.backbones.weights import WeightsNotFoundError
-from anomaly_vlm.callbacks import EfficiencyProbe, EvaluationCallback
+from anomaly_vlm.callbacks import CategoryEvaluation, CategoryScoring, EfficiencyProbe
 from anomaly_vlm.callbacks import wandb as wandb_helpers
 from anomaly_vlm.callbacks.efficiency import flops_per_image
 from anomaly_vlm.data import AnomalyDataModule, DataError, DatasetSource, Sample
@@ -37,6 +37,7 @@ from anomaly_vlm.prompts import PromptSet
 from anomaly_vlm.reporting.console import print_metrics_table
 from anomaly_vlm.reporting.results import RESULTS_FILE, build_results, write_json_atomic
 from anomaly_vlm.tasks import ddp, resume
+from anomaly_vlm.tasks.categories import score_categories
 
 log = logging.getLogger(__name__)
 
@@ -325,16 +326,16 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
             log.info("method '%s' does not train: train_data is ignored", names["method"])
             names["train_data"] = None
     datamodule: AnomalyDataModule = build(cfg.datamodule, source=source, train_source=train_source)
-    categories = datamodule.categories
     job = prepare_job(cfg, datamodule, (train_source, source), output_dir, names["method"], fit)
     method, references, shots, reference_seed = job.method, job.references, job.shots, job.reference_seed
 
     logger = build_logger(cfg, names)
     evaluator = Evaluator()
     num_overlays = max(int(cfg.get("num_overlays", 0)), wandb_helpers.heatmaps_wanted(logger))
-    evaluation = EvaluationCallback(
+    evaluation = CategoryEvaluation(
         evaluator, output_dir, bool(cfg.get("save_predictions", False)), num_overlays
     )
+    scoring = CategoryScoring([evaluation])
     extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
     will_fit = fit and method.is_trainable and not cfg.get("ckpt_path")
     if resume.in_multirun():
@@ -344,7 +345,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     trainer: L.Trainer = build(
         cfg.trainer,
         logger=logger,
-        callbacks=[evaluation, *extra_callbacks, *checkpointing],
+        callbacks=[scoring, *extra_callbacks, *checkpointing],
     )
     if logger:
         logger.log_hyperparams(
@@ -358,10 +359,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
             trainer, method, datamodule, output_dir, resume.shared_trained_checkpoint(cfg)
         )
 
-    for category in categories:
-        reference_images = datamodule.load_images(references[category]) if references[category] else None
-        method.prepare_category(category, reference_images)
-        trainer.test(method, dataloaders=datamodule.category_test_dataloader(category), verbose=False)
+    score_categories(trainer, method, datamodule, scoring, references)
 
     mean = evaluator.macro_mean()
     probe = next((callback for callback in extra_callbacks if isinstance(callback, EfficiencyProbe)), None)
