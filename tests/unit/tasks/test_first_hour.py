@@ -225,3 +225,15 @@ def test_wandb_heatmaps_leave_no_overlays_when_num_overlays_is_0(tmp_path, folde
         wandb.teardown()
     assert not (out / "overlays").exists()
     assert list((out / "wandb").rglob("*.png"))  # the panels themselves reached the W&B run
+
+
+# 11 ------------------------------------------------------------------------------------------------------
+def test_reproduction_preflight_refuses_a_partial_benchmark_root(tmp_path):
+    from anomaly_vlm.tasks.preflight import check
+
+    _save(tmp_path / "visa" / "candle" / "test" / "good" / "0.png", np.zeros((8, 8, 3), np.uint8))
+    overrides = ["experiment=winclip_visa", f"data.root={tmp_path / 'visa'}", f"paths.cache_dir={tmp_path}"]
+    with pytest.raises(
+        DataError, match=r"data: visa root .* holds 1 of its 12 categories \(missing: \['capsules'"
+    ):
+        check(overrides)
