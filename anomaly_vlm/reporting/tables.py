@@ -79,6 +79,7 @@ IGNORED_CONFIG_PREFIXES = (
     "mode",
     "data.root",
     "train_data.root",
+    "trainer.default_root_dir",
 )
 
 
@@ -103,7 +104,14 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
 
 
 def _config_fields(run: dict) -> dict[str, str]:
-    return {key: value for key, value in flatten_config(run.get("config") or {}).items() if not _ignored(key)}
+    config = run.get("config") or {}
+    output_dir = str((config.get("paths") or {}).get("output_dir") or "") or None
+    return {
+        key: value
+        for key, value in flatten_config(config).items()
+        # Any other value naming the job's own folder is per job by construction.
+        if not _ignored(key) and not (output_dir and output_dir in value)
+    }
 
 
 # ----- published numbers --------------------------------------------------------------------------------

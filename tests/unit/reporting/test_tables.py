@@ -133,6 +133,9 @@ def test_reference_draws_are_replicates_even_with_one_training_seed(tmp_path: Pa
 def _with_config(path: Path, **config) -> None:
     payload = json.loads(path.read_text())
     payload["config"] = {"seed": payload["seed"], "paths": {"output_dir": str(path.parent)}, **config}
+    # Per-job values (the job's own folder) never make runs different configurations.
+    payload["config"]["trainer"]["default_root_dir"] = str(path.parent)
+    payload["config"]["method"] = {"text_cache": str(path.parent / "cache")}
     write_json_atomic(path, payload)
 
 
