@@ -74,6 +74,7 @@ class Group:
     prompts: str
     shots: int
     train_dataset: str | None
+    aupro: str = "exact"  # which AUPRO the runs computed (metrics.aupro); never averaged across variants
     runs: list[dict] = field(default_factory=list)
 
     @property
@@ -82,8 +83,9 @@ class Group:
 
     @property
     def method_label(self) -> str:
-        """The method, with its auxiliary training data when it has one (cross-dataset protocol)."""
-        return f"{self.method} (trained on {self.train_dataset})" if self.train_dataset else self.method
+        """The method, with its auxiliary training data (cross-dataset protocol) and a non-exact AUPRO."""
+        label = f"{self.method} (trained on {self.train_dataset})" if self.train_dataset else self.method
+        return label if self.aupro == "exact" else f"{label} [AUPRO: {self.aupro}]"
 
     @property
     def seeds(self) -> list[tuple[int, int | None]]:
@@ -165,6 +167,7 @@ def collect(files: list[Path]) -> list[Group]:
             run.get("prompts") or "unknown",
             int(run.get("shots") or 0),
             run.get("train_dataset"),
+            run.get("aupro") or "exact",
         )
         seed_key = (*key, replicate_of(run))
         if seed_key in newest and str(newest[seed_key].get("created", "")) >= str(run.get("created", "")):
@@ -203,6 +206,7 @@ def summary_rows(groups: list[Group], published: list[dict]) -> list[dict[str, A
             "prompts": group.prompts,
             "shots": group.shots,
             "train_dataset": group.train_dataset,
+            "aupro": group.aupro,
             "seeds": len(group.seeds),
         }
         for metric in METRIC_NAMES:
@@ -287,7 +291,8 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
     sources = sorted({row[m]["source"] for row in rows for m in METRIC_NAMES if row[m]["source"]})
     note = (
         f"{dataset}: mean ± std over seeds (percent); in brackets the published value and "
-        "Δ = ours − published."
+        "Δ = ours − published. AUPRO is MVTec's exact one unless the row says [AUPRO: official] (the "
+        "200-threshold variant of the APRIL-GAN / AnomalyCLIP evaluation code, which their papers report)."
     )
     md = [f"# {dataset}\n", note + "\n", markdown_table(header, display)]
     if sources:
@@ -296,13 +301,13 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
     (out / f"{dataset}_summary.tex").write_text(latex_table(header, display, note))
     with (out / f"{dataset}_summary.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        columns = ["method", "backbone", "prompts", "shots", "train_dataset", "seeds"]
+        columns = ["method", "backbone", "prompts", "shots", "train_dataset", "aupro", "seeds"]
         for metric in METRIC_NAMES:
             columns += [f"{metric}_mean", f"{metric}_std", f"{metric}_published", f"{metric}_delta"]
         columns += [key for key, _, _ in EFFICIENCY_FIELDS]
         writer.writerow(columns)
         for row in rows:
-            line = [row[c] if row[c] is not None else "" for c in columns[:6]]
+            line = [row[c] if row[c] is not None else "" for c in columns[:7]]
             for metric in METRIC_NAMES:
                 cell = row[metric]
                 line += [_fmt(cell["mean"]), _fmt(cell["std"]), _fmt(cell["published"]), _fmt(cell["delta"])]
