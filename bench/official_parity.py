@@ -16,7 +16,7 @@ widths) at 518 px, so the 24 -> 37 positional-embedding resize is exercised.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
 import json
 import sys
 import types
@@ -51,13 +51,30 @@ def official_folder(value: str | None, variable: str, url: str, marker: str) -> 
 
 def shim_pkg_resources() -> None:
     """A ``pkg_resources`` exposing ``packaging`` when setuptools no longer ships one."""
-    if importlib.util.find_spec("pkg_resources") is not None:
+    if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
         return
     import packaging.version  # noqa: F401  (the attribute the official files read)
 
     stub = types.ModuleType("pkg_resources")
     stub.packaging = sys.modules["packaging"]
     sys.modules["pkg_resources"] = stub
+
+
+@contextlib.contextmanager
+def official_imports(folder: Path) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` while the official modules import; a missing dependency exits 2."""
+    shim_pkg_resources()
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        print(
+            f"error: the official code in {folder} imports '{error.name}', which is not installed; "
+            'install the parity extra: pip install -e ".[parity]"'
+        )
+        raise SystemExit(2) from None
+    finally:
+        sys.path.remove(str(folder))
 
 
 @contextlib.contextmanager

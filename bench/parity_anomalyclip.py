@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -44,8 +43,8 @@ from official_parity import (
     max_rel,
     official_aupro_line,
     official_folder,
+    official_imports,
     register_config,
-    shim_pkg_resources,
     small_vit_l14_336,
     smooth_images,
 )
@@ -66,16 +65,12 @@ DEEP_PROMPT_TARGET = 1e-3
 
 def import_official(folder: Path) -> dict:
     """Import the official modules from ``folder`` (their top-level names do not clash with ours)."""
-    shim_pkg_resources()
-    sys.path.insert(0, str(folder))
-    try:
+    with official_imports(folder):
         import AnomalyCLIP_lib
         import loss as official_loss
         import metrics as official_metrics
         import prompt_ensemble
         from AnomalyCLIP_lib.build_model import build_model
-    finally:
-        sys.path.remove(str(folder))
     return {
         "lib": AnomalyCLIP_lib,
         "build_model": build_model,

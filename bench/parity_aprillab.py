@@ -41,8 +41,8 @@ from official_parity import (
     max_rel,
     official_aupro_line,
     official_folder,
+    official_imports,
     register_config,
-    shim_pkg_resources,
     small_vit_l14_336,
     smooth_images,
 )
@@ -67,19 +67,17 @@ def import_official(folder: Path) -> dict:
     Ours (already imported) is set aside while the official one loads and put back afterwards; each
     side keeps the module objects it was imported with.
     """
-    shim_pkg_resources()
     ours = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "open_clip"}
     for name in ours:
         del sys.modules[name]
-    sys.path.insert(0, str(folder))
     try:
-        import loss as official_loss
-        import model as official_model
-        import open_clip as official_open_clip
-        import prompt_ensemble
-        import test as official_test
+        with official_imports(folder):
+            import loss as official_loss
+            import model as official_model
+            import open_clip as official_open_clip
+            import prompt_ensemble
+            import test as official_test
     finally:
-        sys.path.remove(str(folder))
         for name in [name for name in sys.modules if name.split(".")[0] == "open_clip"]:
             del sys.modules[name]
         sys.modules.update(ours)
