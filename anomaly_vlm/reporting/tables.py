@@ -148,6 +148,7 @@ class Group:
     shots: int
     train_dataset: str | None
     untrained: bool = False
+    aupro: str = "exact"  # which AUPRO the runs computed (metrics.aupro); never averaged across variants
     variant: str = ""
     runs: list[dict] = field(default_factory=list)
 
@@ -158,13 +159,15 @@ class Group:
     @property
     def method_label(self) -> str:
         """The method, with its auxiliary training data when it has one (cross-dataset protocol), marked
-        untrained when a trainable method ran without trained parameters, and with the config values
-        that set it apart from other rows of the same method (``variant``)."""
+        untrained when a trainable method ran without trained parameters, with a non-exact AUPRO, and
+        with the config values that set it apart from other rows of the same method (``variant``)."""
         label = self.method
         if self.untrained:
             label += " (untrained)"
         elif self.train_dataset:
             label += f" (trained on {self.train_dataset})"
+        if self.aupro != "exact":
+            label += f" [AUPRO: {self.aupro}]"
         return f"{label} [{self.variant}]" if self.variant else label
 
     @property
@@ -272,6 +275,7 @@ def collect(files: list[Path]) -> list[Group]:
             int(run.get("shots") or 0),
             run.get("train_dataset"),
             bool(run.get("untrained", False)),
+            run.get("aupro") or "exact",
         )
         keyed.append((key, run))
     for (key, run), variant in zip(keyed, _variants(keyed), strict=True):
@@ -323,6 +327,7 @@ def summary_rows(groups: list[Group], published: list[dict]) -> list[dict[str, A
             "prompts": group.prompts,
             "shots": group.shots,
             "train_dataset": group.train_dataset,
+            "aupro": group.aupro,
             "seeds": len(group.seeds),
         }
         for metric in METRIC_NAMES:
@@ -419,6 +424,11 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
     if any(row["partial"] for row in rows):
         note += "; rows marked partial cover only some categories, so they get no Δ"
     note += "."
+    if any(row["aupro"] != "exact" for row in rows):
+        note += (
+            " AUPRO is MVTec's exact one unless the row says [AUPRO: official] (the 200-threshold variant"
+            " of the APRIL-GAN / AnomalyCLIP evaluation code, which their papers report)."
+        )
     md = [f"# {dataset}\n", note + "\n", markdown_table(header, display)]
     if sources:
         md.append("\nPublished values: " + "; ".join(sources) + "\n")
@@ -426,13 +436,23 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
     (out / f"{dataset}_summary.tex").write_text(latex_table(header, display, note))
     with (out / f"{dataset}_summary.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        columns = ["method", "backbone", "prompts", "shots", "train_dataset", "variant", "partial", "seeds"]
+        columns = [
+            "method",
+            "backbone",
+            "prompts",
+            "shots",
+            "train_dataset",
+            "aupro",
+            "variant",
+            "partial",
+            "seeds",
+        ]
         for metric in METRIC_NAMES:
             columns += [f"{metric}_mean", f"{metric}_std", f"{metric}_published", f"{metric}_delta"]
         columns += [key for key, _, _ in EFFICIENCY_FIELDS]
         writer.writerow(columns)
         for row in rows:
-            line = [row[c] if row[c] is not None else "" for c in columns[:8]]
+            line = [row[c] if row[c] is not None else "" for c in columns[:9]]
             for metric in METRIC_NAMES:
                 cell = row[metric]
                 line += [_fmt(cell["mean"]), _fmt(cell["std"]), _fmt(cell["published"]), _fmt(cell["delta"])]

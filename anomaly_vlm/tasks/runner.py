@@ -254,8 +254,19 @@ def dataset_class_names(*sources: DatasetSource | None) -> dict[str, str]:
 
 
 def with_class_names(prompts: PromptSet, class_names: dict[str, str]) -> PromptSet:
-    """The prompt set with the datasets' class names merged in (the data's names win)."""
+    """The prompt set with the datasets' class names merged in (the data's names win).
+
+    A learned prompt set (AnomalyCLIP's object-agnostic prompts) has no class-name slot: the names are
+    ignored with one log line rather than failing a run that merely shares a data config.
+    """
     if not class_names:
+        return prompts
+    if not hasattr(prompts, "class_name_overrides"):
+        log.info(
+            "prompt set '%s' has no class names (learned prompts): data class_names %s are ignored",
+            getattr(prompts, "name", type(prompts).__name__),
+            sorted(class_names),
+        )
         return prompts
     return dataclasses.replace(prompts, class_name_overrides={**prompts.class_name_overrides, **class_names})
 
@@ -458,7 +469,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     method, references, shots, reference_seed = job.method, job.references, job.shots, job.reference_seed
 
     logger = build_logger(cfg, names)
-    evaluator = Evaluator()
+    evaluator = Evaluator(aupro=str((cfg.get("metrics") or {}).get("aupro", "exact")))
     num_overlays = max(int(cfg.get("num_overlays", 0)), wandb_helpers.heatmaps_wanted(logger))
     evaluation = EvaluationCallback(
         evaluator, output_dir, bool(cfg.get("save_predictions", False)), num_overlays
@@ -529,6 +540,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
         shots=shots,
         started=started,
         extra={
+            "aupro": evaluator.aupro,
             "trained_checkpoint": str(trained_checkpoint) if trained_checkpoint else None,
             "untrained": bool(untrained),
             "device": str(method.device),
