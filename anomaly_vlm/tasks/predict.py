@@ -5,7 +5,8 @@ Writes into the run folder:
 * ``scores.csv`` -- ``path, category, score`` per image (the method's final image score, after the
   set-level post-processing the method declares over the images of a category, as in testing);
 * ``heatmaps/<name>.png`` -- image | anomaly map blended on the image | the map in colour (each
-  min-max scaled per image, title with the score);
+  min-max scaled per image, title with the score); ``<name>`` is the image's path below the scored
+  folder with its extension kept (``a.jpg`` -> ``a.jpg.png``), so ``a.png`` and ``a.jpg`` both keep theirs;
 * ``heatmaps/<name>_map.tiff`` -- the raw anomaly map at the model input size (float32, exact values).
 
 Few-shot methods (``shots > 0``) draw their normal references from ``data.reference_dir``.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
@@ -28,7 +30,14 @@ from anomaly_vlm.data import AnomalyDataModule
 from anomaly_vlm.reporting.overlays import colorize, overlay_panel
 from anomaly_vlm.reporting.results import write_json_atomic
 from anomaly_vlm.tasks.categories import score_categories
-from anomaly_vlm.tasks.runner import FinishedRunError, _quiet_lightning, build, group_choices, prepare_job
+from anomaly_vlm.tasks.runner import (
+    FinishedRunError,
+    _quiet_lightning,
+    build,
+    clear_stale_artefacts,
+    group_choices,
+    prepare_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +50,13 @@ class FinishedPredictionError(FinishedRunError):
 
 
 def heatmap_name(path: str, root: str) -> str:
-    """File-system-safe name of an image relative to the folder it was found in."""
+    """File-system-safe name of an image relative to the folder it was found in.
+
+    The extension stays in the name (``a.jpg`` -> ``a.jpg``): ``a.png`` and ``a.jpg`` in one folder are
+    two images and must not overwrite each other's heatmaps.
+    """
     relative = os.path.relpath(path, root) if root != path else Path(path).name
-    return str(Path(relative).with_suffix("")).replace(os.sep, "__")
+    return relative.replace(os.sep, "__")
 
 
 class HeatmapWriter:
@@ -86,6 +99,28 @@ class HeatmapWriter:
             raw_map.save(self.heatmap_dir / f"{name}_map.tiff")
 
 
+def label_progress_as_predicting(trainer: L.Trainer) -> None:
+    """Say "Predicting" instead of "Testing" on the progress bar: prediction runs Lightning's test loop.
+
+    The bar (rich or tqdm, whichever Lightning chose) gets a subclass of its own class that only renames
+    the test stage, so its behaviour is otherwise unchanged.
+    """
+    bar = trainer.progress_bar_callback
+    if bar is None:
+        return
+    base = type(bar)
+    attributes: dict = {"test_description": property(lambda self: "Predicting")}
+    if isinstance(bar, TQDMProgressBar):
+        # tqdm's bar is created with a literal "Testing" rather than test_description.
+        def init_test_tqdm(self):
+            progress = base.init_test_tqdm(self)
+            progress.set_description("Predicting")
+            return progress
+
+        attributes["init_test_tqdm"] = init_test_tqdm
+    bar.__class__ = type(f"Predicting{base.__name__}", (base,), attributes)
+
+
 def predict(cfg: DictConfig) -> None:
     """Score the images of ``cfg.data`` (any source; its test split, labels ignored)."""
     _quiet_lightning()
@@ -96,6 +131,8 @@ def predict(cfg: DictConfig) -> None:
             f"{scores_path} already holds the scores of a finished prediction; refusing to overwrite it. "
             "Choose another output folder or pass overwrite=true."
         )
+    if bool(cfg.get("overwrite", False)):
+        clear_stale_artefacts(output_dir)  # heatmaps of images no longer scored would look current
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     # Cheap checks first: the images exist and decode their headers, references, shots.
@@ -108,6 +145,7 @@ def predict(cfg: DictConfig) -> None:
     heatmaps = HeatmapWriter(output_dir, bool(cfg.get("save_heatmaps", True)))
     scoring = CategoryScoring([heatmaps])
     trainer: L.Trainer = build(cfg.trainer, logger=False, callbacks=[scoring])
+    label_progress_as_predicting(trainer)
     score_categories(trainer, method, datamodule, scoring, job.references)
     rows = heatmaps.rows
 
