@@ -34,6 +34,8 @@ from anomaly_vlm.callbacks.efficiency import flops_per_image
 from anomaly_vlm.data import AnomalyDataModule, DataError, DatasetSource, Sample
 from anomaly_vlm.data.checks import preflight
 from anomaly_vlm.data.sampling import ShotsError, write_reference_log
+from anomaly_vlm.decisions import ThresholdError, ThresholdSettings
+from anomaly_vlm.decisions.consumers import CategoryDecisions, heldout_thresholds
 from anomaly_vlm.methods.base import AnomalyMethod
 from anomaly_vlm.metrics import Evaluator
 from anomaly_vlm.prompts import PromptSet
@@ -89,6 +91,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     WeightsNotFoundError,
     MissingValueError,
     ConfigError,
+    ThresholdError,
 )
 
 
@@ -183,7 +186,7 @@ def group_choices(cfg: DictConfig) -> dict[str, str | None]:
 
 #: Folders of per-image artefacts a job writes into its run folder (checkpoints are kept for resumption).
 OVERLAY_DIR = "overlays"
-ARTEFACT_DIRS = (OVERLAY_DIR, "predictions", "heatmaps")
+ARTEFACT_DIRS = (OVERLAY_DIR, "predictions", "heatmaps", "masks")
 
 
 def clear_stale_artefacts(output_dir: Path) -> None:
@@ -465,6 +468,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
             log.info("method '%s' does not train: train_data is ignored", names["method"])
             names["train_data"] = None
     datamodule: AnomalyDataModule = build(cfg.datamodule, source=source, train_source=train_source)
+    threshold_settings = ThresholdSettings.from_config(cfg.get("threshold"))
     job = prepare_job(cfg, datamodule, (train_source, source), output_dir, names["method"], fit)
     method, references, shots, reference_seed = job.method, job.references, job.shots, job.reference_seed
 
@@ -474,7 +478,8 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     evaluation = CategoryEvaluation(
         evaluator, output_dir, bool(cfg.get("save_predictions", False)), num_overlays
     )
-    scoring = CategoryScoring([evaluation])
+    decisions = CategoryDecisions(threshold_settings)
+    scoring = CategoryScoring([evaluation, decisions])
     extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
     will_fit = fit and method.is_trainable and not cfg.get("ckpt_path")
     if resume.in_multirun():
@@ -505,6 +510,14 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
             trainer, method, datamodule, output_dir, resume.shared_trained_checkpoint(cfg)
         )
 
+    if threshold_settings.method == "normal_fpr":
+        decisions.thresholds = heldout_thresholds(
+            functools.partial(build, cfg.trainer, logger=False),
+            method,
+            datamodule,
+            references,
+            threshold_settings,
+        )
     score_categories(trainer, method, datamodule, scoring, references)
 
     mean = evaluator.macro_mean()
@@ -543,6 +556,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
             "untrained": bool(untrained),
             "device": str(method.device),
             "reference_seed": reference_seed if shots else None,
+            "decisions": decisions.summary(),
         },
     )
     results_path = write_json_atomic(output_dir / RESULTS_FILE, payload)
