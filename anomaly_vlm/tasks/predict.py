@@ -183,20 +183,25 @@ def predict(cfg: DictConfig) -> None:
     # Cheap checks first: the images exist and decode their headers, references, shots.
     settings = ThresholdSettings.from_config(cfg.get("threshold"))
     source = build(cfg.data)
-    datamodule: AnomalyDataModule = build(cfg.datamodule, source=source)
-    categories = datamodule.categories
-    job = prepare_job(cfg, datamodule, (source,), output_dir, group_choices(cfg)["method"], fit=False)
-    method, shots = job.method, job.shots
-
-    thresholds = prediction_thresholds(cfg, settings, method, datamodule, job.references)
-    decisions = DecisionWriter(
-        thresholds, output_dir / MASK_DIR, lambda path, paths: heatmap_name(path, category_root(paths))
-    )
     heatmaps = HeatmapWriter(output_dir, bool(cfg.get("save_heatmaps", True)))
-    scoring = CategoryScoring([heatmaps, decisions])
-    trainer: L.Trainer = build(cfg.trainer, logger=False, callbacks=[scoring])
-    label_progress_as_predicting(trainer)
-    score_categories(trainer, method, datamodule, scoring, job.references)
+    name_of = lambda path, paths: heatmap_name(path, category_root(paths))  # noqa: E731
+    if cfg.get("detector"):
+        from anomaly_vlm.deploy.predict import predict_with_detector
+
+        decisions = predict_with_detector(cfg, settings, source, heatmaps, output_dir / MASK_DIR, name_of)
+        thresholds, shots, categories = decisions.thresholds, decisions.shots, list(decisions.thresholds)
+    else:
+        datamodule: AnomalyDataModule = build(cfg.datamodule, source=source)
+        categories = datamodule.categories
+        job = prepare_job(cfg, datamodule, (source,), output_dir, group_choices(cfg)["method"], fit=False)
+        method, shots = job.method, job.shots
+
+        thresholds = prediction_thresholds(cfg, settings, method, datamodule, job.references)
+        decisions = DecisionWriter(thresholds, output_dir / MASK_DIR, name_of)
+        scoring = CategoryScoring([heatmaps, decisions])
+        trainer: L.Trainer = build(cfg.trainer, logger=False, callbacks=[scoring])
+        label_progress_as_predicting(trainer)
+        score_categories(trainer, method, datamodule, scoring, job.references)
     rows = heatmaps.rows
 
     output_dir.mkdir(parents=True, exist_ok=True)

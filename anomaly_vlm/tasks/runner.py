@@ -36,6 +36,7 @@ from anomaly_vlm.data.checks import preflight
 from anomaly_vlm.data.sampling import ShotsError, write_reference_log
 from anomaly_vlm.decisions import ThresholdError, ThresholdSettings
 from anomaly_vlm.decisions.consumers import CategoryDecisions, heldout_thresholds
+from anomaly_vlm.deploy.detector import DetectorError
 from anomaly_vlm.methods.base import AnomalyMethod
 from anomaly_vlm.metrics import Evaluator
 from anomaly_vlm.prompts import PromptSet
@@ -92,6 +93,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     MissingValueError,
     ConfigError,
     ThresholdError,
+    DetectorError,
 )
 
 
@@ -186,7 +188,7 @@ def group_choices(cfg: DictConfig) -> dict[str, str | None]:
 
 #: Folders of per-image artefacts a job writes into its run folder (checkpoints are kept for resumption).
 OVERLAY_DIR = "overlays"
-ARTEFACT_DIRS = (OVERLAY_DIR, "predictions", "heatmaps", "masks")
+ARTEFACT_DIRS = (OVERLAY_DIR, "predictions", "heatmaps", "masks", "detectors")
 
 
 def clear_stale_artefacts(output_dir: Path) -> None:
@@ -479,7 +481,13 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
         evaluator, output_dir, bool(cfg.get("save_predictions", False)), num_overlays
     )
     decisions = CategoryDecisions(threshold_settings)
-    scoring = CategoryScoring([evaluation, decisions])
+    consumers: list = [evaluation, decisions]
+    if bool(cfg.get("save_detector", False)):
+        from anomaly_vlm.deploy.detector import DetectorSaver
+
+        run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        consumers.append(DetectorSaver(output_dir, run_config, decisions, names["method"]))
+    scoring = CategoryScoring(consumers)
     extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
     will_fit = fit and method.is_trainable and not cfg.get("ckpt_path")
     if resume.in_multirun():
