@@ -29,24 +29,20 @@ from anomaly_vlm.callbacks.scoring import CategoryResult, CategoryScoring
 from anomaly_vlm.data import AnomalyDataModule
 from anomaly_vlm.reporting.overlays import colorize, overlay_panel
 from anomaly_vlm.reporting.results import write_json_atomic
-from anomaly_vlm.tasks.categories import score_categories
-from anomaly_vlm.tasks.runner import (
-    FinishedRunError,
-    _quiet_lightning,
+from anomaly_vlm.tasks.building import (
     build,
     clear_stale_artefacts,
     group_choices,
     prepare_job,
+    quiet_lightning,
 )
+from anomaly_vlm.tasks.categories import score_categories
+from anomaly_vlm.tasks.errors import FinishedPredictionError
 
 log = logging.getLogger(__name__)
 
 SCORES_FILE = "scores.csv"
 HEATMAP_DIR = "heatmaps"
-
-
-class FinishedPredictionError(FinishedRunError):
-    """The output folder already holds the scores of a finished prediction run."""
 
 
 def heatmap_name(path: str, root: str) -> str:
@@ -123,7 +119,7 @@ def label_progress_as_predicting(trainer: L.Trainer) -> None:
 
 def predict(cfg: DictConfig) -> None:
     """Score the images of ``cfg.data`` (any source; its test split, labels ignored)."""
-    _quiet_lightning()
+    quiet_lightning()
     output_dir = Path(cfg.paths.output_dir)
     scores_path = output_dir / SCORES_FILE
     if scores_path.exists() and not bool(cfg.get("overwrite", False)):

@@ -63,7 +63,7 @@ def check(overrides: list[str]) -> list[str]:
     from omegaconf import OmegaConf
 
     from anomaly_vlm.backbones.weights import resolve_weights
-    from anomaly_vlm.tasks.runner import build
+    from anomaly_vlm.tasks.building import build
 
     cfg = compose(overrides)
     OmegaConf.set_struct(cfg, False)
