@@ -195,6 +195,8 @@ def test_reference_draws_share_one_training_across_slurm_jobs(slurm_cluster, tmp
     own = [path for path in checkpoints if path.endswith("checkpoints/trained.ckpt")]
     shared = [path for path in checkpoints if f"{os.sep}trained{os.sep}" in path]
     assert len(own) == 1 and len(shared) == 1, checkpoints
+    # The jobs saw the submitting environment: the shared file lies in this test's ANOMALY_VLM_CACHE.
+    assert shared[0].startswith(str(tmp_path / "cache" / "trained")), shared
     trained = torch.load(own[0], map_location="cpu", weights_only=False)["state_dict"]
     reused = torch.load(shared[0], map_location="cpu", weights_only=False)["state_dict"]
     assert trained.keys() == reused.keys() and all(torch.equal(trained[k], reused[k]) for k in trained)
