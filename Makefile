@@ -29,7 +29,15 @@ test: $(STAMP)  ## fast test suite (the CI command)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: $(STAMP)  ## every test, including slow real-architecture tests
-	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "not gpu and not network" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "not gpu and not network and not slurm" $(PYTEST_ARGS)
+
+# ----- cluster path: sweeps through hydra/launcher=slurm on a throw-away local SLURM -------------------
+# Root only: installs slurm-wlm and munge with apt-get when missing, starts munged/slurmctld/slurmd on
+# 127.0.0.1 with state in a temporary folder, and stops them at the end (tests/slurm/conftest.py).
+.PHONY: test-slurm
+test-slurm: $(STAMP)  ## SLURM launcher sweeps on a throw-away single-node cluster (root; installs slurm-wlm, munge)
+	@$(PY) -c "import hydra_plugins.hydra_submitit_launcher" 2>/dev/null || $(PY) -m pip install --quiet -e ".[dev,slurm]"
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -rs -m slurm tests/slurm $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check .
