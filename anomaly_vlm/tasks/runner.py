@@ -315,6 +315,8 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
 
     # Cheap checks first: data layout, categories, shots.
     source = build(cfg.data)
+    if cfg.data.get("name"):
+        names["data"] = str(cfg.data.name)  # e.g. data=meta_json data.name=mpdd: tables per dataset
     train_source = None
     if cfg.get("train_data"):
         if trains_on_auxiliary_data(cfg):
