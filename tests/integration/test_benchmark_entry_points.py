@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from anomaly_vlm.reporting.tables import make_tables
+from anomaly_vlm.tasks.preflight import main as preflight_main
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ("backbone=tiny", "logger=none", "datamodule.num_workers=0")
 
 
@@ -47,21 +45,21 @@ def test_meta_json_through_evaluate(run_entry_point, data_root, tmp_path):
 
 
 def test_btad_and_loco_through_evaluate(run_entry_point, data_root, tmp_path):
-    for data in ("btad", "mvtec_loco_structural"):
-        run_entry_point(
-            "evaluate.py",
-            "method=clip",
-            *TINY,
-            f"data={data}",
-            f"paths.data_dir={data_root}",
-            f"hydra.run.dir={tmp_path / data}",
-        )
-    (btad,) = _results(tmp_path / "btad")
-    assert btad["dataset"] == "btad" and set(btad["metrics"]["per_category"]) == {"01", "02", "03"}
-    (loco,) = _results(tmp_path / "mvtec_loco_structural")
-    assert loco["dataset"] == "mvtec_loco_structural"
-    assert set(loco["metrics"]["per_category"]) == {"juice_bottle", "pushpins"}
-    assert all(m["pixel_aupro"] is not None for m in loco["metrics"]["per_category"].values())
+    run_entry_point(
+        "evaluate.py",
+        "-m",
+        "method=clip",
+        *TINY,
+        "data=btad,mvtec_loco_structural",
+        f"paths.data_dir={data_root}",
+        f"paths.output_root={tmp_path}",
+    )
+    jobs = {job["dataset"]: job for job in _results(tmp_path)}
+    assert set(jobs) == {"btad", "mvtec_loco_structural"}
+    assert set(jobs["btad"]["metrics"]["per_category"]) == {"01", "02", "03"}
+    loco = jobs["mvtec_loco_structural"]["metrics"]["per_category"]
+    assert set(loco) == {"juice_bottle", "pushpins"}
+    assert all(metrics["pixel_aupro"] is not None for metrics in loco.values())
 
 
 def test_missing_meta_json_is_one_error_line(run_entry_point, tmp_path):
@@ -73,6 +71,7 @@ def test_missing_meta_json_is_one_error_line(run_entry_point, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_zeroshot_suite_trains_once_and_tables_group_per_dataset(run_entry_point, data_root, tmp_path):
     """The suite with a trained method: any train_data/data pair, one training run, a table per dataset."""
     result = run_entry_point(
@@ -100,18 +99,13 @@ def test_zeroshot_suite_trains_once_and_tables_group_per_dataset(run_entry_point
     assert {"btad_summary.md", "mvtec_loco_logical_summary.md"} <= names
 
 
-def test_preflight_checks_every_dataset_of_a_suite(data_root, tmp_path):
-    def preflight(*overrides: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "anomaly_vlm.tasks.preflight", *overrides]
-        return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-
-    common = ("experiment=anomalyclip_zeroshot_suite", "backbone=tiny", f"paths.data_dir={data_root}")
-    common += ("train_data=meta_json", f"train_data.root={data_root / 'converted'}")
-    ok = preflight(*common, "data=btad,mpdd,mvtec_loco")
-    assert ok.returncode == 0, ok.stderr
+def test_preflight_checks_every_dataset_of_a_suite(data_root, capsys):
+    common = ["experiment=anomalyclip_zeroshot_suite", "backbone=tiny", f"paths.data_dir={data_root}"]
+    common += ["train_data=meta_json", f"train_data.root={data_root / 'converted'}"]
+    assert preflight_main([*common, "data=btad,mpdd,mvtec_loco"]) == 0
+    out = capsys.readouterr().out
     for name in ("btad with 3", "mpdd with 2", "mvtec_loco with 2"):
-        assert name in ok.stdout
+        assert name in out
     # The suite's own list: VisA (its first dataset) is absent here, so nothing may start.
-    failed = preflight(*common)
-    assert failed.returncode == 2
-    assert str(data_root / "visa") in failed.stderr
+    assert preflight_main(common) == 2
+    assert str(data_root / "visa") in capsys.readouterr().err

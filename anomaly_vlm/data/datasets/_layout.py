@@ -141,7 +141,8 @@ class BenchmarkLayout(DatasetSource):
             if defect == self.normal_folder:
                 records += [Sample(str(image), category, 0, NORMAL, None) for image in images]
                 continue
-            if split == "train" or defect == self.ground_truth:
+            # MVTec AD 2 keeps its masks inside the test folder (test_public/ground_truth).
+            if split == "train" or defect == Path(self.ground_truth).name:
                 continue
             folder = self._mask_folder(category, defect)
             by_position = None
