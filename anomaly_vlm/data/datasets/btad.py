@@ -7,10 +7,10 @@ As downloaded (``BTech_Dataset_transformed``)::
     <root>/{01,02,03}/ground_truth/ko/<stem>.{png,bmp}
 
 Normal images live in ``ok`` folders, anomalous ones in ``ko`` (AnomalyCLIP's ``generate_dataset_json/
-btad.py`` treats every folder but ``ok`` as anomalous). Products 01 and 03 ship BMP images, 02 PNG; masks
-are matched by stem whatever their extension (anomalib's reader expects ``.png`` masks; BMP masks are
-accepted too because copies of the release differ). The products have no names: the prompts use the folder
-names ``01``/``02``/``03``, as the official code does.
+btad.py`` treats every folder but ``ok`` as anomalous). Images are BMP or PNG depending on the product
+(anomalib's reader accepts both); masks are matched by stem whatever their extension (anomalib's reader
+expects ``.png`` masks; BMP masks are accepted too, in case a copy kept them in that format). The
+products have no names: the prompts use the folder names ``01``/``02``/``03``, as the official code does.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ As downloaded (the layout AnomalyCLIP's ``generate_dataset_json/DAGM.py`` and th
     <root>/Class<k>/{Train,Test}/Label/<id>_label.PNG
 
 An image is defective exactly when its ``Label/<id>_label.PNG`` exists (both readers decide so; the
-labels are coarse ellipses). Zero-shot protocol: the ``Test`` folder of every class; the normal images of
-``Train`` serve as few-shot references. Prompts use the folder names ``Class1`` ... as the official code
-does. Folder names are matched case-insensitively (``Test``/``test``).
+``Labels.txt`` beside the masks is not read). Zero-shot protocol: the ``Test`` folder of every class;
+the normal images of ``Train`` serve as few-shot references. Prompts use the folder names ``Class1`` ...
+as the official code does. Folder names are matched case-insensitively (``Test``/``test``).
 """
 
 from __future__ import annotations

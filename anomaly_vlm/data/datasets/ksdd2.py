@@ -1,4 +1,4 @@
-"""KolektorSDD2 (Bozic et al., Comput. Ind. 2021): 3,335 surface images, 356 defective.
+"""KolektorSDD2 (Bozic et al., Comput. Ind. 2021): 3,336 surface images, 2,332 train and 1,004 test.
 
 As downloaded: ``<root>/{train,test}/<id>.png`` with one mask ``<id>_GT.png`` per image (the authors'
 reader, ``mixed-segdec-net-comind2021/data/input_ksdd2.py``). An image is defective when its mask marks

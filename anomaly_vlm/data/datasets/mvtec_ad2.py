@@ -1,4 +1,4 @@
-"""MVTec AD 2 (Heckler-Kram et al., 2025): 8 categories, advanced scenarios.
+"""MVTec AD 2 (Heckler-Kram et al., arXiv preprint): 8 categories, advanced scenarios.
 
 As downloaded (per category)::
 

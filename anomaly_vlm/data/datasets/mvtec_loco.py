@@ -8,9 +8,9 @@ As downloaded (per category; the layout anomalib's ``mvtec_loco.py`` reads)::
     <category>/ground_truth/{logical_anomalies,structural_anomalies}/<stem>/000.png, 001.png, ...
 
 An anomalous image has a folder of masks, one per defect region; they are fused into one mask (pixel-wise
-OR, :func:`~anomaly_vlm.data.image_io.load_mask`). The masks carry a defect-specific grey value rather than
-255; every non-zero pixel counts (the release's saturation thresholds for the sPRO metric are not used:
-pixel metrics here are the same as for every other dataset).
+OR, :func:`~anomaly_vlm.data.image_io.load_mask`; anomalib's reader also takes the union). Every
+non-zero pixel counts, whatever grey value a mask uses; the release's per-defect saturation thresholds for
+its sPRO metric are not used: pixel metrics here are the same as for every other dataset.
 
 Logical and structural anomalies are reported separately and together by evaluating three datasets that
 share this reader: ``data=mvtec_loco`` (``anomaly_types: all``, every test image),
