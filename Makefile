@@ -122,5 +122,21 @@ reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprill
 		shots=$(FEWSHOT_$(word 1,$(subst -, ,$*))) reference_seed=$(SEEDS) sweep_name=reproduce-$* $(REPRODUCE_ARGS))
 	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$* --out $(OUT)/reproduce-$*
 
+# reproduce-<method>-zeroshot-suite: the method's zero-shot table on every benchmark (AnomalyCLIP, Table 1):
+# trained once on the MVTec AD test split and tested on each dataset of experiment <method>_zeroshot_suite (one
+# job per dataset, one shared training run), plus MVTec AD itself trained on VisA (experiment <method>_mvtec).
+# Both preflights check every dataset of the suite before any job starts.
+SUITES := anomalyclip aprillab
+
+reproduce-%-zeroshot-suite: $(STAMP)  ## zero-shot table on every benchmark: reproduce-{anomalyclip,aprillab}-zeroshot-suite
+	@case " $(SUITES) " in *" $* "*) ;; *) echo "unknown suite '$*'; choose one of: $(SUITES)"; exit 2;; esac
+	$(PY) -m anomaly_vlm.tasks.preflight experiment=$*_zeroshot_suite $(REPRODUCE_ARGS)
+	$(PY) -m anomaly_vlm.tasks.preflight experiment=$*_mvtec $(REPRODUCE_ARGS)
+	$(PY) train.py -m experiment=$*_zeroshot_suite shots=0 sweep_name=reproduce-$*-zeroshot-suite $(REPRODUCE_ARGS)
+	$(PY) train.py -m experiment=$*_mvtec shots=0 reference_seed=0 sweep_name=reproduce-$*-zeroshot-suite \
+		$(REPRODUCE_ARGS)
+	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$*-zeroshot-suite \
+		--out $(OUT)/reproduce-$*-zeroshot-suite
+
 clean:  ## remove outputs (not the venv)
 	rm -rf outputs multirun wandb reports

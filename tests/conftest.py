@@ -32,3 +32,16 @@ def synthetic_source(cache_dir):
     from anomaly_vlm.data.synthetic import SyntheticAD
 
     return SyntheticAD(cache_dir / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def layouts():
+    """``tests/benchmark_layouts.py``: builders of tiny copies of each benchmark's release layout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_layouts", REPO_ROOT / "tests" / "benchmark_layouts.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

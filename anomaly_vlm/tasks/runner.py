@@ -461,6 +461,8 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     # Cheap checks first: data layout, categories, shots.
     parse_shots(cfg.get("shots", 0))
     source = build(cfg.data)
+    if cfg.data.get("name"):
+        names["data"] = str(cfg.data.name)  # e.g. data=meta_json data.name=mpdd: tables per dataset
     if not source.labelled:
         raise DataError(
             f"data={names['data'] or source.name} holds unlabelled images, which have no metrics to test: "
