@@ -29,7 +29,15 @@ test: $(STAMP)  ## fast test suite (the CI command)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: $(STAMP)  ## every test, including slow real-architecture tests
-	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "not gpu and not network" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "not gpu and not network and not slurm" $(PYTEST_ARGS)
+
+# ----- cluster path: sweeps through hydra/launcher=slurm on a throw-away local SLURM -------------------
+# Root only: installs slurm-wlm and munge with apt-get when missing, starts munged/slurmctld/slurmd on
+# 127.0.0.1 with state in a temporary folder, and stops them at the end (tests/slurm/conftest.py).
+.PHONY: test-slurm
+test-slurm: $(STAMP)  ## SLURM launcher sweeps on a throw-away single-node cluster (root; installs slurm-wlm, munge)
+	@$(PY) -c "import hydra_plugins.hydra_submitit_launcher" 2>/dev/null || $(PY) -m pip install --quiet -e ".[dev,slurm]"
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -rs -m slurm tests/slurm $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check .
@@ -113,6 +121,22 @@ reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprill
 	$(if $(FEWSHOT_$(word 1,$(subst -, ,$*))),$(PY) train.py -m experiment=$(subst -,_,$*) \
 		shots=$(FEWSHOT_$(word 1,$(subst -, ,$*))) reference_seed=$(SEEDS) sweep_name=reproduce-$* $(REPRODUCE_ARGS))
 	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$* --out $(OUT)/reproduce-$*
+
+# reproduce-<method>-zeroshot-suite: the method's zero-shot table on every benchmark (AnomalyCLIP, Table 1):
+# trained once on the MVTec AD test split and tested on each dataset of experiment <method>_zeroshot_suite (one
+# job per dataset, one shared training run), plus MVTec AD itself trained on VisA (experiment <method>_mvtec).
+# Both preflights check every dataset of the suite before any job starts.
+SUITES := anomalyclip aprillab
+
+reproduce-%-zeroshot-suite: $(STAMP)  ## zero-shot table on every benchmark: reproduce-{anomalyclip,aprillab}-zeroshot-suite
+	@case " $(SUITES) " in *" $* "*) ;; *) echo "unknown suite '$*'; choose one of: $(SUITES)"; exit 2;; esac
+	$(PY) -m anomaly_vlm.tasks.preflight experiment=$*_zeroshot_suite $(REPRODUCE_ARGS)
+	$(PY) -m anomaly_vlm.tasks.preflight experiment=$*_mvtec $(REPRODUCE_ARGS)
+	$(PY) train.py -m experiment=$*_zeroshot_suite shots=0 sweep_name=reproduce-$*-zeroshot-suite $(REPRODUCE_ARGS)
+	$(PY) train.py -m experiment=$*_mvtec shots=0 reference_seed=0 sweep_name=reproduce-$*-zeroshot-suite \
+		$(REPRODUCE_ARGS)
+	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$*-zeroshot-suite \
+		--out $(OUT)/reproduce-$*-zeroshot-suite
 
 clean:  ## remove outputs (not the venv)
 	rm -rf outputs multirun wandb reports

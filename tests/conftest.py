@@ -46,3 +46,16 @@ def read_offline_run():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.read_offline_run
+
+
+@pytest.fixture(scope="session")
+def layouts():
+    """``tests/benchmark_layouts.py``: builders of tiny copies of each benchmark's release layout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_layouts", REPO_ROOT / "tests" / "benchmark_layouts.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -346,6 +346,8 @@ def build_datamodule(cfg: DictConfig, names: dict[str, str | None]) -> tuple[Ano
     train_data."""
     parse_shots(cfg.get("shots", 0))
     source = build(cfg.data)
+    if cfg.data.get("name"):
+        names["data"] = str(cfg.data.name)  # e.g. data=meta_json data.name=mpdd: tables per dataset
     if not source.labelled:
         raise DataError(
             f"data={names['data'] or source.name} holds unlabelled images, which have no metrics to test: "

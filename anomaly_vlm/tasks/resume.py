@@ -10,15 +10,20 @@ final trainable parameters; a job killed while testing reloads it instead of tra
 
 Jobs that would train identical parameters (the reference draws of a few-shot sweep) share them through
 ``<cache_dir>/trained/<fingerprint>.ckpt``: the first job trains, the others load (``reuse_trained``).
+Jobs that run at the same time (SLURM array tasks, joblib workers) take a lock file beside it, so one
+trains while the others wait and then load its result.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +213,25 @@ def publish_trained_checkpoint(trained: Path, shared: Path) -> None:
     temporary = shared.with_name(f".{shared.name}.{os.getpid()}.tmp")
     shutil.copyfile(trained, temporary)
     os.replace(temporary, shared)
+
+
+@contextlib.contextmanager
+def training_lock(shared: Path) -> Iterator[None]:
+    """Hold ``<fingerprint>.lock`` beside the shared checkpoint while this job trains.
+
+    Concurrent jobs with the same fingerprint would otherwise all train (none finds the shared file when
+    it starts). A POSIX record lock (``lockf``) is used because it works on the network file systems
+    clusters share (NFS) and the kernel drops it when the holder dies, so a cancelled job never leaves a
+    stale lock: a waiting job then trains itself.
+    """
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    with open(shared.with_suffix(".lock"), "a+") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("another job is training identical parameters; waiting for %s", shared)
+            fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)

@@ -22,7 +22,19 @@ def fit_or_resume(
     A job whose training finished (``checkpoints/trained.ckpt``) but whose testing did not reloads the
     trained parameters instead of training again; so does a job whose identical training another job
     already did (``shared``, see :func:`resume.shared_trained_checkpoint`).
+    Jobs running at the same time serialise on :func:`resume.training_lock`, so one of them trains and
+    the others load its result. DDP jobs skip the lock: every rank would take it for itself and wait.
     """
+    done = resume.trained_checkpoint(output_dir)
+    if done is None and shared is not None and trainer.world_size == 1:
+        with resume.training_lock(shared):
+            return _fit_once(trainer, method, datamodule, output_dir, shared)
+    return _fit_once(trainer, method, datamodule, output_dir, shared)
+
+
+def _fit_once(
+    trainer: L.Trainer, method: AnomalyMethod, datamodule: Any, output_dir: Path, shared: Path | None
+) -> Path:
     done = resume.trained_checkpoint(output_dir)
     if done is None and shared is not None and shared.is_file():
         log.info("identical training already done by another job; loading %s", shared)

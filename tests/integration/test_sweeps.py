@@ -203,7 +203,16 @@ def test_reproduce_without_data_fails_fast(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["winclip-visa", "aprillab-mvtec", "aprillab-visa", "anomalyclip-mvtec", "anomalyclip-visa"]
+    "name",
+    [
+        "winclip-visa",
+        "aprillab-mvtec",
+        "aprillab-visa",
+        "anomalyclip-mvtec",
+        "anomalyclip-visa",
+        "anomalyclip-zeroshot-suite",
+        "aprillab-zeroshot-suite",
+    ],
 )
 def test_every_reproduce_target_fails_fast_without_data(name: str, tmp_path: Path) -> None:
     result, seconds = _reproduce(name, tmp_path)
