@@ -196,10 +196,10 @@ def main() -> int:
                 their_maps.append(torch.stack(blurred))
         their_scores, their_maps = torch.cat(their_scores), torch.cat(their_maps)
         their_layers = torch.stack(their_layers)  # [B, layers, H, W]
-        module.current_category = "object"
         module.setup_category("object", None)
         with torch.no_grad():
-            our_scores, our_maps = module.predict_images(images)
+            prediction = module.predict_images(images)
+            our_scores, our_maps = prediction.image_score, prediction.anomaly_map
             features = module.model.encode_image(images)
             our_layers = module.model.patch_probabilities(features, our_text, (SIZE, SIZE))
         for index, layer in enumerate(LAYERS):

@@ -172,7 +172,7 @@ def main() -> int:
         if missing or unexpected:
             raise RuntimeError(f"state dict keys differ: missing {missing}, unexpected {unexpected}")
         theirs.eval()
-        pos_delta = max_abs(backbone.visual.positional_embedding, theirs.visual.positional_embedding)
+        pos_delta = max_abs(backbone.positional_embedding, theirs.visual.positional_embedding)
         report.add("positional embedding after 24->37 resize", pos_delta)
 
         module = AprilGANModule(backbone, load_prompts(), shots=args.shots, text_cache_dir=str(tmp / "text"))
@@ -193,7 +193,6 @@ def main() -> int:
                 theirs, [CLASS_NAME], tokenizer, "cpu"
             )
         their_text = prompts[CLASS_NAME]  # [D, 2]
-        module.current_category = CLASS_NAME
         module.setup_category(CLASS_NAME, None)
         report.add("text features [normal, abnormal]", max_abs(module.model.text_classifier, their_text.T))
 
@@ -205,11 +204,12 @@ def main() -> int:
             their_stages = official_stage_maps(official, theirs, linear, normalized, their_text, STAGES)
         their_map = torch.stack([stage[:, 1] for stage in their_stages]).sum(dim=0)
         with torch.no_grad():
-            global_embedding, layer_tokens = module.model.encode(images)
+            layer_tokens = module.model.layer_tokens(module.frozen_features(images))
             our_stages = module.model.stage_probabilities(
                 layer_tokens, module.model.text_classifier, (SIZE, SIZE)
             )
-            our_scores, our_map = module.predict_images(images)
+            prediction = module.predict_images(images)
+            our_scores, our_map = prediction.image_score, prediction.anomaly_map
         for stage, ours_stage, their_stage in zip(STAGES, our_stages, their_stages, strict=True):
             report.add(f"zero-shot map, block {stage}", max_abs(ours_stage[:, 1], their_stage[:, 1]))
         report.add("zero-shot final map", max_abs(our_map, their_map))
@@ -247,9 +247,10 @@ def main() -> int:
             their_scores.numpy() + (maxima - maxima.min()) / (maxima.max() - maxima.min())
         )
         with torch.no_grad():
-            _, layer_tokens = module.model.encode(images)
-            text_probability, our_few_map = module.predict_images(images)
-            our_few_scores = module.finalize_image_scores(text_probability.numpy())
+            layer_tokens = module.model.layer_tokens(module.frozen_features(images))
+            # the whole query set is one category: the set-level min-max runs over all of it
+            prediction = module.postprocess_set(module.predict_images(images))
+            our_few_map, our_few_scores = prediction.anomaly_map, prediction.image_score
             for index, stage in enumerate(STAGES):
                 theirs_stage = np.stack([per_image[index][0] for per_image in per_stage_few])
                 ours_stage = memory_map_of_stage(module.model, layer_tokens, index)

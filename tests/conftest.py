@@ -35,6 +35,20 @@ def synthetic_source(cache_dir):
 
 
 @pytest.fixture(scope="session")
+def read_offline_run():
+    """The W&B offline-run reader of ``tests/wandb_offline.py`` (it parses W&B's internal log format,
+    so it lives with the tests, not in the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "wandb_offline", Path(__file__).with_name("wandb_offline.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.read_offline_run
+
+
+@pytest.fixture(scope="session")
 def layouts():
     """``tests/benchmark_layouts.py``: builders of tiny copies of each benchmark's release layout."""
     import importlib.util

@@ -103,7 +103,7 @@ def check(overrides: list[str]) -> list[str]:
     from omegaconf import OmegaConf
 
     from anomaly_vlm.backbones.weights import resolve_weights
-    from anomaly_vlm.tasks.runner import build
+    from anomaly_vlm.tasks.building import build
 
     found = []
     checked: set[str] = set()

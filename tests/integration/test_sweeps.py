@@ -57,10 +57,8 @@ def _run(
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes(tmp_path: Path) -> None:
+def test_killed_sweep_resumes(tmp_path: Path, read_offline_run) -> None:
     """3 trainable jobs; the 2nd dies after its first epoch; the re-run skips job 1 and resumes job 2."""
-    from anomaly_vlm.callbacks.wandb import read_offline_run
-
     sweep = [
         "train.py",
         "-m",

@@ -257,3 +257,16 @@ def test_shots_legend_stays_off_the_points() -> None:
                 assert not (legend.x0 <= x <= legend.x1 and legend.y0 <= y <= legend.y1)
         assert legend.y0 >= 0  # and not cut off by the figure edge
     plots.plt.close(figure)
+
+
+def test_plot_labels_name_every_dimension_that_varies():
+    from anomaly_vlm.reporting.plots import config_labels
+
+    base = {"method": "clip", "shots": 0, "backbone": "tiny", "prompts": "two_prompt"}
+    prompt_sweep = [{**base, "prompts": name} for name in ("two_prompt", "winclip_cpe", "aprilgan")]
+    labels = config_labels(prompt_sweep)
+    assert len(set(labels)) == 3 and all("prompts=" in label for label in labels)
+    assert config_labels([base]) == ["clip 0-shot (tiny)"]
+    # the method label carries the training data (and variants) when the table has them
+    trained = config_labels([{**base, "method_label": "clip (trained on visa)"}, base])
+    assert trained == ["clip (trained on visa) 0-shot (tiny)", "clip 0-shot (tiny)"]
