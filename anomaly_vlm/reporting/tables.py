@@ -41,6 +41,13 @@ EFFICIENCY_FIELDS = (
 )
 
 
+TRANSDUCTIVE_NOTE = (
+    "Rows marked (transductive) score each test image against the other unlabelled test images of its "
+    "category (e.g. MuSc): a different protocol from the inductive rows, which score each image on its "
+    "own; they are listed separately and must not be ranked with them."
+)
+
+
 # ----- published numbers --------------------------------------------------------------------------------
 def load_published(path: str | Path | None = None) -> list[dict]:
     """The published entries (``anomaly_vlm/reporting/published.json`` unless ``path`` is given)."""
@@ -89,6 +96,16 @@ class Group:
     def seeds(self) -> list[tuple[int, int | None]]:
         """The replicates: (seed, reference_seed) pairs (few-shot draws vary reference_seed)."""
         return sorted({replicate_of(run) for run in self.runs}, key=lambda pair: (pair[0], pair[1] or 0))
+
+    @property
+    def transductive(self) -> bool:
+        """Whether the runs scored each test image against the other test images (e.g. MuSc)."""
+        return any(bool(run.get("transductive")) for run in self.runs)
+
+    @property
+    def shots_label(self) -> str:
+        """The shots cell; transductive rows say so, so they are never read as inductive zero-shot."""
+        return f"{self.shots} (transductive)" if self.transductive else str(self.shots)
 
     def metric_values(self, metric: str, category: str | None = None) -> list[float]:
         values = []
@@ -175,7 +192,10 @@ def collect(files: list[Path]) -> list[Group]:
         if key not in groups:
             groups[key] = Group(*key)
         groups[key].runs.append(run)
-    return sorted(groups.values(), key=lambda g: (g.dataset, g.method, g.backbone, g.prompts, g.shots))
+    # Transductive rows form their own block after the inductive ones of a dataset.
+    return sorted(
+        groups.values(), key=lambda g: (g.dataset, g.transductive, g.method, g.backbone, g.prompts, g.shots)
+    )
 
 
 # ----- cells ------------------------------------------------------------------------------------------------
@@ -220,6 +240,8 @@ def summary_rows(groups: list[Group], published: list[dict]) -> list[dict[str, A
         for key, _, scale in EFFICIENCY_FIELDS:
             mean, _ = mean_std(group.efficiency_values(key))
             row[key] = None if mean is None else mean * scale
+        row["transductive"] = group.transductive
+        row["shots_label"] = group.shots_label
         rows.append(row)
     return rows
 
@@ -279,7 +301,7 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
         [
             row["method_label"],
             f"{row['backbone']} / {row['prompts']}",
-            str(row["shots"]),
+            row["shots_label"],
             *(display_cell(row[m]) for m in METRIC_NAMES),
         ]
         for row in rows
@@ -292,6 +314,8 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
     md = [f"# {dataset}\n", note + "\n", markdown_table(header, display)]
     if sources:
         md.append("\nPublished values: " + "; ".join(sources) + "\n")
+    if any(row["transductive"] for row in rows):
+        md.append("\n" + TRANSDUCTIVE_NOTE + "\n")
     (out / f"{dataset}_summary.md").write_text("\n".join(md))
     (out / f"{dataset}_summary.tex").write_text(latex_table(header, display, note))
     with (out / f"{dataset}_summary.csv").open("w", newline="") as handle:
@@ -300,13 +324,14 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
         for metric in METRIC_NAMES:
             columns += [f"{metric}_mean", f"{metric}_std", f"{metric}_published", f"{metric}_delta"]
         columns += [key for key, _, _ in EFFICIENCY_FIELDS]
-        writer.writerow(columns)
+        writer.writerow([*columns, "transductive"])
         for row in rows:
             line = [row[c] if row[c] is not None else "" for c in columns[:6]]
             for metric in METRIC_NAMES:
                 cell = row[metric]
                 line += [_fmt(cell["mean"]), _fmt(cell["std"]), _fmt(cell["published"]), _fmt(cell["delta"])]
             line += [_fmt(row[key], 4) for key, _, _ in EFFICIENCY_FIELDS]
+            line.append(row["transductive"])
             writer.writerow(line)
     return rows
 
@@ -336,7 +361,7 @@ def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
                     [
                         group.method_label,
                         f"{group.backbone} / {group.prompts}",
-                        str(group.shots),
+                        group.shots_label,
                         name,
                         *cells,
                     ]
@@ -352,7 +377,7 @@ def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
                         *(x for mean, std in stats for x in (_fmt(mean), _fmt(std))),
                     ]
                 )
-            md.append(f"\n## {group.label} | shots={group.shots}\n")
+            md.append(f"\n## {group.label} | shots={group.shots_label}\n")
             md.append(markdown_table(header[3:], [row[3:] for row in rows]))
             all_rows += rows
     (out / f"{dataset}_per_category.md").write_text("\n".join(md))
@@ -367,7 +392,7 @@ def write_efficiency(dataset: str, rows: list[dict], out: Path) -> None:
         [
             row["method_label"],
             f"{row['backbone']} / {row['prompts']}",
-            str(row["shots"]),
+            row["shots_label"],
             *(_fmt(row[key], 2) or "—" for key, _, _ in EFFICIENCY_FIELDS),
         ]
         for row in rows

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
+from anomaly_vlm.data import DataError
 from anomaly_vlm.methods.aprillab.torch_model import resolve_stages
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
 
@@ -56,8 +57,9 @@ def tokens_key(layer: int) -> str:
     return f"tokens_{layer}"
 
 
-class MuScError(ValueError):
-    """A set of images MuSc cannot score (too few images, bad option values)."""
+class MuScError(DataError):
+    """A set of images MuSc cannot score (too few images) or a bad MuSc option: a user error, reported
+    by the entry points as one ``error:`` line."""
 
 
 def lnamd(tokens: Tensor, r: int) -> Tensor:
@@ -250,6 +252,8 @@ class MuSc(nn.Module):
     """
 
     cacheable = True
+    #: Scores a whole category at once (:meth:`score_set`), never one image on its own.
+    transductive = True
 
     def __init__(
         self,
