@@ -89,7 +89,7 @@ class Recorder:
         return result
 
 
-def run_official(musc_module, mvtec_module, model, images, types_, divide_num, k_list_dataset, work):
+def run_official(musc_module, mvtec_module, model, images, types_, divide_num, k_list_dataset, work, device):
     """Run the release's ``make_category_data`` on in-memory images; return what it computed."""
     normalised = images
 
@@ -135,7 +135,7 @@ def run_official(musc_module, mvtec_module, model, images, types_, divide_num, k
 
     def encode_image(image, out_layers, *args, **kwargs):
         pooled, tokens = original_encode(image, out_layers, *args, **kwargs)
-        taps.append((pooled.clone(), [t.clone() for t in tokens]))
+        taps.append((pooled.float().cpu(), [t.float().cpu() for t in tokens]))
         return pooled, tokens
 
     model.encode_image = encode_image
@@ -143,7 +143,7 @@ def run_official(musc_module, mvtec_module, model, images, types_, divide_num, k
     instance.__dict__.update(
         cfg={},
         seed=42,
-        device=torch.device("cpu"),
+        device=torch.device(device),
         dataset=k_list_dataset,
         vis=False,
         save_excel=False,
@@ -201,13 +201,19 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=12, help="images of the category (>= 9 for VisA's k)")
     parser.add_argument("--image-size", type=int, default=518)
     parser.add_argument("--width", type=int, default=256, help="ViT width of the shrunk architecture")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides in fp32, TF32 off)")
     args = parser.parse_args()
     if not args.musc_dir or not (Path(args.musc_dir) / "models" / "musc.py").is_file():
         print(GET_IT, file=sys.stderr)
         return 2
     folder = Path(args.musc_dir).resolve()
     torch.set_grad_enabled(False)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.device != "cpu":
+        # The release wraps its GPU passes in fp16 autocast; parity is checked in fp32 on both sides, so
+        # the harness (only) turns that autocast off, and TF32 too.
+        torch.cuda.amp.autocast = lambda *a, **k: torch.autocast("cuda", enabled=False)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
     import open_clip
 
@@ -223,7 +229,7 @@ def main() -> int:
         native = FrozenCLIP(MODEL, pretrained=None, image_size=336, seed=0)
         weights = work / "weights.pt"
         torch.save(native.clip.state_dict(), weights)
-        backbone = FrozenCLIP(MODEL, pretrained=str(weights), image_size=args.image_size)
+        backbone = FrozenCLIP(MODEL, pretrained=str(weights), image_size=args.image_size).to(args.device)
         ours = MuSc(backbone, layers=TAPS, r_list=(1, 3, 5), rscin_k=(1, 2, 3))
 
         with official_imports(folder):
@@ -237,21 +243,23 @@ def main() -> int:
             # What the release does with OpenAI weights at another size: its resize, then a strict load.
             official_model_module.resize_pos_embed(state, theirs)
             theirs.load_state_dict(state, strict=True)
-            theirs.eval()
+            theirs.eval().to(args.device)
 
         images = smooth_images(args.images, args.image_size, seed=1)
-        normalised = backbone.normalize(images)
+        normalised = backbone.normalize(images.to(args.device)).cpu()
         kinds = ["good"] * (args.images - 6) + ["crack"] * 4 + ["hole"] * 2
         rows: list[tuple[str, float]] = []
         with official_imports(folder):
-            official = run_official(musc_module, mvtec_module, theirs, normalised, kinds, 1, "mvtec_ad", work)
+            official = run_official(
+                musc_module, mvtec_module, theirs, normalised, kinds, 1, "mvtec_ad", work, args.device
+            )
 
         features = {}
         for start in range(0, args.images, 4):
-            part = ours.frozen_features(images[start : start + 4])
+            part = ours.frozen_features(images[start : start + 4].to(args.device))
             for name, value in part.items():
                 features.setdefault(name, []).append(value)
-        features = {name: torch.cat(values) for name, values in features.items()}
+        features = {name: torch.cat(values).cpu() for name, values in features.items()}
         order = official["order"]
         official_taps = [torch.cat([t[1][i] for t in official["taps"]]) for i in range(len(TAPS))]
         for index, layer in enumerate(TAPS):
@@ -310,7 +318,9 @@ def main() -> int:
         )
 
         with official_imports(folder):
-            split = run_official(musc_module, mvtec_module, theirs, normalised, kinds, 2, "mvtec_ad", work)
+            split = run_official(
+                musc_module, mvtec_module, theirs, normalised, kinds, 2, "mvtec_ad", work, args.device
+            )
         ours_split = MuSc(backbone, layers=TAPS, r_list=(1, 3, 5), rscin_k=(1, 2, 3), divide_num=2)
         split_details: dict = {}
         split_prediction = ours_split.score_set(features, groups=kinds, details=split_details)

@@ -307,30 +307,38 @@ class MuSc(nn.Module):
         return features
 
     # ----- set-level scoring --------------------------------------------------------------------
-    def aggregate(self, tokens: Tensor, r: int, device: torch.device, batch_size: int = 16) -> Tensor:
-        """LNAMD of one block's tokens for a set, a few images at a time (each image is independent)."""
-        count, length, channels = tokens.shape
+    def aggregate(
+        self, tokens: Tensor, r: int, device: torch.device, index: Tensor | None = None, batch_size: int = 16
+    ) -> Tensor:
+        """LNAMD of one block's tokens for a set (rows ``index`` of ``tokens``, default all), a few
+        images at a time: each image is aggregated on its own, so only the output is set-sized."""
+        index = torch.arange(tokens.shape[0]) if index is None else index
+        count, length, channels = len(index), tokens.shape[1], tokens.shape[2]
         aggregated = torch.empty(count, length - 1, channels, dtype=torch.float32, device=device)
         for start in range(0, count, batch_size):
-            aggregated[start : start + batch_size] = lnamd(tokens[start : start + batch_size].to(device), r)
+            rows = index[start : start + batch_size].to(tokens.device)
+            aggregated[start : start + batch_size] = lnamd(tokens[rows].to(device), r)
         return aggregated
 
-    def patch_scores(self, features: Mapping[str, Tensor], parts: dict | None = None) -> Tensor:
+    def patch_scores(
+        self, features: Mapping[str, Tensor], index: Tensor | None = None, parts: dict | None = None
+    ) -> Tensor:
         """``[N, L]`` float64 mean over blocks and degrees of MSM scores for one set of images.
 
         Args:
-            features: the set's frozen features.
+            features: frozen features (on any device; moved to the backbone's a few images at a time).
+            index: the rows of ``features`` that form the set (default all).
             parts: when a dict, receives ``(r, layer) -> [N, L]`` per-block, per-degree scores.
         """
         device = self.backbone.visual.proj.device
-        count = int(features[tokens_key(self.layers[0])].shape[0])
+        count = int(features[tokens_key(self.layers[0])].shape[0]) if index is None else len(index)
         check_set_size(count, self.topmin_min, self.topmin_max)
         per_degree = []
         for r in self.r_list:
             per_layer = []
             # One block at a time: only one [N, L, C] aggregated tensor is alive at any moment.
             for layer in self.layers:
-                aggregated = self.aggregate(features[tokens_key(layer)], r, device)
+                aggregated = self.aggregate(features[tokens_key(layer)], r, device, index)
                 layer_scores = mutual_scores(aggregated, self.topmin_min, self.topmin_max, self.block_bytes)
                 del aggregated
                 if parts is not None:
@@ -374,11 +382,8 @@ class MuSc(nn.Module):
         parts_all: dict = {}
         for subset in subsets:
             index = torch.tensor(subset)
-            subset_features = {
-                name: value[index] for name, value in features.items() if name != IMAGE_EMBEDDING
-            }
             parts: dict | None = {} if details is not None else None
-            patch = self.patch_scores(subset_features, parts)
+            patch = self.patch_scores(features, index, parts)
             maps[index] = self.upsample(patch, size).cpu()
             if parts is not None:
                 for key, value in parts.items():
