@@ -174,7 +174,7 @@ def run_official(musc_module, mvtec_module, model, images, types_, divide_num, k
     order = [int(Path(item[2]).stem) for item in _visit_order(items, divide_num, mvtec_module)]
     return {
         "order": order,
-        "msm": [call[2] for call in msm.calls],
+        "msm": [call[2].cpu() for call in msm.calls],
         "raw_scores": torch.as_tensor(rscin.calls[0][0][0]),
         "class_tokens": rscin.calls[0][0][1],
         "scores": torch.as_tensor(captured["pr_sp"]),
