@@ -27,13 +27,13 @@ TITLES = {
 }
 
 
-
 def save_figure(figure, target: Path) -> Path:
     """Lay out, write as PNG and release a figure (figures are not garbage-collected by pyplot)."""
     figure.tight_layout()
     figure.savefig(target, dpi=120)
     plt.close(figure)
     return target
+
 
 def _config_label(group: Group) -> str:
     return f"{group.method} {group.shots}-shot ({group.backbone})"

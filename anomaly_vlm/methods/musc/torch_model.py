@@ -104,14 +104,27 @@ def interval_bounds(
     return k_min, k_max
 
 
+def _interval_is_valid(count: int, topmin_min: float, topmin_max: float) -> bool:
+    k_min, k_max = interval_bounds(count - 1, topmin_min, topmin_max)
+    return count >= 2 and k_max - k_min >= 1 and k_max <= count - 1
+
+
+def minimum_set_size(topmin_min: float = 0.0, topmin_max: float = 0.3, limit: int = 100_000) -> int:
+    """The fewest images for which the averaged interval is not empty (5 for the release's 0 and 0.3)."""
+    for count in range(2, limit):
+        if _interval_is_valid(count, topmin_min, topmin_max):
+            return count
+    raise MuScError(f"method.topmin_min={topmin_min}, topmin_max={topmin_max} never average any distance")
+
+
 def check_set_size(count: int, topmin_min: float = 0.0, topmin_max: float = 0.3) -> None:
     """Raise :class:`MuScError` when mutual scoring over ``count`` images would average nothing."""
-    k_min, k_max = interval_bounds(count - 1, topmin_min, topmin_max)
-    if count < 2 or k_max - k_min < 1:
+    if not _interval_is_valid(count, topmin_min, topmin_max):
+        needed = minimum_set_size(topmin_min, topmin_max)
         raise MuScError(
-            f"MuSc scores each image against the other images of its set: {count} image(s) leave "
-            f"{max(count - 1, 0)} reference(s), and the mean over the interval [{topmin_min}, {topmin_max}) "
-            "of them is empty. It needs at least 5 images per category (per subset with divide_num > 1)"
+            "MuSc is transductive: it scores each image against the other images of its category, so it "
+            f"needs a set of at least {needed} images (per subset with divide_num > 1); got {count}, whose "
+            f"{max(count - 1, 0)} reference(s) leave the averaged interval [{topmin_min}, {topmin_max}) empty"
         )
 
 

@@ -44,7 +44,7 @@ def test_whole_set_scoring_goes_through_the_module(tiny_backbone):
 def test_a_single_image_is_a_user_error_that_explains_the_protocol(tiny_backbone):
     module = MuScModule(tiny_backbone, PROMPTS)
     features = module.frozen_features(torch.rand(1, 3, 128, 128))
-    with pytest.raises(MuScError, match="other images of its set.*at least 5 images") as raised:
+    with pytest.raises(MuScError, match="MuSc is transductive.*at least 5 images") as raised:
         module.score_set(features)
     assert isinstance(raised.value, DataError)  # printed as one `error:` line by the entry points
     assert "\n" not in str(raised.value)

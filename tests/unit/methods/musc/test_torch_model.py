@@ -200,3 +200,13 @@ def test_options_are_checked(tiny_backbone):
     with pytest.raises(ValueError, match="method.layers"):
         MuSc(tiny_backbone, layers=[3, 9])
     assert math.isclose(MuSc(tiny_backbone, topmin_max=0.5).topmin_max, 0.5)
+
+
+def test_the_minimum_set_size_follows_the_interval():
+    from anomaly_vlm.methods.musc.torch_model import minimum_set_size
+
+    assert minimum_set_size() == 5  # int(4 * 0.3) = 1
+    assert minimum_set_size(0.0, 0.5) == 3
+    assert minimum_set_size(0.0, 2) == 3  # an absolute count of 2 distances
+    with pytest.raises(MuScError, match="at least 3 images"):
+        mutual_scores(torch.randn(2, 4, 3), topmin_max=0.5)
