@@ -131,7 +131,8 @@ def is_transductive(cfg: DictConfig) -> bool:
     target = (cfg.get("method") or {}).get("_target_")
     if not target:
         return False
-    return bool(getattr(get_class(target), "transductive", False))
+    # ``is True``: the base class defines ``transductive`` as a property, truthy on the class itself.
+    return getattr(get_class(target), "transductive", False) is True
 
 
 def heatmaps_wanted(logger: Any) -> int:

@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.base import AnomalyMethod
-from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
 from anomaly_vlm.methods.musc.torch_model import (
     REFERENCE_R_LIST,
     RSCIN_K_DEFAULT,
     RSCIN_K_VISA,
     SUBSET_SEED,
     MuSc,
-    MuScError,
 )
 from anomaly_vlm.prompts import PromptSet
 
 #: Dataset classes (last component of ``data._target_``) whose RsCIN list differs from the default.
 RSCIN_K_BY_DATASET: dict[str, tuple[int, ...]] = {"VisA": RSCIN_K_VISA}
-
-SINGLE_IMAGE_ERROR = (
-    "MuSc is transductive: it scores each image against the other unlabelled images of the same "
-    "category, so it needs a set of at least 5 images per category, not single images"
-)
 
 
 def default_rscin_k(dataset: str | None) -> tuple[int, ...]:
@@ -41,9 +34,13 @@ class MuScModule(AnomalyMethod):
     Paper: Li et al., "MuSc: Zero-Shot Industrial Anomaly Classification and Segmentation with Mutual
     Scoring of the Unlabeled Images", ICLR 2024.
 
-    The whole test set of a category is scored at once: :meth:`frozen_features` per image, then
-    :meth:`score_set` over the category. No prompt and no reference image play any part (``prompts``
-    is accepted for the common constructor and ignored).
+    The whole test set of a category is scored at once: the evaluation path keeps each test batch's
+    :meth:`frozen_features` and calls :meth:`score_set` once the category is complete; fewer images
+    than the mutual scoring needs (5 by default, e.g. ``mode=predict`` on one image) raise
+    :class:`MuScError`, a one-line user error. No prompt and no reference image play any part
+    (``prompts`` is accepted for the common constructor and ignored). With ``divide_num > 1`` the
+    images are dealt into subsets without looking at their labels (the release deals each defect type
+    separately, which needs the ground truth).
 
     Args:
         backbone: frozen CLIP (published: OpenAI ViT-L-14-336, plain GELU, 518 px).
@@ -63,8 +60,9 @@ class MuScModule(AnomalyMethod):
 
     method_name = "musc"
     supports_few_shot = False
-    #: Scores a category's test images against each other: results are marked, never ranked silently
-    #: with methods that score each image on its own.
+    #: Scores a category's test images against each other (the torch model says the same): results are
+    #: marked, never ranked silently with methods that score each image on its own. A class attribute,
+    #: so the protocol is known from the config before anything is built.
     transductive = True
 
     def __init__(
@@ -92,18 +90,8 @@ class MuScModule(AnomalyMethod):
     def setup_category(self, category: str, reference_images: Tensor | None) -> None:
         """Nothing to prepare: no text classifier, no memory."""
 
-    def frozen_features(self, images: Tensor) -> FrozenFeatures:
-        return self.model.frozen_features(images)
-
     def feature_spec(self) -> dict[str, Any]:
         return self.model.feature_spec()
-
-    def score_set(self, features: Mapping[str, Tensor], groups: Sequence[str] | None = None) -> Prediction:
-        """Score every test image of the current category against the others."""
-        return self.model.score_set(features, groups=groups)
-
-    def predict_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        raise MuScError(SINGLE_IMAGE_ERROR)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {**super().checkpoint_metadata(), "transductive": True}
