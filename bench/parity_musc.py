@@ -25,8 +25,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 TARGET = 1e-4
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "musc-parity-vit-l-14-336"
 TAPS = (6, 12, 18, 24)
 GET_IT = (
@@ -229,7 +231,16 @@ def main() -> int:
         native = FrozenCLIP(MODEL, pretrained=None, image_size=336, seed=0)
         weights = work / "weights.pt"
         torch.save(native.clip.state_dict(), weights)
-        backbone = FrozenCLIP(MODEL, pretrained=str(weights), image_size=args.image_size).to(args.device)
+        # The resize and activation settings come from MuSc's backbone config, so parity covers them.
+        spec = yaml.safe_load((REPO_ROOT / "conf" / "backbone" / "vit_l14_336_musc.yaml").read_text())
+        backbone = FrozenCLIP(
+            MODEL,
+            pretrained=str(weights),
+            image_size=args.image_size,
+            quick_gelu=spec["quick_gelu"],
+            pos_embed_interpolation=spec["pos_embed_interpolation"],
+            pos_embed_antialias=spec["pos_embed_antialias"],
+        ).to(args.device)
         ours = MuSc(backbone, layers=TAPS, r_list=(1, 3, 5), rscin_k=(1, 2, 3))
 
         with official_imports(folder):
