@@ -54,8 +54,9 @@ def smooth_images(count: int, size: int, seed: int) -> torch.Tensor:
     images = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
     images = 0.8 * images + 0.2 * torch.rand(count, 3, size, size, generator=generator)
     for index in range(count - 3, count):  # a local "defect" on the last images
-        top = int(torch.randint(0, size - 80, (1,), generator=generator))
-        images[index, :, top : top + 60, top : top + 60] = 1.0
+        side, margin = (60, 80) if size >= 120 else (max(4, size // 8), max(4, size // 8))
+        top = int(torch.randint(0, size - margin, (1,), generator=generator))
+        images[index, :, top : top + side, top : top + side] = 1.0
     return images.clamp(0, 1)
 
 
