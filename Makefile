@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip parity-venv parity-winclip \
-	parity-aprillab parity-anomalyclip \
+	parity-aprillab parity-anomalyclip parity-musc \
 	weights tables clean
 
 help:  ## list the targets
@@ -29,7 +29,15 @@ test: $(STAMP)  ## fast test suite (the CI command)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: $(STAMP)  ## every test, including slow real-architecture tests
-	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "not gpu and not network" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "not gpu and not network and not slurm" $(PYTEST_ARGS)
+
+# ----- cluster path: sweeps through hydra/launcher=slurm on a throw-away local SLURM -------------------
+# Root only: installs slurm-wlm and munge with apt-get when missing, starts munged/slurmctld/slurmd on
+# 127.0.0.1 with state in a temporary folder, and stops them at the end (tests/slurm/conftest.py).
+.PHONY: test-slurm
+test-slurm: $(STAMP)  ## SLURM launcher sweeps on a throw-away single-node cluster (root; installs slurm-wlm, munge)
+	@$(PY) -c "import hydra_plugins.hydra_submitit_launcher" 2>/dev/null || $(PY) -m pip install --quiet -e ".[dev,slurm]"
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -rs -m slurm tests/slurm $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check .
@@ -81,6 +89,12 @@ parity-anomalyclip: $(STAMP)  ## AnomalyCLIP vs its official code: make parity-a
 bench-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP forward time vs anomalib's (same weights and inputs), 0- and 4-shot
 	cd bench && PARITY_PYTHON=$(abspath $(PARITY_PY)) $(abspath $(PY)) bench_winclip.py
 
+# MuSc's official release, imported from a checkout at run time (never vendored): MUSC_DIR=<clone of xrli-U/MuSc>.
+MUSC_DIR ?=
+PARITY_ARGS ?=
+parity-musc: $(STAMP)  ## MuSc vs its release (MUSC_DIR=...): max |delta| of per-layer maps, maps, scores
+	MUSC_DIR=$(MUSC_DIR) HF_HUB_OFFLINE=1 $(PY) bench/parity_musc.py $(PARITY_ARGS)
+
 weights: $(STAMP)  ## download the weights of every backbone config (needs network)
 	$(PY) -m anomaly_vlm.backbones.download
 
@@ -100,19 +114,37 @@ tables: $(STAMP)  ## tables + plots: make tables RESULTS="<sweep folder>..." OUT
 # the paper's few-shot settings over SEEDS reference draws (reference_seed: training, where a method trains,
 # keeps the published seed and is shared by the draws), then the table with the published numbers.
 # A preflight checks datasets and weights first, so a missing DATA_ROOT or weight stops in seconds.
-REPRODUCIBLE := winclip-mvtec winclip-visa aprillab-mvtec aprillab-visa anomalyclip-mvtec anomalyclip-visa
+REPRODUCIBLE := winclip-mvtec winclip-visa aprillab-mvtec aprillab-visa anomalyclip-mvtec anomalyclip-visa \
+	musc-mvtec musc-visa
 FEWSHOT_winclip := 1,2,4
 FEWSHOT_aprillab := 1,2,4
 FEWSHOT_anomalyclip :=
+FEWSHOT_musc :=
 REPRODUCE_ARGS ?=
 
-reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip}-{mvtec,visa}
+reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,musc}-{mvtec,visa}
 	@case " $(REPRODUCIBLE) " in *" $* "*) ;; *) echo "unknown table '$*'; choose one of: $(REPRODUCIBLE)"; exit 2;; esac
 	$(PY) -m anomaly_vlm.tasks.preflight experiment=$(subst -,_,$*) $(REPRODUCE_ARGS)
 	$(PY) train.py -m experiment=$(subst -,_,$*) shots=0 sweep_name=reproduce-$* $(REPRODUCE_ARGS)
 	$(if $(FEWSHOT_$(word 1,$(subst -, ,$*))),$(PY) train.py -m experiment=$(subst -,_,$*) \
 		shots=$(FEWSHOT_$(word 1,$(subst -, ,$*))) reference_seed=$(SEEDS) sweep_name=reproduce-$* $(REPRODUCE_ARGS))
 	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$* --out $(OUT)/reproduce-$*
+
+# reproduce-<method>-zeroshot-suite: the method's zero-shot table on every benchmark (AnomalyCLIP, Table 1):
+# trained once on the MVTec AD test split and tested on each dataset of experiment <method>_zeroshot_suite (one
+# job per dataset, one shared training run), plus MVTec AD itself trained on VisA (experiment <method>_mvtec).
+# Both preflights check every dataset of the suite before any job starts.
+SUITES := anomalyclip aprillab
+
+reproduce-%-zeroshot-suite: $(STAMP)  ## zero-shot table on every benchmark: reproduce-{anomalyclip,aprillab}-zeroshot-suite
+	@case " $(SUITES) " in *" $* "*) ;; *) echo "unknown suite '$*'; choose one of: $(SUITES)"; exit 2;; esac
+	$(PY) -m anomaly_vlm.tasks.preflight experiment=$*_zeroshot_suite $(REPRODUCE_ARGS)
+	$(PY) -m anomaly_vlm.tasks.preflight experiment=$*_mvtec $(REPRODUCE_ARGS)
+	$(PY) train.py -m experiment=$*_zeroshot_suite shots=0 sweep_name=reproduce-$*-zeroshot-suite $(REPRODUCE_ARGS)
+	$(PY) train.py -m experiment=$*_mvtec shots=0 reference_seed=0 sweep_name=reproduce-$*-zeroshot-suite \
+		$(REPRODUCE_ARGS)
+	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$*-zeroshot-suite \
+		--out $(OUT)/reproduce-$*-zeroshot-suite
 
 clean:  ## remove outputs (not the venv)
 	rm -rf outputs multirun wandb reports

@@ -32,3 +32,30 @@ def synthetic_source(cache_dir):
     from anomaly_vlm.data.synthetic import SyntheticAD
 
     return SyntheticAD(cache_dir / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def read_offline_run():
+    """The W&B offline-run reader of ``tests/wandb_offline.py`` (it parses W&B's internal log format,
+    so it lives with the tests, not in the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "wandb_offline", Path(__file__).with_name("wandb_offline.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.read_offline_run
+
+
+@pytest.fixture(scope="session")
+def layouts():
+    """``tests/benchmark_layouts.py``: builders of tiny copies of each benchmark's release layout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_layouts", REPO_ROOT / "tests" / "benchmark_layouts.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,9 +2,10 @@
 
 One wrapper serves all methods, so facts about CLIP live here once: how weights are found, how the
 positional embedding is stretched to another input size, how images are normalised, and which tokens
-come out of which block. Methods never reach into open_clip themselves except through the small
-token-level API below (``embed_patches`` / ``run_blocks`` / ``pool``), which is what window-based
-(WinCLIP) and stream-based (AnomalyCLIP's DPAM) methods need.
+come out of which block. Methods never reach into open_clip themselves, only through the small
+token-level API below (``embed_patches``, ``ln_pre``, ``blocks`` / ``run_block`` / ``run_blocks``,
+``ln_post``, ``project`` / ``proj``, ``pool``), which is what window-based (WinCLIP) and stream-based
+(AnomalyCLIP's DPAM) methods need.
 """
 
 from __future__ import annotations
@@ -30,15 +31,24 @@ _MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 
 
+class _BelowWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
 @contextlib.contextmanager
-def _quiet_root_logger():
-    """Silence open_clip's 'initialized randomly' warning: we load weights ourselves right after."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+def _quiet_open_clip_warnings():
+    """Drop open_clip's 'initialized randomly' warning: we load weights ourselves right after.
+
+    open_clip logs through the root logger itself; a filter on that logger drops only the records it
+    creates (other loggers' records propagate past logger filters), and only while the model is built.
+    """
+    drop = _BelowWarning()
+    logging.root.addFilter(drop)
     try:
         yield
     finally:
-        logging.disable(previous)
+        logging.root.removeFilter(drop)
 
 
 def register_package_model_configs() -> None:
@@ -138,7 +148,7 @@ class FrozenCLIP(nn.Module):
         self.model_name = model_name
         self.pretrained = pretrained
         weight_file = resolve_weights(model_name, pretrained, cache_dir)
-        with torch.random.fork_rng(devices=[]), _quiet_root_logger():
+        with torch.random.fork_rng(devices=[]), _quiet_open_clip_warnings():
             torch.manual_seed(seed)
             # Built empty on purpose: weights are resolved above (fast offline failure) and loaded below.
             model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
@@ -205,7 +215,37 @@ class FrozenCLIP(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return len(self.visual.transformer.resblocks)
+        return len(self.blocks)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The vision transformer's residual blocks, in order (block ``i`` is ``blocks[i - 1]``)."""
+        return self.visual.transformer.resblocks
+
+    @property
+    def proj(self) -> Tensor:
+        """``[W, D]`` visual projection into the joint embedding space."""
+        return self.visual.proj
+
+    @property
+    def positional_embedding(self) -> Tensor:
+        """``[1 + N, W]`` positional embedding at this backbone's input size."""
+        return self.visual.positional_embedding
+
+    def ln_pre(self, tokens: Tensor) -> Tensor:
+        """The layer norm before the first block."""
+        return self.visual.ln_pre(tokens)
+
+    def ln_post(self, tokens: Tensor) -> Tensor:
+        """The layer norm after the last block (before pooling and projection)."""
+        return self.visual.ln_post(tokens)
+
+    def run_block(self, block: nn.Module, tokens: Tensor) -> Tensor:
+        """Apply one of :attr:`blocks` to batch-first ``[B, L, W]`` tokens."""
+        # open_clip >= 2.26 is batch-first; older releases stored LND. Handle both, never permute blindly.
+        if getattr(self.visual.transformer, "batch_first", True):
+            return block(tokens)
+        return block(tokens.transpose(0, 1)).transpose(0, 1)
 
     @property
     def num_patches(self) -> int:

@@ -17,7 +17,8 @@ class Sample:
         category: dataset category (folder name), e.g. ``bottle``.
         label: 0 normal, 1 anomalous, -1 unknown (unlabelled prediction).
         defect_type: ``good`` for normal images, else the defect folder name.
-        mask_path: ground-truth mask file; None for normal images and for datasets without masks.
+        mask_path: ground-truth mask file, or a folder of mask files of this image (fused by a pixel-wise
+            OR, e.g. MVTec LOCO); None for normal images and for datasets without masks.
     """
 
     path: str

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DataError, mask_files
 
 _PNG_END = b"IEND\xaeB`\x82"
 _JPEG_END = b"\xff\xd9"
@@ -57,8 +57,10 @@ def check_samples(samples: Iterable[Sample]) -> int:
         check_image_file(sample.path)
         checked += 1
         if sample.mask_path:
-            check_image_file(sample.mask_path)
-            checked += 1
+            # A mask folder (several masks of one image) is checked file by file.
+            for mask in mask_files(sample.mask_path):
+                check_image_file(mask)
+                checked += 1
     return checked
 
 

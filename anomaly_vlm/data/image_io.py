@@ -2,10 +2,13 @@
 
 CLIP preprocessing (METHODS.md): squash to a square with bicubic interpolation (antialiased), no
 crop. Masks follow the image geometry: binarised (> 0, so label-valued VisA masks work), resized
-bilinearly to the same square, then thresholded at 0.5.
+bilinearly to the same square, then thresholded at 0.5. A mask path may also be a folder holding several
+mask files of one image (MVTec LOCO: one file per defect region); they are fused by a pixel-wise OR.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,13 +65,41 @@ def load_image(path: str, size: int) -> Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def load_mask(path: str, size: int) -> tuple[Tensor, tuple[int, int]]:
-    """Binary ``[size, size]`` float mask and the file's original (width, height)."""
-    mask = _open(path)
-    original_size = mask.size
+def mask_files(path: str | Path) -> list[Path]:
+    """The mask files behind a mask path: the file itself, or every image file of a mask folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files = sorted(
+        item
+        for item in path.iterdir()
+        if item.is_file() and item.suffix.lower() in IMAGE_EXTENSIONS and not item.name.startswith(".")
+    )
+    if not files:
+        raise DataError(f"mask folder holds no mask images: {path}")
+    return files
+
+
+def _binary(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    mask = _open(str(path))
     binary = np.asarray(mask.convert("L") if mask.mode not in {"L", "I", "I;16", "F", "1"} else mask) > 0
     if binary.ndim == 3:
         binary = binary.any(axis=-1)
+    return binary, mask.size
+
+
+def load_mask(path: str, size: int) -> tuple[Tensor, tuple[int, int]]:
+    """Binary ``[size, size]`` float mask and the file's original (width, height).
+
+    ``path`` may be a folder of masks of the same image; their union is returned.
+    """
+    parts = [_binary(file) for file in mask_files(path)]
+    original_size = parts[0][1]
+    binary = parts[0][0]
+    for other, other_size in parts[1:]:
+        if other_size != original_size:
+            raise DataError(f"masks in {path} differ in size: {original_size} and {other_size}")
+        binary = binary | other
     resized = Image.fromarray(binary.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy((np.asarray(resized) > 0.5).astype(np.float32)), original_size
 

@@ -161,8 +161,12 @@ class Detector:
         Raises:
             DetectorError: missing folder, newer format, or backbone weights whose digest differs.
         """
-        # The runner's build: dataclass arguments (prompt sets) reach the method as objects, not configs.
-        from anomaly_vlm.tasks.runner import build
+        from hydra.utils import instantiate
+
+        def build(node, **kwargs):
+            # Through a partial, as the runner builds: Hydra would turn dataclass kwargs (prompt sets)
+            # back into configs.
+            return instantiate(node, _partial_=True)(**kwargs)
 
         folder = Path(path).expanduser()
         meta = cls.read_meta(folder)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,9 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from anomaly_vlm.metrics import METRIC_NAMES  # noqa: E402
-
-if TYPE_CHECKING:
-    from anomaly_vlm.reporting.tables import Group
+from anomaly_vlm.reporting.runs import Group, published_value  # noqa: E402
 
 TITLES = {
     "image_auroc": "image AUROC",
@@ -36,8 +33,36 @@ def save_figure(figure, target: Path) -> Path:
     return target
 
 
-def _config_label(group: Group) -> str:
-    return f"{group.method_label} {group.shots}-shot ({group.backbone})"
+#: Dimensions of a configuration beyond its method (with training data), shots and backbone: named in a
+#: label when they vary among the configurations drawn together.
+EXTRA_DIMENSIONS = (("prompts", "prompts={}"),)
+
+
+def config_labels(configs: list[dict], with_shots: bool = True) -> list[str]:
+    """One label per configuration (dicts with ``method_label`` -- the method with its training data --,
+    ``shots``, ``backbone``, ``prompts``) that names every dimension varying among ``configs``, so no
+    two differ only in what the label leaves out."""
+    labels = []
+    for config in configs:
+        method = config.get("method_label") or config["method"]
+        label = f"{method} {config['shots']}-shot" if with_shots else str(method)
+        extras = [str(config["backbone"])]
+        for key, template in EXTRA_DIMENSIONS:
+            if len({other.get(key) for other in configs}) > 1:
+                extras.append(template.format(config.get(key)))
+        labels.append(f"{label} ({', '.join(extras)})")
+    return labels
+
+
+def _group_config(group: Group) -> dict:
+    return {
+        "method": group.method,
+        "method_label": group.method_label,
+        "shots": group.shots,
+        "backbone": group.backbone,
+        "prompts": group.prompts,
+        "train_dataset": group.train_dataset,
+    }
 
 
 def per_category_bars(dataset: str, groups: list[Group], metric: str, target: Path) -> Path | None:
@@ -46,14 +71,15 @@ def per_category_bars(dataset: str, groups: list[Group], metric: str, target: Pa
     for group in groups:
         categories += [c for c in group.categories if c not in categories]
     series = []
-    for group in groups:
+    labels = config_labels([_group_config(group) for group in groups])
+    for group, label in zip(groups, labels, strict=True):
         means, stds = [], []
         for category in categories:
             values = group.metric_values(metric, category)
             means.append(np.mean(values) if values else np.nan)
             stds.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
         if not np.all(np.isnan(means)):
-            series.append((_config_label(group), np.array(means), np.array(stds)))
+            series.append((label, np.array(means), np.array(stds)))
     if not series or not categories:
         return None
     width = 0.8 / len(series)
@@ -85,12 +111,8 @@ def _log_ticks(axis, low: float, high: float) -> None:
 def accuracy_vs_latency_figure(rows: list[dict], dataset: str, metric: str = "image_auroc"):
     """The accuracy-vs-latency figure (None without timed rows); :func:`accuracy_vs_latency` saves it."""
     points = [
-        (
-            row["ms_per_image"],
-            row[metric]["mean"],
-            f"{row['method_label']} {row['shots']}-shot ({row['backbone']})",
-        )
-        for row in rows
+        (row["ms_per_image"], row[metric]["mean"], label)
+        for row, label in zip(rows, config_labels(rows), strict=True)
         if row.get("ms_per_image") and row[metric]["mean"] is not None
     ]
     if not points:
@@ -127,7 +149,7 @@ def metric_vs_shots(
     target: Path,
     metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc"),
 ) -> Path | None:
-    """Zero- vs few-shot: one line per method/backbone/prompts over shots; published values dashed."""
+    """Zero- vs few-shot: one line per configuration (all but shots) over shots; published dashed."""
     figure = metric_vs_shots_figure(dataset, rows, published, metrics)
     return None if figure is None else save_figure(figure, target)
 
@@ -139,11 +161,9 @@ def metric_vs_shots_figure(
     metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc"),
 ):
     """The metric-vs-shots figure (None without rows); the legend sits below the axes, off the points."""
-    from anomaly_vlm.reporting.tables import published_value
-
     lines: dict[str, list[dict]] = {}
-    for row in rows:
-        lines.setdefault(f"{row['method_label']} ({row['backbone']}, {row['prompts']})", []).append(row)
+    for row, label in zip(rows, config_labels(rows, with_shots=False), strict=True):
+        lines.setdefault(label, []).append(row)
     if not lines:
         return None
     figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)

@@ -22,14 +22,15 @@ import math
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from anomaly_vlm.metrics import METRIC_NAMES
 from anomaly_vlm.reporting.console import METRIC_HEADERS
 from anomaly_vlm.reporting.results import RESULTS_FILE, read_results
+from anomaly_vlm.reporting.runs import Group, load_published, published_value, replicate_of
+
+__all__ = ["Group", "load_published", "make_tables", "published_value", "replicate_of"]
 
 EFFICIENCY_FIELDS = (
     ("ms_per_image", "ms/image", 1.0),
@@ -114,93 +115,14 @@ def _config_fields(run: dict) -> dict[str, str]:
     }
 
 
-# ----- published numbers --------------------------------------------------------------------------------
-def load_published(path: str | Path | None = None) -> list[dict]:
-    """The published entries (``anomaly_vlm/reporting/published.json`` unless ``path`` is given)."""
-    if path is None:
-        text = resources.files("anomaly_vlm.reporting").joinpath("published.json").read_text()
-    else:
-        text = Path(path).read_text()
-    return json.loads(text)["entries"]
-
-
-def published_value(
-    entries: list[dict], method: str, dataset: str, shots: int, metric: str
-) -> tuple[float | None, str | None]:
-    """``(percent, source)`` of a published cell, or ``(None, None)`` when the paper has none."""
-    for entry in entries:
-        if entry["method"] == method and entry["dataset"] == dataset and int(entry["shots"]) == int(shots):
-            value = entry["metrics"].get(metric)
-            if value is not None:
-                return float(value), entry["source"]
-    return None, None
+TRANSDUCTIVE_NOTE = (
+    "Rows marked (transductive) score each test image against the other unlabelled test images of its "
+    "category (e.g. MuSc): a different protocol from the inductive rows, which score each image on its "
+    "own; they are listed separately and must not be ranked with them."
+)
 
 
 # ----- collecting results ---------------------------------------------------------------------------------
-@dataclass
-class Group:
-    """All seeds of one configuration (dataset, method, backbone, prompts, shots, training data)."""
-
-    dataset: str
-    method: str
-    backbone: str
-    prompts: str
-    shots: int
-    train_dataset: str | None
-    untrained: bool = False
-    aupro: str = "exact"  # which AUPRO the runs computed (metrics.aupro); never averaged across variants
-    variant: str = ""
-    runs: list[dict] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return f"{self.method_label} | {self.backbone} | {self.prompts}"
-
-    @property
-    def method_label(self) -> str:
-        """The method, with its auxiliary training data when it has one (cross-dataset protocol), marked
-        untrained when a trainable method ran without trained parameters, with a non-exact AUPRO, and
-        with the config values that set it apart from other rows of the same method (``variant``)."""
-        label = self.method
-        if self.untrained:
-            label += " (untrained)"
-        elif self.train_dataset:
-            label += f" (trained on {self.train_dataset})"
-        if self.aupro != "exact":
-            label += f" [AUPRO: {self.aupro}]"
-        return f"{label} [{self.variant}]" if self.variant else label
-
-    @property
-    def seeds(self) -> list[tuple[int, int | None]]:
-        """The replicates: (seed, reference_seed) pairs (few-shot draws vary reference_seed)."""
-        return sorted({replicate_of(run) for run in self.runs}, key=lambda pair: (pair[0], pair[1] or 0))
-
-    def metric_values(self, metric: str, category: str | None = None) -> list[float]:
-        values = []
-        for run in self.runs:
-            block = (
-                run["metrics"]["mean"] if category is None else run["metrics"]["per_category"].get(category)
-            )
-            value = (block or {}).get(metric)
-            if value is not None:
-                values.append(100.0 * float(value))
-        return values
-
-    def efficiency_values(self, key: str) -> list[float]:
-        return [
-            float(run["efficiency"][key])
-            for run in self.runs
-            if (run.get("efficiency") or {}).get(key) is not None
-        ]
-
-    @property
-    def categories(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for run in self.runs:
-            seen.update(dict.fromkeys(run["metrics"]["per_category"]))
-        return list(seen)
-
-
 def find_result_files(folders: list[str | Path]) -> list[Path]:
     """Every ``results.json`` below the given folders (or the files themselves)."""
     files: list[Path] = []
@@ -228,11 +150,6 @@ def latest_sweeps(output_root: str | Path = "outputs") -> list[Path]:
         if stamped:
             latest.append(max(stamped)[1])
     return latest
-
-
-def replicate_of(run: dict) -> tuple[int, int | None]:
-    """Which replicate a run is: its seed and, for few-shot runs, the seed of its reference draw."""
-    return int(run.get("seed") or 0), run.get("reference_seed")
 
 
 def _variants(runs: list[tuple[tuple, dict]]) -> list[str]:
@@ -289,8 +206,10 @@ def collect(files: list[Path]) -> list[Group]:
         if key not in groups:
             groups[key] = Group(*key)
         groups[key].runs.append(run)
+    # Transductive rows form their own block after the inductive ones of a dataset.
     return sorted(
-        groups.values(), key=lambda g: (g.dataset, g.method, g.backbone, g.prompts, g.variant, g.shots)
+        groups.values(),
+        key=lambda g: (g.dataset, g.transductive, g.method, g.backbone, g.prompts, g.variant, g.shots),
     )
 
 
@@ -347,6 +266,8 @@ def summary_rows(groups: list[Group], published: list[dict]) -> list[dict[str, A
         for key, _, scale in EFFICIENCY_FIELDS:
             mean, _ = mean_std(group.efficiency_values(key))
             row[key] = None if mean is None else mean * scale
+        row["transductive"] = group.transductive
+        row["shots_label"] = group.shots_label
         rows.append(row)
     return rows
 
@@ -412,7 +333,7 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
         [
             row["method_label"],
             f"{row['backbone']} / {row['prompts']}",
-            str(row["shots"]),
+            row["shots_label"],
             *(display_cell(row[m]) for m in METRIC_NAMES),
         ]
         for row in rows
@@ -432,6 +353,8 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
     md = [f"# {dataset}\n", note + "\n", markdown_table(header, display)]
     if sources:
         md.append("\nPublished values: " + "; ".join(sources) + "\n")
+    if any(row["transductive"] for row in rows):
+        md.append("\n" + TRANSDUCTIVE_NOTE + "\n")
     (out / f"{dataset}_summary.md").write_text("\n".join(md))
     (out / f"{dataset}_summary.tex").write_text(latex_table(header, display, note))
     with (out / f"{dataset}_summary.csv").open("w", newline="") as handle:
@@ -450,13 +373,14 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
         for metric in METRIC_NAMES:
             columns += [f"{metric}_mean", f"{metric}_std", f"{metric}_published", f"{metric}_delta"]
         columns += [key for key, _, _ in EFFICIENCY_FIELDS]
-        writer.writerow(columns)
+        writer.writerow([*columns, "transductive"])
         for row in rows:
             line = [row[c] if row[c] is not None else "" for c in columns[:9]]
             for metric in METRIC_NAMES:
                 cell = row[metric]
                 line += [_fmt(cell["mean"]), _fmt(cell["std"]), _fmt(cell["published"]), _fmt(cell["delta"])]
             line += [_fmt(row[key], 4) for key, _, _ in EFFICIENCY_FIELDS]
+            line.append(row["transductive"])
             writer.writerow(line)
     return rows
 
@@ -486,7 +410,7 @@ def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
                     [
                         group.method_label,
                         f"{group.backbone} / {group.prompts}",
-                        str(group.shots),
+                        group.shots_label,
                         name,
                         *cells,
                     ]
@@ -502,7 +426,7 @@ def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
                         *(x for mean, std in stats for x in (_fmt(mean), _fmt(std))),
                     ]
                 )
-            md.append(f"\n## {group.label} | shots={group.shots}\n")
+            md.append(f"\n## {group.label} | shots={group.shots_label}\n")
             md.append(markdown_table(header[3:], [row[3:] for row in rows]))
             all_rows += rows
     (out / f"{dataset}_per_category.md").write_text("\n".join(md))
@@ -517,7 +441,7 @@ def write_efficiency(dataset: str, rows: list[dict], out: Path) -> None:
         [
             row["method_label"],
             f"{row['backbone']} / {row['prompts']}",
-            str(row["shots"]),
+            row["shots_label"],
             *(_fmt(row[key], 2) or "—" for key, _, _ in EFFICIENCY_FIELDS),
         ]
         for row in rows

@@ -2,8 +2,9 @@
 
 Lightning starts ranks 1..N-1 by re-running the command line with ``hydra.run.dir`` set to the run
 folder. In a multirun that command still holds ``-m`` and the swept lists, so every rank would start
-the whole sweep again. :func:`relaunch_job_not_sweep` makes the ranks re-run only the current job: its
-own overrides as a single run in the job's folder. SLURM jobs with ``tasks_per_node = devices`` need
+the whole sweep again. :func:`job_command` makes the ranks re-run only the current job: its
+own overrides as a single run in the job's folder (installed by the job through
+:func:`anomaly_vlm.compat.lightning_ddp_relaunch`). SLURM jobs with ``tasks_per_node = devices`` need
 none of this (Lightning reads the ranks from SLURM's environment).
 """
 
@@ -33,13 +34,6 @@ def job_command(local_rank: int) -> tuple[Sequence[str], str]:
         "hydra.output_subdir=null",
     ]
     return command, get_original_cwd()
-
-
-def relaunch_job_not_sweep() -> None:
-    """Point Lightning's DDP process launcher at :func:`job_command` (multirun jobs only)."""
-    from lightning.pytorch.strategies.launchers import subprocess_script
-
-    subprocess_script._hydra_subprocess_cmd = job_command
 
 
 #: Variables Lightning's process launcher sets in the launching process.

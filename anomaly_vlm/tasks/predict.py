@@ -37,28 +37,25 @@ from PIL import Image, ImageDraw
 from anomaly_vlm.callbacks.scoring import CategoryResult, CategoryScoring
 from anomaly_vlm.data import AnomalyDataModule, DataError
 from anomaly_vlm.decisions import ThresholdError, ThresholdSettings
-from anomaly_vlm.decisions.consumers import CategoryDecisions, heldout_thresholds
+from anomaly_vlm.decisions.consumers import CategoryDecisions
 from anomaly_vlm.decisions.outputs import MASK_DIR, DecisionWriter
 from anomaly_vlm.reporting.overlays import colorize, overlay_panel
 from anomaly_vlm.reporting.results import write_json_atomic
-from anomaly_vlm.tasks.categories import score_categories
-from anomaly_vlm.tasks.runner import (
-    FinishedRunError,
-    _quiet_lightning,
+from anomaly_vlm.tasks.building import (
     build,
     clear_stale_artefacts,
     group_choices,
     prepare_job,
+    quiet_lightning,
 )
+from anomaly_vlm.tasks.categories import score_categories
+from anomaly_vlm.tasks.errors import FinishedPredictionError
+from anomaly_vlm.tasks.heldout import heldout_thresholds
 
 log = logging.getLogger(__name__)
 
 SCORES_FILE = "scores.csv"
 HEATMAP_DIR = "heatmaps"
-
-
-class FinishedPredictionError(FinishedRunError):
-    """The output folder already holds the scores of a finished prediction run."""
 
 
 def category_root(paths: list[str]) -> str:
@@ -168,7 +165,7 @@ def prediction_thresholds(cfg, settings, method, datamodule, references) -> dict
 
 def predict(cfg: DictConfig) -> None:
     """Score the images of ``cfg.data`` (any source; its test split, labels ignored)."""
-    _quiet_lightning()
+    quiet_lightning()
     output_dir = Path(cfg.paths.output_dir)
     scores_path = output_dir / SCORES_FILE
     if scores_path.exists() and not bool(cfg.get("overwrite", False)):
@@ -186,7 +183,7 @@ def predict(cfg: DictConfig) -> None:
     heatmaps = HeatmapWriter(output_dir, bool(cfg.get("save_heatmaps", True)))
     name_of = lambda path, paths: heatmap_name(path, category_root(paths))  # noqa: E731
     if cfg.get("detector"):
-        from anomaly_vlm.deploy.predict import predict_with_detector
+        from anomaly_vlm.tasks.predict_detector import predict_with_detector
 
         decisions = predict_with_detector(cfg, settings, source, heatmaps, output_dir / MASK_DIR, name_of)
         thresholds, shots, categories = decisions.thresholds, decisions.shots, list(decisions.thresholds)

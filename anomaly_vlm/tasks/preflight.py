@@ -5,7 +5,9 @@ config with the given overrides and checks, in seconds and without building a mo
 
 * the config composes (e.g. the experiment file exists in ``conf/experiment``);
 * the evaluated dataset (``data``) and the auxiliary training dataset (``train_data``, if any) are
-  where the config says, with their categories;
+  where the config says, with their categories -- for a sweep, every dataset it would read: swept
+  ``data``/``train_data`` values on the command line and in the config's ``hydra.sweeper.params`` (a
+  suite such as ``experiment=anomalyclip_zeroshot_suite``), so no job starts before all are found;
 * the backbone's pretrained weights are a local file, in the cache, or downloadable;
 * a benchmark dataset (MVTec AD, VisA) used with all its categories (``categories: null``) really
   holds all of them: the published means a reproduction is compared with cover every category.
@@ -16,13 +18,18 @@ It exits 0 when all is well and 2 with the first problem otherwise, so a reprodu
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-def compose(overrides: list[str], config_name: str = "train"):
+#: Config groups whose value decides which dataset folders a job reads.
+DATASET_GROUPS = ("data", "train_data")
+
+
+def compose(overrides: list[str], config_name: str = "train", return_hydra_config: bool = False):
     """The composed job config (Hydra runtime fields are not available outside a Hydra run)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -32,7 +39,40 @@ def compose(overrides: list[str], config_name: str = "train"):
     if not CONF_DIR.is_dir():
         raise FileNotFoundError(f"config folder not found: {CONF_DIR} (run from a checkout of the project)")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+        return hydra_compose(
+            config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
+        )
+
+
+def dataset_variants(overrides: list[str]) -> list[list[str]]:
+    """One override list per combination of datasets the (possibly swept) command would read.
+
+    Sweeps of ``data``/``train_data`` come from the command line or, when the command does not sweep
+    them, from the config's ``hydra.sweeper.params``; any other swept key is pinned to its first value
+    (it does not change which files are read).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    fixed: list[str] = []
+    swept: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            fixed.append(override.input_line)
+            continue
+        values = [str(value) for value in override.sweep_string_iterator()]
+        if key in DATASET_GROUPS:
+            swept[key] = values
+        else:
+            fixed.append(f"{key}={values[0]}")
+    params = compose(fixed, return_hydra_config=True).hydra.sweeper.get("params") or {}
+    for key in DATASET_GROUPS:
+        if key not in swept and params.get(key) is not None:
+            swept[key] = [value.strip() for value in str(params[key]).split(",") if value.strip()]
+    combinations = itertools.product(
+        *([f"{key}={value}" for value in values] for key, values in swept.items())
+    )
+    return [fixed + list(combination) for combination in combinations]
 
 
 def check_complete(key: str, source, categories: list[str]) -> None:
@@ -63,15 +103,23 @@ def check(overrides: list[str]) -> list[str]:
     from omegaconf import OmegaConf
 
     from anomaly_vlm.backbones.weights import resolve_weights
-    from anomaly_vlm.tasks.runner import build
+    from anomaly_vlm.tasks.building import build
 
-    cfg = compose(overrides)
-    OmegaConf.set_struct(cfg, False)
-    # paths.output_dir points at Hydra's runtime folder, which a preflight does not have.
-    cfg.paths.output_dir = str(Path(str(cfg.paths.output_root)) / "preflight")
     found = []
-    for key in ("data", "train_data"):
-        if cfg.get(key):
+    checked: set[str] = set()
+    for variant in dataset_variants(overrides):
+        cfg = compose(variant)
+        OmegaConf.set_struct(cfg, False)
+        # paths.output_dir points at Hydra's runtime folder, which a preflight does not have.
+        cfg.paths.output_dir = str(Path(str(cfg.paths.output_root)) / "preflight")
+        for key in DATASET_GROUPS:
+            if not cfg.get(key):
+                continue
+            node = OmegaConf.to_container(cfg[key], resolve=True)
+            identity = repr(sorted(node.items()))
+            if identity in checked:
+                continue
+            checked.add(identity)
             source = build(cfg[key])
             categories = source.categories
             if cfg[key].get("categories") is None:

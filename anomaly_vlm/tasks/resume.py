@@ -10,39 +10,35 @@ final trainable parameters; a job killed while testing reloads it instead of tra
 
 Jobs that would train identical parameters (the reference draws of a few-shot sweep) share them through
 ``<cache_dir>/trained/<fingerprint>.ckpt``: the first job trains, the others load (``reuse_trained``).
+Jobs that run at the same time (SLURM array tasks, joblib workers) take a lock file beside it, so one
+trains while the others wait and then load its result.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_vlm.reporting.results import RESULTS_FILE, read_results, run_git
+from anomaly_vlm.runtime import in_multirun
+from anomaly_vlm.tasks.errors import FinishedRunError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
 TRAINED_CHECKPOINT = f"{CHECKPOINT_DIR}/trained.ckpt"
-
-
-class FinishedRunError(FileExistsError):
-    """The output folder already holds a finished results.json."""
-
-
-def in_multirun() -> bool:
-    """Whether this job is part of a Hydra multirun."""
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def finished_result(output_dir: Path, overwrite: bool) -> dict | None:
@@ -106,19 +102,45 @@ def trained_checkpoint(output_dir: Path) -> Path | None:
 
 # ----- trained parameters shared by the jobs of a sweep ----------------------------------------------
 TRAINED_CACHE_FOLDER = "trained"
-# Trainer keys that change where/how a run reports, not what it learns.
-_REPORTING_TRAINER_KEYS = {
-    "_target_",
-    "default_root_dir",
+
+#: Config keys (dotted paths) that never change the trained parameters. Everything else in the config
+#: counts, so a key added later is training-relevant until someone lists it here (a stale checkpoint
+#: is never reused by mistake; at worst a training runs again).
+NOT_TRAINING_KEYS: tuple[str, ...] = (
+    # what is evaluated, and how the results are reported
+    "task_name",
+    "mode",
+    "shots",
+    "reference_seed",
+    "reference_draws",
+    "data",  # the evaluated dataset; its class_names do count (see TRAINING_EXCEPTIONS)
+    "ckpt_path",
+    "save_predictions",
+    "save_heatmaps",
+    "num_overlays",
+    "overwrite",
+    "reuse_trained",
+    "sweep_name",
+    "names",
+    "paths",
     "logger",
     "callbacks",
-    "enable_progress_bar",
-    "enable_model_summary",
-    "log_every_n_steps",
-    "enable_checkpointing",
-    "num_sanity_val_steps",
-}
-_TRAINING_DATAMODULE_KEYS = ("image_size", "train_split", "train_batch_size", "train_mosaic_probability")
+    "datamodule.batch_size",  # the test loader
+    "datamodule.num_workers",
+    # trainer keys that change where and how a run reports, not what it learns
+    "trainer._target_",
+    "trainer.default_root_dir",
+    "trainer.logger",
+    "trainer.callbacks",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.enable_checkpointing",
+    "trainer.num_sanity_val_steps",
+)
+#: Keys below an excluded key that still count: the class names of the evaluated data enter the
+#: prompts of training-time text features.
+TRAINING_EXCEPTIONS: tuple[str, ...] = ("data.class_names",)
 
 
 def code_identity() -> str:
@@ -133,29 +155,45 @@ def code_identity() -> str:
     return f"{commit}-{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if diff else commit
 
 
+def training_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without :data:`NOT_TRAINING_KEYS`, plus :data:`TRAINING_EXCEPTIONS`.
+
+    Excluded keys are never resolved (``paths.output_dir`` needs Hydra's runtime, for example).
+    """
+    kept = {f"kept:{key}": _plain(OmegaConf.select(cfg, key, default=None)) for key in TRAINING_EXCEPTIONS}
+    return {**_without_excluded(cfg, ""), **kept}
+
+
+def _plain(value: Any) -> Any:
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True, throw_on_missing=False)
+    return value
+
+
+def _without_excluded(node: DictConfig, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in node:
+        dotted = f"{prefix}{key}"
+        if dotted in NOT_TRAINING_KEYS:
+            continue
+        if OmegaConf.is_missing(node, key):
+            out[key] = "???"
+        elif any(excluded.startswith(f"{dotted}.") for excluded in NOT_TRAINING_KEYS):
+            out[key] = _without_excluded(node[key], f"{dotted}.")
+        else:
+            out[key] = _plain(node[key])
+    return out
+
+
 def training_fingerprint(cfg: DictConfig) -> str:
-    """Hash of everything that determines the trained parameters of a job.
+    """Hash of everything that determines the trained parameters of a job: the whole config minus
+    :data:`NOT_TRAINING_KEYS`, plus the code.
 
     Few-shot draws (``shots``, ``reference_seed``), the evaluated dataset and reporting options are left
     out: the jobs of ``method=aprillab shots=4 -m`` differ only in those and so train identical
     parameters (bit-identical on CPU), which is why they can share one training run.
     """
-
-    def plain(node: Any) -> Any:
-        return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-    trainer = {key: plain(value) for key, value in cfg.trainer.items() if key not in _REPORTING_TRAINER_KEYS}
-    parts = {
-        "method": plain(cfg.method),
-        "backbone": plain(cfg.backbone),
-        "prompts": plain(cfg.prompts),
-        "train_data": plain(cfg.get("train_data")),
-        "class_names": plain((cfg.get("data") or {}).get("class_names")),
-        "datamodule": {key: plain(cfg.datamodule.get(key)) for key in _TRAINING_DATAMODULE_KEYS},
-        "trainer": trainer,
-        "seed": int(cfg.seed),
-        "code": code_identity(),
-    }
+    parts = {"config": training_config(cfg), "code": code_identity()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -175,3 +213,25 @@ def publish_trained_checkpoint(trained: Path, shared: Path) -> None:
     temporary = shared.with_name(f".{shared.name}.{os.getpid()}.tmp")
     shutil.copyfile(trained, temporary)
     os.replace(temporary, shared)
+
+
+@contextlib.contextmanager
+def training_lock(shared: Path) -> Iterator[None]:
+    """Hold ``<fingerprint>.lock`` beside the shared checkpoint while this job trains.
+
+    Concurrent jobs with the same fingerprint would otherwise all train (none finds the shared file when
+    it starts). A POSIX record lock (``lockf``) is used because it works on the network file systems
+    clusters share (NFS) and the kernel drops it when the holder dies, so a cancelled job never leaves a
+    stale lock: a waiting job then trains itself.
+    """
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    with open(shared.with_suffix(".lock"), "a+") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("another job is training identical parameters; waiting for %s", shared)
+            fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)

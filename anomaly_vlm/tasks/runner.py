@@ -1,582 +1,239 @@
-"""train(cfg) and evaluate(cfg): instantiate -> fit (if trainable) -> test every category -> results.
+"""train(cfg) and evaluate(cfg): one job = set up -> fit (if trainable) -> test every category -> results.
 
-Categories are looped inside one job so CLIP is built once per job. Everything that can be checked
-without touching the model (output folder, dataset layout, shots) is checked first, so a bad input
-fails in seconds, before weights load.
+Categories are looped inside one job so CLIP is built once per job. A :class:`Job` owns what must be
+released whatever happens (the logger, the DDP launch environment, the DDP relaunch patch): its
+``close`` runs on success and on error alike.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
 import logging
-import pickle
 import shutil
-import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import anomaly_vlm.resolvers  # noqa: F401  (configs interpolate its resolvers, e.g. num_workers)
-from anomaly_vlm.backbones.weights import WeightsNotFoundError
+from anomaly_vlm import compat
 from anomaly_vlm.callbacks import CategoryEvaluation, CategoryScoring, EfficiencyProbe
-from anomaly_vlm.callbacks import wandb as wandb_helpers
 from anomaly_vlm.callbacks.efficiency import flops_per_image
-from anomaly_vlm.data import AnomalyDataModule, DataError, DatasetSource, Sample
-from anomaly_vlm.data.checks import preflight
-from anomaly_vlm.data.sampling import ShotsError, write_reference_log
-from anomaly_vlm.decisions import ThresholdError, ThresholdSettings
-from anomaly_vlm.decisions.consumers import CategoryDecisions, heldout_thresholds
-from anomaly_vlm.deploy.detector import DetectorError
-from anomaly_vlm.methods.base import AnomalyMethod
+from anomaly_vlm.decisions import ThresholdSettings
+from anomaly_vlm.decisions.consumers import CategoryDecisions
+from anomaly_vlm.deploy.detector import DetectorSaver
+from anomaly_vlm.loggers import wandb as wandb_helpers
 from anomaly_vlm.metrics import Evaluator
-from anomaly_vlm.prompts import PromptSet
 from anomaly_vlm.reporting.console import print_metrics_table
 from anomaly_vlm.reporting.results import RESULTS_FILE, build_results, write_json_atomic
+from anomaly_vlm.runtime import in_multirun
 from anomaly_vlm.tasks import ddp, resume
+from anomaly_vlm.tasks.building import (
+    OVERLAY_DIR,
+    PreparedJob,
+    build,
+    build_datamodule,
+    build_logger,
+    group_choices,
+    guard_finished_run,
+    is_repeated_zero_shot_draw,
+    prepare_job,
+    quiet_lightning,
+)
 from anomaly_vlm.tasks.categories import score_categories
+from anomaly_vlm.tasks.errors import report_user_errors
+from anomaly_vlm.tasks.heldout import heldout_thresholds
+from anomaly_vlm.tasks.predict import predict
+from anomaly_vlm.tasks.training import fit_or_resume
 
 log = logging.getLogger(__name__)
 
-NAMED_GROUPS = ("method", "backbone", "prompts", "data", "train_data")
-TRAINED_CHECKPOINT = resume.TRAINED_CHECKPOINT
-FinishedRunError = resume.FinishedRunError
 
-# Lightning's advice to raise num_workers is noise for per-category loaders of small test sets.
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+class Job:
+    """One train/evaluate job. Use as a context manager: leaving it always closes the logger, ends
+    the DDP process group, restores the launch environment and undoes the DDP relaunch patch.
 
-
-class _DropAdverts(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage().lower()
-
-
-def _quiet_lightning() -> None:
-    """One line per Lightning message (Hydra's handler already prints them), no product adverts."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        logger.propagate = True
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
-
-
-class MissingValueError(ValueError):
-    """A config value marked ``???`` was not given."""
-
-
-class CheckpointError(ValueError):
-    """``ckpt_path`` is missing, unreadable, or made for another method, backbone or prompt set."""
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work with the rest of the config (e.g. a block the backbone lacks)."""
-
-
-#: Mistakes in the input (data, config values, files): the entry points print their message alone.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    DataError,
-    ShotsError,
-    FinishedRunError,
-    CheckpointError,
-    WeightsNotFoundError,
-    MissingValueError,
-    ConfigError,
-    ThresholdError,
-    DetectorError,
-)
-
-
-def report_user_errors(task: Any) -> Any:
-    """Print one ``error: <message>`` line for :data:`USER_ERRORS` and exit 1 (no traceback).
-
-    Programming errors keep Hydra's traceback; a user who mistyped a path needs the path, not a stack.
+    Args:
+        cfg: the composed job config.
+        fit: train the method's trainable parameters (``train``) or only test (``evaluate``).
     """
 
-    @functools.wraps(task)
-    def wrapper(cfg: DictConfig) -> Any:
-        try:
-            return task(cfg)
-        except USER_ERRORS as error:
-            print(f"error: {error}", file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
+    def __init__(self, cfg: DictConfig, fit: bool) -> None:
+        self.cfg = cfg
+        self.fit = fit
+        self.started = time.time()
+        self.output_dir = Path(cfg.paths.output_dir)
+        self.names = group_choices(cfg)
+        self.logger: Any = False
+        self._cleanup = contextlib.ExitStack()
 
-    return wrapper
+    def __enter__(self) -> Job:
+        self._cleanup.callback(ddp.teardown, ddp.launch_environment())
+        return self
 
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
-# First bytes of the files torch.save writes: a zip archive (default since torch 1.6) or a raw pickle.
-_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+    def close(self) -> None:
+        wandb_helpers.finish(self.logger)
+        self._cleanup.close()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
-
-def check_checkpoint_file(path: str) -> None:
-    """Reject a ``ckpt_path`` that cannot be a checkpoint before any weights load.
-
-    Reads four bytes: a folder, an empty file or an image would otherwise fail deep inside unpickling.
-    """
-    file = Path(path).expanduser()
-    if file.is_dir():
-        raise CheckpointError(
-            f"ckpt_path={path} is a folder, not a checkpoint file "
-            f"(a training run writes {TRAINED_CHECKPOINT} below its run folder)"
-        )
-    if not file.exists():
-        raise CheckpointError(f"ckpt_path does not exist: {path}")
-    with file.open("rb") as handle:
-        head = handle.read(4)
-    if not head:
-        raise CheckpointError(f"ckpt_path={path} is an empty file, not a checkpoint")
-    if not head.startswith(_CHECKPOINT_MAGIC):
-        raise CheckpointError(
-            f"ckpt_path={path} is not a checkpoint (expected a .ckpt written by train.py, found a file "
-            f"starting with {head!r})"
-        )
-
-
-def load_checkpoint(method: AnomalyMethod, path: str) -> None:
-    """``method.load_trainable_checkpoint`` with its failures as :class:`CheckpointError`."""
-    try:
-        method.load_trainable_checkpoint(path)
-    except (pickle.UnpicklingError, EOFError) as error:
-        raise CheckpointError(
-            f"ckpt_path={path} is not a checkpoint ({type(error).__name__}: {error})"
-        ) from error
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
-        if isinstance(error, FileNotFoundError | IsADirectoryError):
-            raise CheckpointError(f"ckpt_path does not exist: {path}") from error
-        message = str(error) if "ckpt_path" in str(error) else f"ckpt_path={path}: {error}"
-        raise CheckpointError(message) from error
-
-
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """``instantiate`` that surfaces our own clear errors instead of Hydra's wrapped repr of them.
-
-    Built objects are passed through a partial: Hydra would turn dataclass kwargs back into configs.
-    A value left at ``???`` is reported by its full key before anything is built.
-    """
-    missing = sorted(OmegaConf.missing_keys(node))
-    if missing:
-        # missing_keys already names them from the config root (``data.root``).
-        raise MissingValueError(f"{', '.join(missing)} must be set (add {missing[0]}=... to the command)")
-    try:
-        factory = instantiate(node, _partial_=True)
-    except InstantiationException as error:
-        raise (error.__cause__ or error) from None
-    try:
-        return factory(**kwargs)
-    except InstantiationException as error:
-        raise (error.__cause__ or error) from None
-
-
-def group_choices(cfg: DictConfig) -> dict[str, str | None]:
-    """Which file of each config group this job uses (method, backbone, ...)."""
-    if HydraConfig.initialized():
-        choices = HydraConfig.get().runtime.choices
-        return {group: choices.get(group) for group in NAMED_GROUPS}
-    names = cfg.get("names") or {}
-    return {group: names.get(group) for group in NAMED_GROUPS}
-
-
-#: Folders of per-image artefacts a job writes into its run folder (checkpoints are kept for resumption).
-OVERLAY_DIR = "overlays"
-ARTEFACT_DIRS = (OVERLAY_DIR, "predictions", "heatmaps", "masks", "detectors")
-
-
-def clear_stale_artefacts(output_dir: Path) -> None:
-    """Remove the per-image artefacts of an earlier run, so ``overwrite=true`` leaves no stale files."""
-    for name in ARTEFACT_DIRS:
-        shutil.rmtree(output_dir / name, ignore_errors=True)
-
-
-def guard_finished_run(output_dir: Path, overwrite: bool) -> dict | None:
-    """Never replace a finished result unless asked to; in a multirun, return it so the job is skipped.
-
-    With ``overwrite`` the earlier run's overlays, predictions and heatmaps are removed as well: a new
-    run may write fewer of them, and stale ones would be mistaken for its own.
-    """
-    finished = resume.finished_result(output_dir, overwrite)
-    if finished is None and overwrite:
-        clear_stale_artefacts(output_dir)
-    return finished
-
-
-def build_logger(cfg: DictConfig, names: dict[str, str | None]) -> Any:
-    if not cfg.get("logger") or "_target_" not in cfg.logger:
-        return False
-    if wandb_helpers.is_wandb_config(cfg.logger):
-        return build(cfg.logger, **wandb_helpers.run_fields(cfg, names))
-    return instantiate(cfg.logger)
-
-
-def close_logger(logger: Any) -> None:
-    """Finish W&B runs so each job of a multirun is its own run."""
-    wandb_helpers.finish(logger)
-
-
-def fit_or_resume(
-    trainer: L.Trainer, method: AnomalyMethod, datamodule: Any, output_dir: Path, shared: Path | None = None
-) -> Path:
-    """Train, resuming from ``checkpoints/last.ckpt`` when an earlier attempt was interrupted.
-
-    A job whose training finished (``checkpoints/trained.ckpt``) but whose testing did not reloads the
-    trained parameters instead of training again; so does a job whose identical training another job
-    already did (``shared``, see :func:`resume.shared_trained_checkpoint`).
-    """
-    done = resume.trained_checkpoint(output_dir)
-    if done is None and shared is not None and shared.is_file():
-        log.info("identical training already done by another job; loading %s", shared)
-        done = shared
-    if done is not None:
-        log.info("training already finished; loading %s", done)
-        method.load_trainable_checkpoint(str(done))
-        return done
-    last = resume.last_checkpoint(output_dir)
-    if last is not None:
-        log.info("resuming training from %s", last)
-    trainer.fit(method, datamodule=datamodule, ckpt_path=str(last) if last else None)
-    trained = output_dir / TRAINED_CHECKPOINT
-    trainer.save_checkpoint(trained, weights_only=True)
-    if shared is not None and trainer.is_global_zero:
-        resume.publish_trained_checkpoint(trained, shared)
-    return trained
-
-
-def dataset_class_names(*sources: DatasetSource | None) -> dict[str, str]:
-    """``data.class_names`` (and ``train_data.class_names``), checked against their categories."""
-    names: dict[str, str] = {}
-    for source in sources:
-        if source is not None:
-            names.update(source.class_names)
-    return names
-
-
-def with_class_names(prompts: PromptSet, class_names: dict[str, str]) -> PromptSet:
-    """The prompt set with the datasets' class names merged in (the data's names win).
-
-    A learned prompt set (AnomalyCLIP's object-agnostic prompts) has no class-name slot: the names are
-    ignored with one log line rather than failing a run that merely shares a data config.
-    """
-    if not class_names:
-        return prompts
-    if not hasattr(prompts, "class_name_overrides"):
-        log.info(
-            "prompt set '%s' has no class names (learned prompts): data class_names %s are ignored",
-            getattr(prompts, "name", type(prompts).__name__),
-            sorted(class_names),
-        )
-        return prompts
-    return dataclasses.replace(prompts, class_name_overrides={**prompts.class_name_overrides, **class_names})
-
-
-def parse_shots(value: Any) -> int:
-    """``shots`` as a whole number; ``abc`` or ``1.5`` would otherwise crash or silently run 1-shot."""
-    if isinstance(value, bool):
-        raise ShotsError(f"shots={value} is not a whole number (use 0 for zero-shot or e.g. shots=4)")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise ShotsError(f"shots={value} is not a whole number (use 0 for zero-shot or e.g. shots=4)")
-
-
-def check_shots_supported(method_node: DictConfig, shots: int, method_name: str | None) -> None:
-    """Reject few-shot for zero-shot-only methods before anything heavy is built."""
-    method_class = get_class(method_node._target_)
-    if shots and not getattr(method_class, "supports_few_shot", True):
-        name = method_name or getattr(method_class, "method_name", method_class.__name__)
-        raise ShotsError(f"method '{name}' is zero-shot only; shots={shots} is not supported (use shots=0)")
-
-
-def trains_on_auxiliary_data(cfg: DictConfig) -> bool:
-    """Whether the configured method learns parameters on ``train_data``."""
-    return bool(getattr(get_class(cfg.method._target_), "trains_on_auxiliary_data", False))
-
-
-def check_training_data(cfg: DictConfig, fit: bool, method_name: str | None) -> None:
-    """A method that learns on auxiliary data needs ``train_data`` (or trained weights) to be useful."""
-    method_class = get_class(cfg.method._target_)
-    if not getattr(method_class, "trains_on_auxiliary_data", False) or cfg.get("ckpt_path"):
-        return
-    name = method_name or getattr(method_class, "method_name", method_class.__name__)
-    if fit and not cfg.get("train_data"):
-        raise DataError(
-            f"method '{name}' trains on an auxiliary dataset: use a published protocol "
-            f"(experiment={name}_mvtec trains on VisA, experiment={name}_visa on MVTec AD), or set "
-            "train_data=<mvtec|visa|folder|synthetic> (the cross-dataset protocol trains on the other "
-            "dataset's test split), or load trained parameters with ckpt_path=..."
-        )
-    if not fit:
-        log.warning("method '%s' is evaluated with untrained parameters (no ckpt_path given)", name)
-
-
-def backbone_depths(backbone_node: DictConfig) -> tuple[int, int] | None:
-    """(vision blocks, text blocks) of the configured backbone from its model config, without weights.
-
-    None when the model config is unknown (the backbone's own error names the model later).
-    """
-    import open_clip
-
-    from anomaly_vlm.backbones.clip import register_package_model_configs
-
-    register_package_model_configs()
-    model_config = open_clip.get_model_config(str(backbone_node.get("model")))
-    if not model_config:
-        return None
-    return int(model_config["vision_cfg"]["layers"]), int(model_config["text_cfg"]["layers"])
-
-
-def check_backbone_depths(cfg: DictConfig, backbone_name: str | None) -> None:
-    """Block indices of the method and prompt set must exist in the backbone (checked before weights load).
-
-    A method file written for ViT-L (24 blocks) combined with ``backbone=tiny`` (8) is a config mistake,
-    not a crash inside model construction.
-    """
-    depths = backbone_depths(cfg.backbone)
-    if depths is None:
-        return
-    vision, text = depths
-    model = f"backbone '{cfg.backbone.get('model')}'"
-    if backbone_name:
-        model = f"backbone={backbone_name} ('{cfg.backbone.get('model')}')"
-    layers = cfg.method.get("layers")
-    if layers:
-        bad = [int(layer) for layer in layers if not 1 <= int(layer) <= vision]
-        if bad:
-            raise ConfigError(
-                f"method.layers={[int(layer) for layer in layers]}: blocks {bad} outside 1..{vision} of "
-                f"{model}; e.g. method.layers=[{vision}]"
+    def run(self) -> float | None:
+        """Set up, fit, test; rank 0 writes ``results.json``. Returns the mean image AUROC."""
+        L.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
+        datamodule, sources = build_datamodule(self.cfg, self.names)
+        self.decisions = CategoryDecisions(ThresholdSettings.from_config(self.cfg.get("threshold")))
+        prepared = prepare_job(self.cfg, datamodule, sources, self.output_dir, self.names["method"], self.fit)
+        self.logger = build_logger(self.cfg, self.names)
+        evaluator = Evaluator(aupro=str((self.cfg.get("metrics") or {}).get("aupro", "exact")))
+        trainer, scoring, extra_callbacks = self._trainer(prepared, evaluator)
+        trained = self._fit(trainer, prepared.method, datamodule)
+        if self.untrained(prepared.method):
+            # Nothing was trained or loaded: the results must not claim the configured training set, or
+            # tables would label them "trained on ..." next to (or instead of) the trained run.
+            self.names["train_data"] = None
+        if self.decisions.settings.method == "normal_fpr":
+            self.decisions.thresholds = heldout_thresholds(
+                functools.partial(build, self.cfg.trainer, logger=False),
+                prepared.method,
+                datamodule,
+                prepared.references,
+                self.decisions.settings,
             )
-    dpam_start = cfg.method.get("dpam_start")
-    if dpam_start is not None and not 1 <= int(dpam_start) <= vision:
-        raise ConfigError(f"method.dpam_start={dpam_start} outside 1..{vision} of {model}")
-    depth = cfg.get("prompts", {}).get("deep_prompt_depth")
-    if depth is not None and int(depth) > text:
-        raise ConfigError(
-            f"prompts.deep_prompt_depth={depth} exceeds the {text} text blocks of {model}; "
-            f"set prompts.deep_prompt_depth<={text}"
+        score_categories(trainer, prepared.method, datamodule, scoring, prepared.references)
+        if not trainer.is_global_zero:
+            return None  # DDP: rank 0 gathered every rank's predictions; it alone reports
+        probe = next((c for c in extra_callbacks if isinstance(c, EfficiencyProbe)), None)
+        efficiency = probe.summary(prepared.method) if probe else prepared.method.parameter_counts()
+        efficiency["flops_per_image"] = flops_per_image(prepared.method, datamodule.image_size)
+        return self._report(prepared, evaluator, efficiency, trained)
+
+    @property
+    def will_fit(self) -> bool:
+        return self.fit and not self.cfg.get("ckpt_path")
+
+    def untrained(self, method: Any) -> bool:
+        """A trainable method that was neither trained here nor loaded from ``ckpt_path``."""
+        return method.is_trainable and not self.will_fit and not self.cfg.get("ckpt_path")
+
+    def _trainer(
+        self, prepared: PreparedJob, evaluator: Evaluator
+    ) -> tuple[L.Trainer, CategoryScoring, list]:
+        """The trainer with the evaluation path, the configured callbacks and (if training) checkpoints."""
+        cfg = self.cfg
+        num_overlays = max(int(cfg.get("num_overlays", 0)), wandb_helpers.heatmaps_wanted(self.logger))
+        evaluation = CategoryEvaluation(
+            evaluator, self.output_dir, bool(cfg.get("save_predictions")), num_overlays
         )
+        consumers: list = [evaluation, self.decisions]
+        if bool(cfg.get("save_detector", False)):
+            run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+            consumers.append(DetectorSaver(self.output_dir, run_config, self.decisions, self.names["method"]))
+        scoring = CategoryScoring(consumers)
+        extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
+        if in_multirun():
+            # DDP ranks must re-run this job, not the whole sweep (undone when the job closes).
+            self._cleanup.enter_context(compat.lightning_ddp_relaunch(ddp.job_command))
+        # Trainable jobs checkpoint every epoch so an interrupted sweep resumes them (tasks/resume.py).
+        trains = self.will_fit and prepared.method.is_trainable
+        checkpointing = [resume.checkpoint_callback(self.output_dir)] if trains else []
+        callbacks = [scoring, *extra_callbacks, *checkpointing]
+        trainer: L.Trainer = build(cfg.trainer, logger=self.logger, callbacks=callbacks)
+        if self.logger:
+            fields = {**self.names, **wandb_helpers.pivot_fields(cfg, self.names)}
+            self.logger.log_hyperparams({**fields, "reference_seed": prepared.reference_seed})
+        return trainer, scoring, extra_callbacks
+
+    def _fit(self, trainer: L.Trainer, method: Any, datamodule: Any) -> Path | str | None:
+        """Train (or resume, or reuse a shared training); the trained parameters' file, if any."""
+        if method.is_trainable and self.cfg.get("ckpt_path"):
+            return str(self.cfg.ckpt_path)
+        if not (self.will_fit and method.is_trainable):
+            return None
+        method.run_config = OmegaConf.to_container(self.cfg, resolve=True, throw_on_missing=False)
+        shared = resume.shared_trained_checkpoint(self.cfg)
+        return fit_or_resume(trainer, method, datamodule, self.output_dir, shared)
+
+    def _report(
+        self, prepared: PreparedJob, evaluator: Evaluator, efficiency: dict, trained: Path | None
+    ) -> Any:
+        """Log the job's figures, write ``results.json`` and print the per-category table."""
+        mean, shots = evaluator.macro_mean(), prepared.shots
+        if self.logger:
+            self.logger.log_metrics(
+                {f"test/{name}": value for name, value in mean.items() if value is not None}
+            )
+            numbers = {f"efficiency/{k}": v for k, v in efficiency.items() if isinstance(v, int | float)}
+            self.logger.log_metrics(numbers)
+            wandb_helpers.log_results(self.logger, evaluator.results, mean, efficiency, self.output_dir)
+            # File loggers (CSV) buffer rows until the trainer saves them; these came after it finished.
+            self.logger.save()
+            if not int(self.cfg.get("num_overlays", 0)):
+                # Written only for the W&B panels (uploaded above); num_overlays=0 keeps the run folder free.
+                shutil.rmtree(self.output_dir / OVERLAY_DIR, ignore_errors=True)
+        payload = build_results(
+            config=OmegaConf.to_container(self.cfg, resolve=True, throw_on_missing=False),
+            names=self.names,
+            per_category=evaluator.results,
+            mean=mean,
+            efficiency=efficiency,
+            seed=int(self.cfg.seed),
+            shots=shots,
+            started=self.started,
+            extra={
+                "aupro": evaluator.aupro,
+                "trained_checkpoint": str(trained) if trained else None,
+                "untrained": bool(self.untrained(prepared.method)),
+                # Scored each test image against the other test images of its category (e.g. MuSc).
+                "transductive": bool(prepared.method.transductive),
+                "device": str(prepared.method.device),
+                "reference_seed": prepared.reference_seed if shots else None,
+                "decisions": self.decisions.summary(),
+            },
+        )
+        results_path = write_json_atomic(self.output_dir / RESULTS_FILE, payload)
+        wandb_helpers.finish(self.logger)  # before the table: W&B prints its own summary when a run finishes
+        names = self.names
+        title = f"{names['method']} | {names['backbone']} | {names['data']} | shots={shots}"
+        title += f" | seed={self.cfg.seed}"
+        if shots:
+            title += f" | reference_seed={prepared.reference_seed}"
+        if prepared.method.transductive:
+            title += " | transductive (test images scored against each other)"
+        print_metrics_table(evaluator.results, mean, title=title)
+        print(f"results: {results_path}")
+        return mean.get("image_auroc")
 
 
-def draw_all_references(
-    datamodule: AnomalyDataModule, categories: list[str], shots: int, seed: int
-) -> dict[str, list[Sample]]:
-    return {category: datamodule.reference_samples(category, shots, seed) for category in categories}
-
-
-def is_repeated_zero_shot_draw(cfg: DictConfig) -> bool:
-    """Whether this multirun job would repeat another one: a zero-shot job uses no references, so of
-    the reference draws a method sweeps by default (``reference_seed`` = 0 .. ``reference_draws`` - 1)
-    only the first one runs."""
-    if parse_shots(cfg.get("shots", 0)) != 0 or not HydraConfig.initialized():
-        return False
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        return False
-    draws = int(cfg.get("reference_draws") or 1)
-    return 0 < int(cfg.get("reference_seed", 0)) < draws
-
-
-@dataclasses.dataclass
-class PreparedJob:
-    """What the test (or predict) loop needs once every input check has passed."""
-
-    method: AnomalyMethod
-    references: dict[str, list[Sample]]
-    shots: int
-    reference_seed: int
-
-
-def prepare_job(
-    cfg: DictConfig,
-    datamodule: AnomalyDataModule,
-    sources: tuple[DatasetSource | None, ...],
-    output_dir: Path,
-    method_name: str | None,
-    fit: bool,
-) -> PreparedJob:
-    """Checks, reference draws, then the model: the part shared by testing and prediction.
-
-    Everything cheap (shots, training data, file headers) is checked before the backbone is built, so a
-    bad input fails in seconds.
-    """
-    categories = datamodule.categories
-    shots = parse_shots(cfg.shots)
-    reference_seed = int(cfg.get("reference_seed", cfg.seed))
-    references = draw_all_references(datamodule, categories, shots, reference_seed)
-    check_shots_supported(cfg.method, shots, method_name)
-    check_training_data(cfg, fit, method_name)
-    check_backbone_depths(cfg, group_choices(cfg)["backbone"])
-    if cfg.get("ckpt_path"):
-        check_checkpoint_file(str(cfg.ckpt_path))
-    class_names = dataset_class_names(*sources)
-    preflight(datamodule, categories, references)
-    if shots:
-        write_reference_log(output_dir / "references.json", references, shots, reference_seed)
-
-    backbone = build(cfg.backbone)
-    prompts = with_class_names(build(cfg.prompts), class_names)
-    method: AnomalyMethod = build(
-        cfg.method, backbone=backbone, prompts=prompts, shots=shots, text_cache_dir=cfg.paths.cache_dir
-    )
-    if cfg.get("ckpt_path"):
-        load_checkpoint(method, str(cfg.ckpt_path))
-    return PreparedJob(method, references, shots, reference_seed)
-
-
-def run(cfg: DictConfig, fit: bool) -> float | None:
-    """Run one job. Returns the mean image AUROC (the value sweepers optimise)."""
-    started = time.time()
-    _quiet_lightning()
+def skip_reason(cfg: DictConfig) -> tuple[bool, float | None]:
+    """Whether this job must not run, and the value to return for it (a finished job's AUROC)."""
     if is_repeated_zero_shot_draw(cfg):
         log.warning(
             "shots=0 uses no reference images: the job with reference_seed=%s would repeat the one with "
             "reference_seed=0 and is skipped",
             cfg.reference_seed,
         )
-        return None
-    output_dir = Path(cfg.paths.output_dir)
-    finished = guard_finished_run(output_dir, bool(cfg.get("overwrite", False)))
+        return True, None
+    finished = guard_finished_run(Path(cfg.paths.output_dir), bool(cfg.get("overwrite", False)))
     if finished is not None:
-        return (finished.get("metrics") or {}).get("mean", {}).get("image_auroc")
-    names = group_choices(cfg)
-    launch_environment = ddp.launch_environment()
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        return True, (finished.get("metrics") or {}).get("mean", {}).get("image_auroc")
+    return False, None
 
-    # Cheap checks first: data layout, categories, shots.
-    parse_shots(cfg.get("shots", 0))
-    source = build(cfg.data)
-    if not source.labelled:
-        raise DataError(
-            f"data={names['data'] or source.name} holds unlabelled images, which have no metrics to test: "
-            "score them with `python evaluate.py mode=predict data.path=...`"
-        )
-    train_source = None
-    if cfg.get("train_data"):
-        if trains_on_auxiliary_data(cfg):
-            train_source = build(cfg.train_data)
-        else:
-            # A sweep over methods shares one train_data; the training-free methods ignore it and their
-            # results must not claim a training set.
-            log.info("method '%s' does not train: train_data is ignored", names["method"])
-            names["train_data"] = None
-    datamodule: AnomalyDataModule = build(cfg.datamodule, source=source, train_source=train_source)
-    threshold_settings = ThresholdSettings.from_config(cfg.get("threshold"))
-    job = prepare_job(cfg, datamodule, (train_source, source), output_dir, names["method"], fit)
-    method, references, shots, reference_seed = job.method, job.references, job.shots, job.reference_seed
 
-    logger = build_logger(cfg, names)
-    evaluator = Evaluator(aupro=str((cfg.get("metrics") or {}).get("aupro", "exact")))
-    num_overlays = max(int(cfg.get("num_overlays", 0)), wandb_helpers.heatmaps_wanted(logger))
-    evaluation = CategoryEvaluation(
-        evaluator, output_dir, bool(cfg.get("save_predictions", False)), num_overlays
-    )
-    decisions = CategoryDecisions(threshold_settings)
-    consumers: list = [evaluation, decisions]
-    if bool(cfg.get("save_detector", False)):
-        from anomaly_vlm.deploy.detector import DetectorSaver
-
-        run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-        consumers.append(DetectorSaver(output_dir, run_config, decisions, names["method"]))
-    scoring = CategoryScoring(consumers)
-    extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
-    will_fit = fit and method.is_trainable and not cfg.get("ckpt_path")
-    if resume.in_multirun():
-        ddp.relaunch_job_not_sweep()  # DDP ranks must re-run this job, not the whole sweep
-    # Trainable jobs checkpoint every epoch so an interrupted sweep resumes them (tasks/resume.py).
-    checkpointing = [resume.checkpoint_callback(output_dir)] if will_fit else []
-    trainer: L.Trainer = build(
-        cfg.trainer,
-        logger=logger,
-        callbacks=[scoring, *extra_callbacks, *checkpointing],
-    )
-    if logger:
-        logger.log_hyperparams(
-            {**names, **wandb_helpers.pivot_fields(cfg, names), "reference_seed": reference_seed}
-        )
-
-    trained_checkpoint = None
-    untrained = method.is_trainable and not will_fit and not cfg.get("ckpt_path")
-    if untrained:
-        # Nothing was trained or loaded: the results must not claim the configured training set, or
-        # tables would label them "trained on ..." next to (or instead of) the trained run.
-        names["train_data"] = None
-    elif method.is_trainable and not will_fit:
-        trained_checkpoint = str(cfg.ckpt_path)
-    if will_fit:
-        method.run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-        trained_checkpoint = fit_or_resume(
-            trainer, method, datamodule, output_dir, resume.shared_trained_checkpoint(cfg)
-        )
-
-    if threshold_settings.method == "normal_fpr":
-        decisions.thresholds = heldout_thresholds(
-            functools.partial(build, cfg.trainer, logger=False),
-            method,
-            datamodule,
-            references,
-            threshold_settings,
-        )
-    score_categories(trainer, method, datamodule, scoring, references)
-
-    mean = evaluator.macro_mean()
-    probe = next((callback for callback in extra_callbacks if isinstance(callback, EfficiencyProbe)), None)
-    if not trainer.is_global_zero:
-        # DDP: rank 0 gathered every rank's predictions; it alone reports and writes results.json.
-        close_logger(logger)
-        ddp.teardown(launch_environment)
-        return None
-    efficiency = probe.summary(method) if probe else method.parameter_counts()
-    efficiency["flops_per_image"] = flops_per_image(method, datamodule.image_size)
-    if logger:
-        logger.log_metrics({f"test/{name}": value for name, value in mean.items() if value is not None})
-        logger.log_metrics(
-            {f"efficiency/{k}": v for k, v in efficiency.items() if isinstance(v, int | float)}
-        )
-        wandb_helpers.log_results(logger, evaluator.results, mean, efficiency, output_dir)
-        # File loggers (CSV) buffer rows until the trainer saves them; these were logged after it finished.
-        logger.save()
-        if num_overlays and not int(cfg.get("num_overlays", 0)):
-            # Written only for the W&B panels (uploaded above); num_overlays=0 keeps the run folder free.
-            shutil.rmtree(output_dir / OVERLAY_DIR, ignore_errors=True)
-    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    payload = build_results(
-        config=config,
-        names=names,
-        per_category=evaluator.results,
-        mean=mean,
-        efficiency=efficiency,
-        seed=int(cfg.seed),
-        shots=shots,
-        started=started,
-        extra={
-            "aupro": evaluator.aupro,
-            "trained_checkpoint": str(trained_checkpoint) if trained_checkpoint else None,
-            "untrained": bool(untrained),
-            "device": str(method.device),
-            "reference_seed": reference_seed if shots else None,
-            "decisions": decisions.summary(),
-        },
-    )
-    results_path = write_json_atomic(output_dir / RESULTS_FILE, payload)
-    close_logger(logger)  # before the table: W&B prints its own summary when a run finishes
-    title = f"{names['method']} | {names['backbone']} | {names['data']} | shots={shots} | seed={cfg.seed}"
-    if shots:
-        title += f" | reference_seed={reference_seed}"
-    print_metrics_table(evaluator.results, mean, title=title)
-    print(f"results: {results_path}")
-    ddp.teardown(launch_environment)
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return mean.get("image_auroc")
+def run(cfg: DictConfig, fit: bool) -> float | None:
+    """Run one job. Returns the mean image AUROC (the value sweepers optimise)."""
+    quiet_lightning()
+    skip, value = skip_reason(cfg)
+    if skip:
+        return value
+    with Job(cfg, fit) as job:
+        return job.run()
 
 
 @report_user_errors
@@ -589,8 +246,6 @@ def train(cfg: DictConfig) -> float | None:
 def evaluate(cfg: DictConfig) -> float | None:
     """Test only; trained parameters come from ``ckpt_path``. ``mode=predict`` scores unlabelled images."""
     if cfg.get("mode") == "predict":
-        from anomaly_vlm.tasks.predict import predict
-
         predict(cfg)
         return None
     return run(cfg, fit=False)

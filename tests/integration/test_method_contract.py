@@ -23,9 +23,9 @@ from anomaly_vlm.callbacks import CategoryResult, CategoryScoring
 from anomaly_vlm.data import AnomalyDataModule
 from anomaly_vlm.data.synthetic import SyntheticAD
 from anomaly_vlm.methods.contract import FrozenFeatureExtractor
+from anomaly_vlm.tasks.building import build
 from anomaly_vlm.tasks.categories import score_categories
 from anomaly_vlm.tasks.predict import HeatmapWriter
-from anomaly_vlm.tasks.runner import build
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 METHODS = sorted(path.stem for path in (CONF / "method").glob("*.yaml"))

@@ -57,10 +57,8 @@ def _run(
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes(tmp_path: Path) -> None:
+def test_killed_sweep_resumes(tmp_path: Path, read_offline_run) -> None:
     """3 trainable jobs; the 2nd dies after its first epoch; the re-run skips job 1 and resumes job 2."""
-    from anomaly_vlm.callbacks.wandb import read_offline_run
-
     sweep = [
         "train.py",
         "-m",
@@ -205,7 +203,16 @@ def test_reproduce_without_data_fails_fast(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["winclip-visa", "aprillab-mvtec", "aprillab-visa", "anomalyclip-mvtec", "anomalyclip-visa"]
+    "name",
+    [
+        "winclip-visa",
+        "aprillab-mvtec",
+        "aprillab-visa",
+        "anomalyclip-mvtec",
+        "anomalyclip-visa",
+        "anomalyclip-zeroshot-suite",
+        "aprillab-zeroshot-suite",
+    ],
 )
 def test_every_reproduce_target_fails_fast_without_data(name: str, tmp_path: Path) -> None:
     result, seconds = _reproduce(name, tmp_path)

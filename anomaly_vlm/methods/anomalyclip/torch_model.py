@@ -206,24 +206,22 @@ class AnomalyCLIP(nn.Module):
         after the last block ``@ proj`` (see ``global_ln_post``).
         """
         backbone = self.backbone
-        visual = backbone.visual
-        x = visual.ln_pre(backbone.embed_patches(images))
-        seq_first = not getattr(visual.transformer, "batch_first", True)
+        x = backbone.ln_pre(backbone.embed_patches(images))
         wanted = set(self.layers)
         taps: dict[int, Tensor] = {}
         stream: Tensor | None = None
-        for index, block in enumerate(visual.transformer.resblocks, start=1):
+        for index, block in enumerate(backbone.blocks, start=1):
             if self.dpam and index >= self.dpam_start:
                 refined = value_value_attention(block, block.ln_1(x))
                 stream = x + refined if stream is None else stream + refined
-            x = block(x.transpose(0, 1)).transpose(0, 1) if seq_first else block(x)
+            x = backbone.run_block(block, x)
             if index in wanted:
                 taps[index] = x if stream is None else stream
         if self.global_ln_post:
-            global_embedding = visual.ln_post(x[:, 0]) @ visual.proj
+            global_embedding = backbone.ln_post(x[:, 0]) @ backbone.proj
         else:
-            global_embedding = x[:, 0] @ visual.proj
-        patches = {index: visual.ln_post(tokens[:, 1:]) @ visual.proj for index, tokens in taps.items()}
+            global_embedding = x[:, 0] @ backbone.proj
+        patches = {index: backbone.ln_post(tokens[:, 1:]) @ backbone.proj for index, tokens in taps.items()}
         return AnomalyCLIPFeatures(global_embedding=global_embedding, patch_embeddings=patches)
 
     # ----- text side ----------------------------------------------------------------------------

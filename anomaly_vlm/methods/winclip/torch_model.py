@@ -146,9 +146,7 @@ class WinCLIPModel(nn.Module):
         self.scales = tuple(int(scale) for scale in scales)
         self.temperature = float(temperature)
         self.window_batch_size = int(window_batch_size)
-        self.cls_only_last_block = bool(cls_only_last_block) and _is_plain_block(
-            backbone.visual.transformer.resblocks[-1]
-        )
+        self.cls_only_last_block = bool(cls_only_last_block) and _is_plain_block(backbone.blocks[-1])
         grid = backbone.grid_size
         for index, scale in enumerate(self.scales):
             indices = window_indices(grid, scale)
@@ -228,12 +226,11 @@ class WinCLIPModel(nn.Module):
         """Image embeddings ``[B, D]``, patch tokens ``[B, N, W]`` (after ln_post, unprojected) and
         window embeddings ``[B, n_windows, D]`` per scale."""
         backbone = self.backbone
-        visual = backbone.visual
         # ln_pre acts per token, so applying it before gathering windows is the same as applying it
         # inside every window pass, at a fraction of the cost.
-        tokens = visual.ln_pre(backbone.embed_patches(images, normalized=normalized))
+        tokens = backbone.ln_pre(backbone.embed_patches(images, normalized=normalized))
         final, _ = backbone.run_blocks(tokens, apply_ln_pre=False)
-        final = visual.ln_post(final)
+        final = backbone.ln_post(final)
         image_embeddings = backbone.project(final[:, 0])
         patch_tokens = final[:, 1:]
         windows = [self.encode_windows(tokens, index) for index in range(len(self.scales))]
@@ -260,8 +257,8 @@ class WinCLIPModel(nn.Module):
             final, _ = backbone.run_blocks(sequences, apply_ln_pre=False)
             return backbone.pool(final)
         hidden, _ = backbone.run_blocks(sequences, apply_ln_pre=False, last_block=backbone.num_layers - 1)
-        cls = _cls_row_of_block(backbone.visual.transformer.resblocks[-1], hidden)
-        return backbone.project(backbone.visual.ln_post(cls))
+        cls = _cls_row_of_block(backbone.blocks[-1], hidden)
+        return backbone.project(backbone.ln_post(cls))
 
     # ----- scoring --------------------------------------------------------------------------------
     def score(self, features: FrozenFeatures) -> Prediction:

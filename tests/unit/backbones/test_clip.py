@@ -118,3 +118,15 @@ def test_real_architectures_random_weights(model, image_size, grid, quick_gelu):
     features = backbone.encode_image(torch.rand(1, 3, image_size, image_size), layers=layers)
     assert features.patch_tokens.shape == (1, grid * grid, backbone.width)
     assert all(features.layer_tokens[layer].shape == (1, grid * grid + 1, backbone.width) for layer in layers)
+
+
+def test_building_a_backbone_leaves_logging_as_it_was():
+    """open_clip's warning is dropped by a filter held only while the model is built, never by
+    disabling logging for the whole process."""
+    import logging
+
+    from anomaly_vlm.backbones import FrozenCLIP
+
+    before = (logging.root.manager.disable, list(logging.root.filters))
+    FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=1)
+    assert (logging.root.manager.disable, list(logging.root.filters)) == before

@@ -15,15 +15,10 @@ from PIL import Image
 from anomaly_vlm.callbacks.efficiency import EfficiencyProbe
 from anomaly_vlm.data import DataError
 from anomaly_vlm.data.sampling import ShotsError
+from anomaly_vlm.tasks.building import build, guard_finished_run
+from anomaly_vlm.tasks.errors import USER_ERRORS, CheckpointError, ConfigError
 from anomaly_vlm.tasks.predict import heatmap_name, label_progress_as_predicting
-from anomaly_vlm.tasks.runner import (
-    USER_ERRORS,
-    CheckpointError,
-    ConfigError,
-    build,
-    guard_finished_run,
-    run,
-)
+from anomaly_vlm.tasks.runner import run
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 RNG = np.random.default_rng(0)

@@ -14,14 +14,9 @@ from anomaly_vlm.data import DataError
 from anomaly_vlm.data.sampling import ShotsError
 from anomaly_vlm.prompts import PromptSet
 from anomaly_vlm.tasks import evaluate
-from anomaly_vlm.tasks.runner import (
-    CheckpointError,
-    FinishedRunError,
-    MissingValueError,
-    report_user_errors,
-    run,
-    with_class_names,
-)
+from anomaly_vlm.tasks.building import with_class_names
+from anomaly_vlm.tasks.errors import CheckpointError, FinishedRunError, MissingValueError, report_user_errors
+from anomaly_vlm.tasks.runner import run
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 RNG = np.random.default_rng(0)
@@ -188,7 +183,7 @@ def test_with_class_names_merges_and_data_wins():
 def test_few_shot_on_a_zero_shot_method_is_rejected_before_building():
     from omegaconf import OmegaConf
 
-    from anomaly_vlm.tasks.runner import check_shots_supported
+    from anomaly_vlm.tasks.building import check_shots_supported
 
     node = OmegaConf.create({"_target_": "anomaly_vlm.methods.clip.CLIPBaselineModule"})
     with pytest.raises(ShotsError, match="method 'clip' is zero-shot only; shots=2"):

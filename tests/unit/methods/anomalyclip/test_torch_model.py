@@ -40,10 +40,9 @@ def _attend(attention, queries, keys, values, shape):
 
 def _reference_streams(backbone: FrozenCLIP, images: torch.Tensor, start: int):
     """The official dual path written out with explicit Q/K/V maths (independent of the model code)."""
-    visual = backbone.visual
-    x = visual.ln_pre(backbone.embed_patches(images))
+    x = backbone.ln_pre(backbone.embed_patches(images))
     dpam = None
-    for index, block in enumerate(visual.transformer.resblocks, start=1):
+    for index, block in enumerate(backbone.blocks, start=1):
         if index < start:
             x = block(x)
             continue
@@ -75,7 +74,7 @@ def test_dpam_off_gives_plain_clip_patch_features(backbone: FrozenCLIP, images: 
     features = model.encode_image(images)
     plain = backbone.encode_image(images, layers=[4])
     torch.testing.assert_close(features.patch_embeddings[8], backbone.project(plain.patch_tokens))
-    expected_4 = backbone.project(backbone.visual.ln_post(plain.layer_tokens[4][:, 1:]))
+    expected_4 = backbone.project(backbone.ln_post(plain.layer_tokens[4][:, 1:]))
     torch.testing.assert_close(features.patch_embeddings[4], expected_4)
 
 
@@ -86,7 +85,7 @@ def test_original_stream_cls_is_unchanged_by_dpam(backbone: FrozenCLIP, images: 
     torch.testing.assert_close(with_dpam.global_embedding, without.global_embedding, rtol=0, atol=0)
     final, _ = backbone.run_blocks(backbone.embed_patches(images))
     # Official: CLS of the original stream @ proj, no ln_post.
-    torch.testing.assert_close(with_dpam.global_embedding, final[:, 0] @ backbone.visual.proj)
+    torch.testing.assert_close(with_dpam.global_embedding, final[:, 0] @ backbone.proj)
     with_ln_post = _model(backbone, global_ln_post=True).encode_image(images)
     torch.testing.assert_close(with_ln_post.global_embedding, backbone.pool(final))
     assert not torch.allclose(with_dpam.patch_embeddings[8], without.patch_embeddings[8], atol=1e-3)
@@ -100,13 +99,16 @@ def test_dpam_stream_matches_the_official_dual_path(
     model = _model(backbone, layers=[2, 8], dpam_start=start)
     features = model.encode_image(images)
     original, dpam = _reference_streams(backbone, images, start)
-    visual = backbone.visual
-    torch.testing.assert_close(features.global_embedding, original[:, 0] @ visual.proj, rtol=1e-4, atol=1e-5)
-    expected = visual.ln_post(dpam[:, 1:]) @ visual.proj
+    torch.testing.assert_close(
+        features.global_embedding, original[:, 0] @ backbone.proj, rtol=1e-4, atol=1e-5
+    )
+    expected = backbone.ln_post(dpam[:, 1:]) @ backbone.proj
     torch.testing.assert_close(features.patch_embeddings[8], expected, rtol=1e-4, atol=1e-5)
     if start > 2:  # a block before DPAM starts taps the plain stream
         _, taps = backbone.run_blocks(backbone.embed_patches(images), layers=[2])
-        torch.testing.assert_close(features.patch_embeddings[2], visual.ln_post(taps[2][:, 1:]) @ visual.proj)
+        torch.testing.assert_close(
+            features.patch_embeddings[2], backbone.ln_post(taps[2][:, 1:]) @ backbone.proj
+        )
 
 
 @pytest.mark.parametrize(("shape", "sigma"), [((2, 40, 40), 4.0), ((1, 10, 12), 4.0), ((1, 37, 29), 1.5)])

@@ -17,11 +17,11 @@ pytestmark = pytest.mark.slow
 
 def test_vit_l14_336_at_518_trains_one_step_and_tests_one_batch():
     native = FrozenCLIP("ViT-L-14-336", None, quick_gelu=False, seed=5)
-    native_pos = native.visual.positional_embedding.detach().clone()
+    native_pos = native.positional_embedding.detach().clone()
     del native
     backbone = FrozenCLIP("ViT-L-14-336", None, image_size=518, quick_gelu=False, seed=5)
     assert backbone.grid_size == (37, 37) and backbone.num_layers == 24 and backbone.width == 1024
-    pos = backbone.visual.positional_embedding.detach()
+    pos = backbone.positional_embedding.detach()
     assert native_pos.shape == (1 + 24 * 24, 1024) and pos.shape == (1 + 37 * 37, 1024)
     torch.testing.assert_close(pos[0], native_pos[0])
     grid = native_pos[1:].reshape(1, 24, 24, 1024).permute(0, 3, 1, 2)

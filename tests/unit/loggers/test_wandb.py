@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_vlm.callbacks.wandb import WandbRunLogger, finish, log_results, read_offline_run
+from anomaly_vlm.loggers.wandb import WandbRunLogger, finish, log_results
 
 wandb = pytest.importorskip("wandb")
 
@@ -23,7 +23,7 @@ def fresh_wandb():
     wandb.teardown()
 
 
-def _read_when_complete(folder: Path, timeout: float = 20.0) -> dict:
+def _read_when_complete(read_offline_run, folder: Path, timeout: float = 20.0) -> dict:
     """W&B's service may still be writing the transaction log for a moment after finish()."""
     deadline = time.monotonic() + timeout
     while True:
@@ -45,7 +45,7 @@ def _metrics(value: float) -> dict:
     }
 
 
-def test_offline_run_is_read_back(tmp_path: Path, monkeypatch) -> None:
+def test_offline_run_is_read_back(tmp_path: Path, monkeypatch, read_offline_run) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     overlay = tmp_path / "overlays" / "brick" / "hole_000.png"
@@ -66,7 +66,7 @@ def test_offline_run_is_read_back(tmp_path: Path, monkeypatch) -> None:
     log_results(logger, per_category, _metrics(0.5), {"ms_per_image": 2.5, "flops_per_image": 10}, tmp_path)
     finish(logger)
 
-    run = _read_when_complete(tmp_path / "wandb")
+    run = _read_when_complete(read_offline_run, tmp_path / "wandb")
     assert run["name"] == "method=clip,seed=3" and run["group"] == "sweep-a"
     assert run["tags"] == ["method:clip", "seed:3"]
     assert run["config"]["method"] == "clip" and run["config"]["seed"] == 3

@@ -23,6 +23,7 @@ from hydra.utils import get_class
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
+from anomaly_vlm import compat
 from anomaly_vlm.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class WandbRunLogger(WandbLogger):
 
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         self.heatmaps_per_category = int(heatmaps_per_category)
+        self.offline = bool(offline)
         self._init_timeout = float(init_timeout)
         super().__init__(
             project=project,
@@ -73,17 +75,14 @@ class WandbRunLogger(WandbLogger):
 
     @property
     def experiment(self):  # type: ignore[override]
-        if self._experiment is not None:
-            return self._experiment
         try:
             return super().experiment
         except Exception as error:  # noqa: BLE001 — any failure to reach W&B must not stop the job
-            if self._offline:
+            if self.offline or compat.wandb_run_started(self):
                 raise
             log.warning("W&B could not be reached (%s); continuing offline in %s", error, self.save_dir)
-            self._experiment = None
-            self._offline = True
-            self._wandb_init["mode"] = "offline"
+            compat.wandb_logger_go_offline(self)
+            self.offline = True
             os.environ["WANDB_MODE"] = "offline"
             return super().experiment
 
@@ -101,7 +100,7 @@ def run_fields(cfg: DictConfig, names: dict[str, str | None]) -> dict[str, Any]:
     """``name``, ``group`` and ``tags`` of a job's W&B run."""
     from hydra.core.hydra_config import HydraConfig
 
-    from anomaly_vlm.tasks.resume import in_multirun
+    from anomaly_vlm.runtime import in_multirun
 
     name, group = None, None
     if HydraConfig.initialized():
@@ -122,7 +121,17 @@ def pivot_fields(cfg: DictConfig, names: dict[str, str | None]) -> dict[str, Any
         "shots": int(cfg.shots),
         "seed": int(cfg.seed),
         "dataset": names.get("data"),
+        "transductive": is_transductive(cfg),
     }
+
+
+def is_transductive(cfg: DictConfig) -> bool:
+    """Whether the configured method scores test images against each other (a separate protocol)."""
+    target = (cfg.get("method") or {}).get("_target_")
+    if not target:
+        return False
+    # ``is True``: the base class defines ``transductive`` as a property, truthy on the class itself.
+    return getattr(get_class(target), "transductive", False) is True
 
 
 def heatmaps_wanted(logger: Any) -> int:
@@ -171,88 +180,7 @@ def log_results(
 
 def finish(logger: Any) -> None:
     """Close the W&B run of a job, so every job of a multirun is its own run."""
-    if isinstance(logger, WandbLogger) and logger._experiment is not None:
+    if isinstance(logger, WandbLogger) and compat.wandb_run_started(logger):
         import wandb
 
         wandb.finish()
-
-
-def _log_records(path: Path):
-    """Raw records of a W&B transaction log (``run-<id>.wandb``): LevelDB-style 32 KiB blocks."""
-    import struct
-
-    data = Path(path).read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B run file")
-    block, position, pending = 32768, 7, b""
-    while position + 7 <= len(data):
-        left = block - position % block
-        if left < 7:
-            position += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
-        position += 7
-        chunk = data[position : position + length]
-        position += length
-        if kind == 1:
-            yield chunk
-        elif kind == 2:
-            pending = chunk
-        elif kind == 3:
-            pending += chunk
-        elif kind == 4:
-            yield pending + chunk
-            pending = b""
-
-
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
-    """What an offline run wrote, read back without syncing: name, group, tags, config, history, summary.
-
-    Args:
-        run_dir: ``<run>/wandb/offline-run-...`` (or the ``wandb`` folder holding exactly one run).
-    """
-    import json
-
-    from wandb.proto import wandb_internal_pb2
-
-    run_dir = Path(run_dir)
-    files = sorted(run_dir.rglob("run-*.wandb"))
-    if len(files) != 1:
-        raise FileNotFoundError(f"expected one run-*.wandb below {run_dir}, found {len(files)}")
-    out: dict[str, Any] = {
-        "name": None,
-        "group": None,
-        "tags": [],
-        "config": {},
-        "history": [],
-        "summary": {},
-    }
-    for raw in _log_records(files[0]):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            # A run may be recorded more than once (e.g. updates at finish); keep the fields that are set.
-            fields = {
-                "name": record.run.display_name,
-                "group": record.run.run_group,
-                "tags": list(record.run.tags),
-            }
-            out.update({key: value for key, value in fields.items() if value})
-        elif kind == "config":
-            out["config"].update({item.key: json.loads(item.value_json) for item in record.config.update})
-        elif kind == "history":
-            out["history"].append(
-                {
-                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                    for item in record.history.item
-                }
-            )
-        elif kind == "summary":
-            out["summary"].update(
-                {
-                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                    for item in record.summary.update
-                }
-            )
-    return out

@@ -1,0 +1,366 @@
+"""Setting a job up: instantiate from the config, check every input, build the method.
+
+Everything that can be checked without touching the model (dataset layout, shots, training data,
+block indices, checkpoint files, image headers) is checked before the backbone is built, so a bad
+input fails in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import anomaly_vlm.resolvers  # noqa: F401  (configs interpolate its resolvers, e.g. num_workers)
+from anomaly_vlm.data import AnomalyDataModule, DataError, DatasetSource, Sample
+from anomaly_vlm.data.checks import preflight
+from anomaly_vlm.data.sampling import ShotsError, write_reference_log
+from anomaly_vlm.loggers import wandb as wandb_helpers
+from anomaly_vlm.methods.base import AnomalyMethod
+from anomaly_vlm.prompts import PromptSet
+from anomaly_vlm.tasks import resume
+from anomaly_vlm.tasks.errors import CheckpointError, ConfigError, MissingValueError
+
+log = logging.getLogger(__name__)
+
+NAMED_GROUPS = ("method", "backbone", "prompts", "data", "train_data")
+
+# Lightning's advice to raise num_workers is noise for per-category loaders of small test sets.
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
+
+
+def quiet_lightning() -> None:
+    """One line per Lightning message (Hydra's handler already prints them), no product adverts."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.propagate = True
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+
+
+# First bytes of the files torch.save writes: a zip archive (default since torch 1.6) or a raw pickle.
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Reject a ``ckpt_path`` that cannot be a checkpoint before any weights load.
+
+    Reads four bytes: a folder, an empty file or an image would otherwise fail deep inside unpickling.
+    """
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise CheckpointError(
+            f"ckpt_path={path} is a folder, not a checkpoint file "
+            f"(a training run writes {resume.TRAINED_CHECKPOINT} below its run folder)"
+        )
+    if not file.exists():
+        raise CheckpointError(f"ckpt_path does not exist: {path}")
+    with file.open("rb") as handle:
+        head = handle.read(4)
+    if not head:
+        raise CheckpointError(f"ckpt_path={path} is an empty file, not a checkpoint")
+    if not head.startswith(_CHECKPOINT_MAGIC):
+        raise CheckpointError(
+            f"ckpt_path={path} is not a checkpoint (expected a .ckpt written by train.py, found a file "
+            f"starting with {head!r})"
+        )
+
+
+def load_checkpoint(method: AnomalyMethod, path: str) -> None:
+    """``method.load_trainable_checkpoint`` with its failures as :class:`CheckpointError`."""
+    try:
+        method.load_trainable_checkpoint(path)
+    except (pickle.UnpicklingError, EOFError) as error:
+        raise CheckpointError(
+            f"ckpt_path={path} is not a checkpoint ({type(error).__name__}: {error})"
+        ) from error
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
+        if isinstance(error, FileNotFoundError | IsADirectoryError):
+            raise CheckpointError(f"ckpt_path does not exist: {path}") from error
+        message = str(error) if "ckpt_path" in str(error) else f"ckpt_path={path}: {error}"
+        raise CheckpointError(message) from error
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``instantiate`` that surfaces our own clear errors instead of Hydra's wrapped repr of them.
+
+    Built objects are passed through a partial: Hydra would turn dataclass kwargs back into configs.
+    A value left at ``???`` is reported by its full key before anything is built.
+    """
+    missing = sorted(OmegaConf.missing_keys(node))
+    if missing:
+        # missing_keys already names them from the config root (``data.root``).
+        raise MissingValueError(f"{', '.join(missing)} must be set (add {missing[0]}=... to the command)")
+    try:
+        factory = instantiate(node, _partial_=True)
+    except InstantiationException as error:
+        raise (error.__cause__ or error) from None
+    try:
+        return factory(**kwargs)
+    except InstantiationException as error:
+        raise (error.__cause__ or error) from None
+
+
+def group_choices(cfg: DictConfig) -> dict[str, str | None]:
+    """Which file of each config group this job uses (method, backbone, ...)."""
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        return {group: choices.get(group) for group in NAMED_GROUPS}
+    names = cfg.get("names") or {}
+    return {group: names.get(group) for group in NAMED_GROUPS}
+
+
+#: Folders of per-image artefacts a job writes into its run folder (checkpoints are kept for resumption).
+OVERLAY_DIR = "overlays"
+ARTEFACT_DIRS = (OVERLAY_DIR, "predictions", "heatmaps", "masks", "detectors")
+
+
+def clear_stale_artefacts(output_dir: Path) -> None:
+    """Remove the per-image artefacts of an earlier run, so ``overwrite=true`` leaves no stale files."""
+    for name in ARTEFACT_DIRS:
+        shutil.rmtree(output_dir / name, ignore_errors=True)
+
+
+def guard_finished_run(output_dir: Path, overwrite: bool) -> dict | None:
+    """Never replace a finished result unless asked to; in a multirun, return it so the job is skipped.
+
+    With ``overwrite`` the earlier run's overlays, predictions and heatmaps are removed as well: a new
+    run may write fewer of them, and stale ones would be mistaken for its own.
+    """
+    finished = resume.finished_result(output_dir, overwrite)
+    if finished is None and overwrite:
+        clear_stale_artefacts(output_dir)
+    return finished
+
+
+def build_logger(cfg: DictConfig, names: dict[str, str | None]) -> Any:
+    if not cfg.get("logger") or "_target_" not in cfg.logger:
+        return False
+    if wandb_helpers.is_wandb_config(cfg.logger):
+        return build(cfg.logger, **wandb_helpers.run_fields(cfg, names))
+    return instantiate(cfg.logger)
+
+
+def dataset_class_names(*sources: DatasetSource | None) -> dict[str, str]:
+    """``data.class_names`` (and ``train_data.class_names``), checked against their categories."""
+    names: dict[str, str] = {}
+    for source in sources:
+        if source is not None:
+            names.update(source.class_names)
+    return names
+
+
+def with_class_names(prompts: PromptSet, class_names: dict[str, str]) -> PromptSet:
+    """The prompt set with the datasets' class names merged in (the data's names win).
+
+    A learned prompt set (AnomalyCLIP's object-agnostic prompts) has no class-name slot: the names are
+    ignored with one log line rather than failing a run that merely shares a data config.
+    """
+    if not class_names:
+        return prompts
+    if not hasattr(prompts, "class_name_overrides"):
+        log.info(
+            "prompt set '%s' has no class names (learned prompts): data class_names %s are ignored",
+            getattr(prompts, "name", type(prompts).__name__),
+            sorted(class_names),
+        )
+        return prompts
+    return dataclasses.replace(prompts, class_name_overrides={**prompts.class_name_overrides, **class_names})
+
+
+def parse_shots(value: Any) -> int:
+    """``shots`` as a whole number; ``abc`` or ``1.5`` would otherwise crash or silently run 1-shot."""
+    if isinstance(value, bool):
+        raise ShotsError(f"shots={value} is not a whole number (use 0 for zero-shot or e.g. shots=4)")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise ShotsError(f"shots={value} is not a whole number (use 0 for zero-shot or e.g. shots=4)")
+
+
+def check_shots_supported(method_node: DictConfig, shots: int, method_name: str | None) -> None:
+    """Reject few-shot for zero-shot-only methods before anything heavy is built."""
+    method_class = get_class(method_node._target_)
+    if shots and not getattr(method_class, "supports_few_shot", True):
+        name = method_name or getattr(method_class, "method_name", method_class.__name__)
+        raise ShotsError(f"method '{name}' is zero-shot only; shots={shots} is not supported (use shots=0)")
+
+
+def trains_on_auxiliary_data(cfg: DictConfig) -> bool:
+    """Whether the configured method learns parameters on ``train_data``."""
+    return bool(getattr(get_class(cfg.method._target_), "trains_on_auxiliary_data", False))
+
+
+def check_training_data(cfg: DictConfig, fit: bool, method_name: str | None) -> None:
+    """A method that learns on auxiliary data needs ``train_data`` (or trained weights) to be useful."""
+    method_class = get_class(cfg.method._target_)
+    if not getattr(method_class, "trains_on_auxiliary_data", False) or cfg.get("ckpt_path"):
+        return
+    name = method_name or getattr(method_class, "method_name", method_class.__name__)
+    if fit and not cfg.get("train_data"):
+        raise DataError(
+            f"method '{name}' trains on an auxiliary dataset: use a published protocol "
+            f"(experiment={name}_mvtec trains on VisA, experiment={name}_visa on MVTec AD), or set "
+            "train_data=<mvtec|visa|folder|synthetic> (the cross-dataset protocol trains on the other "
+            "dataset's test split), or load trained parameters with ckpt_path=..."
+        )
+    if not fit:
+        log.warning("method '%s' is evaluated with untrained parameters (no ckpt_path given)", name)
+
+
+def backbone_depths(backbone_node: DictConfig) -> tuple[int, int] | None:
+    """(vision blocks, text blocks) of the configured backbone from its model config, without weights.
+
+    None when the model config is unknown (the backbone's own error names the model later).
+    """
+    import open_clip
+
+    from anomaly_vlm.backbones.clip import register_package_model_configs
+
+    register_package_model_configs()
+    model_config = open_clip.get_model_config(str(backbone_node.get("model")))
+    if not model_config:
+        return None
+    return int(model_config["vision_cfg"]["layers"]), int(model_config["text_cfg"]["layers"])
+
+
+def check_backbone_depths(cfg: DictConfig, backbone_name: str | None) -> None:
+    """Block indices of the method and prompt set must exist in the backbone (checked before weights load).
+
+    A method file written for ViT-L (24 blocks) combined with ``backbone=tiny`` (8) is a config mistake,
+    not a crash inside model construction.
+    """
+    depths = backbone_depths(cfg.backbone)
+    if depths is None:
+        return
+    vision, text = depths
+    model = f"backbone '{cfg.backbone.get('model')}'"
+    if backbone_name:
+        model = f"backbone={backbone_name} ('{cfg.backbone.get('model')}')"
+    layers = cfg.method.get("layers")
+    if layers:
+        bad = [int(layer) for layer in layers if not 1 <= int(layer) <= vision]
+        if bad:
+            raise ConfigError(
+                f"method.layers={[int(layer) for layer in layers]}: blocks {bad} outside 1..{vision} of "
+                f"{model}; e.g. method.layers=[{vision}]"
+            )
+    dpam_start = cfg.method.get("dpam_start")
+    if dpam_start is not None and not 1 <= int(dpam_start) <= vision:
+        raise ConfigError(f"method.dpam_start={dpam_start} outside 1..{vision} of {model}")
+    depth = cfg.get("prompts", {}).get("deep_prompt_depth")
+    if depth is not None and int(depth) > text:
+        raise ConfigError(
+            f"prompts.deep_prompt_depth={depth} exceeds the {text} text blocks of {model}; "
+            f"set prompts.deep_prompt_depth<={text}"
+        )
+
+
+def draw_all_references(
+    datamodule: AnomalyDataModule, categories: list[str], shots: int, seed: int
+) -> dict[str, list[Sample]]:
+    return {category: datamodule.reference_samples(category, shots, seed) for category in categories}
+
+
+def is_repeated_zero_shot_draw(cfg: DictConfig) -> bool:
+    """Whether this multirun job would repeat another one: a zero-shot job uses no references, so of
+    the reference draws a method sweeps by default (``reference_seed`` = 0 .. ``reference_draws`` - 1)
+    only the first one runs."""
+    if parse_shots(cfg.get("shots", 0)) != 0 or not HydraConfig.initialized():
+        return False
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    draws = int(cfg.get("reference_draws") or 1)
+    return 0 < int(cfg.get("reference_seed", 0)) < draws
+
+
+@dataclasses.dataclass
+class PreparedJob:
+    """What the test (or predict) loop needs once every input check has passed."""
+
+    method: AnomalyMethod
+    references: dict[str, list[Sample]]
+    shots: int
+    reference_seed: int
+
+
+def prepare_job(
+    cfg: DictConfig,
+    datamodule: AnomalyDataModule,
+    sources: tuple[DatasetSource | None, ...],
+    output_dir: Path,
+    method_name: str | None,
+    fit: bool,
+) -> PreparedJob:
+    """Checks, reference draws, then the model: the part shared by testing and prediction.
+
+    Everything cheap (shots, training data, file headers) is checked before the backbone is built, so a
+    bad input fails in seconds.
+    """
+    categories = datamodule.categories
+    shots = parse_shots(cfg.shots)
+    reference_seed = int(cfg.get("reference_seed", cfg.seed))
+    references = draw_all_references(datamodule, categories, shots, reference_seed)
+    check_shots_supported(cfg.method, shots, method_name)
+    check_training_data(cfg, fit, method_name)
+    check_backbone_depths(cfg, group_choices(cfg)["backbone"])
+    if cfg.get("ckpt_path"):
+        check_checkpoint_file(str(cfg.ckpt_path))
+    class_names = dataset_class_names(*sources)
+    preflight(datamodule, categories, references)
+    if shots:
+        write_reference_log(output_dir / "references.json", references, shots, reference_seed)
+
+    backbone = build(cfg.backbone)
+    prompts = with_class_names(build(cfg.prompts), class_names)
+    method: AnomalyMethod = build(
+        cfg.method, backbone=backbone, prompts=prompts, shots=shots, text_cache_dir=cfg.paths.cache_dir
+    )
+    if cfg.get("ckpt_path"):
+        load_checkpoint(method, str(cfg.ckpt_path))
+    return PreparedJob(method, references, shots, reference_seed)
+
+
+def build_datamodule(cfg: DictConfig, names: dict[str, str | None]) -> tuple[AnomalyDataModule, tuple]:
+    """The labelled datamodule and its sources ``(train_source, source)``; only trained methods get
+    train_data."""
+    parse_shots(cfg.get("shots", 0))
+    source = build(cfg.data)
+    if cfg.data.get("name"):
+        names["data"] = str(cfg.data.name)  # e.g. data=meta_json data.name=mpdd: tables per dataset
+    if not source.labelled:
+        raise DataError(
+            f"data={names['data'] or source.name} holds unlabelled images, which have no metrics to test: "
+            "score them with `python evaluate.py mode=predict data.path=...`"
+        )
+    train_source = None
+    if cfg.get("train_data"):
+        if trains_on_auxiliary_data(cfg):
+            train_source = build(cfg.train_data)
+        else:
+            # A sweep over methods shares one train_data; the training-free methods ignore it and their
+            # results must not claim a training set.
+            log.info("method '%s' does not train: train_data is ignored", names["method"])
+            names["train_data"] = None
+    datamodule = build(cfg.datamodule, source=source, train_source=train_source)
+    return datamodule, (train_source, source)

@@ -1,0 +1,50 @@
+"""Concurrent jobs with one training fingerprint: one trains, the others wait for its result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from anomaly_vlm.tasks import resume
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from anomaly_vlm.tasks.resume import training_lock
+shared = Path(sys.argv[1])
+with training_lock(shared):
+    print("locked", flush=True)
+    time.sleep(1.5)
+    shared.write_text("trained")
+"""
+
+
+def test_a_second_job_waits_for_the_training_job(tmp_path: Path) -> None:
+    shared = tmp_path / "trained" / "abc.ckpt"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(shared)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        with resume.training_lock(shared):
+            waited = time.monotonic() - started
+            # The lock is only granted once the holder has published its result.
+            assert shared.read_text() == "trained"
+        assert waited > 0.5
+    finally:
+        holder.wait(timeout=30)
+    assert holder.returncode == 0
+
+
+def test_a_dead_holder_releases_the_lock(tmp_path: Path) -> None:
+    shared = tmp_path / "abc.ckpt"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER.replace("time.sleep(1.5)", "import os; os._exit(3)"), str(shared)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    holder.wait(timeout=30)
+    with resume.training_lock(shared):
+        assert not shared.exists()  # the killed job published nothing; this one trains itself

@@ -1,0 +1,115 @@
+"""The import graph of ``anomaly_vlm``: no circle between modules, no arrow from a lower layer up.
+
+Every import counts, also those inside functions or under ``TYPE_CHECKING``: a deferred import is
+still a dependency, just a hidden one.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "anomaly_vlm"
+
+#: Lower layers never import higher ones; a package may import its own modules and any lower layer.
+LAYERS: dict[str, float] = {
+    # foundations: know nothing of the rest
+    "runtime": 0,
+    "compat": 0,
+    "resolvers": 0,
+    "backbones": 0,
+    "data": 0,
+    "metrics": 0,
+    # built on one foundation each
+    "prompts": 1,
+    "reporting": 1,
+    # methods: backbone + prompts + typed batches
+    "methods": 2,
+    # what runs around a method: the evaluation path, efficiency probe, loggers
+    "callbacks": 3,
+    "loggers": 3,
+    # thresholds and decisions on finished categories; saved detectors built on them
+    "decisions": 3.5,
+    "deploy": 3.6,
+    # entry-point tasks
+    "tasks": 4,
+    # checks of the command line before Hydra starts (train.py, evaluate.py)
+    "entry": 5,
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """The ``anomaly_vlm`` modules ``path`` imports (``from pkg import module`` names the module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name in known)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, set(modules)) - {name} for name, path in modules.items()}
+
+
+def _area(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "anomaly_vlm"
+
+
+def test_every_area_has_a_layer():
+    areas = {_area(module) for module in _modules()} - {"anomaly_vlm"}
+    assert areas <= set(LAYERS), f"give {sorted(areas - set(LAYERS))} a layer in LAYERS"
+
+
+def test_no_import_points_up_or_sideways_across_layers():
+    wrong = []
+    for module, targets in _graph().items():
+        if _area(module) == "anomaly_vlm":
+            continue  # the package root only re-exports its version
+        for target in targets:
+            source_area, target_area = _area(module), _area(target)
+            if target_area == "anomaly_vlm" or source_area == target_area:
+                continue
+            if LAYERS[target_area] >= LAYERS[source_area]:
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, "imports against the layering:\n" + "\n".join(sorted(wrong))
+
+
+def test_import_graph_has_no_circle():
+    graph = _graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if node.startswith(f"{target}.") or target.startswith(f"{node}."):
+                continue  # a package's __init__ re-exports its own modules: not a circle
+            if state.get(target) == 1:
+                circles.append(" -> ".join([*stack[stack.index(target) :], target]))
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert not circles, "import circles:\n" + "\n".join(circles)
