@@ -147,6 +147,8 @@ class CategoryDecisions:
         self.settings = settings
         self.thresholds: dict[str, CategoryThresholds] = dict(thresholds or {})
         self.results: dict[str, dict[str, float | None]] = {}
+        #: Why the thresholds transfer only approximately to the test set (None: they transfer).
+        self.caveat: str | None = None
 
     def category_thresholds_fixed(self) -> CategoryThresholds:
         """The ``fixed`` thresholds as given."""
@@ -211,6 +213,7 @@ class CategoryDecisions:
             "method": self.settings.method,
             "target_fpr": self.settings.target_fpr if self.settings.method == "normal_fpr" else None,
             "optimistic": any(t.optimistic for t in self.thresholds.values()),
+            "caveat": self.caveat,
             "thresholds": {category: t.to_dict() for category, t in self.thresholds.items()},
             "per_category": self.results,
             "mean": means,

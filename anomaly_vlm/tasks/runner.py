@@ -99,6 +99,14 @@ class Job:
             # tables would label them "trained on ..." next to (or instead of) the trained run.
             self.names["train_data"] = None
         if self.decisions.settings.method == "normal_fpr":
+            model = getattr(prepared.method, "model", None)
+            if prepared.method.transductive or (prepared.shots and hasattr(model, "postprocess_set")):
+                # Scores normalised over the scored set: the held-out set has its own scale.
+                self.decisions.caveat = (
+                    "image scores are normalised over the scored set; held-out thresholds transfer "
+                    "only approximately"
+                )
+                log.warning("threshold.method=normal_fpr: %s", self.decisions.caveat)
             self.decisions.thresholds = heldout_thresholds(
                 functools.partial(build, self.cfg.trainer, logger=False),
                 prepared.method,
