@@ -1,0 +1,47 @@
+"""PromptAD's Lightning wrapper: few-shot only, trains inside the category set-up, nothing for the runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from anomaly_vlm.methods.promptad import PromptADModule
+from anomaly_vlm.prompts import PromptSet
+from anomaly_vlm.prompts.promptad import PromptADPromptSet
+
+CONF = Path(__file__).resolve().parents[4] / "conf" / "prompts" / "promptad.yaml"
+
+
+@pytest.fixture(scope="module")
+def prompt_set() -> PromptADPromptSet:
+    data = yaml.safe_load(CONF.read_text())
+    data.pop("_target_")
+    return PromptADPromptSet(**data)
+
+
+def test_refuses_zero_shot_and_other_prompt_sets(tiny_backbone, prompt_set) -> None:
+    with pytest.raises(ValueError, match=r"method 'promptad' is few-shot only; got shots=0"):
+        PromptADModule(tiny_backbone, prompt_set, shots=0)
+    with pytest.raises(ValueError, match="prompts=promptad"):
+        PromptADModule(tiny_backbone, PromptSet("p", ["{}"], ["bad {}"], ["a {}."]), shots=1)
+
+
+def test_trains_inside_the_category_setup_under_inference_mode(tiny_backbone, prompt_set) -> None:
+    method = PromptADModule(tiny_backbone, prompt_set, shots=1, epochs=2, progress=False)
+    assert not method.is_trainable  # the runner must not call fit: there is no auxiliary data
+    references = torch.rand(1, 3, 128, 128)
+    # Lightning runs on_test_start inside inference mode and no_grad; the prompts must still learn.
+    method.prepare_category("nut", references)
+    with torch.inference_mode():
+        method.on_test_start()
+        scores, maps = method.predict_images(torch.rand(2, 3, 128, 128))
+    history = method.training_history["nut"]
+    assert len(history["image"]) == len(history["pixel"]) == 2
+    assert scores.shape == (2,) and maps.shape == (2, 128, 128)
+    counts = method.parameter_counts()
+    assert counts["trainable"] == (3 * 4 + 4 * 1 + 1 * 4 + 4 * 1) * 64  # both branches' prompt vectors
+    with pytest.raises(ValueError, match="no trained checkpoint to load"):
+        method.load_trainable_checkpoint("x.ckpt")
