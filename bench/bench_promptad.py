@@ -48,7 +48,7 @@ def main() -> int:
     queries = torch.rand(args.images, 3, 240, 240, generator=generator).to(device)
     sync(device)
     start = time.perf_counter()
-    history = model.fit_category(args.category, references)
+    history = model.fit_category(args.category, model.reference_features(references))
     sync(device)
     fit_seconds = time.perf_counter() - start
     model.predict(queries[:2])  # warm-up

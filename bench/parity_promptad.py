@@ -324,7 +324,7 @@ def main() -> int:
             learner.anomaly_context.grad, their_grads["abnormal_ctx"]
         )
         print(f"{branch:5s} loss ours {losses['loss'].item():.6f} official {their_loss.item():.6f}")
-    ours.fit_category(args.category, as_float(references).to(device))
+    ours.fit_category(args.category, ours.reference_features(as_float(references).to(device)))
     for branch in ("image", "pixel"):
         stepped = theirs[branch].prompt_learner
         figures[f"after step/{branch} prompts"] = max(

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.base import AnomalyMethod
+from anomaly_vlm.methods.contract import FrozenFeatures, concat_features
 from anomaly_vlm.methods.promptad.torch_model import PromptADModel
 from anomaly_vlm.prompts.promptad import PromptADPromptSet
 
@@ -22,7 +23,9 @@ class PromptADModule(AnomalyMethod):
 
     For each category the prompts are trained from scratch on the ``shots`` normal references, inside the
     category set-up (a plain torch loop; no auxiliary dataset, so the runner has nothing to fit), and the
-    references' patch tokens form the visual memory. Few-shot only: ``shots`` must be at least 1.
+    references' patch tokens form the visual memory. Few-shot only: ``shots`` must be at least 1. Test
+    images go through :meth:`frozen_features` (BGR by default, as the release), references through
+    :meth:`reference_features` (RGB).
 
     Args:
         backbone: frozen CLIP (published: ViT-B-16-plus-240 ``laion400m_e32``, 240 px, fp16).
@@ -94,24 +97,31 @@ class PromptADModule(AnomalyMethod):
         # The prompts are learned per category inside setup_category, not by the runner's fit.
         return False
 
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        # The prompts belong to one category and are learned again, deterministically, whenever that
+        # category is set up; a checkpoint therefore holds only the metadata.
+        return {}
+
+    def reference_features(self, images: Tensor, batch_size: int | None = None) -> FrozenFeatures:
+        """Features of the references in RGB: only test images take the official BGR channel order."""
+        if batch_size is None or len(images) <= batch_size:
+            return self.model.reference_features(images)
+        chunks = [
+            self.model.reference_features(images[start : start + batch_size])
+            for start in range(0, len(images), batch_size)
+        ]
+        return concat_features(chunks)
+
     def setup_category(self, category: str, reference_images: Tensor | None) -> None:
         if reference_images is None or reference_images.shape[0] == 0:
             raise ValueError(
                 f"shots={self.shots} but no reference images were given for category '{category}'"
             )
-        # Lightning runs the test start inside inference mode; the prompt training needs autograd.
-        with torch.inference_mode(False), torch.enable_grad():
-            self.training_history[category] = self.model.fit_category(category, reference_images.clone())
-
-    def predict_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        prediction = self.model.predict(images)
-        return prediction.image_score, prediction.anomaly_map
-
-    def load_trainable_checkpoint(self, path: str) -> None:
-        raise ValueError(
-            f"ckpt_path={path}: PromptAD learns its prompts per category from the shots when it is tested; "
-            "there is no trained checkpoint to load (drop ckpt_path)"
-        )
+        # The test start runs inside inference mode and no_grad; the prompt training needs autograd.
+        with torch.inference_mode(False):
+            features = self.reference_features(reference_images.clone())
+            with torch.enable_grad():
+                self.training_history[category] = self.model.fit_category(category, features)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {**super().checkpoint_metadata(), "prompt_fingerprint": self.prompts.fingerprint()}

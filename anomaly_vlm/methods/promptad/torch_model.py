@@ -372,23 +372,21 @@ class PromptADModel(nn.Module):
             bar.set_postfix(loss=f"{value:.4f}")
         return learner, history
 
-    def fit_category(self, category: str, reference_images: Tensor) -> dict[str, list[float]]:
-        """Learn both branches' prompts from the references and build the visual memory.
+    def fit_category(self, category: str, references: FrozenFeatures) -> dict[str, list[float]]:
+        """Learn both branches' prompts from the references' features and build the visual memory.
 
-        The official code trains two separate prompt learners per category (``train_cls.py``: 3 normal
-        prompts, loss on the CLS embedding, used for image scores; ``train_seg.py``: 1 normal prompt, loss on
-        the V-V patch embeddings, used for maps), each for 100 epochs, and keeps the epoch whose TEST-set
-        AUROC is best. That selection uses test labels; here the last epoch is kept.
+        ``references`` are :meth:`reference_features` of the k normal shots (RGB). The official code
+        trains two separate prompt learners per category (``train_cls.py``: 3 normal prompts, loss on the
+        CLS embedding, used for image scores; ``train_seg.py``: 1 normal prompt, loss on the V-V patch
+        embeddings, used for maps), each for 100 epochs, and keeps the epoch whose TEST-set AUROC is best.
+        That selection uses test labels; here the last epoch is kept.
 
         Returns:
             The loss of every epoch, per branch.
         """
-        if reference_images is None or reference_images.shape[0] == 0:
+        if not references or references["global"].shape[0] == 0:
             raise ValueError(f"PromptAD needs normal reference images for category '{category}' (shots >= 1)")
-        with torch.no_grad():
-            references = {
-                key: value.clone() for key, value in self.reference_features(reference_images).items()
-            }
+        references = {key: value.detach().clone() for key, value in references.items()}
         self.memory = [
             references[f"memory_{i}"].reshape(-1, references[f"memory_{i}"].shape[-1])
             for i in range(len(self.memory_blocks))

@@ -33,15 +33,24 @@ def test_trains_inside_the_category_setup_under_inference_mode(tiny_backbone, pr
     method = PromptADModule(tiny_backbone, prompt_set, shots=1, epochs=2, progress=False)
     assert not method.is_trainable  # the runner must not call fit: there is no auxiliary data
     references = torch.rand(1, 3, 128, 128)
-    # Lightning runs on_test_start inside inference mode and no_grad; the prompts must still learn.
-    method.prepare_category("nut", references)
-    with torch.inference_mode():
-        method.on_test_start()
-        scores, maps = method.predict_images(torch.rand(2, 3, 128, 128))
+    # The category set-up runs in the test start, inside inference mode and no_grad; the prompts must still
+    # learn there.
+    with torch.inference_mode(), torch.no_grad():
+        method.setup_category("nut", references)
+        prediction = method.predict_images(torch.rand(2, 3, 128, 128))
     history = method.training_history["nut"]
     assert len(history["image"]) == len(history["pixel"]) == 2
-    assert scores.shape == (2,) and maps.shape == (2, 128, 128)
+    assert prediction.image_score.shape == (2,) and prediction.anomaly_map.shape == (2, 128, 128)
     counts = method.parameter_counts()
     assert counts["trainable"] == (3 * 4 + 4 * 1 + 1 * 4 + 4 * 1) * 64  # both branches' prompt vectors
-    with pytest.raises(ValueError, match="no trained checkpoint to load"):
-        method.load_trainable_checkpoint("x.ckpt")
+    # Per-category prompts are relearned at set-up: a checkpoint carries metadata only.
+    assert method.trainable_state_dict() == {}
+
+
+def test_references_stay_rgb_while_test_images_are_bgr(tiny_backbone, prompt_set) -> None:
+    method = PromptADModule(tiny_backbone, prompt_set, shots=1, epochs=1, progress=False)
+    x = torch.rand(3, 3, 128, 128)
+    chunked = method.reference_features(x, batch_size=2)
+    torch.testing.assert_close(
+        chunked["global"], method.frozen_features(x.flip(1))["global"], atol=1e-5, rtol=1e-4
+    )

@@ -92,7 +92,7 @@ def test_learns_from_the_shots_and_scores_end_to_end(tiny_backbone, prompt_set: 
     model = PromptADModel(tiny_backbone, prompt_set, epochs=6, lr=0.02, progress=False)
     with pytest.raises(RuntimeError, match="fit_category"):
         model.predict(images("disc", 1))
-    history = model.fit_category("disc", images("disc", 2))
+    history = model.fit_category("disc", model.reference_features(images("disc", 2)))
     for branch in ("image", "pixel"):
         assert len(history[branch]) == 6 and history[branch][-1] < history[branch][0] - 1e-3, history[branch]
     normal, anomalous = images("disc", 2, split="test"), images("disc", 2, defect="hole", seed=3)
@@ -105,7 +105,7 @@ def test_learns_from_the_shots_and_scores_end_to_end(tiny_backbone, prompt_set: 
     # a zero image score (1 / (1/0 + 1/t)); any other image scores above it.
     rgb = PromptADModel(tiny_backbone, prompt_set, epochs=1, test_channel_order="rgb", progress=False)
     shots = images("disc", 2)
-    rgb.fit_category("disc", shots)
+    rgb.fit_category("disc", rgb.reference_features(shots))
     scores = rgb.predict(torch.cat([shots[:1], anomalous])).image_score
     assert scores[0] < 1e-5 < scores[1:].min()
 
@@ -115,7 +115,7 @@ def test_training_is_deterministic(tiny_backbone, prompt_set: PromptADPromptSet)
     texts = []
     for _ in range(2):
         model = PromptADModel(tiny_backbone, prompt_set, epochs=1, progress=False)
-        model.fit_category("brick", shots)
+        model.fit_category("brick", model.reference_features(shots))
         texts.append((model.text_image.clone(), model.text_pixel.clone()))
     assert torch.equal(texts[0][0], texts[1][0]) and torch.equal(texts[0][1], texts[1][1])
 
@@ -126,4 +126,16 @@ def test_bad_settings_are_refused(tiny_backbone, prompt_set: PromptADPromptSet) 
     with pytest.raises(ValueError, match="memory_blocks"):
         PromptADModel(tiny_backbone, prompt_set, memory_blocks=[9])
     with pytest.raises(ValueError, match="reference images"):
-        PromptADModel(tiny_backbone, prompt_set).fit_category("disc", torch.zeros(0, 3, 128, 128))
+        PromptADModel(tiny_backbone, prompt_set).fit_category("disc", {})
+
+
+def test_half_precision_backbone_trains_and_scores(prompt_set: PromptADPromptSet) -> None:
+    from anomaly_vlm.backbones import FrozenCLIP
+
+    backbone = FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=0, precision="fp16")
+    assert backbone.dtype == torch.float16 and backbone.identity.endswith(":fp16")
+    model = PromptADModel(backbone, prompt_set, epochs=1, progress=False)
+    model.fit_category("nut", model.reference_features(images("nut", 1)))
+    assert model.learners["image"].normal_context.dtype == torch.float16  # as the release's fp16 prompts
+    prediction = model.predict(images("nut", 1, split="test"))
+    assert prediction.image_score.dtype == torch.float32 and torch.isfinite(prediction.anomaly_map).all()
