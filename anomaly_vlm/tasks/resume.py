@@ -10,15 +10,19 @@ final trainable parameters; a job killed while testing reloads it instead of tra
 
 Jobs that would train identical parameters (the reference draws of a few-shot sweep) share them through
 ``<cache_dir>/trained/<fingerprint>.ckpt``: the first job trains, the others load (``reuse_trained``).
+Parallel jobs (joblib, SLURM arrays) take a file lock on that checkpoint while they check for it and
+train, so a second job waits for the first one's training and then loads it instead of training too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_vlm.cache.locks import file_lock
 from anomaly_vlm.reporting.results import RESULTS_FILE, read_results, run_git
 
 log = logging.getLogger(__name__)
@@ -175,3 +180,24 @@ def publish_trained_checkpoint(trained: Path, shared: Path) -> None:
     temporary = shared.with_name(f".{shared.name}.{os.getpid()}.tmp")
     shutil.copyfile(trained, temporary)
     os.replace(temporary, shared)
+
+
+@contextlib.contextmanager
+def shared_training_lock(shared: Path | None, world_size: int = 1) -> Iterator[None]:
+    """Hold the lock of a shared trained checkpoint while checking for it and training.
+
+    A job that finds the lock taken waits: another job is training the identical parameters, and once
+    it publishes them this job loads them. Not under DDP (``world_size > 1``): the ranks of one job must
+    all take the same path through ``fit``, and one rank waiting on a lock the others skip would hang.
+    """
+    if shared is None or world_size > 1:
+        yield
+        return
+    lock = shared.with_name(f".{shared.name}.lock")
+    with file_lock(lock, blocking=False) as held:
+        if held:
+            yield
+            return
+    log.info("another job is training identical parameters; waiting for it (lock %s)", lock)
+    with file_lock(lock):
+        yield

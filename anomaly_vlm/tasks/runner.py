@@ -167,23 +167,25 @@ def fit_or_resume(
     trained parameters instead of training again; so does a job whose identical training another job
     already did (``shared``, see :func:`resume.shared_trained_checkpoint`).
     """
-    done = resume.trained_checkpoint(output_dir)
-    if done is None and shared is not None and shared.is_file():
-        log.info("identical training already done by another job; loading %s", shared)
-        done = shared
-    if done is not None:
-        log.info("training already finished; loading %s", done)
-        method.load_trainable_checkpoint(str(done))
-        return done
-    last = resume.last_checkpoint(output_dir)
-    if last is not None:
-        log.info("resuming training from %s", last)
-    trainer.fit(method, datamodule=datamodule, ckpt_path=str(last) if last else None)
-    trained = output_dir / TRAINED_CHECKPOINT
-    trainer.save_checkpoint(trained, weights_only=True)
-    if shared is not None and trainer.is_global_zero:
-        resume.publish_trained_checkpoint(trained, shared)
-    return trained
+    # Parallel jobs with the same fingerprint: one trains, the others wait here, then load.
+    with resume.shared_training_lock(shared, trainer.world_size):
+        done = resume.trained_checkpoint(output_dir)
+        if done is None and shared is not None and shared.is_file():
+            log.info("identical training already done by another job; loading %s", shared)
+            done = shared
+        if done is not None:
+            log.info("training already finished; loading %s", done)
+            method.load_trainable_checkpoint(str(done))
+            return done
+        last = resume.last_checkpoint(output_dir)
+        if last is not None:
+            log.info("resuming training from %s", last)
+        trainer.fit(method, datamodule=datamodule, ckpt_path=str(last) if last else None)
+        trained = output_dir / TRAINED_CHECKPOINT
+        trainer.save_checkpoint(trained, weights_only=True)
+        if shared is not None and trainer.is_global_zero:
+            resume.publish_trained_checkpoint(trained, shared)
+        return trained
 
 
 def dataset_class_names(*sources: DatasetSource | None) -> dict[str, str]:
