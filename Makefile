@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip parity-venv parity-winclip \
-	weights tables clean
+.PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip bench-cache parity-venv \
+	parity-winclip weights tables cache-info cache-clean clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_%-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ parity-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP vs anomalib: max |delta| of
 bench-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP forward time vs anomalib's (same weights and inputs), 0- and 4-shot
 	cd bench && PARITY_PYTHON=$(abspath $(PARITY_PY)) $(abspath $(PY)) bench_winclip.py
 
+bench-cache: $(STAMP)  ## feature cache: 12-job WinCLIP sweep and APRIL-GAN ViT-L training, with vs without
+	$(PY) bench/bench_cache.py $(BENCH_CACHE_ARGS)
+
 weights: $(STAMP)  ## download the weights of every backbone config (needs network)
 	$(PY) -m anomaly_vlm.backbones.download
 
@@ -94,6 +97,13 @@ reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprill
 	$(if $(FEWSHOT_$(word 1,$(subst -, ,$*))),$(PY) train.py -m experiment=$(subst -,_,$*) \
 		shots=$(FEWSHOT_$(word 1,$(subst -, ,$*))) reference_seed=$(SEEDS) sweep_name=reproduce-$* $(REPRODUCE_ARGS))
 	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$* --out $(OUT)/reproduce-$*
+
+FEATURE_CACHE ?=
+cache-info: $(STAMP)  ## disk use of the feature cache per backbone/method (FEATURE_CACHE=<dir> for another folder)
+	$(PY) -m anomaly_vlm.cache info $(if $(FEATURE_CACHE),--dir $(FEATURE_CACHE))
+
+cache-clean: $(STAMP)  ## delete the cached features (under ANOMALY_VLM_CACHE, or FEATURE_CACHE=<dir>)
+	$(PY) -m anomaly_vlm.cache clean $(if $(FEATURE_CACHE),--dir $(FEATURE_CACHE))
 
 clean:  ## remove outputs (not the venv)
 	rm -rf outputs multirun wandb reports
