@@ -314,6 +314,40 @@ class FeatureCache:
                 features = self._store(paths[index], keys[index], features)
             found[index] = features
 
+    def memo(self, name: str, material: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """A JSON value computed once per ``material`` and kept beside the features.
+
+        For figures whose measurement runs the image encoder although the features are cached, e.g. a
+        method's FLOPs per image (torch's counter executes the forward pass): a warm run then does no
+        encoder pass at all. ``material`` must name everything the value depends on.
+        """
+        if not self.enabled:
+            return compute()
+        text = json.dumps({"name": name, "material": material}, sort_keys=True, default=str)
+        key = hashlib.sha256(text.encode()).hexdigest()
+        path = self.dir / "values" / f"{key}.json"
+
+        def stored() -> tuple[bool, Any]:
+            try:
+                payload = json.loads(path.read_text())
+                return payload["key"] == key, payload["value"]
+            except (OSError, ValueError, KeyError, TypeError):
+                return False, None
+
+        found, value = stored()
+        if found:
+            return value
+        with self._locked([key]):
+            found, value = stored()
+            if found:
+                return value
+            value = compute()
+            try:
+                write_entry_atomic(path, json.dumps({"key": key, "name": name, "value": value}).encode())
+            except OSError as error:
+                log.warning("feature cache: cannot write %s (%s)", path, error)
+        return value
+
     # ----- size -------------------------------------------------------------------------------------
     def _maybe_evict(self) -> None:
         if self.max_bytes is None or self._written_since_check < max(self.max_bytes // 20, 1):

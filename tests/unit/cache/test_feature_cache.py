@@ -198,3 +198,24 @@ def test_stale_temporaries_are_removed_and_clean_empties_the_folder(tmp_path, im
     assert "6 images" in capsys.readouterr().out
     assert cache_cli(["clean", "--dir", str(tmp_path / "cache")]) == 0
     assert "removed" in capsys.readouterr().out and not _entry_files(cache)
+
+
+def test_memo_computes_a_value_once_per_material(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"flops": 123}
+
+    cache = FeatureCache(tmp_path / "cache")
+    assert cache.memo("flops", {"method": "a"}, compute) == {"flops": 123}
+    assert FeatureCache(tmp_path / "cache").memo("flops", {"method": "a"}, compute) == {"flops": 123}
+    assert len(calls) == 1
+    FeatureCache(tmp_path / "cache").memo("flops", {"method": "b"}, compute)
+    assert len(calls) == 2
+    for path in (tmp_path / "cache" / "values").iterdir():
+        path.write_text("{broken")
+    FeatureCache(tmp_path / "cache").memo("flops", {"method": "a"}, compute)
+    assert len(calls) == 3
+    FeatureCache(tmp_path / "off", enabled=False).memo("flops", {"method": "a"}, compute)
+    assert len(calls) == 4 and not (tmp_path / "off").exists()
