@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip bench-cache parity-venv \
-	parity-winclip weights tables cache-info cache-clean clean
+	parity-winclip parity-aprillab parity-anomalyclip \
+	weights tables cache-info cache-clean clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_%-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -58,6 +59,24 @@ parity-venv: $(PARITY_STAMP)  ## side env with anomalib[clip] + open_clip 2.24 (
 
 parity-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP vs anomalib: max |delta| of scores and maps, 0- and 2-shot
 	cd bench && PARITY_PYTHON=$(abspath $(PARITY_PY)) $(abspath $(PY)) parity_winclip.py
+
+# The official APRIL-GAN / AnomalyCLIP code, imported from a checkout given at run time (never vendored):
+# same random weights (a narrow ViT-L-14-336 with 24 blocks, at 518 px) and inputs on both sides.
+# Their few extra imports (tabulate, thop) are the `parity` extra: pip install -e ".[parity]".
+APRILGAN_DIR ?=
+ANOMALYCLIP_DIR ?=
+
+parity-aprillab: $(STAMP)  ## APRIL-GAN vs its official code: make parity-aprillab APRILGAN_DIR=<checkout>
+	@if [ -z "$(APRILGAN_DIR)" ]; then echo "APRILGAN_DIR is not set. Get the official code with"; \
+		echo "  git clone https://github.com/ByChelsea/VAND-APRIL-GAN"; \
+		echo "then: make parity-aprillab APRILGAN_DIR=<that folder>"; exit 2; fi
+	cd bench && $(abspath $(PY)) parity_aprillab.py --official "$(abspath $(APRILGAN_DIR))"
+
+parity-anomalyclip: $(STAMP)  ## AnomalyCLIP vs its official code: make parity-anomalyclip ANOMALYCLIP_DIR=<checkout>
+	@if [ -z "$(ANOMALYCLIP_DIR)" ]; then echo "ANOMALYCLIP_DIR is not set. Get the official code with"; \
+		echo "  git clone https://github.com/zqhang/AnomalyCLIP"; \
+		echo "then: make parity-anomalyclip ANOMALYCLIP_DIR=<that folder>"; exit 2; fi
+	cd bench && $(abspath $(PY)) parity_anomalyclip.py --official "$(abspath $(ANOMALYCLIP_DIR))"
 
 bench-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP forward time vs anomalib's (same weights and inputs), 0- and 4-shot
 	cd bench && PARITY_PYTHON=$(abspath $(PARITY_PY)) $(abspath $(PY)) bench_winclip.py

@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 import anomaly_vlm.resolvers  # noqa: F401  (sweep folder resolvers, needed before Hydra composes)
+from anomaly_vlm.entry import check_command_line
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -14,4 +15,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_command_line("evaluate")
     main()

@@ -22,10 +22,21 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+#: Hydra warns, in every process of a joblib sweep, that our launcher files (``conf/hydra/launcher``)
+#: share their name with the plugins' ConfigStore schemas; the merge it warns about is exactly what those
+#: files rely on, and they validate against the schemas. Only this warning is silenced. This module is
+#: imported by the entry points and, through ``ResolverCallback``, by each joblib worker before the
+#: worker composes its job config.
+LAUNCHER_SCHEMA_WARNING = (
+    r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema with the same name"
+)
+warnings.filterwarnings("ignore", message=LAUNCHER_SCHEMA_WARNING, category=UserWarning)
 
 #: Overrides that do not change what a job computes and so never name a folder.
 NEUTRAL_KEYS = (
@@ -96,8 +107,30 @@ def _sweep_folder(sweep_name: str | None = None) -> str:
     return os.environ.get(SWEEP_FOLDER_ENV) or DEFAULT_SWEEP_NAME
 
 
+#: Most loader workers a job starts by default, however many cores it may use: a sweep runs several jobs
+#: at once, and test sets this size are not read faster by more processes.
+MAX_DEFAULT_WORKERS = 8
+
+
+def available_workers(cap: int = MAX_DEFAULT_WORKERS) -> int:
+    """Loader workers for the cores this process may run on (its CPU affinity), at most ``cap``.
+
+    PyTorch warns that a loader "might freeze" when it starts more workers than that; a fixed default of
+    4 did so twice per run on a 2-core machine.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(int(cap), cores))
+
+
 def register_resolvers() -> None:
-    """Register ``sweep_folder`` and ``sanitize_dirname`` (idempotent)."""
+    """Register ``sweep_folder``, ``sanitize_dirname`` and ``available_workers`` (idempotent)."""
+    if not OmegaConf.has_resolver("available_workers"):
+        OmegaConf.register_new_resolver(
+            "available_workers", lambda cap=MAX_DEFAULT_WORKERS: available_workers(cap)
+        )
     if not OmegaConf.has_resolver("sweep_folder"):
         OmegaConf.register_new_resolver("sweep_folder", _sweep_folder, use_cache=True)
     if not OmegaConf.has_resolver("sanitize_dirname"):

@@ -22,9 +22,9 @@ TOLERANCE = 1e-4
 
 def time_ours(model, queries: torch.Tensor, times: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     started = time.perf_counter()
-    output = model(queries, normalized=True)
+    prediction = model(queries, normalized=True)
     times.append(time.perf_counter() - started)
-    return output
+    return prediction.image_score, prediction.anomaly_map
 
 
 def time_theirs(peer: Peer, queries: Path, out: Path, times: list[float]) -> None:

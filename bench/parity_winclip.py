@@ -42,7 +42,8 @@ def main() -> int:
             out = folder / f"theirs_{shots}.pt"
             peer.call(cmd="forward", images=str(folder / "queries.pt"), out=str(out))
             theirs = torch.load(out)
-            scores, maps = ours(queries, normalized=True)
+            prediction = ours(queries, normalized=True)
+            scores, maps = prediction.image_score, prediction.anomaly_map
             score_delta = (scores - theirs["scores"]).abs().max().item()
             map_delta = (maps - theirs["maps"]).abs().max().item()
             rows.append((label, score_delta, map_delta, scores, maps))

@@ -66,9 +66,17 @@ class ImageFeatures:
 
 
 def interpolate_positional_embedding(
-    pos_embed: Tensor, new_grid: tuple[int, int], mode: str = "bicubic", align_corners: bool = False
+    pos_embed: Tensor,
+    new_grid: tuple[int, int],
+    mode: str = "bicubic",
+    align_corners: bool = False,
+    antialias: bool = False,
 ) -> Tensor:
-    """Resize a ``[1 + H*W, C]`` ViT positional embedding to ``new_grid`` (CLS entry kept as is)."""
+    """Resize a ``[1 + H*W, C]`` ViT positional embedding to ``new_grid`` (CLS entry kept as is).
+
+    ``antialias`` matters even when upsampling: torch's antialiased bicubic uses a different kernel
+    (the one of PIL) than plain bicubic, so 24 -> 37 grids differ by ~1e-2 between the two.
+    """
     cls_pos, grid_pos = pos_embed[:1], pos_embed[1:]
     old = int(round(grid_pos.shape[0] ** 0.5))
     if old * old != grid_pos.shape[0]:
@@ -77,6 +85,10 @@ def interpolate_positional_embedding(
         return pos_embed
     grid = grid_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
     kwargs = {} if mode in {"nearest", "area"} else {"align_corners": align_corners}
+    if antialias:
+        if mode not in {"bilinear", "bicubic"}:
+            raise ValueError(f"pos-embed antialias needs mode bilinear or bicubic, got '{mode}'")
+        kwargs["antialias"] = True
     grid = F.interpolate(grid, size=tuple(new_grid), mode=mode, **kwargs)
     grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos_embed.dtype)
     return torch.cat([cls_pos, grid], dim=0)
@@ -94,6 +106,10 @@ class FrozenCLIP(nn.Module):
         quick_gelu: build the model with QuickGELU (what OpenAI's weights were trained with). The
             APRIL-GAN release ran OpenAI weights with plain GELU, so this is a per-backbone choice.
         pos_embed_interpolation: ``bicubic`` (default) or ``bilinear`` etc., see ``F.interpolate``.
+        pos_embed_antialias: resize with ``antialias=True``. Each official code base decides it: the
+            APRIL-GAN release's bundled open_clip resizes bicubic WITH antialias (maps move by up to 0.1
+            without it), AnomalyCLIP resizes bilinear without it; the backbone configs set the value of
+            the method that uses them.
         cache_dir: Hugging Face cache folder to search/download weights into.
         seed: seed of the random initialisation when ``pretrained`` is None.
         mean, std: normalisation; defaults to the tag's values, else OpenAI's.
@@ -106,6 +122,7 @@ class FrozenCLIP(nn.Module):
         image_size: int | None = None,
         quick_gelu: bool = False,
         pos_embed_interpolation: str = "bicubic",
+        pos_embed_antialias: bool = False,
         cache_dir: str | None = None,
         seed: int = 0,
         mean: Sequence[float] | None = None,
@@ -146,7 +163,10 @@ class FrozenCLIP(nn.Module):
         self.grid_size = (side, side)
         if self.image_size != native_size:
             new_pos = interpolate_positional_embedding(
-                visual.positional_embedding.data, self.grid_size, mode=pos_embed_interpolation
+                visual.positional_embedding.data,
+                self.grid_size,
+                mode=pos_embed_interpolation,
+                antialias=pos_embed_antialias,
             )
             visual.positional_embedding = nn.Parameter(new_pos)
             visual.image_size = (self.image_size, self.image_size)

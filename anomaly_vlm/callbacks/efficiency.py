@@ -18,6 +18,9 @@ def _synchronize() -> None:
 class EfficiencyProbe(L.Callback):
     """Times every test batch; reports median ms/image after warm-up and images/s.
 
+    A job whose test set fits in the warm-up batches is timed on those instead (flagged with
+    ``timing_includes_warmup``), so small jobs still get a latency figure rather than none.
+
     Args:
         warmup_batches: test batches of the job excluded from timing (first-call allocations, lazy
             init); counted over the whole job, not per category, so small categories still get timed.
@@ -30,6 +33,9 @@ class EfficiencyProbe(L.Callback):
         self.timed_seconds = 0.0
         self._start = 0.0
         self._batches_seen = 0
+        self._warmup_ms: list[float] = []
+        self._warmup_images = 0
+        self._warmup_seconds = 0.0
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         _synchronize()
@@ -39,19 +45,28 @@ class EfficiencyProbe(L.Callback):
         _synchronize()
         elapsed = time.perf_counter() - self._start
         self._batches_seen += 1
-        if self._batches_seen <= self.warmup_batches:
-            return
         count = len(batch)
+        if self._batches_seen <= self.warmup_batches:
+            self._warmup_ms.append(1000.0 * elapsed / count)
+            self._warmup_images += count
+            self._warmup_seconds += elapsed
+            return
         self.per_image_ms.append(1000.0 * elapsed / count)
         self.timed_images += count
         self.timed_seconds += elapsed
 
     def summary(self, pl_module: L.LightningModule | None = None) -> dict:
         """Figures for results.json (None where nothing was timed)."""
+        includes_warmup = not self.per_image_ms and bool(self._warmup_ms)
+        per_image_ms = self._warmup_ms if includes_warmup else self.per_image_ms
+        images = self._warmup_images if includes_warmup else self.timed_images
+        seconds = self._warmup_seconds if includes_warmup else self.timed_seconds
         figures: dict = {
-            "ms_per_image": statistics.median(self.per_image_ms) if self.per_image_ms else None,
-            "images_per_s": self.timed_images / self.timed_seconds if self.timed_seconds else None,
-            "timed_images": self.timed_images,
+            "ms_per_image": statistics.median(per_image_ms) if per_image_ms else None,
+            "images_per_s": images / seconds if seconds else None,
+            "timed_images": images,
+            # True when every batch was a warm-up batch: the figure then includes first-call costs.
+            "timing_includes_warmup": includes_warmup,
             # ru_maxrss is in KiB on Linux.
             "peak_cpu_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20

@@ -57,5 +57,6 @@ class FolderDataset(MVTecLayout):
                 )
             categories = [path.name]
             path = path.parent
-        super().__init__(path, categories, require_masks=require_masks, mask_suffix=mask_suffix)
-        self._class_names = {str(key): str(value) for key, value in (class_names or {}).items()}
+        super().__init__(
+            path, categories, require_masks=require_masks, mask_suffix=mask_suffix, class_names=class_names
+        )

@@ -42,8 +42,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if image.mode == "F":
             peak = max(float(array.max()), 1e-12)
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    # Alpha is dropped, not composited: the reference implementations read images with
-    # PIL's convert("RGB"), and pixel values must match theirs.
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in {"RGBA", "LA", "RGBa", "La", "PA"}:
+        # Transparent pixels become black (composited, as the README documents): convert("RGB") would
+        # keep whatever colour hides under alpha 0, which is arbitrary. The benchmark datasets have no
+        # alpha channel, so their pixel values are unchanged.
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
     return image.convert("RGB")
 
 

@@ -45,6 +45,7 @@ class ImageFiles(DatasetSource):
     """
 
     name = "images"
+    labelled = False
 
     def __init__(
         self,

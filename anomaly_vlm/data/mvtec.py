@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anomaly_vlm.data.image_io import DataError
@@ -28,12 +28,20 @@ MVTEC_CATEGORIES = (
 
 
 class MVTecAD(MVTecLayout):
-    """MVTec AD in its release layout; every anomalous test image must have its mask."""
+    """MVTec AD in its release layout; every anomalous test image must have its mask.
+
+    ``class_names`` (category -> words used in prompts) works as for every dataset source.
+    """
 
     name = "mvtec"
 
-    def __init__(self, root: str | Path, categories: Sequence[str] | None = None) -> None:
-        super().__init__(root, categories, require_masks=True)
+    def __init__(
+        self,
+        root: str | Path,
+        categories: Sequence[str] | None = None,
+        class_names: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(root, categories, require_masks=True, class_names=class_names)
 
     def available_categories(self) -> list[str]:
         self._check_root()

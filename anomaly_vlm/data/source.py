@@ -31,6 +31,8 @@ class DatasetSource:
     """
 
     name: str = "dataset"
+    #: Whether test samples carry labels (and so can be scored by the metrics); False for ``data=images``.
+    labelled: bool = True
 
     def __init__(
         self, categories: Sequence[str] | None = None, class_names: Mapping[str, str] | None = None
@@ -96,6 +98,7 @@ class MVTecLayout(DatasetSource):
         require_masks: an anomalous test image without its mask is an error (MVTec AD, VisA). With
             False, a category without any mask reports image metrics only.
         mask_suffix: mask file name = image stem + this suffix + extension.
+        class_names: category -> words used in prompts (see :class:`DatasetSource`).
     """
 
     name = "mvtec_layout"
@@ -106,14 +109,18 @@ class MVTecLayout(DatasetSource):
         categories: Sequence[str] | None = None,
         require_masks: bool = True,
         mask_suffix: str = "_mask",
+        class_names: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(categories)
+        super().__init__(categories, class_names=class_names)
         self.root = Path(root).expanduser()
         self.require_masks = require_masks
         self.mask_suffix = mask_suffix
         self._cache: dict[tuple[str, str], list[Sample]] = {}
+        self._warned_masks: set[tuple[str, str]] = set()
 
     def _check_root(self) -> None:
+        if self.root.is_file():
+            raise DataError(f"dataset root {self.root} is a file; data.root must be the dataset folder")
         if not self.root.is_dir():
             raise DataError(f"dataset root does not exist: {self.root} (set data.root or DATA_ROOT)")
         if not any(entry for entry in self.root.iterdir() if not entry.name.startswith(".")):
@@ -163,6 +170,8 @@ class MVTecLayout(DatasetSource):
                     records.append(Sample(str(image), category, 0, NORMAL_FOLDER, None))
                     continue
                 mask = self._find_mask(category, defect, image)
+                if mask is None and not self.require_masks:
+                    self._warn_unmatched_masks(category, defect, image)
                 if mask is None and self.require_masks:
                     expected = self.expected_mask(category, defect, image)
                     raise DataError(f"anomalous test image {image} has no mask; expected {expected}")
@@ -171,6 +180,25 @@ class MVTecLayout(DatasetSource):
             raise DataError(f"no images found under {split_dir}")
         self._cache[key] = records
         return records
+
+    def _warn_unmatched_masks(self, category: str, defect: str, image: Path) -> None:
+        """Masks that exist but match no image under ``mask_suffix`` would silently turn pixel metrics off."""
+        folder = self.root / category / "ground_truth" / defect
+        if (category, defect) in self._warned_masks or not folder.is_dir():
+            return
+        self._warned_masks.add((category, defect))
+        found = list_images(folder)
+        if found:
+            log.warning(
+                "%s holds %d mask(s) but none named like %s (data.mask_suffix=%r), e.g. %s; pixel metrics "
+                "of category '%s' are off unless data.mask_suffix matches the mask names",
+                folder,
+                len(found),
+                f"{image.stem}{self.mask_suffix}.png",
+                self.mask_suffix,
+                found[0].name,
+                category,
+            )
 
     def has_masks(self, category: str) -> bool:
         anomalous = [sample for sample in self.samples(category, "test") if sample.label == 1]

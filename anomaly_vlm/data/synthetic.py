@@ -45,7 +45,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -689,6 +689,7 @@ class SyntheticAD(MVTecLayout):
         generator_seed: seed of the generator (independent of the run seed, so reference draws and
             data can be varied separately).
         num_train, num_test_good, num_test_per_defect: images per split.
+        class_names: category -> words used in prompts (see :class:`DatasetSource`).
     """
 
     name = "synthetic"
@@ -702,13 +703,14 @@ class SyntheticAD(MVTecLayout):
         num_train: int = 8,
         num_test_good: int = 4,
         num_test_per_defect: int = 3,
+        class_names: Mapping[str, str] | None = None,
     ) -> None:
         base = Path(root).expanduser() if root else default_synthetic_root()
         variant = (
             f"v{GENERATOR_VERSION}-size{image_size}-seed{generator_seed}"
             f"-n{num_train}-{num_test_good}-{num_test_per_defect}"
         )
-        super().__init__(base / variant, categories, require_masks=True)
+        super().__init__(base / variant, categories, require_masks=True, class_names=class_names)
         self._generator_args = {
             "image_size": image_size,
             "num_train": num_train,

@@ -102,6 +102,8 @@ class VisA(DatasetSource):
 
     # ----- layout ---------------------------------------------------------------------------------
     def _check_root(self) -> None:
+        if self.root.is_file():
+            raise DataError(f"dataset root {self.root} is a file; data.root must be the VisA folder")
         if not self.root.is_dir():
             raise DataError(f"dataset root does not exist: {self.root} (set data.root or DATA_ROOT)")
         if not any(path for path in self.root.iterdir() if not path.name.startswith(".")):

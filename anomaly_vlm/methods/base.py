@@ -2,7 +2,11 @@
 
 A method wrapper owns a pure torch model and answers three questions: how to get ready for a
 category (text classifier, few-shot memory), how to score a batch, and (optionally) how to train.
-It never computes metrics: it fills ``pred_score`` and ``anomaly_map`` and the evaluator does the rest.
+The scoring follows the contract of :mod:`anomaly_vlm.methods.contract`: the torch model's
+``frozen_features`` and its ``score`` (or ``score_set`` and ``postprocess_set``), reached through this
+wrapper so that test batches, reference images and training batches all pass one
+:meth:`AnomalyMethod.frozen_features`. It never computes metrics: the evaluation path
+(:mod:`anomaly_vlm.callbacks.scoring`) does.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import os
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
+from anomaly_vlm.methods import contract
+from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoredBatch
 from anomaly_vlm.prompts import PromptSet, TextEmbeddingCache
 
 CHECKPOINT_KEY = "anomaly_vlm"
@@ -51,7 +56,6 @@ class AnomalyMethod(L.LightningModule):
         self.prompts = prompts
         self.shots = int(shots)
         self.text_cache = TextEmbeddingCache(text_cache_dir)
-        self.current_category: str | None = None
         # Checkpoints hold only trainable parameters: Lightning's resume (fit(ckpt_path=...)) must not
         # demand the frozen backbone; on_load_checkpoint checks the trainable keys instead.
         self.strict_loading = False
@@ -69,35 +73,45 @@ class AnomalyMethod(L.LightningModule):
         trainable = sum(parameter.numel() for parameter in self.parameters() if parameter.requires_grad)
         return {"total": int(total), "trainable": int(trainable)}
 
-    # ----- per-category life cycle -------------------------------------------------------------
-    def prepare_category(self, category: str, reference_images: Tensor | None = None) -> None:
-        """Queue ``category`` for the next test run.
+    # ----- the method contract ---------------------------------------------------------------------
+    @property
+    def transductive(self) -> bool:
+        """Whether the method scores a whole category at once (``score_set``)."""
+        return contract.is_transductive(self.model)
 
-        The work (text classifier, few-shot memory) happens in ``on_test_start``, once Lightning has
-        moved the model to its device.
-        """
-        self._pending = (category, reference_images)
+    @torch.no_grad()
+    def frozen_features(self, images: Tensor) -> FrozenFeatures:
+        """The frozen half of the forward pass, for test, reference and training images alike."""
+        return self.model.frozen_features(images)
 
-    def on_test_start(self) -> None:
-        pending = getattr(self, "_pending", None)
-        if pending is None:
-            raise RuntimeError("prepare_category(category, references) must be called before testing")
-        category, references = pending
-        self.current_category = category
-        with torch.no_grad():
-            self.setup_category(category, None if references is None else references.to(self.device))
-        self._pending = None
+    def reference_features(self, images: Tensor, batch_size: int | None = None) -> FrozenFeatures:
+        """:meth:`frozen_features` of a category's normal references (in chunks of ``batch_size``)."""
+        if batch_size is None or len(images) <= batch_size:
+            return self.frozen_features(images)
+        chunks = [
+            self.frozen_features(images[start : start + batch_size])
+            for start in range(0, len(images), batch_size)
+        ]
+        return contract.concat_features(chunks)
+
+    def score(self, features: FrozenFeatures) -> Prediction:
+        return self.model.score(features)
+
+    def score_set(self, features: FrozenFeatures) -> Prediction:
+        return self.model.score_set(features)
+
+    def postprocess_set(self, prediction: Prediction) -> Prediction:
+        """The method's set-level step over a whole category's prediction (identity by default)."""
+        return contract.postprocess_set(self.model, prediction)
 
     def setup_category(self, category: str, reference_images: Tensor | None) -> None:
+        """Get ready to score ``category`` (text classifier, few-shot memory from ``reference_images``)."""
         raise NotImplementedError
 
-    def predict_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Score ``[B, 3, H, W]`` images: ``([B] image scores, [B, H, W] anomaly maps)``."""
-        raise NotImplementedError
-
-    def finalize_image_scores(self, image_scores: np.ndarray) -> np.ndarray:
-        """Called once a category's test set is done; methods with set-level normalisation override."""
-        return image_scores
+    def predict_images(self, images: Tensor) -> Prediction:
+        """Score ``[B, 3, H, W]`` images as one set, before any set-level post-processing."""
+        features = self.frozen_features(images)
+        return self.score_set(features) if self.transductive else self.score(features)
 
     # ----- Lightning hooks ------------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -105,12 +119,12 @@ class AnomalyMethod(L.LightningModule):
             return batch.to(device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def test_step(self, batch: AnomalyBatch, batch_idx: int) -> AnomalyBatch:
+    def test_step(self, batch: AnomalyBatch, batch_idx: int) -> ScoredBatch:
+        features = self.frozen_features(batch.image)
+        if self.transductive:
+            return ScoredBatch(batch, features=features)
         with torch.no_grad():
-            scores, maps = self.predict_images(batch.image)
-        batch.pred_score = scores.float()
-        batch.anomaly_map = maps.float()
-        return batch
+            return ScoredBatch(batch, prediction=self.score(features))
 
     predict_step = test_step
 

@@ -27,6 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from anomaly_vlm.data.batch import AnomalyBatch
+
 #: Per-image frozen features: name -> tensor with the batch axis first.
 FrozenFeatures = dict[str, Tensor]
 
@@ -122,3 +124,51 @@ class FrozenFeatureExtractor(Protocol):
     def feature_spec(self) -> dict[str, Any]: ...
 
     def frozen_features(self, images: Tensor) -> FrozenFeatures: ...
+
+
+@runtime_checkable
+class InductiveScorer(Protocol):
+    """Scores each image on its own from its frozen features."""
+
+    def score(self, features: FrozenFeatures) -> Prediction: ...
+
+
+@runtime_checkable
+class TransductiveScorer(Protocol):
+    """Scores a whole category at once (``transductive = True``); the evaluation path accumulates the
+    category's frozen features and calls :meth:`score_set` once."""
+
+    transductive: bool
+
+    def score_set(self, features: FrozenFeatures) -> Prediction: ...
+
+
+def is_transductive(model: object) -> bool:
+    """Whether ``model`` scores whole categories (``transductive = True`` and a ``score_set``)."""
+    return bool(getattr(model, "transductive", False)) and callable(getattr(model, "score_set", None))
+
+
+def postprocess_set(model: object, prediction: Prediction) -> Prediction:
+    """Apply ``model.postprocess_set`` when the model declares one; otherwise the identity."""
+    step = getattr(model, "postprocess_set", None)
+    return prediction if step is None else step(prediction)
+
+
+@dataclasses.dataclass
+class ScoredBatch:
+    """What a method's test (and predict) step returns to the evaluation path.
+
+    Exactly one of ``prediction`` (inductive: the batch scored) and ``features`` (transductive: the
+    batch's frozen features, scored with the rest of the category) is set.
+    """
+
+    batch: AnomalyBatch
+    prediction: Prediction | None = None
+    features: FrozenFeatures | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prediction is None) == (self.features is None):
+            raise ValueError("ScoredBatch needs exactly one of prediction and features")
+
+    def __len__(self) -> int:
+        return len(self.batch)

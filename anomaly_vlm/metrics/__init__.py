@@ -1,6 +1,6 @@
 """Exact anomaly-detection metrics and the per-category evaluator."""
 
-from anomaly_vlm.metrics.evaluator import METRIC_NAMES, Evaluator
+from anomaly_vlm.metrics.evaluator import AUPRO_VARIANTS, METRIC_NAMES, Evaluator
 from anomaly_vlm.metrics.functional import (
     ScoreSplit,
     aupro,
@@ -8,6 +8,7 @@ from anomaly_vlm.metrics.functional import (
     average_precision,
     f1_max,
     image_metrics,
+    official_aupro,
     pixel_metrics,
     ranking_metrics,
     region_sizes,
@@ -15,6 +16,7 @@ from anomaly_vlm.metrics.functional import (
 )
 
 __all__ = [
+    "AUPRO_VARIANTS",
     "METRIC_NAMES",
     "Evaluator",
     "ScoreSplit",
@@ -23,6 +25,7 @@ __all__ = [
     "average_precision",
     "f1_max",
     "image_metrics",
+    "official_aupro",
     "pixel_metrics",
     "ranking_metrics",
     "region_sizes",

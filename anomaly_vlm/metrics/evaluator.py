@@ -14,9 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_vlm.metrics.functional import ScoreSplit, ranking_metrics, to_numpy
+from anomaly_vlm.metrics.functional import ScoreSplit, official_aupro, ranking_metrics, to_numpy
 
-__all__ = ["METRIC_NAMES", "Evaluator"]
+__all__ = ["AUPRO_VARIANTS", "METRIC_NAMES", "Evaluator"]
+
+#: ``metrics.aupro``: ``exact`` (MVTec's definition, the default) or ``official`` (the thresholds-grid
+#: variant of the APRIL-GAN / AnomalyCLIP evaluation code, which their published AUPROs are).
+AUPRO_VARIANTS: tuple[str, ...] = ("exact", "official")
 
 METRIC_NAMES: tuple[str, ...] = (
     "image_auroc",
@@ -63,11 +67,16 @@ class Evaluator:
     Args:
         compute_pixel: Store maps and masks and compute pixel metrics.
         pro_fpr_limit: Upper FPR bound of the AUPRO integral.
+        aupro: ``exact`` (default) or ``official``, see
+            :func:`~anomaly_vlm.metrics.functional.official_aupro`.
     """
 
-    def __init__(self, compute_pixel: bool = True, pro_fpr_limit: float = 0.3) -> None:
+    def __init__(self, compute_pixel: bool = True, pro_fpr_limit: float = 0.3, aupro: str = "exact") -> None:
         if not 0.0 < pro_fpr_limit <= 1.0:
             raise ValueError(f"pro_fpr_limit must be in (0, 1], got {pro_fpr_limit}.")
+        if aupro not in AUPRO_VARIANTS:
+            raise ValueError(f"metrics.aupro={aupro!r} is not one of {list(AUPRO_VARIANTS)}")
+        self.aupro = aupro
         self.compute_pixel = compute_pixel
         self.pro_fpr_limit = pro_fpr_limit
         self._stores: dict[str, _CategoryStore] = {}
@@ -216,12 +225,20 @@ class Evaluator:
                 store.pixel_parts = [ScoreSplit.concatenate(store.pixel_parts)]
             split = store.pixel_parts[0]
             if split.positives.size and split.negatives.size:
-                m = ranking_metrics(split, pro_fpr_limit=self.pro_fpr_limit)
+                exact = self.aupro == "exact"
+                m = ranking_metrics(split, pro_fpr_limit=self.pro_fpr_limit if exact else None)
+                pro = m["aupro"] if exact else official_aupro(split, fpr_limit=self.pro_fpr_limit)
+                if not math.isfinite(pro):
+                    warnings.warn(
+                        f"Evaluator: category {category!r}: the official AUPRO is undefined "
+                        "(constant maps or a single FPR point below the limit); reported as absent.",
+                        stacklevel=2,
+                    )
                 out.update(
                     pixel_auroc=m["auroc"],
                     pixel_ap=m["ap"],
                     pixel_f1max=m["f1max"],
-                    pixel_aupro=m["aupro"],
+                    pixel_aupro=pro if math.isfinite(pro) else None,
                 )
         self._results[category] = out
         return out

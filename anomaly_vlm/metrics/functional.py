@@ -36,6 +36,7 @@ __all__ = [
     "average_precision",
     "f1_max",
     "image_metrics",
+    "official_aupro",
     "pixel_metrics",
     "ranking_metrics",
     "region_sizes",
@@ -331,6 +332,55 @@ def _aupro_sorted(split: ScoreSplit, limit: float) -> float:
             pro_at_limit = pro_lo[i] + t * (pro_hi[i] - pro_lo[i])
             area += (limit - fpr_lo[i]) * (pro_lo[i] + pro_at_limit) / 2.0
     return area / limit
+
+
+def official_aupro(split: ScoreSplit, fpr_limit: float = 0.3, steps: int = 200) -> float:
+    """The AUPRO of the APRIL-GAN and AnomalyCLIP evaluation code (after cflow-ad), not MVTec's exact one.
+
+    Their published AUPROs are this number: thresholds ``min + k * (max - min) / steps`` for
+    ``k = 0 .. steps - 1`` (``np.arange`` in the maps' own float32) over all pixels of the category; at
+    each, a pixel counts as anomalous when ``score > threshold``; PRO = mean over all ground-truth regions
+    (8-connected, per image) of the region's detected fraction; FPR over the normal pixels. Points with
+    ``FPR < fpr_limit`` are kept, their FPRs rescaled to ``[0, 1]`` by their own min and max, and the
+    trapezoid area under PRO taken (``sklearn.metrics.auc``). The rescaling makes the number depend on the
+    grid, so it is not comparable with the exact AUPRO of :func:`ranking_metrics`.
+
+    Sorts the split in place (see :meth:`ScoreSplit.sort`).
+
+    Args:
+        split: Pixel scores split by ground truth, with region sizes (:meth:`ScoreSplit.from_maps`).
+        fpr_limit: Keep points with FPR strictly below it (0.3).
+        steps: Number of grid steps between the smallest and the largest score (200).
+
+    Returns:
+        The area in ``[0, 1]``, or NaN where the official code divides by zero (constant maps, or fewer
+        than two distinct kept FPRs).
+    """
+    if split.region_sizes is None or split.num_regions == 0:
+        raise ValueError("official_aupro needs ground-truth region data (build the split with from_maps).")
+    if split.negatives.size == 0:
+        raise ValueError("official_aupro: no normal pixels, FPR is undefined.")
+    split.sort()
+    neg, pos = split.negatives, split.positives
+    low = min(neg[0], pos[0]) if pos.size else neg[0]
+    high = max(neg[-1], pos[-1]) if pos.size else neg[-1]
+    delta = (high - low) / steps  # same dtype arithmetic as the reference (float32 maps -> float32 grid)
+    if not delta > 0:
+        return float("nan")
+    thresholds = np.arange(low, high, delta)
+    weights = 1.0 / split.region_sizes.astype(np.float64)
+    tail = np.zeros(pos.size + 1)
+    tail[:-1] = np.cumsum(weights[::-1])[::-1]
+    pro = tail[np.searchsorted(pos, thresholds, side="right")] / split.num_regions
+    fpr = (neg.size - np.searchsorted(neg, thresholds, side="right")) / neg.size
+    kept = fpr < fpr_limit
+    fpr, pro = fpr[kept], pro[kept]
+    if fpr.size < 2 or fpr.max() == fpr.min():
+        return float("nan")
+    fpr = (fpr - fpr.min()) / (fpr.max() - fpr.min())
+    # FPR falls as the threshold rises: integrate in ascending FPR, as sklearn's auc does for a
+    # decreasing x (it negates the trapezoid of the reversed direction).
+    return float(np.trapezoid(pro[::-1], fpr[::-1]))
 
 
 def image_metrics(scores: Any, labels: Any) -> dict[str, float]:

@@ -40,6 +40,9 @@ class LearnablePromptSet:
             ``2 .. deep_prompt_depth`` (1-based), i.e. ``deep_prompt_depth - 1`` sets of tokens. 1 = no
             deep prompts. It does not scale with the text encoder depth in the official code.
         init_std: standard deviation of the normal initialisation of every learnable vector (0.02).
+        deep_prompt_fp16: round the deep tokens through float16 where they are inserted, as the
+            official text encoder does (``.half()`` inside an otherwise float32 model; the gradient
+            reaching them is rounded the same way). Moves maps by ~5e-4; False keeps them float32.
     """
 
     name: str
@@ -49,6 +52,7 @@ class LearnablePromptSet:
     deep_prompt_length: int = 4
     deep_prompt_depth: int = 9
     init_std: float = 0.02
+    deep_prompt_fp16: bool = True
 
     def __post_init__(self) -> None:
         for key in ("context_length", "deep_prompt_length", "deep_prompt_depth"):
@@ -175,7 +179,10 @@ class LearnablePromptEncoder(nn.Module):
         length = self.prompt_set.deep_prompt_length
         for index, block in enumerate(transformer.resblocks, start=1):
             if 2 <= index <= self.deep_prompt_depth:
-                deep = self.deep_prompts[index - 2].unsqueeze(0).expand(x.shape[0], -1, -1).to(x.dtype)
+                deep = self.deep_prompts[index - 2].unsqueeze(0).expand(x.shape[0], -1, -1)
+                if self.prompt_set.deep_prompt_fp16:
+                    deep = deep.half()  # the official rounding; the cast back also rounds the gradient
+                deep = deep.to(x.dtype)
                 x = torch.cat([x[:, :1], deep, x[:, 1 + length :]], dim=1)
             if seq_first:
                 x = block(x.transpose(0, 1), attn_mask=clip.attn_mask).transpose(0, 1)

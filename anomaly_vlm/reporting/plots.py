@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from anomaly_vlm.metrics import METRIC_NAMES  # noqa: E402
 
@@ -27,7 +28,6 @@ TITLES = {
 }
 
 
-
 def save_figure(figure, target: Path) -> Path:
     """Lay out, write as PNG and release a figure (figures are not garbage-collected by pyplot)."""
     figure.tight_layout()
@@ -35,8 +35,9 @@ def save_figure(figure, target: Path) -> Path:
     plt.close(figure)
     return target
 
+
 def _config_label(group: Group) -> str:
-    return f"{group.method} {group.shots}-shot ({group.backbone})"
+    return f"{group.method_label} {group.shots}-shot ({group.backbone})"
 
 
 def per_category_bars(dataset: str, groups: list[Group], metric: str, target: Path) -> Path | None:
@@ -69,12 +70,26 @@ def per_category_bars(dataset: str, groups: list[Group], metric: str, target: Pa
     return save_figure(figure, target)
 
 
-def accuracy_vs_latency(
-    dataset: str, rows: list[dict], target: Path, metric: str = "image_auroc"
-) -> Path | None:
-    """One point per configuration: median ms/image (log x) against the mean metric."""
+def _log_ticks(axis, low: float, high: float) -> None:
+    """Readable log-scale x ticks: 1-2-5 steps over few decades, decades only over many; plain numbers.
+
+    Matplotlib's default labels every minor tick (2x10^1, 3x10^1, ...) when the range is under a
+    decade or two, and those labels overlap.
+    """
+    decades = np.log10(max(high, 1e-9)) - np.log10(max(low, 1e-9))
+    axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 3 else (1.0, 2.0, 5.0)))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_formatter(NullFormatter())
+
+
+def accuracy_vs_latency_figure(rows: list[dict], dataset: str, metric: str = "image_auroc"):
+    """The accuracy-vs-latency figure (None without timed rows); :func:`accuracy_vs_latency` saves it."""
     points = [
-        (row["ms_per_image"], row[metric]["mean"], f"{row['method']} {row['shots']}-shot ({row['backbone']})")
+        (
+            row["ms_per_image"],
+            row[metric]["mean"],
+            f"{row['method_label']} {row['shots']}-shot ({row['backbone']})",
+        )
         for row in rows
         if row.get("ms_per_image") and row[metric]["mean"] is not None
     ]
@@ -85,11 +100,24 @@ def accuracy_vs_latency(
         axis.scatter(latency, value, s=30)
         axis.annotate(label, (latency, value), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axis.set_xscale("log")
+    latencies = [point[0] for point in points]
+    # A margin of a quarter decade on each side, so labels of the outermost points stay inside.
+    low, high = min(latencies) / 10**0.25, max(latencies) * 10**0.25
+    axis.set_xlim(low, high)
+    _log_ticks(axis, low, high)
     axis.set_xlabel("latency (ms/image, median after warm-up)")
     axis.set_ylabel(f"{TITLES[metric]} (%)")
     axis.set_title(f"{dataset}: accuracy vs latency")
     axis.grid(alpha=0.3)
-    return save_figure(figure, target)
+    return figure
+
+
+def accuracy_vs_latency(
+    dataset: str, rows: list[dict], target: Path, metric: str = "image_auroc"
+) -> Path | None:
+    """One point per configuration: median ms/image (log x) against the mean metric."""
+    figure = accuracy_vs_latency_figure(rows, dataset, metric)
+    return None if figure is None else save_figure(figure, target)
 
 
 def metric_vs_shots(
@@ -100,11 +128,22 @@ def metric_vs_shots(
     metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc"),
 ) -> Path | None:
     """Zero- vs few-shot: one line per method/backbone/prompts over shots; published values dashed."""
+    figure = metric_vs_shots_figure(dataset, rows, published, metrics)
+    return None if figure is None else save_figure(figure, target)
+
+
+def metric_vs_shots_figure(
+    dataset: str,
+    rows: list[dict],
+    published: list[dict],
+    metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc"),
+):
+    """The metric-vs-shots figure (None without rows); the legend sits below the axes, off the points."""
     from anomaly_vlm.reporting.tables import published_value
 
     lines: dict[str, list[dict]] = {}
     for row in rows:
-        lines.setdefault(f"{row['method']} ({row['backbone']}, {row['prompts']})", []).append(row)
+        lines.setdefault(f"{row['method_label']} ({row['backbone']}, {row['prompts']})", []).append(row)
     if not lines:
         return None
     figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
@@ -134,8 +173,9 @@ def metric_vs_shots(
         axis.set_ylabel(f"{TITLES[metric]} (%)")
         axis.set_title(f"{dataset}: {TITLES[metric]} vs shots")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    return save_figure(figure, target)
+        # Below the axes: inside, the legend sat on the points of the highest-scoring line.
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
+    return figure
 
 
 def make_plots(

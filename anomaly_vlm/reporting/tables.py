@@ -20,6 +20,7 @@ import csv
 import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
@@ -39,6 +40,78 @@ EFFICIENCY_FIELDS = (
     ("peak_gpu_memory_mb", "peak GPU MB", 1.0),
     ("peak_cpu_memory_mb", "peak CPU MB", 1.0),
 )
+
+
+#: Every category of the benchmark datasets: the published means are over all of them, so a run over a
+#: subset is marked partial and gets no Δ against them.
+FULL_CATEGORIES: dict[str, tuple[str, ...]] = {}
+
+
+def full_categories(dataset: str) -> tuple[str, ...] | None:
+    """The complete category list of a benchmark dataset (None for other datasets)."""
+    if not FULL_CATEGORIES:
+        from anomaly_vlm.data.mvtec import MVTEC_CATEGORIES
+        from anomaly_vlm.data.visa import VISA_CATEGORIES
+
+        FULL_CATEGORIES.update(mvtec=MVTEC_CATEGORIES, visa=VISA_CATEGORIES)
+    return FULL_CATEGORIES.get(dataset)
+
+
+#: Config keys that never make two runs different configurations: replicate seeds, output places,
+#: logging and resumption switches, and loader settings that do not change results.
+IGNORED_CONFIG_PREFIXES = (
+    "seed",
+    "reference_seed",
+    "paths",
+    "logger",
+    "hydra",
+    "overwrite",
+    "save_predictions",
+    "num_overlays",
+    "sweep_name",
+    "reuse_trained",
+    "task_name",
+    "callbacks",
+    "datamodule.num_workers",
+    "trainer.enable_progress_bar",
+    "backbone.seed",
+    "names",
+    "mode",
+    "data.root",
+    "train_data.root",
+    "trainer.default_root_dir",
+)
+
+
+def _ignored(key: str) -> bool:
+    """Whether a flattened config key is one of :data:`IGNORED_CONFIG_PREFIXES` (or a cache folder)."""
+    if key.endswith("cache_dir"):
+        return True
+    return any(
+        key == prefix.rstrip(".") or key.startswith(prefix.rstrip(".") + ".")
+        for prefix in IGNORED_CONFIG_PREFIXES
+    )
+
+
+def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
+    """``{"data.categories": "['a', 'b']", ...}``: every leaf of a run's config as text."""
+    if isinstance(config, dict):
+        flat: dict[str, str] = {}
+        for key, value in config.items():
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: json.dumps(config, sort_keys=True, default=str)}
+
+
+def _config_fields(run: dict) -> dict[str, str]:
+    config = run.get("config") or {}
+    output_dir = str((config.get("paths") or {}).get("output_dir") or "") or None
+    return {
+        key: value
+        for key, value in flatten_config(config).items()
+        # Any other value naming the job's own folder is per job by construction.
+        if not _ignored(key) and not (output_dir and output_dir in value)
+    }
 
 
 # ----- published numbers --------------------------------------------------------------------------------
@@ -74,6 +147,9 @@ class Group:
     prompts: str
     shots: int
     train_dataset: str | None
+    untrained: bool = False
+    aupro: str = "exact"  # which AUPRO the runs computed (metrics.aupro); never averaged across variants
+    variant: str = ""
     runs: list[dict] = field(default_factory=list)
 
     @property
@@ -82,8 +158,17 @@ class Group:
 
     @property
     def method_label(self) -> str:
-        """The method, with its auxiliary training data when it has one (cross-dataset protocol)."""
-        return f"{self.method} (trained on {self.train_dataset})" if self.train_dataset else self.method
+        """The method, with its auxiliary training data when it has one (cross-dataset protocol), marked
+        untrained when a trainable method ran without trained parameters, with a non-exact AUPRO, and
+        with the config values that set it apart from other rows of the same method (``variant``)."""
+        label = self.method
+        if self.untrained:
+            label += " (untrained)"
+        elif self.train_dataset:
+            label += f" (trained on {self.train_dataset})"
+        if self.aupro != "exact":
+            label += f" [AUPRO: {self.aupro}]"
+        return f"{label} [{self.variant}]" if self.variant else label
 
     @property
     def seeds(self) -> list[tuple[int, int | None]]:
@@ -150,10 +235,34 @@ def replicate_of(run: dict) -> tuple[int, int | None]:
     return int(run.get("seed") or 0), run.get("reference_seed")
 
 
+def _variants(runs: list[tuple[tuple, dict]]) -> list[str]:
+    """Per run, the config values that differ between runs of the same named configuration.
+
+    Two sweeps that differ only in e.g. ``data.categories`` or ``trainer.max_epochs`` have the same
+    method/backbone/prompts/shots; without this they would be averaged into one row.
+    """
+    fields = [_config_fields(run) for _, run in runs]
+    by_key: dict[tuple, list[int]] = defaultdict(list)
+    for index, (key, _) in enumerate(runs):
+        by_key[key].append(index)
+    variants = [""] * len(runs)
+    for indices in by_key.values():
+        keys = sorted({name for i in indices for name in fields[i]})
+        differing = [name for name in keys if len({fields[i].get(name) for i in indices}) > 1]
+        for i in indices:
+            variants[i] = ", ".join(f"{name}={json.loads(fields[i].get(name, 'null'))}" for name in differing)
+    return variants
+
+
 def collect(files: list[Path]) -> list[Group]:
-    """Group complete results by configuration; a replicate seen twice keeps its newest result."""
+    """Group complete results by configuration; a replicate seen twice keeps its newest result.
+
+    Runs whose configs differ in anything but the replicate seeds and output settings are separate
+    configurations (rows), labelled with the differing values.
+    """
     groups: dict[tuple, Group] = {}
     newest: dict[tuple, dict] = {}
+    keyed: list[tuple[tuple, dict]] = []
     for path in files:
         run = read_results(path)
         if run is None:
@@ -165,7 +274,12 @@ def collect(files: list[Path]) -> list[Group]:
             run.get("prompts") or "unknown",
             int(run.get("shots") or 0),
             run.get("train_dataset"),
+            bool(run.get("untrained", False)),
+            run.get("aupro") or "exact",
         )
+        keyed.append((key, run))
+    for (key, run), variant in zip(keyed, _variants(keyed), strict=True):
+        key = (*key, variant)
         seed_key = (*key, replicate_of(run))
         if seed_key in newest and str(newest[seed_key].get("created", "")) >= str(run.get("created", "")):
             continue
@@ -175,7 +289,9 @@ def collect(files: list[Path]) -> list[Group]:
         if key not in groups:
             groups[key] = Group(*key)
         groups[key].runs.append(run)
-    return sorted(groups.values(), key=lambda g: (g.dataset, g.method, g.backbone, g.prompts, g.shots))
+    return sorted(
+        groups.values(), key=lambda g: (g.dataset, g.method, g.backbone, g.prompts, g.variant, g.shots)
+    )
 
 
 # ----- cells ------------------------------------------------------------------------------------------------
@@ -196,25 +312,36 @@ def summary_rows(groups: list[Group], published: list[dict]) -> list[dict[str, A
     """One row per configuration: ours (mean, std, n), published and Δ per metric."""
     rows = []
     for group in groups:
+        full = full_categories(group.dataset)
+        covered = [category for category in (full or ()) if category in group.categories]
+        partial = bool(full) and len(covered) < len(full)
+        method_label = group.method_label
+        if partial:
+            method_label += f" (partial: {len(covered)}/{len(full)} categories)"
         row: dict[str, Any] = {
             "method": group.method,
-            "method_label": group.method_label,
+            "method_label": method_label,
+            "variant": group.variant,
+            "partial": partial,
             "backbone": group.backbone,
             "prompts": group.prompts,
             "shots": group.shots,
             "train_dataset": group.train_dataset,
+            "aupro": group.aupro,
             "seeds": len(group.seeds),
         }
         for metric in METRIC_NAMES:
             values = group.metric_values(metric)
             mean, std = mean_std(values)
             paper, source = published_value(published, group.method, group.dataset, group.shots, metric)
+            if group.untrained:
+                paper, source = None, None  # the published numbers are of trained parameters
             row[metric] = {
                 "values": values,
                 "mean": mean,
                 "std": std,
                 "published": paper,
-                "delta": None if mean is None or paper is None else mean - paper,
+                "delta": None if mean is None or paper is None or partial else mean - paper,
                 "source": source,
             }
         for key, _, scale in EFFICIENCY_FIELDS:
@@ -224,11 +351,17 @@ def summary_rows(groups: list[Group], published: list[dict]) -> list[dict[str, A
     return rows
 
 
+def format_delta(delta: float | None) -> str:
+    """Δ with one decimal and a sign; a difference that rounds to zero is ``+0.0``, never ``-0.0``."""
+    if delta is None:
+        return "—"
+    return f"{0.0 if abs(delta) < 0.05 else delta:+.1f}"
+
+
 def display_cell(cell: dict) -> str:
     text = ours_cell(cell["values"])
     if cell["published"] is not None:
-        delta = "—" if cell["delta"] is None else f"{cell['delta']:+.1f}"
-        text += f" ({cell['published']:.1f}, Δ {delta})"
+        text += f" ({cell['published']:.1f}, Δ {format_delta(cell['delta'])})"
     return text
 
 
@@ -285,10 +418,17 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
         for row in rows
     ]
     sources = sorted({row[m]["source"] for row in rows for m in METRIC_NAMES if row[m]["source"]})
-    note = (
-        f"{dataset}: mean ± std over seeds (percent); in brackets the published value and "
-        "Δ = ours − published."
-    )
+    note = f"{dataset}: mean ± std over seeds (percent)"
+    if any(row[m]["published"] is not None for row in rows for m in METRIC_NAMES):
+        note += "; in brackets the published value and Δ = ours − published"
+    if any(row["partial"] for row in rows):
+        note += "; rows marked partial cover only some categories, so they get no Δ"
+    note += "."
+    if any(row["aupro"] != "exact" for row in rows):
+        note += (
+            " AUPRO is MVTec's exact one unless the row says [AUPRO: official] (the 200-threshold variant"
+            " of the APRIL-GAN / AnomalyCLIP evaluation code, which their papers report)."
+        )
     md = [f"# {dataset}\n", note + "\n", markdown_table(header, display)]
     if sources:
         md.append("\nPublished values: " + "; ".join(sources) + "\n")
@@ -296,13 +436,23 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
     (out / f"{dataset}_summary.tex").write_text(latex_table(header, display, note))
     with (out / f"{dataset}_summary.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        columns = ["method", "backbone", "prompts", "shots", "train_dataset", "seeds"]
+        columns = [
+            "method",
+            "backbone",
+            "prompts",
+            "shots",
+            "train_dataset",
+            "aupro",
+            "variant",
+            "partial",
+            "seeds",
+        ]
         for metric in METRIC_NAMES:
             columns += [f"{metric}_mean", f"{metric}_std", f"{metric}_published", f"{metric}_delta"]
         columns += [key for key, _, _ in EFFICIENCY_FIELDS]
         writer.writerow(columns)
         for row in rows:
-            line = [row[c] if row[c] is not None else "" for c in columns[:6]]
+            line = [row[c] if row[c] is not None else "" for c in columns[:9]]
             for metric in METRIC_NAMES:
                 cell = row[metric]
                 line += [_fmt(cell["mean"]), _fmt(cell["std"]), _fmt(cell["published"]), _fmt(cell["delta"])]
@@ -447,7 +597,11 @@ def main(argv: list[str] | None = None) -> int:
     results = args.results or latest_sweeps(args.outputs)
     if not results:
         parser.error(f"no sweep folders with results under '{args.outputs}/*/multiruns'; pass --results")
-    written = make_tables(results, args.out, args.published, plots=not args.no_plots)
+    try:
+        written = make_tables(results, args.out, args.published, plots=not args.no_plots)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"tables from {len(results)} folder(s) -> {args.out}")
     for path in written:
         print(f"  {path}")

@@ -6,7 +6,9 @@ config with the given overrides and checks, in seconds and without building a mo
 * the config composes (e.g. the experiment file exists in ``conf/experiment``);
 * the evaluated dataset (``data``) and the auxiliary training dataset (``train_data``, if any) are
   where the config says, with their categories;
-* the backbone's pretrained weights are a local file, in the cache, or downloadable.
+* the backbone's pretrained weights are a local file, in the cache, or downloadable;
+* a benchmark dataset (MVTec AD, VisA) used with all its categories (``categories: null``) really
+  holds all of them: the published means a reproduction is compared with cover every category.
 
 It exits 0 when all is well and 2 with the first problem otherwise, so a reproduction without
 ``DATA_ROOT`` or weights stops at once with the dataset's or the weights' own message.
@@ -33,6 +35,23 @@ def compose(overrides: list[str], config_name: str = "train"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
+def check_complete(key: str, source, categories: list[str]) -> None:
+    """Refuse a benchmark dataset root that holds only some of its categories (when all are asked for)."""
+    from anomaly_vlm.data import DataError
+    from anomaly_vlm.reporting.tables import full_categories
+
+    full = full_categories(getattr(source, "name", ""))
+    missing = [category for category in full or () if category not in categories]
+    if missing:
+        root = getattr(source, "root", "")
+        raise DataError(
+            f"{key}: {source.name} root {root} holds {len(full) - len(missing)} of its {len(full)} "
+            f"categories (missing: {missing}); the published means cover all {len(full)}. Add the "
+            f"missing categories, or run a subset knowingly with {key}.categories=[...] (tables then "
+            "mark the row partial, without Δ)"
+        )
+
+
 def check(overrides: list[str]) -> list[str]:
     """Run every check; returns human-readable lines describing what was found.
 
@@ -55,6 +74,8 @@ def check(overrides: list[str]) -> list[str]:
         if cfg.get(key):
             source = build(cfg[key])
             categories = source.categories
+            if cfg[key].get("categories") is None:
+                check_complete(key, source, categories)
             found.append(f"{key}: {getattr(source, 'name', key)} with {len(categories)} categories")
     weights = resolve_weights(
         str(cfg.backbone.model), cfg.backbone.get("pretrained"), cfg.backbone.get("cache_dir")

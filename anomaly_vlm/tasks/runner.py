@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import pickle
+import shutil
 import sys
 import time
 import warnings
@@ -24,8 +26,9 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import anomaly_vlm.resolvers  # noqa: F401  (configs interpolate its resolvers, e.g. num_workers)
 from anomaly_vlm.backbones.weights import WeightsNotFoundError
-from anomaly_vlm.callbacks import EfficiencyProbe, EvaluationCallback
+from anomaly_vlm.callbacks import CategoryEvaluation, CategoryScoring, EfficiencyProbe
 from anomaly_vlm.callbacks import wandb as wandb_helpers
 from anomaly_vlm.callbacks.efficiency import flops_per_image
 from anomaly_vlm.data import AnomalyDataModule, DataError, DatasetSource, Sample
@@ -37,6 +40,7 @@ from anomaly_vlm.prompts import PromptSet
 from anomaly_vlm.reporting.console import print_metrics_table
 from anomaly_vlm.reporting.results import RESULTS_FILE, build_results, write_json_atomic
 from anomaly_vlm.tasks import ddp, resume
+from anomaly_vlm.tasks.categories import score_categories
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,10 @@ class CheckpointError(ValueError):
     """``ckpt_path`` is missing, unreadable, or made for another method, backbone or prompt set."""
 
 
+class ConfigError(ValueError):
+    """A config value that cannot work with the rest of the config (e.g. a block the backbone lacks)."""
+
+
 #: Mistakes in the input (data, config values, files): the entry points print their message alone.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
@@ -80,6 +88,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     WeightsNotFoundError,
     MissingValueError,
+    ConfigError,
 )
 
 
@@ -100,10 +109,42 @@ def report_user_errors(task: Any) -> Any:
     return wrapper
 
 
+# First bytes of the files torch.save writes: a zip archive (default since torch 1.6) or a raw pickle.
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Reject a ``ckpt_path`` that cannot be a checkpoint before any weights load.
+
+    Reads four bytes: a folder, an empty file or an image would otherwise fail deep inside unpickling.
+    """
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise CheckpointError(
+            f"ckpt_path={path} is a folder, not a checkpoint file "
+            f"(a training run writes {TRAINED_CHECKPOINT} below its run folder)"
+        )
+    if not file.exists():
+        raise CheckpointError(f"ckpt_path does not exist: {path}")
+    with file.open("rb") as handle:
+        head = handle.read(4)
+    if not head:
+        raise CheckpointError(f"ckpt_path={path} is an empty file, not a checkpoint")
+    if not head.startswith(_CHECKPOINT_MAGIC):
+        raise CheckpointError(
+            f"ckpt_path={path} is not a checkpoint (expected a .ckpt written by train.py, found a file "
+            f"starting with {head!r})"
+        )
+
+
 def load_checkpoint(method: AnomalyMethod, path: str) -> None:
     """``method.load_trainable_checkpoint`` with its failures as :class:`CheckpointError`."""
     try:
         method.load_trainable_checkpoint(path)
+    except (pickle.UnpicklingError, EOFError) as error:
+        raise CheckpointError(
+            f"ckpt_path={path} is not a checkpoint ({type(error).__name__}: {error})"
+        ) from error
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
         if isinstance(error, FileNotFoundError | IsADirectoryError):
             raise CheckpointError(f"ckpt_path does not exist: {path}") from error
@@ -140,9 +181,27 @@ def group_choices(cfg: DictConfig) -> dict[str, str | None]:
     return {group: names.get(group) for group in NAMED_GROUPS}
 
 
+#: Folders of per-image artefacts a job writes into its run folder (checkpoints are kept for resumption).
+OVERLAY_DIR = "overlays"
+ARTEFACT_DIRS = (OVERLAY_DIR, "predictions", "heatmaps")
+
+
+def clear_stale_artefacts(output_dir: Path) -> None:
+    """Remove the per-image artefacts of an earlier run, so ``overwrite=true`` leaves no stale files."""
+    for name in ARTEFACT_DIRS:
+        shutil.rmtree(output_dir / name, ignore_errors=True)
+
+
 def guard_finished_run(output_dir: Path, overwrite: bool) -> dict | None:
-    """Never replace a finished result unless asked to; in a multirun, return it so the job is skipped."""
-    return resume.finished_result(output_dir, overwrite)
+    """Never replace a finished result unless asked to; in a multirun, return it so the job is skipped.
+
+    With ``overwrite`` the earlier run's overlays, predictions and heatmaps are removed as well: a new
+    run may write fewer of them, and stale ones would be mistaken for its own.
+    """
+    finished = resume.finished_result(output_dir, overwrite)
+    if finished is None and overwrite:
+        clear_stale_artefacts(output_dir)
+    return finished
 
 
 def build_logger(cfg: DictConfig, names: dict[str, str | None]) -> Any:
@@ -198,10 +257,34 @@ def dataset_class_names(*sources: DatasetSource | None) -> dict[str, str]:
 
 
 def with_class_names(prompts: PromptSet, class_names: dict[str, str]) -> PromptSet:
-    """The prompt set with the datasets' class names merged in (the data's names win)."""
+    """The prompt set with the datasets' class names merged in (the data's names win).
+
+    A learned prompt set (AnomalyCLIP's object-agnostic prompts) has no class-name slot: the names are
+    ignored with one log line rather than failing a run that merely shares a data config.
+    """
     if not class_names:
         return prompts
+    if not hasattr(prompts, "class_name_overrides"):
+        log.info(
+            "prompt set '%s' has no class names (learned prompts): data class_names %s are ignored",
+            getattr(prompts, "name", type(prompts).__name__),
+            sorted(class_names),
+        )
+        return prompts
     return dataclasses.replace(prompts, class_name_overrides={**prompts.class_name_overrides, **class_names})
+
+
+def parse_shots(value: Any) -> int:
+    """``shots`` as a whole number; ``abc`` or ``1.5`` would otherwise crash or silently run 1-shot."""
+    if isinstance(value, bool):
+        raise ShotsError(f"shots={value} is not a whole number (use 0 for zero-shot or e.g. shots=4)")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise ShotsError(f"shots={value} is not a whole number (use 0 for zero-shot or e.g. shots=4)")
 
 
 def check_shots_supported(method_node: DictConfig, shots: int, method_name: str | None) -> None:
@@ -234,6 +317,54 @@ def check_training_data(cfg: DictConfig, fit: bool, method_name: str | None) -> 
         log.warning("method '%s' is evaluated with untrained parameters (no ckpt_path given)", name)
 
 
+def backbone_depths(backbone_node: DictConfig) -> tuple[int, int] | None:
+    """(vision blocks, text blocks) of the configured backbone from its model config, without weights.
+
+    None when the model config is unknown (the backbone's own error names the model later).
+    """
+    import open_clip
+
+    from anomaly_vlm.backbones.clip import register_package_model_configs
+
+    register_package_model_configs()
+    model_config = open_clip.get_model_config(str(backbone_node.get("model")))
+    if not model_config:
+        return None
+    return int(model_config["vision_cfg"]["layers"]), int(model_config["text_cfg"]["layers"])
+
+
+def check_backbone_depths(cfg: DictConfig, backbone_name: str | None) -> None:
+    """Block indices of the method and prompt set must exist in the backbone (checked before weights load).
+
+    A method file written for ViT-L (24 blocks) combined with ``backbone=tiny`` (8) is a config mistake,
+    not a crash inside model construction.
+    """
+    depths = backbone_depths(cfg.backbone)
+    if depths is None:
+        return
+    vision, text = depths
+    model = f"backbone '{cfg.backbone.get('model')}'"
+    if backbone_name:
+        model = f"backbone={backbone_name} ('{cfg.backbone.get('model')}')"
+    layers = cfg.method.get("layers")
+    if layers:
+        bad = [int(layer) for layer in layers if not 1 <= int(layer) <= vision]
+        if bad:
+            raise ConfigError(
+                f"method.layers={[int(layer) for layer in layers]}: blocks {bad} outside 1..{vision} of "
+                f"{model}; e.g. method.layers=[{vision}]"
+            )
+    dpam_start = cfg.method.get("dpam_start")
+    if dpam_start is not None and not 1 <= int(dpam_start) <= vision:
+        raise ConfigError(f"method.dpam_start={dpam_start} outside 1..{vision} of {model}")
+    depth = cfg.get("prompts", {}).get("deep_prompt_depth")
+    if depth is not None and int(depth) > text:
+        raise ConfigError(
+            f"prompts.deep_prompt_depth={depth} exceeds the {text} text blocks of {model}; "
+            f"set prompts.deep_prompt_depth<={text}"
+        )
+
+
 def draw_all_references(
     datamodule: AnomalyDataModule, categories: list[str], shots: int, seed: int
 ) -> dict[str, list[Sample]]:
@@ -244,7 +375,7 @@ def is_repeated_zero_shot_draw(cfg: DictConfig) -> bool:
     """Whether this multirun job would repeat another one: a zero-shot job uses no references, so of
     the reference draws a method sweeps by default (``reference_seed`` = 0 .. ``reference_draws`` - 1)
     only the first one runs."""
-    if int(cfg.get("shots", 0)) != 0 or not HydraConfig.initialized():
+    if parse_shots(cfg.get("shots", 0)) != 0 or not HydraConfig.initialized():
         return False
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return False
@@ -276,11 +407,14 @@ def prepare_job(
     bad input fails in seconds.
     """
     categories = datamodule.categories
-    shots = int(cfg.shots)
+    shots = parse_shots(cfg.shots)
     reference_seed = int(cfg.get("reference_seed", cfg.seed))
     references = draw_all_references(datamodule, categories, shots, reference_seed)
     check_shots_supported(cfg.method, shots, method_name)
     check_training_data(cfg, fit, method_name)
+    check_backbone_depths(cfg, group_choices(cfg)["backbone"])
+    if cfg.get("ckpt_path"):
+        check_checkpoint_file(str(cfg.ckpt_path))
     class_names = dataset_class_names(*sources)
     preflight(datamodule, categories, references)
     if shots:
@@ -316,7 +450,13 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     # Cheap checks first: data layout, categories, shots.
+    parse_shots(cfg.get("shots", 0))
     source = build(cfg.data)
+    if not source.labelled:
+        raise DataError(
+            f"data={names['data'] or source.name} holds unlabelled images, which have no metrics to test: "
+            "score them with `python evaluate.py mode=predict data.path=...`"
+        )
     train_source = None
     if cfg.get("train_data"):
         if trains_on_auxiliary_data(cfg):
@@ -327,16 +467,16 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
             log.info("method '%s' does not train: train_data is ignored", names["method"])
             names["train_data"] = None
     datamodule: AnomalyDataModule = build(cfg.datamodule, source=source, train_source=train_source)
-    categories = datamodule.categories
     job = prepare_job(cfg, datamodule, (train_source, source), output_dir, names["method"], fit)
     method, references, shots, reference_seed = job.method, job.references, job.shots, job.reference_seed
 
     logger = build_logger(cfg, names)
-    evaluator = Evaluator()
+    evaluator = Evaluator(aupro=str((cfg.get("metrics") or {}).get("aupro", "exact")))
     num_overlays = max(int(cfg.get("num_overlays", 0)), wandb_helpers.heatmaps_wanted(logger))
-    evaluation = EvaluationCallback(
+    evaluation = CategoryEvaluation(
         evaluator, output_dir, bool(cfg.get("save_predictions", False)), num_overlays
     )
+    scoring = CategoryScoring([evaluation])
     extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
     will_fit = fit and method.is_trainable and not cfg.get("ckpt_path")
     if resume.in_multirun():
@@ -346,7 +486,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     trainer: L.Trainer = build(
         cfg.trainer,
         logger=logger,
-        callbacks=[evaluation, *extra_callbacks, *checkpointing],
+        callbacks=[scoring, *extra_callbacks, *checkpointing],
     )
     if logger:
         logger.log_hyperparams(
@@ -354,16 +494,20 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
         )
 
     trained_checkpoint = None
+    untrained = method.is_trainable and not will_fit and not cfg.get("ckpt_path")
+    if untrained:
+        # Nothing was trained or loaded: the results must not claim the configured training set, or
+        # tables would label them "trained on ..." next to (or instead of) the trained run.
+        names["train_data"] = None
+    elif method.is_trainable and not will_fit:
+        trained_checkpoint = str(cfg.ckpt_path)
     if will_fit:
         method.run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         trained_checkpoint = fit_or_resume(
             trainer, method, datamodule, output_dir, resume.shared_trained_checkpoint(cfg)
         )
 
-    for category in categories:
-        reference_images = datamodule.load_images(references[category]) if references[category] else None
-        method.prepare_category(category, reference_images)
-        trainer.test(method, dataloaders=datamodule.category_test_dataloader(category), verbose=False)
+    score_categories(trainer, method, datamodule, scoring, references)
 
     mean = evaluator.macro_mean()
     probe = next((callback for callback in extra_callbacks if isinstance(callback, EfficiencyProbe)), None)
@@ -380,6 +524,11 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
             {f"efficiency/{k}": v for k, v in efficiency.items() if isinstance(v, int | float)}
         )
         wandb_helpers.log_results(logger, evaluator.results, mean, efficiency, output_dir)
+        # File loggers (CSV) buffer rows until the trainer saves them; these were logged after it finished.
+        logger.save()
+        if num_overlays and not int(cfg.get("num_overlays", 0)):
+            # Written only for the W&B panels (uploaded above); num_overlays=0 keeps the run folder free.
+            shutil.rmtree(output_dir / OVERLAY_DIR, ignore_errors=True)
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     payload = build_results(
         config=config,
@@ -391,7 +540,9 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
         shots=shots,
         started=started,
         extra={
+            "aupro": evaluator.aupro,
             "trained_checkpoint": str(trained_checkpoint) if trained_checkpoint else None,
+            "untrained": bool(untrained),
             "device": str(method.device),
             "reference_seed": reference_seed if shots else None,
         },

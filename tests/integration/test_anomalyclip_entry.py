@@ -79,3 +79,34 @@ def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path) -> None:
         "model.prompt_encoder.deep_prompts",
     }
     assert checkpoint["anomaly_vlm"]["layers"] == [8]
+
+
+def test_class_names_are_ignored_by_learned_prompts(tmp_path: Path) -> None:
+    """``data.class_names`` with a learned prompt set: one log line, never a crash (folder data)."""
+    from anomaly_vlm.data.synthetic import generate_synthetic_dataset
+
+    root = generate_synthetic_dataset(
+        tmp_path / "folder", categories=["disc"], num_train=2, num_test_good=2, num_test_per_defect=1
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "train.py",
+        "experiment=anomalyclip_synthetic",
+        "data=folder",
+        f"data.root={root}",
+        "data.categories=[disc]",
+        "data.class_names={disc: metal disc}",
+        "logger=none",
+        f"paths.output_root={tmp_path / 'out'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=1",
+    ]
+    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    output = completed.stdout + completed.stderr
+    assert output.count("class_names ['disc'] are ignored") == 1, output[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["metrics"]["per_category"]) == {"disc"}

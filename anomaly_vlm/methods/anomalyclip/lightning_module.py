@@ -10,7 +10,7 @@ from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
-from anomaly_vlm.methods.anomalyclip.torch_model import AnomalyCLIP
+from anomaly_vlm.methods.anomalyclip.torch_model import AnomalyCLIP, AnomalyCLIPFeatures
 from anomaly_vlm.methods.base import AnomalyMethod
 from anomaly_vlm.prompts.learnable import LearnablePromptSet
 
@@ -78,19 +78,15 @@ class AnomalyCLIPModule(AnomalyMethod):
         self.betas = tuple(float(beta) for beta in betas)
         if len(self.betas) != 2:
             raise ValueError(f"method.betas={list(betas)} must hold two values")
-        self._text: Tensor | None = None
 
     # ----- testing ---------------------------------------------------------------------------------
     def setup_category(self, category: str, reference_images: Tensor | None) -> None:
         # Object-agnostic prompts: the same two text features serve every category.
-        self._text = self.model.text_features()
-
-    def predict_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.predict(images, self._text)
+        self.model.scoring_text = self.model.text_features()
 
     # ----- training ----------------------------------------------------------------------------------
     def on_train_start(self) -> None:
-        self._text = None  # the prompts are about to change; never score with stale text features
+        self.model.scoring_text = None  # the prompts are about to change; never score with stale text
 
     def training_step(self, batch: AnomalyBatch, batch_idx: int) -> Tensor:
         if batch.mask is None:
@@ -98,7 +94,8 @@ class AnomalyCLIPModule(AnomalyMethod):
                 "AnomalyCLIP trains on pixel masks, but the auxiliary training batch has none "
                 f"(first image: {batch.path[0]}); use a train_data source with ground-truth masks"
             )
-        losses = self.model.loss(batch.image, batch.mask, batch.label)
+        features = AnomalyCLIPFeatures.from_dict(self.frozen_features(batch.image), self.model.layers)
+        losses = self.model.loss_from_features(features, batch.mask, batch.label)
         self.log_dict(
             {f"train/{name}": value.detach() for name, value in losses.items()},
             prog_bar=True,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
+from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
 from anomaly_vlm.methods.losses import dice_loss, focal_loss
 from anomaly_vlm.prompts.learnable import LearnablePromptEncoder, LearnablePromptSet
 
@@ -68,6 +70,18 @@ class AnomalyCLIPFeatures:
 
     global_embedding: Tensor
     patch_embeddings: dict[int, Tensor]
+
+    def as_dict(self) -> FrozenFeatures:
+        """The contract's flat form: ``global_embedding`` and ``patch_embeddings_<block>``."""
+        out = {"global_embedding": self.global_embedding}
+        for index, tokens in self.patch_embeddings.items():
+            out[f"patch_embeddings_{index}"] = tokens
+        return out
+
+    @classmethod
+    def from_dict(cls, features: FrozenFeatures, layers: Sequence[int]) -> AnomalyCLIPFeatures:
+        patches = {index: features[f"patch_embeddings_{index}"] for index in layers}
+        return cls(global_embedding=features["global_embedding"], patch_embeddings=patches)
 
 
 def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
@@ -160,6 +174,24 @@ class AnomalyCLIP(nn.Module):
         self.blur_sigma = float(blur_sigma)
         self.blur_truncate = float(blur_truncate)
         self.prompt_encoder = LearnablePromptEncoder(backbone, prompts)
+        #: Text features fixed for scoring (set per category); None computes them from the prompts.
+        self.scoring_text: Tensor | None = None
+
+    # ----- frozen features (the image side: DPAM involves no learned parameter) --------------------
+    cacheable = True
+
+    def feature_spec(self) -> dict[str, Any]:
+        return {
+            "method": "anomalyclip",
+            "layers": list(self.layers),
+            "dpam": self.dpam,
+            "dpam_start": self.dpam_start,
+            "global_ln_post": self.global_ln_post,
+        }
+
+    def frozen_features(self, images: Tensor) -> FrozenFeatures:
+        """:meth:`encode_image` as a flat dict (see :meth:`AnomalyCLIPFeatures.as_dict`)."""
+        return self.encode_image(images).as_dict()
 
     # ----- image side ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -246,20 +278,29 @@ class AnomalyCLIP(nn.Module):
         return {"loss": total, "global_loss": global_loss, "local_loss": local}
 
     @torch.no_grad()
-    def predict(self, images: Tensor, text: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``([B] image scores, [B, H, W] anomaly maps)``.
-
-        Image score = softmax(cos(global, text)/T)[anomalous]. Map = anomalous probability summed over
-        the used layers, then the Gaussian blur. (The official map ``(p_anomalous + 1 - p_normal) / 2``
-        equals ``p_anomalous`` for a two-way softmax.)
-        """
-        text = self.text_features() if text is None else text
-        features = self.encode_image(images)
-        scores = self.image_logits(features, text).softmax(dim=-1)[:, 1]
-        probabilities = self.patch_probabilities(features, text, images.shape[-2:])
+    def score(self, features: FrozenFeatures) -> Prediction:
+        """Image score = softmax(cos(global, text)/T)[anomalous]. Map = anomalous probability summed
+        over the used layers, then the Gaussian blur. (The official map ``(p_anomalous + 1 -
+        p_normal) / 2`` equals ``p_anomalous`` for a two-way softmax.)"""
+        text = self.text_features() if self.scoring_text is None else self.scoring_text
+        parts = AnomalyCLIPFeatures.from_dict(features, self.layers)
+        scores = self.image_logits(parts, text).softmax(dim=-1)[:, 1]
+        size = (self.backbone.image_size, self.backbone.image_size)
+        probabilities = self.patch_probabilities(parts, text, size)
         maps = sum(probs[:, 1] for probs in probabilities.values())
-        maps = gaussian_blur(maps, self.blur_sigma, self.blur_truncate)
-        return scores, maps
+        return Prediction(scores, gaussian_blur(maps, self.blur_sigma, self.blur_truncate))
+
+    def forward(self, images: Tensor) -> Prediction:
+        return self.score(self.frozen_features(images))
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, text: Tensor | None = None) -> Prediction:
+        """:meth:`forward` with the given text features (None: from the prompts; see :meth:`score`)."""
+        previous, self.scoring_text = self.scoring_text, text
+        try:
+            return self(images)
+        finally:
+            self.scoring_text = previous
 
     def extra_repr(self) -> str:
         return (

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,10 +29,10 @@ class AprilGANModule(AnomalyMethod):
 
     Image scores: zero-shot, the text probability of the global embedding. Few-shot, as in the
     reference test script, ``0.5 * (text probability + minmax(max of the final map))`` where the min-max
-    runs over the whole test set of the category, so :meth:`predict_images` returns the text probability
-    and keeps both parts, and :meth:`finalize_image_scores` combines them when the category ends. A
-    category whose map maxima are all equal gets a zero normalised term (the reference code would
-    divide by zero).
+    runs over the whole test set of the category, so the torch model's ``score`` returns the text
+    probability with both parts as extras, and its ``postprocess_set``, which the evaluation path
+    applies once the category is complete, combines them. A category whose map maxima are all equal
+    gets a zero normalised term (the reference code would divide by zero).
 
     Args:
         backbone: frozen CLIP (published: ViT-L-14-336, OpenAI weights, plain GELU, 518 px).
@@ -74,8 +73,6 @@ class AprilGANModule(AnomalyMethod):
         self.focal_gamma = float(focal_gamma)
         self.text_aggregation = text_aggregation
         self._train_text: dict[str, Tensor] = {}
-        self._text_probabilities: list[np.ndarray] = []
-        self._map_maxima: list[np.ndarray] = []
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -96,7 +93,7 @@ class AprilGANModule(AnomalyMethod):
         if batch.mask is None:
             raise ValueError("APRIL-GAN trains on masks; the training batch has none (train_data=...)")
         images = batch.image
-        _, layer_tokens = self.model.encode(images)
+        layer_tokens = self.model.layer_tokens(self.frozen_features(images))
         text = self._text_for(list(batch.category))
         probabilities = self.model.stage_probabilities(layer_tokens, text, tuple(images.shape[-2:]))
         target = (batch.mask > 0.5).float()
@@ -119,29 +116,10 @@ class AprilGANModule(AnomalyMethod):
     # ----- testing ------------------------------------------------------------------------------
     def setup_category(self, category: str, reference_images: Tensor | None) -> None:
         self.model.set_text_classifier(self._classifier(category).to(self.device))
-        self.model.build_memory(reference_images)
-        self._text_probabilities = []
-        self._map_maxima = []
-
-    def predict_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        text_probability, anomaly_map = self.model(images)
-        self._text_probabilities.append(text_probability.detach().float().cpu().numpy())
-        self._map_maxima.append(anomaly_map.detach().flatten(1).amax(dim=1).float().cpu().numpy())
-        return text_probability, anomaly_map
-
-    def finalize_image_scores(self, image_scores: np.ndarray) -> np.ndarray:
-        if not self.model.has_memory:
-            return image_scores
-        text = np.concatenate(self._text_probabilities) if self._text_probabilities else np.zeros(0)
-        maxima = np.concatenate(self._map_maxima) if self._map_maxima else np.zeros(0)
-        if len(text) != len(image_scores):
-            raise RuntimeError(
-                f"category '{self.current_category}': {len(image_scores)} image scores were evaluated but "
-                f"{len(text)} images were scored since setup_category"
-            )
-        span = maxima.max() - maxima.min() if len(maxima) else 0.0
-        normalised = (maxima - maxima.min()) / span if span > 0 else np.zeros_like(maxima)
-        return 0.5 * (text + normalised)
+        has_references = reference_images is not None and len(reference_images) > 0
+        # Chunks of 8, as the memory was always built: the features are the same, the peak memory lower.
+        features = self.reference_features(reference_images, batch_size=8) if has_references else None
+        self.model.set_memory_features(features)
 
     # ----- checkpoints ----------------------------------------------------------------------------
     def checkpoint_metadata(self) -> dict[str, Any]:

@@ -19,12 +19,14 @@ Where the paper is silent the released code (VAND-APRIL-GAN) decides:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
+from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
 
 #: The published stages: blocks 6, 12, 18, 24 of the 24-block ViT-L-14-336.
 REFERENCE_STAGES: tuple[int, ...] = (6, 12, 18, 24)
@@ -116,26 +118,53 @@ class AprilGAN(nn.Module):
         if reference_images is None or len(reference_images) == 0:
             self.memory = []
             return
-        banks: list[list[Tensor]] = [[] for _ in self.few_shot_stages]
-        for start in range(0, len(reference_images), batch_size):
-            chunk = reference_images[start : start + batch_size]
-            taps = self.backbone.encode_image(chunk, layers=self.few_shot_stages).layer_tokens
-            for index, stage in enumerate(self.few_shot_stages):
-                banks[index].append(taps[stage][:, 1:].reshape(-1, self.backbone.width))
-        self.memory = [torch.cat(bank) for bank in banks]
+        chunks = [
+            self.frozen_features(reference_images[start : start + batch_size])
+            for start in range(0, len(reference_images), batch_size)
+        ]
+        self.set_memory_features({key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]})
+
+    @torch.no_grad()
+    def set_memory_features(self, features: FrozenFeatures | None) -> None:
+        """The few-shot memory from the :meth:`frozen_features` of the reference images (None: none)."""
+        if features is None or len(features["global_embedding"]) == 0:
+            self.memory = []
+            return
+        self.memory = [
+            features[_block_key(stage)][:, 1:].reshape(-1, self.backbone.width)
+            for stage in self.few_shot_stages
+        ]
 
     @property
     def has_memory(self) -> bool:
         return bool(self.memory)
 
-    # ----- computation ------------------------------------------------------------------------
-    def encode(self, images: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
-        """Frozen forward pass: ``([B, D] global embedding, block -> [B, 1 + N, W] raw tokens)``."""
-        layers = sorted(set(self.stages) | (set(self.few_shot_stages) if self.has_memory else set()))
-        with torch.no_grad():
-            features = self.backbone.encode_image(images, layers=layers)
-        return features.global_embedding, features.layer_tokens
+    # ----- frozen features --------------------------------------------------------------------
+    cacheable = True
 
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        """Blocks whose raw tokens the projections and the few-shot memory read."""
+        return tuple(sorted(set(self.stages) | set(self.few_shot_stages)))
+
+    def feature_spec(self) -> dict[str, Any]:
+        return {"method": "aprillab", "layers": list(self.feature_layers)}
+
+    @torch.no_grad()
+    def frozen_features(self, images: Tensor) -> FrozenFeatures:
+        """``global_embedding [B, D]`` (``ln_post(CLS) @ proj``) and ``block_<n> [B, 1 + N, W]``, the
+        raw residual stream after block ``n`` for every block in :attr:`feature_layers`."""
+        features = self.backbone.encode_image(images, layers=self.feature_layers)
+        out = {"global_embedding": features.global_embedding}
+        for layer, tokens in features.layer_tokens.items():
+            out[_block_key(layer)] = tokens
+        return out
+
+    def layer_tokens(self, features: FrozenFeatures) -> dict[int, Tensor]:
+        """Block -> ``[B, 1 + N, W]`` raw tokens, from :meth:`frozen_features`."""
+        return {layer: features[_block_key(layer)] for layer in self.feature_layers}
+
+    # ----- computation ------------------------------------------------------------------------
     def _upsample(self, grid_values: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(grid_values, size=size, mode="bilinear", align_corners=True)
 
@@ -145,7 +174,7 @@ class AprilGAN(nn.Module):
         """Per stage ``[B, 2, H, W]`` class probabilities at the input size.
 
         Args:
-            layer_tokens: raw block outputs from :meth:`encode`.
+            layer_tokens: raw block outputs from :meth:`layer_tokens`.
             text: ``[2, D]`` (one category) or ``[B, 2, D]`` (a class per image, as in training).
             size: output (input image) size.
         """
@@ -179,17 +208,43 @@ class AprilGAN(nn.Module):
             total = upsampled if total is None else total + upsampled
         return total
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Score ``[B, 3, H, W]`` images: ``([B] text probability, [B, H, W] anomaly map)``.
+    def score(self, features: FrozenFeatures) -> Prediction:
+        """Score images from their :meth:`frozen_features`.
 
         The map is the zero-shot map (sum of the stages' abnormal probabilities) plus, when a memory is
-        set, the few-shot map. The few-shot image score also needs the category's min-max of
-        ``map.max()``, which only the caller (at the end of a category) can compute.
+        set, the few-shot map. The image score is the text probability; with a memory the prediction
+        also carries ``text_probability`` and ``map_max`` for :meth:`postprocess_set`.
         """
-        size = tuple(images.shape[-2:])
-        global_embedding, layer_tokens = self.encode(images)
+        size = (self.backbone.image_size, self.backbone.image_size)
+        layer_tokens = self.layer_tokens(features)
         probabilities = self.stage_probabilities(layer_tokens, self.text_classifier, size)
         anomaly_map = torch.stack([stage[:, 1] for stage in probabilities]).sum(dim=0)
-        if self.has_memory:
-            anomaly_map = anomaly_map + self.few_shot_map(layer_tokens, size)
-        return self.image_probability(global_embedding), anomaly_map
+        text_probability = self.image_probability(features["global_embedding"])
+        if not self.has_memory:
+            return Prediction(text_probability, anomaly_map)
+        anomaly_map = anomaly_map + self.few_shot_map(layer_tokens, size)
+        extras = {"text_probability": text_probability, "map_max": anomaly_map.flatten(1).amax(dim=1)}
+        return Prediction(text_probability, anomaly_map, extras)
+
+    def postprocess_set(self, prediction: Prediction) -> Prediction:
+        """Few-shot image score of a whole category: ``0.5 * (text + minmax(map maxima))``.
+
+        The min-max runs over the category's test set, as in the reference test script. A category
+        whose map maxima are all equal gets a zero normalised term (the reference would divide by 0).
+        Zero-shot predictions (no ``map_max``) are returned unchanged.
+        """
+        if "map_max" not in prediction.extras:
+            return prediction
+        text = prediction.extras["text_probability"].float()
+        maxima = prediction.extras["map_max"].float()
+        span = maxima.max() - maxima.min() if len(maxima) else maxima.new_zeros(())
+        normalised = (maxima - maxima.min()) / span if span > 0 else torch.zeros_like(maxima)
+        return Prediction(0.5 * (text + normalised), prediction.anomaly_map, prediction.extras)
+
+    def forward(self, images: Tensor) -> Prediction:
+        """Score ``[B, 3, H, W]`` images: ``score(frozen_features(images))`` (before the set step)."""
+        return self.score(self.frozen_features(images))
+
+
+def _block_key(layer: int) -> str:
+    return f"block_{layer}"

@@ -32,6 +32,3 @@ class CLIPBaselineModule(AnomalyMethod):
     def setup_category(self, category: str, reference_images: Tensor | None) -> None:
         classifier = self.text_cache.classifier(self.backbone, self.prompts, category, "normalized_mean")
         self.model.set_text_classifier(classifier)
-
-    def predict_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model(images)

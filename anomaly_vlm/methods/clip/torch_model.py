@@ -6,11 +6,14 @@ ICML 2021 (zero-shot protocol as used in WinCLIP, CVPR 2023, Table 1).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
+from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
 
 
 class CLIPBaseline(nn.Module):
@@ -32,14 +35,31 @@ class CLIPBaseline(nn.Module):
         """``[2, D]`` unit-norm rows (normal, anomalous)."""
         self.text_classifier = classifier.to(self.text_classifier)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    cacheable = True
+
+    def feature_spec(self) -> dict[str, Any]:
+        return {"method": "clip", "features": ["global_embedding", "patch_embeddings"]}
+
+    @torch.no_grad()
+    def frozen_features(self, images: Tensor) -> FrozenFeatures:
+        """``global_embedding [B, D]`` (projected CLS) and ``patch_embeddings [B, N, D]`` (projected
+        final patch tokens), neither normalised."""
         features = self.backbone.encode_image(images)
-        image_embedding = F.normalize(features.global_embedding, dim=-1)
+        return {
+            "global_embedding": features.global_embedding,
+            "patch_embeddings": self.backbone.project(features.patch_tokens),
+        }
+
+    def score(self, features: FrozenFeatures) -> Prediction:
+        image_embedding = F.normalize(features["global_embedding"], dim=-1)
         image_scores = (self.logit_scale * image_embedding @ self.text_classifier.T).softmax(-1)[:, 1]
-        patches = F.normalize(self.backbone.project(features.patch_tokens), dim=-1)
+        patches = F.normalize(features["patch_embeddings"], dim=-1)
         patch_scores = (self.logit_scale * patches @ self.text_classifier.T).softmax(-1)[..., 1]
         side_h, side_w = self.backbone.grid_size
         grid = patch_scores.reshape(-1, 1, side_h, side_w)
-        size = images.shape[-2:]
+        size = (self.backbone.image_size, self.backbone.image_size)
         maps = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)[:, 0]
-        return image_scores, maps
+        return Prediction(image_scores, maps)
+
+    def forward(self, images: Tensor) -> Prediction:
+        return self.score(self.frozen_features(images))

@@ -63,7 +63,5 @@ class WinCLIPModule(AnomalyMethod):
             raise ValueError(
                 f"shots={self.shots} but no reference images were given for category '{category}'"
             )
-        self.model.set_reference_images(reference_images if self.shots else None)
-
-    def predict_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model(images)
+        features = self.reference_features(reference_images) if self.shots else None
+        self.model.set_reference_features(features)

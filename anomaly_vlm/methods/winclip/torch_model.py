@@ -28,12 +28,14 @@ classifier are computed once per category.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
+from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
 
 
 def window_indices(grid_size: tuple[int, int], kernel: int, stride: int = 1) -> Tensor:
@@ -178,21 +180,48 @@ class WinCLIPModel(nn.Module):
 
     @torch.no_grad()
     def set_reference_images(self, images: Tensor | None, normalized: bool = False) -> None:
-        """Build the WinCLIP+ memories from ``[K, 3, H, W]`` normal images (None: zero-shot).
+        """Build the WinCLIP+ memories from ``[K, 3, H, W]`` normal images (None: zero-shot)."""
+        if images is None or images.shape[0] == 0:
+            self.set_reference_features(None)
+            return
+        self.set_reference_features(self.frozen_features(images, normalized=normalized))
+
+    @torch.no_grad()
+    def set_reference_features(self, features: FrozenFeatures | None) -> None:
+        """Build the WinCLIP+ memories from the frozen features of K normal images (None: zero-shot).
 
         Keeps unit-norm patch tokens ``[K * N, W]`` and, per scale, unit-norm window embeddings
         ``[K * n_windows, D]``; computed once per category.
         """
-        if images is None or images.shape[0] == 0:
+        if features is None or features["patch_tokens"].shape[0] == 0:
             self.reference_patches, self.reference_windows = None, None
             return
-        _, patches, windows = self.encode(images, normalized=normalized)
-        self.reference_patches = F.normalize(patches.flatten(0, 1), dim=-1)
-        self.reference_windows = [F.normalize(window.flatten(0, 1), dim=-1) for window in windows]
+        self.reference_patches = F.normalize(features["patch_tokens"].flatten(0, 1), dim=-1)
+        self.reference_windows = [
+            F.normalize(features[_window_key(index)].flatten(0, 1), dim=-1)
+            for index in range(len(self.scales))
+        ]
 
     @property
     def few_shot(self) -> bool:
         return self.reference_patches is not None
+
+    # ----- frozen features ------------------------------------------------------------------------
+    cacheable = True
+
+    def feature_spec(self) -> dict[str, Any]:
+        # cls_only_last_block is exact, so it does not change the features.
+        return {"method": "winclip", "scales": list(self.scales)}
+
+    @torch.no_grad()
+    def frozen_features(self, images: Tensor, normalized: bool = False) -> FrozenFeatures:
+        """``image_embedding [B, D]``, ``patch_tokens [B, N, W]`` (after ln_post, unprojected) and
+        ``windows_<i> [B, n_windows, D]`` for the ``i``-th scale."""
+        image_embeddings, patch_tokens, windows = self.encode(images, normalized=normalized)
+        features = {"image_embedding": image_embeddings, "patch_tokens": patch_tokens}
+        for index, window in enumerate(windows):
+            features[_window_key(index)] = window
+        return features
 
     # ----- encoding -------------------------------------------------------------------------------
     def encode(self, images: Tensor, normalized: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -235,11 +264,12 @@ class WinCLIPModel(nn.Module):
         return backbone.project(backbone.visual.ln_post(cls))
 
     # ----- scoring --------------------------------------------------------------------------------
-    def forward(self, images: Tensor, normalized: bool = False) -> tuple[Tensor, Tensor]:
-        """Score ``[B, 3, H, W]`` images: ``([B] image scores, [B, H, W] anomaly maps)``."""
+    def score(self, features: FrozenFeatures) -> Prediction:
+        """Score images from their :meth:`frozen_features`."""
         if not self.has_text:
             raise RuntimeError("set_text_classifier(...) must be called before scoring (setup_category)")
-        image_embeddings, patch_tokens, windows = self.encode(images, normalized=normalized)
+        image_embeddings, patch_tokens = features["image_embedding"], features["patch_tokens"]
+        windows = [features[_window_key(index)] for index in range(len(self.scales))]
         grid_h, grid_w = self.backbone.grid_size
         image_scores = class_scores(image_embeddings, self.text_classifier, self.temperature)
 
@@ -261,11 +291,21 @@ class WinCLIPModel(nn.Module):
 
         maps = F.interpolate(
             score_map.reshape(-1, 1, grid_h, grid_w),
-            size=images.shape[-2:],
+            size=(self.backbone.image_size, self.backbone.image_size),
             mode="bilinear",
             align_corners=False,
         )[:, 0]
-        return image_scores, maps
+        return Prediction(image_scores, maps)
+
+    def forward(self, images: Tensor, normalized: bool = False) -> Prediction:
+        """Score ``[B, 3, H, W]`` images: ``score(frozen_features(images))``."""
+        if not self.has_text:
+            raise RuntimeError("set_text_classifier(...) must be called before scoring (setup_category)")
+        return self.score(self.frozen_features(images, normalized=normalized))
+
+
+def _window_key(scale_index: int) -> str:
+    return f"windows_{scale_index}"
 
 
 def _is_plain_block(block: nn.Module) -> bool:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_vlm.methods.clip import CLIPBaselineModule
+from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
 
 
 class TrainableProbe(CLIPBaselineModule):
@@ -28,9 +29,9 @@ class TrainableProbe(CLIPBaselineModule):
         self.job_seed = int(seed)
         self.kill_epoch = int(kill_epoch)
 
-    def predict_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        scores, maps = self.model(images)
-        return scores, maps * self.gain
+    def score(self, features: FrozenFeatures) -> Prediction:
+        prediction = self.model.score(features)
+        return Prediction(prediction.image_score, prediction.anomaly_map * self.gain)
 
     def on_fit_start(self) -> None:
         self.setup_category("object", None)
@@ -46,7 +47,7 @@ class TrainableProbe(CLIPBaselineModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         with torch.no_grad():
-            scores, _ = self.model(batch.image)
+            scores = self.model.score(self.frozen_features(batch.image)).image_score
         loss = (self.gain * scores.mean() - batch.label.float().mean()) ** 2
         self.log("train/loss", loss, batch_size=len(batch))
         return loss

@@ -10,10 +10,10 @@ TWO_PROMPT = PromptSet("two_prompt", ["flawless {}"], ["damaged {}"], ["a photo 
 
 def test_scores_follow_the_two_prompt_formula(tiny_backbone):
     module = CLIPBaselineModule(tiny_backbone, TWO_PROMPT)
-    module.prepare_category("disc")
-    module.on_test_start()
+    module.setup_category("disc", None)
     images = torch.rand(2, 3, 128, 128)
-    scores, maps = module.predict_images(images)
+    prediction = module.predict_images(images)
+    scores, maps = prediction.image_score, prediction.anomaly_map
     text = F.normalize(
         tiny_backbone.encode_text(["a photo of a flawless disc.", "a photo of a damaged disc."]), dim=-1
     )

@@ -156,7 +156,8 @@ def test_scores_follow_the_winclip_equations(winclip_backbone, shots):
     model.set_text_classifier(text)
     model.set_reference_images(references)
     assert model.few_shot is bool(shots)
-    scores, maps = model(images)
+    prediction = model(images)
+    scores, maps = prediction.image_score, prediction.anomaly_map
     expected_scores, expected_maps = _reference_scores(winclip_backbone, text, images, references)
     torch.testing.assert_close(scores, expected_scores, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(maps, expected_maps, rtol=1e-4, atol=1e-5)
@@ -166,9 +167,11 @@ def test_a_query_among_the_references_has_no_few_shot_anomaly(winclip_backbone):
     images = torch.rand(3, 3, 128, 128)
     model = WinCLIPModel(winclip_backbone)
     model.set_text_classifier(F.normalize(torch.randn(2, winclip_backbone.embed_dim), dim=-1))
-    zero_scores, zero_maps = model(images[:1])
+    prediction = model(images[:1])
+    zero_scores, zero_maps = prediction.image_score, prediction.anomaly_map
     model.set_reference_images(images)
-    few_scores, few_maps = model(images[:1])
+    prediction = model(images[:1])
+    few_scores, few_maps = prediction.image_score, prediction.anomaly_map
     # The few-shot part is ~0 for a reference itself: everything is halved.
     torch.testing.assert_close(few_scores, zero_scores / 2, atol=2e-5, rtol=0)
     torch.testing.assert_close(few_maps, zero_maps / 2, atol=2e-5, rtol=0)
@@ -193,14 +196,14 @@ def test_second_run_of_a_category_encodes_no_text(tmp_path):
 
 def test_reference_memory_is_built_once_per_category(winclip_backbone, monkeypatch):
     module = WinCLIPModule(winclip_backbone, cpe_prompts(), shots=2)
-    module.prepare_category("disc", torch.rand(2, 3, 128, 128))
-    module.on_test_start()
+    module.setup_category("disc", torch.rand(2, 3, 128, 128))
     assert module.model.reference_patches.shape == (2 * 64, winclip_backbone.width)
     assert [memory.shape[0] for memory in module.model.reference_windows] == [2 * 49, 2 * 36]
     calls = []
-    monkeypatch.setattr(module.model, "set_reference_images", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(module.model, "set_reference_features", lambda *a, **k: calls.append(1))
     for _ in range(2):
-        scores, maps = module.predict_images(torch.rand(2, 3, 128, 128))
+        prediction = module.predict_images(torch.rand(2, 3, 128, 128))
+        scores, maps = prediction.image_score, prediction.anomaly_map
     assert calls == [] and scores.shape == (2,) and maps.shape == (2, 128, 128)
 
 
@@ -223,9 +226,11 @@ def test_real_vit_b16_plus_240_zero_and_few_shot_batch():
     model.set_text_classifier(F.normalize(torch.randn(2, backbone.embed_dim), dim=-1))
     with torch.no_grad():
         images = torch.rand(2, 3, 240, 240)
-        zero_scores, zero_maps = model(images)
+        prediction = model(images)
+        zero_scores, zero_maps = prediction.image_score, prediction.anomaly_map
         model.set_reference_images(torch.rand(1, 3, 240, 240))
-        few_scores, few_maps = model(images)
+        prediction = model(images)
+        few_scores, few_maps = prediction.image_score, prediction.anomaly_map
     assert zero_maps.shape == few_maps.shape == (2, 240, 240)
     assert torch.isfinite(few_maps).all() and ((few_scores > 0) & (few_scores < 1)).all()
     assert not torch.allclose(zero_scores, few_scores)

@@ -81,10 +81,11 @@ def test_deep_prompts_overwrite_positions_1_to_4_in_blocks_2_to_depth(backbone: 
     # Block 1 sees the context vectors (plus positions) in slots 1..12 of each sentence.
     torch.testing.assert_close(inputs[1][0, 1:13], encoder.context_normal + positional[1:13])
     torch.testing.assert_close(inputs[1][1, 1:13], encoder.context_anomalous + positional[1:13])
-    # Blocks 2 and 3 get the deep tokens, without positional embedding, shared by both sentences.
+    # Blocks 2 and 3 get the deep tokens, without positional embedding, shared by both sentences,
+    # rounded through fp16 as the official encoder inserts them (deep_prompt_fp16, default on).
     for block, deep in ((2, encoder.deep_prompts[0]), (3, encoder.deep_prompts[1])):
         for sentence in range(2):
-            torch.testing.assert_close(inputs[block][sentence, 1:5], deep)
+            torch.testing.assert_close(inputs[block][sentence, 1:5], deep.half().float(), rtol=0, atol=0)
     # Block 4 (beyond depth 3) sees block 3's output, not deep tokens.
     assert not torch.allclose(inputs[4][0, 1:5], encoder.deep_prompts[1])
     # Token 0 (SOT) and the positions past 4 pass from block 1 to block 2 untouched.

@@ -14,9 +14,11 @@ from anomaly_vlm.reporting.results import write_json_atomic
 
 
 def fake_result(folder: Path, method: str, dataset: str, shots: int, seed: int, base: float, **extra) -> Path:
-    categories = {"bottle": base, "cable": base - 0.02}
+    # Every category of the dataset (a subset would be a partial row without Δ); mean = base - 0.01.
+    categories = {c: base - 0.01 for c in tables.full_categories(dataset) or ("bottle", "cable")}
+    categories.update(bottle=base, cable=base - 0.02)
     per_category = {c: {m: v + 0.001 * seed for m in METRIC_NAMES} for c, v in categories.items()}
-    mean = {m: sum(per_category[c][m] for c in categories) / 2 for m in METRIC_NAMES}
+    mean = {m: sum(per_category[c][m] for c in categories) / len(categories) for m in METRIC_NAMES}
     payload = {
         "status": "complete",
         "method": method,
@@ -125,3 +127,133 @@ def test_reference_draws_are_replicates_even_with_one_training_seed(tmp_path: Pa
     (group,) = tables.collect(tables.find_result_files([root]))
     assert group.seeds == [(111, 0), (111, 1), (111, 2)]
     assert len(group.metric_values("image_auroc")) == 3
+
+
+# ----- first-hour defects -----------------------------------------------------------------------------------
+def _with_config(path: Path, **config) -> None:
+    payload = json.loads(path.read_text())
+    payload["config"] = {"seed": payload["seed"], "paths": {"output_dir": str(path.parent)}, **config}
+    # Per-job values (the job's own folder) never make runs different configurations.
+    payload["config"]["trainer"]["default_root_dir"] = str(path.parent)
+    payload["config"]["method"] = {"text_cache": str(path.parent / "cache")}
+    write_json_atomic(path, payload)
+
+
+def test_missing_or_empty_results_folder_is_one_error_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    for folder in ("missing", "empty"):
+        assert tables.main(["--results", str(tmp_path / folder), "--out", str(tmp_path / "r")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and str(tmp_path / folder) in err[0]
+
+
+def test_sweeps_that_differ_in_config_are_separate_rows(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        a = fake_result(tmp_path / "a", "winclip", "mvtec", 0, seed, 0.9)
+        _with_config(a, data={"categories": None}, trainer={"max_epochs": 1})
+        b = fake_result(tmp_path / "b", "winclip", "mvtec", 0, seed, 0.8)
+        _with_config(b, data={"categories": ["bottle"]}, trainer={"max_epochs": 1})
+    groups = tables.collect(tables.find_result_files([tmp_path / "a", tmp_path / "b"]))
+    assert len(groups) == 2 and all(len(group.runs) == 2 for group in groups)  # seeds are replicates
+    labels = sorted(group.method_label for group in groups)
+    assert labels == ["winclip [data.categories=None]", "winclip [data.categories=['bottle']]"]
+
+
+def test_untrained_runs_are_labelled_and_never_replace_trained_ones(tmp_path: Path) -> None:
+    fake_result(tmp_path / "t", "aprillab", "mvtec", 0, 0, 0.9, train_dataset="visa")
+    fake_result(tmp_path / "u", "aprillab", "mvtec", 0, 0, 0.5, untrained=True)
+    groups = tables.collect(tables.find_result_files([tmp_path]))
+    assert sorted(group.method_label for group in groups) == [
+        "aprillab (trained on visa)",
+        "aprillab (untrained)",
+    ]
+    rows = {row["method_label"]: row for row in tables.summary_rows(groups, tables.load_published())}
+    assert rows["aprillab (untrained)"]["image_auroc"]["published"] is None  # no Δ against trained numbers
+    assert rows["aprillab (trained on visa)"]["image_auroc"]["delta"] is not None
+
+
+def test_a_subset_of_the_published_categories_is_a_partial_row(tmp_path: Path) -> None:
+    path = fake_result(tmp_path, "winclip", "visa", 0, 0, 0.9)
+    payload = json.loads(path.read_text())
+    payload["metrics"]["per_category"] = {"candle": payload["metrics"]["per_category"]["candle"]}
+    write_json_atomic(path, payload)
+    tables.make_tables([tmp_path], tmp_path / "r", plots=False)
+    markdown = (tmp_path / "r" / "visa_summary.md").read_text()
+    assert "winclip (partial: 1/12 categories)" in markdown and "Δ —" in markdown
+    assert "Δ -" not in markdown and "Δ +" not in markdown
+    assert "rows marked partial cover only some categories" in markdown
+
+
+def test_deltas_and_the_published_note(tmp_path: Path) -> None:
+    assert tables.format_delta(-0.04) == "+0.0" and tables.format_delta(-0.06) == "-0.1"
+    assert tables.format_delta(None) == "—"
+    fake_result(tmp_path / "s", "clip", "synthetic", 0, 0, 0.9)  # no published numbers for this
+    tables.make_tables([tmp_path / "s"], tmp_path / "r", plots=False)
+    assert "published" not in (tmp_path / "r" / "synthetic_summary.md").read_text()
+
+
+def _boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("latencies", [(3.1, 4.2, 5.5, 7.9), (0.4, 12.0, 2500.0), (20.0, 21.0)])
+def test_latency_axis_labels_do_not_overlap(latencies) -> None:
+    from anomaly_vlm.reporting import plots
+
+    rows = [
+        {
+            "method": "m",
+            "method_label": f"m{i}",
+            "shots": 0,
+            "backbone": "b",
+            "ms_per_image": latency,
+            "image_auroc": {"mean": 80.0 + i},
+        }
+        for i, latency in enumerate(latencies)
+    ]
+    figure = plots.accuracy_vs_latency_figure(rows, "d")
+    figure.tight_layout()
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    axis = figure.axes[0]
+    labels = [
+        label
+        for label in axis.get_xticklabels() + axis.get_xticklabels(minor=True)
+        if label.get_visible()
+        and label.get_text()
+        and axis.get_xlim()[0] <= label.get_position()[0] <= axis.get_xlim()[1]
+    ]
+    assert len(labels) >= 2
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    assert not any(_boxes_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    plots.plt.close(figure)
+
+
+def test_shots_legend_stays_off_the_points() -> None:
+    from anomaly_vlm.reporting import plots
+
+    rows = [
+        {
+            "method": method,
+            "method_label": method,
+            "backbone": "b",
+            "prompts": "p",
+            "shots": shots,
+            "image_auroc": {"mean": base + shots, "std": 0.5},
+            "pixel_auroc": {"mean": base + shots, "std": 0.5},
+        }
+        for method, base in (("winclip", 90.0), ("clip", 60.0))
+        for shots in (0, 1, 2, 4)
+    ]
+    figure = plots.metric_vs_shots_figure("mvtec", rows, tables.load_published())
+    figure.tight_layout()
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    for axis in figure.axes:
+        legend = axis.get_legend().get_window_extent(renderer)
+        assert legend.y1 <= axis.get_window_extent(renderer).y0  # entirely below the plotting area
+        for line in axis.get_lines():
+            for x, y in axis.transData.transform(line.get_xydata()):
+                assert not (legend.x0 <= x <= legend.x1 and legend.y0 <= y <= legend.y1)
+        assert legend.y0 >= 0  # and not cut off by the figure edge
+    plots.plt.close(figure)

@@ -160,9 +160,9 @@ def test_predict_scores_unlabelled_images_with_heatmaps(tmp_path, folder_data):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and {row["category"] for row in rows} == {"widget"}
     assert all(0.0 <= float(row["score"]) <= 1.0 for row in rows)
-    overlay = Image.open(out / "heatmaps" / "dent__0.png")
+    overlay = Image.open(out / "heatmaps" / "dent__0.png.png")
     assert overlay.size[0] == 3 * 128  # image | blended | map at the model input size
-    raw = np.asarray(Image.open(out / "heatmaps" / "dent__0_map.tiff"))
+    raw = np.asarray(Image.open(out / "heatmaps" / "dent__0.png_map.tiff"))
     assert raw.shape == (128, 128) and raw.dtype == np.float32
     before = (out / "scores.csv").read_text()
     with pytest.raises(SystemExit):

@@ -88,10 +88,10 @@ def _held_out_metrics(module: AnomalyCLIPModule, datamodule: AnomalyDataModule) 
     maps, masks, scores, labels = [], [], [], []
     module.eval()
     for category in datamodule.categories:
-        module.prepare_category(category)
-        module.on_test_start()
+        module.setup_category(category, None)
         for batch in datamodule.category_test_dataloader(category):
-            batch_scores, batch_maps = module.predict_images(batch.image)
+            prediction = module.predict_images(batch.image)
+            batch_scores, batch_maps = prediction.image_score, prediction.anomaly_map
             maps.append(batch_maps)
             masks.append(batch.mask)
             scores.append(batch_scores)

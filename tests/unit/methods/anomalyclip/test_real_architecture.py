@@ -62,14 +62,13 @@ def test_vit_l14_336_at_518_trains_one_step_and_scores_one_batch() -> None:
     for name, tensor in module.trainable_state_dict().items():
         assert not torch.equal(tensor, before[name]), name
 
-    module.prepare_category("bottle")
-    module.on_test_start()
+    module.setup_category("bottle", None)
     started = time.perf_counter()
-    out = module.test_step(batch, 0)
+    out = module.test_step(batch, 0).prediction
     test_seconds = time.perf_counter() - started
-    assert out.pred_score.shape == (2,) and out.anomaly_map.shape == (2, 518, 518)
+    assert out.image_score.shape == (2,) and out.anomaly_map.shape == (2, 518, 518)
     assert torch.isfinite(out.anomaly_map).all() and bool(
-        ((out.pred_score >= 0) & (out.pred_score <= 1)).all()
+        ((out.image_score >= 0) & (out.image_score <= 1)).all()
     )
     print(
         f"ViT-L-14-336 @518, batch 2, CPU: train step {step_seconds:.1f} s, test batch {test_seconds:.1f} s"

@@ -122,7 +122,8 @@ def test_gaussian_blur_equals_scipy_gaussian_filter(shape, sigma) -> None:
 def test_predict_scores_and_blurred_summed_maps(backbone: FrozenCLIP, images: torch.Tensor) -> None:
     model = _model(backbone, layers=[6, 8])
     text = model.text_features()
-    scores, maps = model.predict(images, text)
+    prediction = model.predict(images, text)
+    scores, maps = prediction.image_score, prediction.anomaly_map
     features = model.encode_image(images)
     logits = F.normalize(features.global_embedding, dim=-1) @ text.T / 0.07
     torch.testing.assert_close(scores, logits.softmax(-1)[:, 1])

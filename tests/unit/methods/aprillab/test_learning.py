@@ -26,12 +26,12 @@ SIZES = {"num_train": 1, "num_test_good": 4, "num_test_per_defect": 4}
 def _held_out_pixel_auroc(module: AprilGANModule, datamodule: AnomalyDataModule) -> float:
     values = []
     for category in HELD_OUT:
-        module.prepare_category(category)
-        module.on_test_start()
+        module.setup_category(category, None)
         maps, masks = [], []
         for batch in datamodule.category_test_dataloader(category):
             with torch.no_grad():
-                _, anomaly_map = module.predict_images(batch.image)
+                prediction = module.predict_images(batch.image)
+                _, anomaly_map = prediction.image_score, prediction.anomaly_map
             maps.append(anomaly_map.numpy().ravel())
             masks.append(batch.mask.numpy().ravel() > 0.5)
         values.append(roc_auc_score(np.concatenate(masks), np.concatenate(maps)))

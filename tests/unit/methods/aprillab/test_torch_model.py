@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.aprillab import AprilGAN, AprilGANModule, default_stages
+from anomaly_vlm.methods.contract import Prediction
 from anomaly_vlm.prompts import PromptSet
 
 PROMPTS = PromptSet("test", ["flawless {}"], ["damaged {}"], ["a photo of a {}."])
@@ -49,7 +50,8 @@ def test_zero_shot_map_and_score_follow_the_reference_arithmetic(backbone):
     text = F.normalize(torch.randn(2, backbone.embed_dim), dim=-1)
     module.model.set_text_classifier(text)
     images = torch.rand(2, 3, 128, 128)
-    scores, maps = module.predict_images(images)
+    prediction = module.predict_images(images)
+    scores, maps = prediction.image_score, prediction.anomaly_map
 
     features = backbone.encode_image(images, layers=(2, 4, 6, 8))
     expected_map = torch.zeros(2, 128, 128)
@@ -71,11 +73,13 @@ def test_few_shot_map_is_min_cosine_distance_of_raw_tokens(backbone):
     references = torch.rand(2, 3, 128, 128)
     query = torch.rand(1, 3, 128, 128)
     module.setup_category("thing", None)
-    _, zero_shot = module.predict_images(torch.cat([references[:1], query]))
+    prediction = module.predict_images(torch.cat([references[:1], query]))
+    _, zero_shot = prediction.image_score, prediction.anomaly_map
 
     module.setup_category("thing", references)
     assert [bank.shape for bank in module.model.memory] == [torch.Size([2 * 64, 64])] * 4
-    _, with_memory = module.predict_images(torch.cat([references[:1], query]))
+    prediction = module.predict_images(torch.cat([references[:1], query]))
+    _, with_memory = prediction.image_score, prediction.anomaly_map
     # A reference image is its own nearest neighbour: distance 0 everywhere, map unchanged.
     torch.testing.assert_close(with_memory[0], zero_shot[0], atol=1e-4, rtol=0)
 
@@ -94,19 +98,28 @@ def test_few_shot_image_score_combines_text_and_category_min_max_at_the_end(back
     module.setup_category("thing", torch.rand(1, 3, 128, 128))
     images = torch.rand(5, 3, 128, 128)
     with torch.no_grad():
-        text_a, maps_a = module.predict_images(images[:3])
-        text_b, maps_b = module.predict_images(images[3:])
-    text = torch.cat([text_a, text_b]).numpy()
-    maxima = torch.cat([maps_a, maps_b]).flatten(1).amax(1).numpy()
-    final = module.finalize_image_scores(text.astype(np.float64))
+        parts = [module.predict_images(images[:3]), module.predict_images(images[3:])]
+    text = torch.cat([part.image_score for part in parts]).numpy()
+    maxima = torch.cat([part.anomaly_map for part in parts]).flatten(1).amax(1).numpy()
+    np.testing.assert_array_equal(
+        torch.cat([part.extras["text_probability"] for part in parts]).numpy(), text
+    )
+    # The set-level step runs on the whole category's prediction, however it was batched.
+    final = module.postprocess_set(Prediction.concat(parts)).image_score.numpy()
     expected = 0.5 * (text + (maxima - maxima.min()) / (maxima.max() - maxima.min()))
     np.testing.assert_allclose(final, expected, rtol=1e-6)
-    with pytest.raises(RuntimeError, match="6 image scores"):
-        module.finalize_image_scores(np.zeros(6))
-    # A new category starts from an empty record; zero-shot keeps the text probability.
+    # Equal maxima: the normalised term is zero, not a division by zero.
+    flat = Prediction(
+        torch.tensor([0.2, 0.4]),
+        torch.ones(2, 4, 4),
+        {"text_probability": torch.tensor([0.2, 0.4]), "map_max": torch.ones(2)},
+    )
+    np.testing.assert_allclose(module.postprocess_set(flat).image_score.numpy(), [0.1, 0.2])
+    # Zero-shot keeps the text probability: no extras, nothing to combine.
     module.setup_category("other", None)
-    module.predict_images(images[:2])
-    np.testing.assert_array_equal(module.finalize_image_scores(np.array([0.1, 0.2])), [0.1, 0.2])
+    zero_shot = module.predict_images(images[:2])
+    assert zero_shot.extras == {}
+    assert module.postprocess_set(zero_shot).image_score is zero_shot.image_score
 
 
 def test_training_step_updates_only_the_projections(backbone):

@@ -55,6 +55,7 @@ def test_vit_l14_336_at_518_trains_one_step_and_tests_one_batch():
     module.setup_category("bottle", torch.rand(1, 3, 518, 518))
     assert [tuple(bank.shape) for bank in module.model.memory] == [(37 * 37, 1024)] * 4
     with torch.no_grad():
-        scores, maps = module.predict_images(batch.image)
+        prediction = module.predict_images(batch.image)
+        scores, maps = prediction.image_score, prediction.anomaly_map
     assert scores.shape == (1,) and maps.shape == (1, 518, 518)
     assert torch.isfinite(maps).all() and float(maps.min()) >= -1e-4

@@ -1,0 +1,74 @@
+"""Command-line mistakes the entry points catch before Hydra starts (light: no torch import).
+
+Hydra reports these with a grammar error, a missing-plugin traceback or "Could not override", none of
+which tells a new user what to type instead; each is turned into one ``error:`` line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+
+#: launcher choice -> (plugin module, how to install it)
+LAUNCHER_PLUGINS = {
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "pip install -e '.[slurm]' (hydra-submitit-launcher)"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "pip install -e . (hydra-joblib-launcher)"),
+}
+
+
+def _plugin_installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _needs_quoting(override: str) -> str | None:
+    """The value of ``key=value`` when Hydra's grammar rejects it (spaces, non-ASCII characters)."""
+    key, _, value = override.partition("=")
+    if not value or value[0] in "'\"[{" or (value.isascii() and not any(c.isspace() for c in value)):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_override(override)
+    except HydraException:
+        return value
+    return None
+
+
+def command_line_error(
+    argv: Sequence[str], script: str, plugin_installed: Callable[[str], bool] = _plugin_installed
+) -> str | None:
+    """The message for the first mistake in ``argv`` (overrides of ``train.py``/``evaluate.py``), or None."""
+    for argument in argv:
+        if argument.startswith("-") or "=" not in argument:
+            continue
+        key, _, value = argument.partition("=")
+        bare_key = key.lstrip("+~")
+        if bare_key == "hydra/launcher" and value in LAUNCHER_PLUGINS:
+            module, install = LAUNCHER_PLUGINS[value]
+            if not plugin_installed(module):
+                return f"hydra/launcher={value} needs its Hydra plugin, which is not installed: {install}"
+        if script == "train" and bare_key == "mode":
+            return (
+                f"mode={value} is an option of evaluate.py, not train.py: "
+                f"python evaluate.py mode={value} ... (train.py always trains, then tests)"
+            )
+        unquoted = _needs_quoting(argument)
+        if unquoted is not None:
+            return (
+                f"{bare_key}={unquoted}: Hydra needs values with spaces or non-ASCII characters in quotes; "
+                f"""write "{key}='{unquoted}'" (the outer quotes are for the shell)"""
+            )
+    return None
+
+
+def check_command_line(script: str, argv: Sequence[str] | None = None) -> None:
+    """Print ``error: <message>`` and exit 1 when :func:`command_line_error` finds a mistake."""
+    message = command_line_error(sys.argv[1:] if argv is None else argv, script)
+    if message:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(1)

@@ -1,0 +1,28 @@
+"""The one per-category scoring loop, shared by testing and prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import lightning as L
+
+from anomaly_vlm.callbacks.scoring import CategoryScoring
+from anomaly_vlm.data import AnomalyDataModule, Sample
+from anomaly_vlm.methods.base import AnomalyMethod
+
+
+def score_categories(
+    trainer: L.Trainer,
+    method: AnomalyMethod,
+    datamodule: AnomalyDataModule,
+    scoring: CategoryScoring,
+    references: Mapping[str, Sequence[Sample]],
+) -> None:
+    """Score every category of ``datamodule`` in turn; ``scoring`` (one of the trainer's callbacks)
+    sets the method up for each category and hands each finished category to its consumers."""
+    if scoring not in trainer.callbacks:
+        raise ValueError("the CategoryScoring callback must be one of the trainer's callbacks")
+    for category in datamodule.categories:
+        chosen = references.get(category) or []
+        scoring.begin(category, datamodule.load_images(list(chosen)) if chosen else None)
+        trainer.test(method, dataloaders=datamodule.category_test_dataloader(category), verbose=False)

@@ -1,0 +1,79 @@
+"""Command-line mistakes Hydra would report obscurely become one ``error:`` line (anomaly_vlm/entry.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+from anomaly_vlm.entry import command_line_error
+from anomaly_vlm.resolvers import LAUNCHER_SCHEMA_WARNING, available_workers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_missing_launcher_plugin_names_the_extra():
+    message = command_line_error(
+        ["-m", "hydra/launcher=slurm"], "train", plugin_installed=lambda module: False
+    )
+    assert message == (
+        "hydra/launcher=slurm needs its Hydra plugin, which is not installed: "
+        "pip install -e '.[slurm]' (hydra-submitit-launcher)"
+    )
+    assert command_line_error(["hydra/launcher=slurm"], "train", plugin_installed=lambda module: True) is None
+
+
+def test_paths_with_spaces_or_non_ascii_need_quotes():
+    message = command_line_error(["data.root=/data/my sets/ü"], "evaluate")
+    assert message.startswith("data.root=/data/my sets/ü: Hydra needs values with spaces or non-ASCII")
+    assert "\"data.root='/data/my sets/ü'\"" in message
+    assert command_line_error(["data.root='/data/my sets/ü'", "data.root=/data/plain"], "evaluate") is None
+
+
+def test_mode_is_an_evaluate_option():
+    assert "python evaluate.py mode=predict" in command_line_error(["mode=predict"], "train")
+    assert command_line_error(["mode=predict"], "evaluate") is None
+    # Through the entry point: one line, status 1, before Hydra composes anything.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "train.py", "mode=predict"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: mode=predict is an option of evaluate.py, not train.py: python evaluate.py mode=predict ... "
+        "(train.py always trains, then tests)"
+    ]
+
+
+def test_default_workers_follow_the_available_cores():
+    from hydra import compose, initialize_config_dir
+
+    cores = len(os.sched_getaffinity(0))
+    assert available_workers() == min(cores, 8) and available_workers(1) == 1
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["data=synthetic"])
+    assert cfg.datamodule.num_workers == min(cores, 8)
+
+
+def test_only_the_launcher_schema_warning_is_silenced():
+    import re
+
+    text = (
+        "\n'hydra/launcher/joblib' is validated against ConfigStore schema with the same name.\n"
+        "This behavior is deprecated in Hydra 1.1 and will be removed in Hydra 1.2."
+    )
+    ignored = [
+        message
+        for action, message, category, _, _ in warnings.filters
+        if action == "ignore" and message is not None and message.pattern == LAUNCHER_SCHEMA_WARNING
+    ]
+    assert ignored and ignored[0].match(text)
+    assert not re.match(LAUNCHER_SCHEMA_WARNING, "\n'db/mysql' is validated against ConfigStore schema")
+    assert not re.match(LAUNCHER_SCHEMA_WARNING, "some other UserWarning")
