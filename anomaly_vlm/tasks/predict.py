@@ -35,8 +35,10 @@ from anomaly_vlm.tasks.runner import (
     _quiet_lightning,
     build,
     clear_stale_artefacts,
+    feature_cache_report,
     group_choices,
     prepare_job,
+    print_feature_cache_summary,
 )
 
 log = logging.getLogger(__name__)
@@ -162,3 +164,5 @@ def predict(cfg: DictConfig) -> None:
     )
     print(f"scored {len(rows)} images: {scores_path}")
     print(f"heatmaps: {output_dir / HEATMAP_DIR}")
+    feature_cache_report(method)
+    print_feature_cache_summary(method)

@@ -427,7 +427,25 @@ def prepare_job(
     )
     if cfg.get("ckpt_path"):
         load_checkpoint(method, str(cfg.ckpt_path))
+    if cfg.get("feature_cache"):
+        method.feature_cache = build(cfg.feature_cache)
     return PreparedJob(method, references, shots, reference_seed)
+
+
+def feature_cache_report(method: AnomalyMethod) -> dict[str, Any] | None:
+    """Keep the feature cache under its size limit and say what it did (for results.json)."""
+    cache = method.feature_cache
+    if cache is None:
+        return None
+    if cache.stats.written_bytes:
+        cache.evict()
+    return {"enabled": cache.enabled, "dtype": cache.dtype, **dataclasses.asdict(cache.stats)}
+
+
+def print_feature_cache_summary(method: AnomalyMethod) -> None:
+    """The run's last line: feature-cache hits, misses, bypassed images and the folder's size."""
+    if method.feature_cache is not None:
+        print(method.feature_cache.summary())
 
 
 def run(cfg: DictConfig, fit: bool) -> float | None:
@@ -517,7 +535,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
         ddp.teardown(launch_environment)
         return None
     efficiency = probe.summary(method) if probe else method.parameter_counts()
-    efficiency["flops_per_image"] = flops_per_image(method, datamodule.image_size)
+    efficiency["flops_per_image"] = flops_per_image(method, datamodule.image_size, method.feature_cache)
     if logger:
         logger.log_metrics({f"test/{name}": value for name, value in mean.items() if value is not None})
         logger.log_metrics(
@@ -545,6 +563,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
             "untrained": bool(untrained),
             "device": str(method.device),
             "reference_seed": reference_seed if shots else None,
+            "feature_cache": feature_cache_report(method),
         },
     )
     results_path = write_json_atomic(output_dir / RESULTS_FILE, payload)
@@ -554,6 +573,7 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
         title += f" | reference_seed={reference_seed}"
     print_metrics_table(evaluator.results, mean, title=title)
     print(f"results: {results_path}")
+    print_feature_cache_summary(method)
     ddp.teardown(launch_environment)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return mean.get("image_auroc")
