@@ -161,6 +161,10 @@ def training_fingerprint(cfg: DictConfig) -> str:
         "seed": int(cfg.seed),
         "code": code_identity(),
     }
+    features = cfg.get("feature_cache") or {}
+    if features.get("enabled", False) and features.get("dtype", "float32") != "float32":
+        # Rounded cached features change what is learned; exact (float32) caching changes nothing.
+        parts["feature_cache_dtype"] = str(features.get("dtype"))
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -71,3 +71,22 @@ def test_no_lock_without_sharing_or_under_ddp(tmp_path):
         assert not (tmp_path / ".x.ckpt.lock").exists()
     with resume.shared_training_lock(shared):
         assert (tmp_path / ".x.ckpt.lock").exists()
+
+
+def test_rounded_cached_features_get_their_own_shared_training(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[3] / "conf"
+    fingerprints = {}
+    for name, overrides in {
+        "exact": [],
+        "off": ["feature_cache.enabled=false"],
+        "float16": ["feature_cache.dtype=float16"],
+    }.items():
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=["experiment=aprillab_synthetic", f"paths.output_dir={tmp_path}", *overrides],
+            )
+        fingerprints[name] = resume.training_fingerprint(cfg)
+    assert fingerprints["exact"] == fingerprints["off"] != fingerprints["float16"]
