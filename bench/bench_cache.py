@@ -79,27 +79,38 @@ def run_train(overrides: list[str], label: str) -> float:
 
 
 def job_metrics(sweep: Path) -> dict[str, dict]:
-    """Job folder name -> per-category metrics, from every results.json of a sweep."""
+    """``<prompts> shots=<k>`` -> metrics, from every results.json of a sweep (folder names differ between
+    the runs: they name the cache settings too)."""
     found = {}
     for path in sorted(sweep.rglob("results.json")):
         payload = json.loads(path.read_text())
-        found[path.parent.name] = payload["metrics"]
+        found[f"{payload['prompts']} shots={payload['shots']}"] = payload["metrics"]
     return found
 
 
+def _flatten(metrics: dict, prefix: str = "") -> dict[str, float | None]:
+    flat = {}
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{name}/"))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
 def max_metric_delta(reference: dict[str, dict], other: dict[str, dict]) -> float:
+    """Largest |difference| of any metric (mean and per category) of any job."""
     if reference.keys() != other.keys():
         raise SystemExit(f"different jobs: {sorted(reference)} vs {sorted(other)}")
     worst = 0.0
-    for job, metrics in reference.items():
-        for group, values in metrics.items():
-            for name, value in values.items():
-                theirs = other[job][group][name]
-                if value is None or theirs is None:
-                    if value != theirs:
-                        raise SystemExit(f"{job} {group}/{name}: {value} vs {theirs}")
-                    continue
-                worst = max(worst, abs(float(value) - float(theirs)))
+    for job in reference:
+        ours, theirs = _flatten(reference[job]), _flatten(other[job])
+        for name, value in ours.items():
+            if value is None or theirs.get(name) is None:
+                if value != theirs.get(name):
+                    raise SystemExit(f"{job} {name}: {value} vs {theirs.get(name)}")
+                continue
+            worst = max(worst, abs(float(value) - float(theirs[name])))
     return worst
 
 
