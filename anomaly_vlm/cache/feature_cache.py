@@ -83,12 +83,11 @@ def backbone_fingerprint(backbone: Any) -> dict[str, Any]:
     weights; the positional embedding's digest also covers the input size and its interpolation mode;
     mean and std are the normalisation.
     """
-    visual = backbone.visual
     return {
         "architecture": backbone.model_name,
         "weights": backbone.identity,
         "image_size": int(backbone.image_size),
-        "positional_embedding": _tensor_digest(visual.positional_embedding),
+        "positional_embedding": _tensor_digest(backbone.positional_embedding),
         "mean": [round(float(value), 8) for value in backbone.pixel_mean.flatten()],
         "std": [round(float(value), 8) for value in backbone.pixel_std.flatten()],
     }

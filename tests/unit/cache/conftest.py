@@ -21,7 +21,7 @@ def fake_backbone(identity: str = "fake:random:seed0", image_size: int = 16) -> 
         model_name="fake",
         identity=identity,
         image_size=image_size,
-        visual=SimpleNamespace(positional_embedding=torch.arange(10.0).reshape(5, 2)),
+        positional_embedding=torch.arange(10.0).reshape(5, 2),
         pixel_mean=torch.tensor([0.5, 0.5, 0.5]),
         pixel_std=torch.tensor([0.25, 0.25, 0.25]),
     )
