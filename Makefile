@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip parity-venv parity-winclip \
-	parity-aprillab parity-anomalyclip \
+	parity-aprillab parity-anomalyclip parity-musc parity-promptad \
 	weights tables clean
 
 help:  ## list the targets
@@ -89,6 +89,18 @@ parity-anomalyclip: $(STAMP)  ## AnomalyCLIP vs its official code: make parity-a
 bench-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP forward time vs anomalib's (same weights and inputs), 0- and 4-shot
 	cd bench && PARITY_PYTHON=$(abspath $(PARITY_PY)) $(abspath $(PY)) bench_winclip.py
 
+# MuSc's official release, imported from a checkout at run time (never vendored): MUSC_DIR=<clone of xrli-U/MuSc>.
+MUSC_DIR ?=
+PARITY_ARGS ?=
+parity-musc: $(STAMP)  ## MuSc vs its release (MUSC_DIR=...): max |delta| of per-layer maps, maps, scores
+	MUSC_DIR=$(MUSC_DIR) HF_HUB_OFFLINE=1 $(PY) bench/parity_musc.py $(PARITY_ARGS)
+
+# The official PromptAD code is imported from PROMPTAD_DIR at run time (git clone https://github.com/FuNz-0/PromptAD).
+PROMPTAD_DIR ?=
+PARITY_PRECISION ?= fp32
+parity-promptad: $(STAMP)  ## PromptAD vs its official code: features, loss, gradients, scores, maps (PROMPTAD_DIR=...)
+	HF_HUB_OFFLINE=1 $(PY) bench/parity_promptad.py --promptad-dir "$(PROMPTAD_DIR)" --precision $(PARITY_PRECISION)
+
 weights: $(STAMP)  ## download the weights of every backbone config (needs network)
 	$(PY) -m anomaly_vlm.backbones.download
 
@@ -108,16 +120,22 @@ tables: $(STAMP)  ## tables + plots: make tables RESULTS="<sweep folder>..." OUT
 # the paper's few-shot settings over SEEDS reference draws (reference_seed: training, where a method trains,
 # keeps the published seed and is shared by the draws), then the table with the published numbers.
 # A preflight checks datasets and weights first, so a missing DATA_ROOT or weight stops in seconds.
-REPRODUCIBLE := winclip-mvtec winclip-visa aprillab-mvtec aprillab-visa anomalyclip-mvtec anomalyclip-visa
+REPRODUCIBLE := winclip-mvtec winclip-visa aprillab-mvtec aprillab-visa anomalyclip-mvtec anomalyclip-visa \
+	musc-mvtec musc-visa promptad-mvtec promptad-visa
 FEWSHOT_winclip := 1,2,4
 FEWSHOT_aprillab := 1,2,4
 FEWSHOT_anomalyclip :=
+FEWSHOT_musc :=
+FEWSHOT_promptad := 1,2,4
+# Methods that learn from the shots have no zero-shot row.
+FEWSHOT_ONLY := promptad
 REPRODUCE_ARGS ?=
 
-reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip}-{mvtec,visa}
+reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,musc,promptad}-{mvtec,visa}
 	@case " $(REPRODUCIBLE) " in *" $* "*) ;; *) echo "unknown table '$*'; choose one of: $(REPRODUCIBLE)"; exit 2;; esac
 	$(PY) -m anomaly_vlm.tasks.preflight experiment=$(subst -,_,$*) $(REPRODUCE_ARGS)
-	$(PY) train.py -m experiment=$(subst -,_,$*) shots=0 sweep_name=reproduce-$* $(REPRODUCE_ARGS)
+	$(if $(filter $(word 1,$(subst -, ,$*)),$(FEWSHOT_ONLY)),,$(PY) train.py -m experiment=$(subst -,_,$*) shots=0 \
+		sweep_name=reproduce-$* $(REPRODUCE_ARGS))
 	$(if $(FEWSHOT_$(word 1,$(subst -, ,$*))),$(PY) train.py -m experiment=$(subst -,_,$*) \
 		shots=$(FEWSHOT_$(word 1,$(subst -, ,$*))) reference_seed=$(SEEDS) sweep_name=reproduce-$* $(REPRODUCE_ARGS))
 	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$* --out $(OUT)/reproduce-$*

@@ -4,8 +4,9 @@ One wrapper serves all methods, so facts about CLIP live here once: how weights 
 positional embedding is stretched to another input size, how images are normalised, and which tokens
 come out of which block. Methods never reach into open_clip themselves, only through the small
 token-level API below (``embed_patches``, ``ln_pre``, ``blocks`` / ``run_block`` / ``run_blocks``,
-``ln_post``, ``project`` / ``proj``, ``pool``), which is what window-based (WinCLIP) and stream-based
-(AnomalyCLIP's DPAM) methods need.
+``ln_post``, ``project`` / ``proj``, ``pool``, ``encode_dual_path`` for the V-V attention stream,
+``encode_text_embeddings`` for learned prompt tokens), which is what window-based (WinCLIP),
+stream-based (AnomalyCLIP's DPAM, PromptAD's V-V surgery) and prompt-learning methods need.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
+#: Weight precisions open_clip builds (``precision=`` of ``create_model``): linear/conv/attention weights
+#: in that type, LayerNorms computed in float32 (``LayerNormFp32``), embeddings kept in float32.
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class _BelowWarning(logging.Filter):
@@ -73,6 +77,49 @@ class ImageFeatures:
     global_embedding: Tensor
     patch_tokens: Tensor
     layer_tokens: dict[int, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class DualPathFeatures:
+    """Outputs of :meth:`FrozenCLIP.encode_dual_path`.
+
+    Attributes:
+        global_embedding: ``[B, D]`` ``ln_post(CLS) @ proj`` of the original (untouched) stream.
+        vv_patch_embeddings: ``[B, N, D]`` patch tokens of the V-V stream after ``ln_post`` and ``proj``.
+        layer_tokens: block (1-based) -> ``[B, 1 + N, W]`` original stream at that block's output.
+        post_attention_tokens: block (1-based) -> ``[B, 1 + N, W]`` original stream inside that block,
+            after its attention residual and before its MLP (``x + attn(ln_1(x))``).
+    """
+
+    global_embedding: Tensor
+    vv_patch_embeddings: Tensor
+    layer_tokens: dict[int, Tensor] = field(default_factory=dict)
+    post_attention_tokens: dict[int, Tensor] = field(default_factory=dict)
+
+
+def value_value_attention(block: nn.Module, tokens: Tensor) -> Tensor:
+    """V-V self-attention with a transformer block's own attention weights.
+
+    ``out_proj(softmax(V Vᵀ / sqrt(d_head)) V)`` per head, V from the value slice of the block's
+    ``in_proj``. ``tokens`` are batch-first ``[B, L, W]`` and already normalised by the block's ``ln_1``.
+    This is the attention of AnomalyCLIP's DPAM and of the CLIP-surgery stream PromptAD uses.
+    """
+    attention = block.attn
+    if not isinstance(attention, nn.MultiheadAttention) or not attention._qkv_same_embed_dim:
+        raise ValueError(
+            "V-V attention needs blocks whose attention is an nn.MultiheadAttention with a packed in_proj"
+        )
+    width = tokens.shape[-1]
+    heads = int(attention.num_heads)
+    weight = attention.in_proj_weight[2 * width :]
+    bias = attention.in_proj_bias[2 * width :] if attention.in_proj_bias is not None else None
+    values = F.linear(tokens, weight, bias)
+    batch, length, _ = values.shape
+    values = values.view(batch, length, heads, width // heads).transpose(1, 2)
+    # scaled_dot_product_attention scales by 1/sqrt(d_head), the scale of both official codes.
+    mixed = F.scaled_dot_product_attention(values, values, values)
+    mixed = mixed.transpose(1, 2).reshape(batch, length, width)
+    return attention.out_proj(mixed)
 
 
 def interpolate_positional_embedding(
@@ -123,6 +170,9 @@ class FrozenCLIP(nn.Module):
         cache_dir: Hugging Face cache folder to search/download weights into.
         seed: seed of the random initialisation when ``pretrained`` is None.
         mean, std: normalisation; defaults to the tag's values, else OpenAI's.
+        precision: ``fp32`` (default), ``fp16`` or ``bf16``: open_clip's ``precision`` (weights of the
+            linear, convolution and attention layers in that type, LayerNorms in float32). Some
+            official codes ran their published numbers in fp16 (PromptAD); it is part of the identity.
     """
 
     def __init__(
@@ -137,9 +187,13 @@ class FrozenCLIP(nn.Module):
         seed: int = 0,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         register_package_model_configs()
+        if precision not in PRECISIONS:
+            raise ValueError(f"backbone.precision={precision!r} is not one of {sorted(PRECISIONS)}")
+        self.precision = precision
         model_name = model
         if model_name not in open_clip.list_models():
             raise ValueError(
@@ -151,11 +205,15 @@ class FrozenCLIP(nn.Module):
         with torch.random.fork_rng(devices=[]), _quiet_open_clip_warnings():
             torch.manual_seed(seed)
             # Built empty on purpose: weights are resolved above (fast offline failure) and loaded below.
-            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+            model = open_clip.create_model(
+                model_name, pretrained=None, force_quick_gelu=quick_gelu, precision=precision
+            )
         if weight_file is not None:
             log.info("Loading %s weights from %s", model_name, weight_file)
             open_clip.load_checkpoint(model, str(weight_file))
         self.identity = weights_identity(model_name, pretrained, seed) + (":quickgelu" if quick_gelu else "")
+        if precision != "fp32":
+            self.identity += f":{precision}"
         self.clip = model
         visual = model.visual
         if not isinstance(visual, open_clip.transformer.VisionTransformer):
@@ -212,6 +270,16 @@ class FrozenCLIP(nn.Module):
     def embed_dim(self) -> int:
         """Dimension of the joint image-text embedding space."""
         return int(self.visual.proj.shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Type of the weights and of the activations between blocks (``backbone.precision``)."""
+        return PRECISIONS[self.precision]
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """The model's stored ``logit_scale`` parameter (log of the trained temperature, not exp'ed)."""
+        return self.clip.logit_scale.detach()
 
     @property
     def num_layers(self) -> int:
@@ -331,6 +399,85 @@ class FrozenCLIP(nn.Module):
             patch_tokens=final[:, 1:],
             layer_tokens=taps,
         )
+
+    def encode_dual_path(
+        self,
+        images: Tensor,
+        vv_start: int = 1,
+        layers: Sequence[int] = (),
+        post_attention_layers: Sequence[int] = (),
+        normalized: bool = False,
+    ) -> DualPathFeatures:
+        """The original stream plus a V-V attention stream beside it (CLIP surgery / DPAM).
+
+        The V-V stream starts as the original stream's input to block ``vv_start`` (1-based) and adds,
+        for every block ``l >= vv_start``, ``VV_l(ln_1(x_l))`` (:func:`value_value_attention`), ``x_l`` being
+        the ORIGINAL stream's input to block ``l``; it has no MLP. The original stream runs the
+        unmodified blocks. Nothing here is learned, so the result is a frozen feature.
+        """
+        self.check_layers([vv_start])
+        taps = set(self.check_layers(layers))
+        inside = set(self.check_layers(post_attention_layers))
+        visual = self.visual
+        x = visual.ln_pre(self.embed_patches(images, normalized=normalized))
+        seq_first = not getattr(visual.transformer, "batch_first", True)
+        stream: Tensor | None = None
+        outputs: dict[int, Tensor] = {}
+        post_attention: dict[int, Tensor] = {}
+        for index, block in enumerate(visual.transformer.resblocks, start=1):
+            if index >= vv_start:
+                refined = value_value_attention(block, block.ln_1(x))
+                stream = x + refined if stream is None else stream + refined
+            if index in inside:
+                # The block's two residual steps, split to expose the state between them.
+                attended = block.ln_1(x)
+                attended = attended.transpose(0, 1) if seq_first else attended
+                attended = block.attention(q_x=attended)
+                attended = attended.transpose(0, 1) if seq_first else attended
+                x = x + block.ls_1(attended)
+                post_attention[index] = x
+                x = x + block.ls_2(block.mlp(block.ln_2(x)))
+            else:
+                x = block(x.transpose(0, 1)).transpose(0, 1) if seq_first else block(x)
+            if index in taps:
+                outputs[index] = x
+        assert stream is not None
+        return DualPathFeatures(
+            global_embedding=visual.ln_post(x[:, 0]) @ visual.proj,
+            vv_patch_embeddings=visual.ln_post(stream[:, 1:]) @ visual.proj,
+            layer_tokens=outputs,
+            post_attention_tokens=post_attention,
+        )
+
+    def token_embeddings(self, token_ids: Tensor) -> Tensor:
+        """``[S, L, W]`` input embeddings of tokenised sentences (before the positional embedding)."""
+        return self.clip.token_embedding(token_ids.to(self.clip.token_embedding.weight.device))
+
+    def encode_text_embeddings(self, embeddings: Tensor, token_ids: Tensor) -> Tensor:
+        """Encode ``[S, L, W]`` input token embeddings (e.g. with learned context vectors in place).
+
+        As CLIP's ``encode_text`` after the token lookup: positional embedding, causal text transformer,
+        ``ln_final`` of the EOT token (argmax of ``token_ids``), ``text_projection``. Not normalised;
+        differentiable with respect to ``embeddings``.
+        """
+        clip = self.clip
+        transformer = clip.transformer
+        cast = transformer.get_cast_dtype()
+        eot = token_ids.argmax(dim=-1)
+        # The mask is causal: no position after the last EOT can reach an EOT output, so the sequences
+        # are cut there (exact; a short prompt runs ~6x fewer tokens than the 77 of the context).
+        length = int(eot.max()) + 1
+        x = embeddings[:, :length].to(cast) + clip.positional_embedding[:length].to(cast)
+        mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+        seq_first = not getattr(transformer, "batch_first", True)
+        if seq_first:
+            x = transformer(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+        else:
+            x = transformer(x, attn_mask=mask)
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        projection = clip.text_projection
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
 
     def tokenize(self, prompts: Sequence[str]) -> Tensor:
         return self.tokenizer(list(prompts))

@@ -121,7 +121,17 @@ def pivot_fields(cfg: DictConfig, names: dict[str, str | None]) -> dict[str, Any
         "shots": int(cfg.shots),
         "seed": int(cfg.seed),
         "dataset": names.get("data"),
+        "transductive": is_transductive(cfg),
     }
+
+
+def is_transductive(cfg: DictConfig) -> bool:
+    """Whether the configured method scores test images against each other (a separate protocol)."""
+    target = (cfg.get("method") or {}).get("_target_")
+    if not target:
+        return False
+    # ``is True``: the base class defines ``transductive`` as a property, truthy on the class itself.
+    return getattr(get_class(target), "transductive", False) is True
 
 
 def heatmaps_wanted(logger: Any) -> int:

@@ -39,6 +39,8 @@ class AnomalyMethod(L.LightningModule):
 
     method_name: str = "base"
     supports_few_shot: bool = True
+    #: Needs reference images (shots >= 1), e.g. because it learns from them.
+    requires_few_shot: bool = False
     #: Learns parameters on an auxiliary dataset (``train_data``) before testing.
     trains_on_auxiliary_data: bool = False
 
@@ -52,6 +54,8 @@ class AnomalyMethod(L.LightningModule):
             raise ValueError(
                 f"method '{self.method_name}' is zero-shot only; got shots={shots} (use shots=0)"
             )
+        if not shots and self.requires_few_shot:
+            raise ValueError(f"method '{self.method_name}' is few-shot only; got shots=0 (use shots >= 1)")
         self.model = model
         self.prompts = prompts
         self.shots = int(shots)

@@ -69,6 +69,16 @@ class Group:
         """The replicates: (seed, reference_seed) pairs (few-shot draws vary reference_seed)."""
         return sorted({replicate_of(run) for run in self.runs}, key=lambda pair: (pair[0], pair[1] or 0))
 
+    @property
+    def transductive(self) -> bool:
+        """Whether the runs scored each test image against the other test images (e.g. MuSc)."""
+        return any(bool(run.get("transductive")) for run in self.runs)
+
+    @property
+    def shots_label(self) -> str:
+        """The shots cell; transductive rows say so, so they are never read as inductive zero-shot."""
+        return f"{self.shots} (transductive)" if self.transductive else str(self.shots)
+
     def metric_values(self, metric: str, category: str | None = None) -> list[float]:
         values = []
         for run in self.runs:

@@ -115,6 +115,13 @@ def _config_fields(run: dict) -> dict[str, str]:
     }
 
 
+TRANSDUCTIVE_NOTE = (
+    "Rows marked (transductive) score each test image against the other unlabelled test images of its "
+    "category (e.g. MuSc): a different protocol from the inductive rows, which score each image on its "
+    "own; they are listed separately and must not be ranked with them."
+)
+
+
 # ----- collecting results ---------------------------------------------------------------------------------
 def find_result_files(folders: list[str | Path]) -> list[Path]:
     """Every ``results.json`` below the given folders (or the files themselves)."""
@@ -199,8 +206,10 @@ def collect(files: list[Path]) -> list[Group]:
         if key not in groups:
             groups[key] = Group(*key)
         groups[key].runs.append(run)
+    # Transductive rows form their own block after the inductive ones of a dataset.
     return sorted(
-        groups.values(), key=lambda g: (g.dataset, g.method, g.backbone, g.prompts, g.variant, g.shots)
+        groups.values(),
+        key=lambda g: (g.dataset, g.transductive, g.method, g.backbone, g.prompts, g.variant, g.shots),
     )
 
 
@@ -257,6 +266,8 @@ def summary_rows(groups: list[Group], published: list[dict]) -> list[dict[str, A
         for key, _, scale in EFFICIENCY_FIELDS:
             mean, _ = mean_std(group.efficiency_values(key))
             row[key] = None if mean is None else mean * scale
+        row["transductive"] = group.transductive
+        row["shots_label"] = group.shots_label
         rows.append(row)
     return rows
 
@@ -322,7 +333,7 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
         [
             row["method_label"],
             f"{row['backbone']} / {row['prompts']}",
-            str(row["shots"]),
+            row["shots_label"],
             *(display_cell(row[m]) for m in METRIC_NAMES),
         ]
         for row in rows
@@ -342,6 +353,8 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
     md = [f"# {dataset}\n", note + "\n", markdown_table(header, display)]
     if sources:
         md.append("\nPublished values: " + "; ".join(sources) + "\n")
+    if any(row["transductive"] for row in rows):
+        md.append("\n" + TRANSDUCTIVE_NOTE + "\n")
     (out / f"{dataset}_summary.md").write_text("\n".join(md))
     (out / f"{dataset}_summary.tex").write_text(latex_table(header, display, note))
     with (out / f"{dataset}_summary.csv").open("w", newline="") as handle:
@@ -360,13 +373,14 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
         for metric in METRIC_NAMES:
             columns += [f"{metric}_mean", f"{metric}_std", f"{metric}_published", f"{metric}_delta"]
         columns += [key for key, _, _ in EFFICIENCY_FIELDS]
-        writer.writerow(columns)
+        writer.writerow([*columns, "transductive"])
         for row in rows:
             line = [row[c] if row[c] is not None else "" for c in columns[:9]]
             for metric in METRIC_NAMES:
                 cell = row[metric]
                 line += [_fmt(cell["mean"]), _fmt(cell["std"]), _fmt(cell["published"]), _fmt(cell["delta"])]
             line += [_fmt(row[key], 4) for key, _, _ in EFFICIENCY_FIELDS]
+            line.append(row["transductive"])
             writer.writerow(line)
     return rows
 
@@ -396,7 +410,7 @@ def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
                     [
                         group.method_label,
                         f"{group.backbone} / {group.prompts}",
-                        str(group.shots),
+                        group.shots_label,
                         name,
                         *cells,
                     ]
@@ -412,7 +426,7 @@ def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
                         *(x for mean, std in stats for x in (_fmt(mean), _fmt(std))),
                     ]
                 )
-            md.append(f"\n## {group.label} | shots={group.shots}\n")
+            md.append(f"\n## {group.label} | shots={group.shots_label}\n")
             md.append(markdown_table(header[3:], [row[3:] for row in rows]))
             all_rows += rows
     (out / f"{dataset}_per_category.md").write_text("\n".join(md))
@@ -427,7 +441,7 @@ def write_efficiency(dataset: str, rows: list[dict], out: Path) -> None:
         [
             row["method_label"],
             f"{row['backbone']} / {row['prompts']}",
-            str(row["shots"]),
+            row["shots_label"],
             *(_fmt(row[key], 2) or "—" for key, _, _ in EFFICIENCY_FIELDS),
         ]
         for row in rows

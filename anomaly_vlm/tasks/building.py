@@ -199,11 +199,17 @@ def parse_shots(value: Any) -> int:
 
 
 def check_shots_supported(method_node: DictConfig, shots: int, method_name: str | None) -> None:
-    """Reject few-shot for zero-shot-only methods before anything heavy is built."""
+    """Reject few-shot for zero-shot-only methods, and zero-shot for few-shot-only ones, before anything
+    heavy is built."""
     method_class = get_class(method_node._target_)
+    name = method_name or getattr(method_class, "method_name", method_class.__name__)
     if shots and not getattr(method_class, "supports_few_shot", True):
-        name = method_name or getattr(method_class, "method_name", method_class.__name__)
         raise ShotsError(f"method '{name}' is zero-shot only; shots={shots} is not supported (use shots=0)")
+    if not shots and getattr(method_class, "requires_few_shot", False):
+        raise ShotsError(
+            f"method '{name}' is few-shot only: it learns from the normal reference images of each "
+            "category; shots=0 is not supported (use shots=1, 2 or 4)"
+        )
 
 
 def trains_on_auxiliary_data(cfg: DictConfig) -> bool:

@@ -175,6 +175,8 @@ class Job:
                 "aupro": evaluator.aupro,
                 "trained_checkpoint": str(trained) if trained else None,
                 "untrained": bool(self.untrained(prepared.method)),
+                # Scored each test image against the other test images of its category (e.g. MuSc).
+                "transductive": bool(prepared.method.transductive),
                 "device": str(prepared.method.device),
                 "reference_seed": prepared.reference_seed if shots else None,
             },
@@ -186,6 +188,8 @@ class Job:
         title += f" | seed={self.cfg.seed}"
         if shots:
             title += f" | reference_seed={prepared.reference_seed}"
+        if prepared.method.transductive:
+            title += " | transductive (test images scored against each other)"
         print_metrics_table(evaluator.results, mean, title=title)
         print(f"results: {results_path}")
         return mean.get("image_auroc")

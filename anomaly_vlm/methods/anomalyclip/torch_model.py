@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_vlm.backbones.clip import FrozenCLIP
+from anomaly_vlm.backbones.clip import FrozenCLIP, value_value_attention
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
 from anomaly_vlm.methods.losses import dice_loss, focal_loss
 from anomaly_vlm.prompts.learnable import LearnablePromptEncoder, LearnablePromptSet
@@ -32,30 +32,6 @@ def default_dpam_start(num_layers: int) -> int:
     fraction of undisturbed early blocks: ``1 + round(5 * num_layers / 24)`` (6 for 24 blocks, 3 for 8).
     """
     return 1 + int(round((REFERENCE_DPAM_START - 1) * num_layers / REFERENCE_DEPTH))
-
-
-def value_value_attention(block: nn.Module, tokens: Tensor) -> Tensor:
-    """DPAM's V-V self-attention with a block's own attention weights.
-
-    ``out_proj(softmax(V Vᵀ / sqrt(d_head)) V)`` per head, V from the value slice of the block's
-    ``in_proj``. ``tokens`` are batch-first ``[B, L, W]`` and already normalised by the block's ``ln_1``.
-    """
-    attention = block.attn
-    if not isinstance(attention, nn.MultiheadAttention) or not attention._qkv_same_embed_dim:
-        raise ValueError(
-            "DPAM needs blocks whose attention is an nn.MultiheadAttention with a packed in_proj"
-        )
-    width = tokens.shape[-1]
-    heads = int(attention.num_heads)
-    weight = attention.in_proj_weight[2 * width :]
-    bias = attention.in_proj_bias[2 * width :] if attention.in_proj_bias is not None else None
-    values = F.linear(tokens, weight, bias)
-    batch, length, _ = values.shape
-    values = values.view(batch, length, heads, width // heads).transpose(1, 2)
-    # scaled_dot_product_attention scales by 1/sqrt(d_head), the official qk_scale default.
-    mixed = F.scaled_dot_product_attention(values, values, values)
-    mixed = mixed.transpose(1, 2).reshape(batch, length, width)
-    return attention.out_proj(mixed)
 
 
 @dataclass

@@ -53,7 +53,10 @@ def test_missing_mask_names_image_and_expected_path(tmp_path):
     "make",
     [
         lambda: Image.fromarray(np.full((20, 30), 200, np.uint8), mode="L"),
-        lambda: Image.fromarray(np.full((20, 30, 4), 200, np.uint8), mode="RGBA"),
+        # opaque: transparent pixels are composited on black (test_transparent_pixels_become_black)
+        lambda: Image.fromarray(
+            np.dstack([np.full((20, 30, 3), 200, np.uint8), np.full((20, 30), 255, np.uint8)]), mode="RGBA"
+        ),
         lambda: Image.fromarray(np.full((20, 30), 200 * 257, np.uint16)),
         lambda: Image.fromarray(np.full((20, 30), 200, np.uint8), mode="L").convert("P"),
     ],

@@ -270,3 +270,30 @@ def test_plot_labels_name_every_dimension_that_varies():
     # the method label carries the training data (and variants) when the table has them
     trained = config_labels([{**base, "method_label": "clip (trained on visa)"}, base])
     assert trained == ["clip (trained on visa) 0-shot (tiny)", "clip 0-shot (tiny)"]
+
+
+def test_transductive_runs_are_marked_and_listed_apart_from_inductive_ones(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    fake_result(root, "winclip", "mvtec", 0, 0, 0.90)
+    fake_result(root, "musc", "mvtec", 0, 0, 0.97, transductive=True)
+    fake_result(root, "clip", "mvtec", 0, 0, 0.70)
+    out = tmp_path / "reports"
+    tables.make_tables([root], out, plots=False)
+    rows = list(csv.DictReader((out / "mvtec_summary.csv").open()))
+    # Inductive rows first, the transductive block after them, whatever the metric values.
+    assert [(r["method"], r["transductive"]) for r in rows] == [
+        ("clip", "False"),
+        ("winclip", "False"),
+        ("musc", "True"),
+    ]
+    markdown = (out / "mvtec_summary.md").read_text()
+    assert "| musc | vit_b16_plus_240 / winclip | 0 (transductive) |" in markdown
+    assert "| winclip | vit_b16_plus_240 / winclip | 0 |" in markdown
+    assert tables.TRANSDUCTIVE_NOTE in markdown
+    assert "0 (transductive)" in (out / "mvtec_per_category.md").read_text()
+    assert "0 (transductive)" in (out / "mvtec_efficiency.md").read_text()
+    # MuSc's published numbers are found and flagged as transductive.
+    entries = tables.load_published()
+    assert tables.published_value(entries, "musc", "mvtec", 0, "image_auroc")[0] == 97.8
+    assert tables.published_value(entries, "musc", "visa", 0, "pixel_aupro")[0] == 92.7
+    assert all(e.get("transductive") for e in entries if e["method"] == "musc")

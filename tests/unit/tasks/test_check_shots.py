@@ -41,3 +41,10 @@ def test_trained_method_without_auxiliary_data_is_rejected_before_building() -> 
     check_training_data(cfg, fit=True, method_name="anomalyclip")  # trained parameters given
     clip = OmegaConf.create({"method": {"_target_": "anomaly_vlm.methods.clip.CLIPBaselineModule"}})
     check_training_data(clip, fit=True, method_name="clip")
+
+
+def test_few_shot_only_method_refuses_zero_shot() -> None:
+    node = OmegaConf.create({"_target_": "anomaly_vlm.methods.promptad.PromptADModule"})
+    with pytest.raises(ShotsError, match=r"method 'promptad' is few-shot only: .*shots=0 is not supported"):
+        check_shots_supported(node, 0, None)
+    check_shots_supported(node, 1, None)

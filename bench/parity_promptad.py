@@ -1,0 +1,373 @@
+"""Numerical parity of our PromptAD with the official code (``make parity-promptad PROMPTAD_DIR=...``).
+
+The official code (FuNz-0/PromptAD) is imported from ``--promptad-dir`` / ``$PROMPTAD_DIR`` at run time,
+never vendored. Both sides get the same random weights of a shrunk ViT-B-16-plus-240-like CLIP with the
+official depth (12 vision and 12 text blocks, 240 px, 15x15 grid; narrower layers), the same initial
+prompt vectors and the same images. Compared, as max |delta|:
+
+- the four image features (CLS, V-V patches, the two memory blocks) and the text features of the prompts;
+- the loss and the prompt gradients of the first training step of each branch (the official ``fit`` of
+  ``train_cls.py`` / ``train_seg.py`` runs one epoch; its loss and gradients are recorded at backward),
+  relative to their magnitude, and the prompts after that SGD step;
+- the image scores (``train_cls.py``: harmonic combination of the CLS text score and the max of the
+  400 px visual map, the formula of its ``metric_cal_img``) and the blurred 400 px maps (``train_seg.py``).
+
+Harness-only patches: the official ``PromptAD`` hard-codes fp16; ``--precision`` (default fp32) sets both
+sides to the same precision, and the official model factory returns the shared random model instead of
+downloading weights; in fp32 the release's misspelt ``logit_scalef`` is aliased to ``logit_scale``
+(its fp32 branch cannot run otherwise). Packages its training scripts import only for logging and plots
+(loguru, pandas, seaborn) are stubbed while they are imported, when absent.
+Exits 1 when a figure misses 1e-4, 2 without the official code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from anomaly_vlm.backbones.clip import FrozenCLIP  # noqa: E402
+from anomaly_vlm.methods.promptad.torch_model import PromptADModel  # noqa: E402
+from anomaly_vlm.prompts.promptad import PromptADPromptSet  # noqa: E402
+
+TARGET = 1e-4
+MODEL_NAME = "promptad-parity-vit"
+#: ViT-B-16-plus-240 has width 896 / 14 heads and a 640-wide text tower; depths, patch and input size kept.
+ARCHITECTURE = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 240, "layers": 12, "width": 128, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 12},
+}
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+HOW_TO_GET = (
+    "PromptAD's official code is needed: git clone https://github.com/FuNz-0/PromptAD and run\n"
+    "  make parity-promptad PROMPTAD_DIR=path/to/PromptAD\n"
+    "(or python bench/parity_promptad.py --promptad-dir path/to/PromptAD)"
+)
+
+
+@contextlib.contextmanager
+def stub_missing(*names: str):
+    """Empty stand-ins, while the official scripts are imported, for packages they use only for logging,
+    CSV files and plots. Removed afterwards: other libraries probe ``sys.modules`` for them (e.g. pandas)."""
+    stubbed = []
+    for name in names:
+        try:
+            __import__(name)
+        except ImportError:
+            module = types.ModuleType(name)
+            module.logger = logging.getLogger(f"official.{name}")
+            sys.modules[name] = module
+            stubbed.append(name)
+    try:
+        yield
+    finally:
+        for name in stubbed:
+            sys.modules.pop(name, None)
+
+
+def load_prompt_set() -> PromptADPromptSet:
+    data = yaml.safe_load((ROOT / "conf" / "prompts" / "promptad.yaml").read_text())
+    data.pop("_target_")
+    return PromptADPromptSet(**data)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    return (images - MEAN) / STD
+
+
+def delta(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return (ours.detach().double().cpu() - theirs.detach().double().cpu()).abs().max().item()
+
+
+def relative(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    scale = theirs.detach().double().abs().max().item()
+    return delta(ours, theirs) / max(scale, 1e-30)
+
+
+@contextlib.contextmanager
+def record_backward(parameters: dict[str, torch.nn.Parameter], records: list):
+    """Record the loss and the gradients of ``parameters`` at every ``backward`` (before the step)."""
+    original = torch.Tensor.backward
+
+    def recording(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        grads = {name: p.grad.detach().clone() for name, p in parameters.items()}
+        records.append((self.detach().clone(), grads))
+        return result
+
+    torch.Tensor.backward = recording
+    try:
+        yield
+    finally:
+        torch.Tensor.backward = original
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--promptad-dir", default=os.environ.get("PROMPTAD_DIR"), help="official checkout")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="both sides")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shots", type=int, default=2)
+    parser.add_argument("--queries", type=int, default=2)
+    parser.add_argument("--category", default="bottle")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    if not args.promptad_dir or not (Path(args.promptad_dir) / "PromptAD" / "model.py").is_file():
+        print(f"no official PromptAD checkout at {args.promptad_dir!r}.\n{HOW_TO_GET}", file=sys.stderr)
+        return 2
+    official_root = str(Path(args.promptad_dir).resolve())
+    sys.path.insert(0, official_root)
+    cwd = os.getcwd()
+    os.chdir(official_root)  # its tokenizer and scripts resolve files relative to the checkout
+    with stub_missing("loguru", "pandas", "seaborn"):
+        import train_cls  # type: ignore[import-not-found]
+        import train_seg  # type: ignore[import-not-found]
+        from PromptAD import CLIPAD  # type: ignore[import-not-found]
+        from PromptAD import model as official_model  # type: ignore[import-not-found]
+    os.chdir(cwd)
+    import open_clip
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="promptad-parity-"))
+    (work / "configs").mkdir()
+    (work / "configs" / f"{MODEL_NAME}.json").write_text(json.dumps(ARCHITECTURE))
+    CLIPAD.add_model_config(work / "configs")
+    open_clip.add_model_config(work / "configs")
+
+    # Shared random weights; biases and LayerNorms perturbed so that no zero init hides an index error.
+    reference = CLIPAD.create_model(MODEL_NAME, precision="fp32")
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            if name.endswith("bias") or "ln" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+        reference.logit_scale.fill_(math.log(100.0))  # trained CLIP's stored value (used raw as temperature)
+    state = {key: value.clone() for key, value in reference.state_dict().items()}
+
+    def official_clip(model_name=None, pretrained=None, precision="fp16"):
+        model = CLIPAD.create_model(MODEL_NAME, precision=args.precision)
+        model.load_state_dict(state)
+        return model, None, None
+
+    official_model.CLIPAD.create_model_and_transforms = official_clip
+
+    def official(n_pro: int):
+        model = official_model.PromptAD(
+            out_size_h=400,
+            out_size_w=400,
+            device=device,
+            backbone="ViT-B-16-plus-240",
+            pretrained_dataset="laion400m_e32",
+            n_ctx=4,
+            n_pro=n_pro,
+            n_ctx_ab=1,
+            n_pro_ab=4,
+            class_name=args.category,
+            k_shot=args.shots,
+            img_resize=240,
+            img_cropsize=240,
+        )
+        model.precision = args.precision
+        if args.precision == "fp32":  # rebuild what the hard-coded fp16 made in half precision
+            model.prompt_learner = official_model.PromptLearner(
+                4, n_pro, 1, 4, args.category, model.model, "fp32"
+            )
+            model.feature_gallery1 = model.feature_gallery1.float()
+            model.feature_gallery2 = model.feature_gallery2.float()
+            model.text_features = model.text_features.float()
+            # The release's fp32 branch reads `logit_scalef`, an attribute CLIP does not have (so the
+            # release can only run in fp16); alias it to the raw logit_scale the fp16 branch reads.
+            model.model.logit_scalef = model.model.logit_scale
+        return model.to(device)
+
+    theirs = {"image": official(3), "pixel": official(1)}
+    initial = {
+        branch: {k: v.detach().clone() for k, v in m.prompt_learner.named_parameters()}
+        for branch, m in theirs.items()
+    }
+
+    backbone = FrozenCLIP(MODEL_NAME, image_size=240, precision=args.precision)
+    missing, unexpected = backbone.clip.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"state dicts differ: missing {missing}, unexpected {unexpected}")
+    ours = PromptADModel(backbone.to(device), load_prompt_set(), epochs=1, progress=False, map_size=400).to(
+        device
+    )
+    new_learner = ours.new_learner
+
+    def learner_from_official(category, branch):
+        learner = new_learner(category, branch)
+        with torch.no_grad():
+            learner.normal_context.copy_(initial[branch]["normal_ctx"])
+            learner.anomaly_context.copy_(initial[branch]["abnormal_ctx"])
+        return learner
+
+    ours.new_learner = learner_from_official
+
+    generator = torch.Generator().manual_seed(1)
+    total = args.shots + args.queries
+    rgb = (torch.rand(total, 3, 30, 30, generator=generator) * 255).round()
+    rgb = torch.nn.functional.interpolate(rgb, size=(240, 240), mode="nearest").to(torch.uint8)
+    rgb = rgb.clamp(0, 255)
+    references, queries = rgb[: args.shots], rgb[args.shots :]
+    as_float = lambda x: x.float() / 255.0  # noqa: E731  (ToTensor)
+    hwc_bgr = lambda x: x.permute(0, 2, 3, 1).flip(-1).contiguous()  # noqa: E731  (what cv2.imread gives)
+    figures: dict[str, float] = {}
+
+    # Prompt tokens and image features.
+    learner = ours.new_learner(args.category, "image")
+    same_tokens = all(
+        torch.equal(
+            getattr(learner, f"{mine}_ids").cpu(), getattr(theirs["image"], f"tokenized_{their}").cpu()
+        )
+        for mine, their in (
+            ("normal", "normal_prompts"),
+            ("handcrafted", "abnormal_prompts_handle"),
+            ("learned", "abnormal_prompts_learned"),
+        )
+    )
+    print(f"prompt token ids identical: {same_tokens}")
+    with torch.no_grad():
+        their_features = theirs["image"].encode_image(normalize(as_float(references)).to(device))
+        theirs["pixel"].encode_image(normalize(as_float(references[:1])).to(device))  # its lazy surgery
+        our_features = ours.reference_features(as_float(references).to(device))
+        for name, index in (("global", 0), ("patch", 1), ("memory_0", 2), ("memory_1", 3)):
+            figures[f"features/{name}"] = delta(our_features[name], their_features[index])
+        mine = learner()
+        prompts = theirs["image"].prompt_learner()
+        encode = theirs["image"].encode_text_embedding
+        for (name, tokens), our_text, their_prompt in zip(
+            (
+                ("normal", "tokenized_normal_prompts"),
+                ("handcrafted", "tokenized_abnormal_prompts_handle"),
+                ("learned", "tokenized_abnormal_prompts_learned"),
+            ),
+            mine,
+            prompts,
+            strict=True,
+        ):
+            figures[f"text/{name}"] = delta(our_text, encode(their_prompt, getattr(theirs["image"], tokens)))
+
+    # One official training epoch per branch (loss and gradients recorded at backward) and ours.
+    train_loader = [
+        (
+            hwc_bgr(references),
+            torch.zeros(args.shots, 240, 240),
+            torch.zeros(args.shots),
+            [""] * args.shots,
+            ["good"] * args.shots,
+        )
+    ]
+    labels = torch.tensor([i % 2 for i in range(args.queries)])
+    masks = torch.zeros(args.queries, 240, 240, dtype=torch.uint8)
+    masks[labels == 1, 100:140, 90:150] = 255
+    test_loader = [
+        (hwc_bgr(queries), masks, labels, [f"q{i}" for i in range(args.queries)], ["t"] * args.queries)
+    ]
+    settings = argparse.Namespace(
+        lr=0.002, momentum=0.9, weight_decay=0.0005, Epoch=1, lambda1=0.001, resolution=400, vis=False
+    )
+    records: dict[str, list] = {}
+    for branch, script in (("image", train_cls), ("pixel", train_seg)):
+        model = theirs[branch]
+        records[branch] = []
+        parameters = dict(model.prompt_learner.named_parameters())
+        checkpoint = str(work / f"{branch}.pt")
+        with record_backward(parameters, records[branch]):
+            if branch == "image":
+                script.fit(
+                    model, settings, test_loader, device, check_path=checkpoint, train_data=train_loader
+                )
+            else:
+                script.fit(
+                    model,
+                    settings,
+                    test_loader,
+                    device,
+                    img_dir=str(work),
+                    check_path=checkpoint,
+                    train_data=train_loader,
+                )
+    with torch.no_grad():
+        our_references = {
+            k: v.clone() for k, v in ours.reference_features(as_float(references).to(device)).items()
+        }
+    for branch in ("image", "pixel"):
+        learner = ours.new_learner(args.category, branch)
+        inputs = our_references["global" if branch == "image" else "patch"]
+        losses = ours.prompt_loss(learner, inputs)
+        losses["loss"].backward()
+        their_loss, their_grads = records[branch][0]
+        figures[f"loss/{branch} (relative)"] = relative(losses["loss"], their_loss)
+        figures[f"grad/{branch} normal context (relative)"] = relative(
+            learner.normal_context.grad, their_grads["normal_ctx"]
+        )
+        figures[f"grad/{branch} anomaly context (relative)"] = relative(
+            learner.anomaly_context.grad, their_grads["abnormal_ctx"]
+        )
+        print(f"{branch:5s} loss ours {losses['loss'].item():.6f} official {their_loss.item():.6f}")
+    ours.fit_category(args.category, ours.reference_features(as_float(references).to(device)))
+    for branch in ("image", "pixel"):
+        stepped = theirs[branch].prompt_learner
+        figures[f"after step/{branch} prompts"] = max(
+            delta(ours.learners[branch].normal_context, stepped.normal_ctx),
+            delta(ours.learners[branch].anomaly_context, stepped.abnormal_ctx),
+        )
+        figures[f"text classifier/{branch}"] = delta(
+            getattr(ours, f"text_{branch}"), theirs[branch].text_features
+        )
+
+    # Test-time outputs.
+    query_input = normalize(as_float(queries).flip(1)).to(device)  # the official test images are BGR
+    with torch.no_grad():
+        text_scores, visual_maps = theirs["image"](query_input, "cls")
+        visual_max = np.array(visual_maps).reshape(len(visual_maps), -1).max(axis=1)
+        their_scores = 1.0 / (1.0 / visual_max + 1.0 / np.array(text_scores))  # metric_cal_img
+        their_maps = np.stack(theirs["pixel"](query_input, "seg"))
+        our_scores, our_maps = ours.score_full(ours.frozen_features(as_float(queries).to(device)))
+    figures["image scores"] = delta(our_scores, torch.from_numpy(np.asarray(their_scores, dtype=np.float64)))
+    figures["maps (400 px, blurred)"] = delta(our_maps, torch.from_numpy(their_maps))
+    print(
+        f"image scores ours {our_scores.cpu().numpy().round(5)} official {np.asarray(their_scores).round(5)}"
+    )
+    print(f"maps {our_maps.min():.4f}..{our_maps.max():.4f}")
+
+    print(
+        f"\nPromptAD parity ({args.precision}, {device}, {args.shots} shots, {args.queries} queries, "
+        f"'{args.category}'):"
+    )
+    for name, value in figures.items():
+        print(f"  {name:42s} max|d| = {value:.2e}")
+    worst = max(figures.values())
+    ok = worst <= TARGET and same_tokens
+    print(f"{'PASS' if ok else 'FAIL'}: worst {worst:.2e} (target <= {TARGET:.0e})")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {"precision": args.precision, "device": str(device), "figures": figures, "worst": worst},
+                indent=1,
+            )
+        )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
