@@ -34,10 +34,12 @@ from anomaly_vlm.tasks.building import (
     build,
     build_datamodule,
     build_logger,
+    feature_cache_report,
     group_choices,
     guard_finished_run,
     is_repeated_zero_shot_draw,
     prepare_job,
+    print_feature_cache_summary,
     quiet_lightning,
 )
 from anomaly_vlm.tasks.categories import score_categories
@@ -100,7 +102,9 @@ class Job:
             return None  # DDP: rank 0 gathered every rank's predictions; it alone reports
         probe = next((c for c in extra_callbacks if isinstance(c, EfficiencyProbe)), None)
         efficiency = probe.summary(prepared.method) if probe else prepared.method.parameter_counts()
-        efficiency["flops_per_image"] = flops_per_image(prepared.method, datamodule.image_size)
+        efficiency["flops_per_image"] = flops_per_image(
+            prepared.method, datamodule.image_size, prepared.method.feature_cache
+        )
         return self._report(prepared, evaluator, efficiency, trained)
 
     @property
@@ -179,6 +183,7 @@ class Job:
                 "transductive": bool(prepared.method.transductive),
                 "device": str(prepared.method.device),
                 "reference_seed": prepared.reference_seed if shots else None,
+                "feature_cache": feature_cache_report(prepared.method),
             },
         )
         results_path = write_json_atomic(self.output_dir / RESULTS_FILE, payload)
@@ -192,6 +197,7 @@ class Job:
             title += " | transductive (test images scored against each other)"
         print_metrics_table(evaluator.results, mean, title=title)
         print(f"results: {results_path}")
+        print_feature_cache_summary(prepared.method)
         return mean.get("image_auroc")
 
 
