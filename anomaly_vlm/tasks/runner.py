@@ -87,7 +87,10 @@ class Job:
         datamodule, sources = build_datamodule(self.cfg, self.names)
         prepared = prepare_job(self.cfg, datamodule, sources, self.output_dir, self.names["method"], self.fit)
         self.logger = build_logger(self.cfg, self.names)
-        evaluator = Evaluator(aupro=str((self.cfg.get("metrics") or {}).get("aupro", "exact")))
+        # The evaluation path hands it whole categories on rank 0 (after set-level post-processing),
+        # so there is nothing for torchmetrics to gather.
+        aupro = str((self.cfg.get("metrics") or {}).get("aupro", "exact"))
+        evaluator = Evaluator(aupro=aupro, sync_on_compute=False)
         trainer, scoring, extra_callbacks = self._trainer(prepared, evaluator)
         trained = self._fit(trainer, prepared.method, datamodule)
         if self.untrained(prepared.method):
