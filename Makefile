@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip parity-venv parity-winclip \
-	parity-aprillab parity-anomalyclip parity-musc parity-promptad \
-	weights tables clean
+.PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip bench-cache parity-venv \
+	parity-winclip parity-aprillab parity-anomalyclip parity-musc parity-promptad \
+	weights tables cache-info cache-clean clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_%-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -101,6 +101,9 @@ PARITY_PRECISION ?= fp32
 parity-promptad: $(STAMP)  ## PromptAD vs its official code: features, loss, gradients, scores, maps (PROMPTAD_DIR=...)
 	HF_HUB_OFFLINE=1 $(PY) bench/parity_promptad.py --promptad-dir "$(PROMPTAD_DIR)" --precision $(PARITY_PRECISION)
 
+bench-cache: $(STAMP)  ## feature cache: 12-job WinCLIP sweep and APRIL-GAN ViT-L training, with vs without
+	$(PY) bench/bench_cache.py $(BENCH_CACHE_ARGS)
+
 weights: $(STAMP)  ## download the weights of every backbone config (needs network)
 	$(PY) -m anomaly_vlm.backbones.download
 
@@ -155,6 +158,13 @@ reproduce-%-zeroshot-suite: $(STAMP)  ## zero-shot table on every benchmark: rep
 		$(REPRODUCE_ARGS)
 	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$*-zeroshot-suite \
 		--out $(OUT)/reproduce-$*-zeroshot-suite
+
+FEATURE_CACHE ?=
+cache-info: $(STAMP)  ## disk use of the feature cache per backbone/method (FEATURE_CACHE=<dir> for another folder)
+	$(PY) -m anomaly_vlm.cache info $(if $(FEATURE_CACHE),--dir $(FEATURE_CACHE))
+
+cache-clean: $(STAMP)  ## delete the cached features (under ANOMALY_VLM_CACHE, or FEATURE_CACHE=<dir>)
+	$(PY) -m anomaly_vlm.cache clean $(if $(FEATURE_CACHE),--dir $(FEATURE_CACHE))
 
 clean:  ## remove outputs (not the venv)
 	rm -rf outputs multirun wandb reports

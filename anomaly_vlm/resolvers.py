@@ -36,7 +36,14 @@ from omegaconf import DictConfig, OmegaConf
 LAUNCHER_SCHEMA_WARNING = (
     r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema with the same name"
 )
-warnings.filterwarnings("ignore", message=LAUNCHER_SCHEMA_WARNING, category=UserWarning)
+
+
+def silence_launcher_schema_warning() -> None:
+    """Ignore Hydra's launcher-schema warning (and only it) from now on in this process."""
+    warnings.filterwarnings("ignore", message=LAUNCHER_SCHEMA_WARNING, category=UserWarning)
+
+
+silence_launcher_schema_warning()
 
 #: Overrides that do not change what a job computes and so never name a folder.
 NEUTRAL_KEYS = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from typing import Any
 
 import lightning as L
 import torch
@@ -80,20 +81,48 @@ class EfficiencyProbe(L.Callback):
         return figures
 
 
-def flops_per_image(method: L.LightningModule, image_size: int) -> int | None:
-    """FLOPs of scoring one image with ``method.predict_images`` (torch's FLOP counter).
+def flops_per_image(method: L.LightningModule, image_size: int, feature_cache: Any = None) -> int | None:
+    """FLOPs of scoring one image: ``frozen_features`` of one ``[1, 3, S, S]`` input, then scoring them.
 
-    Counted on one ``[1, 3, S, S]`` input after the method was set up for a category, so few-shot
-    memory comparisons and text-classifier products are included; text encoding done once per category
-    is not. A multiply-add counts as two FLOPs (torch's convention). None if the method cannot be run.
+    Counted with torch's FLOP counter after the method was set up for a category, so few-shot memory
+    comparisons and text-classifier products are included; text encoding done once per category is
+    not. A multiply-add counts as two FLOPs (torch's convention). None if the method cannot be run.
+
+    The two halves are counted apart, which gives the count of ``predict_images``: the frozen half runs
+    once per feature-cache namespace (its count and feature shapes are kept by ``feature_cache.memo``,
+    so a job whose features are all cached runs no encoder pass), the scoring half runs every time, on
+    random features of those shapes (FLOPs depend on shapes, not values).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    images = torch.rand(1, 3, int(image_size), int(image_size), device=method.device)
-    counter = FlopCounterMode(display=False)
-    try:
+    device = method.device
+    model = method.model
+
+    def frozen_half() -> dict:
+        images = torch.rand(1, 3, int(image_size), int(image_size), device=device)
+        counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
-            method.predict_images(images)
+            features = model.frozen_features(images)
+        shapes = {
+            name: [list(value.shape), str(value.dtype).removeprefix("torch.")]
+            for name, value in features.items()
+        }
+        return {"flops": int(counter.get_total_flops()), "shapes": shapes}
+
+    try:
+        if feature_cache is not None and feature_cache.enabled and getattr(model, "cacheable", False):
+            material = {"namespace": feature_cache.namespace(model), "image_size": int(image_size)}
+            frozen = feature_cache.memo("frozen_flops_per_image", material, frozen_half)
+        else:
+            frozen = frozen_half()
+        generator = torch.Generator().manual_seed(0)
+        features = {
+            name: torch.rand(shape, generator=generator).to(device=device, dtype=getattr(torch, dtype))
+            for name, (shape, dtype) in frozen["shapes"].items()
+        }
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            method.score_set(features) if method.transductive else method.score(features)
     except (RuntimeError, NotImplementedError):
         return None
-    return int(counter.get_total_flops())
+    return int(frozen["flops"]) + int(counter.get_total_flops())

@@ -92,6 +92,7 @@ class CategoryScoring(L.Callback):
     def __init__(self, consumers: Sequence[CategoryConsumer]) -> None:
         self.consumers = list(consumers)
         self._next: tuple[str, Tensor | None] | None = None
+        self._next_digests: Sequence[str | None] | None = None
         self._category: str | None = None
         self._shard = _Shard()
 
@@ -100,9 +101,18 @@ class CategoryScoring(L.Callback):
         wanted = [consumer.images_wanted for consumer in self.consumers]
         return None if None in wanted else max(wanted, default=0)
 
-    def begin(self, category: str, reference_images: Tensor | None) -> None:
-        """State the category (and its normal reference images) that the next ``trainer.test`` scores."""
+    def begin(
+        self,
+        category: str,
+        reference_images: Tensor | None,
+        reference_digests: Sequence[str | None] | None = None,
+    ) -> None:
+        """State the category (and its normal reference images) that the next ``trainer.test`` scores.
+
+        ``reference_digests``: the reference files' content digests, the feature cache's keys.
+        """
         self._next = (category, reference_images)
+        self._next_digests = reference_digests
 
     def on_test_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         # Here, not in begin(): Lightning has moved the method to its device by now.
@@ -110,10 +120,14 @@ class CategoryScoring(L.Callback):
             raise RuntimeError("CategoryScoring.begin(category, references) must precede trainer.test")
         category, references = self._next
         self._next, self._category, self._shard = None, category, _Shard()
-        with torch.no_grad():
-            pl_module.setup_category(
-                category, None if references is None else references.to(pl_module.device)
-            )
+        pl_module.reference_digests = self._next_digests
+        try:
+            with torch.no_grad():
+                pl_module.setup_category(
+                    category, None if references is None else references.to(pl_module.device)
+                )
+        finally:
+            pl_module.reference_digests = self._next_digests = None
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         scored: ScoredBatch = outputs

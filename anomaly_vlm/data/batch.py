@@ -39,6 +39,8 @@ class AnomalyBatch:
         mask: ``[B, H, W]`` binary float ground truth at the input size; zeros for normal images; None
             when the dataset has no masks for this batch.
         category, path, defect_type: per-image strings.
+        digest: per image the SHA-256 of its file's bytes (the feature-cache key), None for an image
+            that is not a file's pixels (a mosaic); None when the batch was built without digests.
         pred_score: ``[B]`` image anomaly score, filled by the method.
         anomaly_map: ``[B, H, W]`` pixel anomaly map at the input size, filled by the method.
     """
@@ -52,6 +54,7 @@ class AnomalyBatch:
     pred_score: Tensor | None = None
     anomaly_map: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+    digest: list[str | None] | None = None
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -79,4 +82,5 @@ def collate_samples(items: list[dict]) -> AnomalyBatch:
         path=[item["path"] for item in items],
         defect_type=[item["defect_type"] for item in items],
         mask=None if any(mask is None for mask in masks) else torch.stack(masks),
+        digest=[item.get("digest") for item in items],
     )

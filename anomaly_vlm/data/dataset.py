@@ -6,6 +6,7 @@ import logging
 
 from torch.utils.data import Dataset
 
+from anomaly_vlm.cache.digest import file_digest
 from anomaly_vlm.data.batch import Sample
 from anomaly_vlm.data.image_io import image_size_of, load_image, load_mask
 
@@ -56,4 +57,6 @@ class AnomalyImageDataset(Dataset):
             "category": sample.category,
             "path": sample.path,
             "defect_type": sample.defect_type,
+            # The image is exactly the file's pixels, so its frozen features can be cached by content.
+            "digest": file_digest(sample.path),
         }

@@ -81,4 +81,5 @@ class MosaicDataset(Dataset):
             "label": int(max(tile["label"] for tile in tiles)),
             "defect_type": "mosaic",
             "path": "+".join(tile["path"] for tile in tiles),
+            "digest": None,  # not any file's pixels: bypasses the feature cache
         }

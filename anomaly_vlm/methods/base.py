@@ -12,7 +12,8 @@ wrapper so that test batches, reference images and training batches all pass one
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -23,6 +24,9 @@ from anomaly_vlm.data.batch import AnomalyBatch
 from anomaly_vlm.methods import contract
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoredBatch
 from anomaly_vlm.prompts import PromptSet, TextEmbeddingCache
+
+if TYPE_CHECKING:
+    from anomaly_vlm.cache import FeatureCache
 
 CHECKPOINT_KEY = "anomaly_vlm"
 
@@ -43,6 +47,11 @@ class AnomalyMethod(L.LightningModule):
     requires_few_shot: bool = False
     #: Learns parameters on an auxiliary dataset (``train_data``) before testing.
     trains_on_auxiliary_data: bool = False
+    #: Disk cache of frozen features (:mod:`anomaly_vlm.cache`), set by the runner; None computes them.
+    feature_cache: FeatureCache | None = None
+    #: File digests of the reference images handed to the next ``setup_category`` (set around that call
+    #: by the scoring path), so few-shot memories come from the cache too; None bypasses it.
+    reference_digests: Sequence[str | None] | None = None
 
     def __init__(
         self, model: nn.Module, prompts: PromptSet, shots: int = 0, text_cache_dir: str | None = None
@@ -84,16 +93,28 @@ class AnomalyMethod(L.LightningModule):
         return contract.is_transductive(self.model)
 
     @torch.no_grad()
-    def frozen_features(self, images: Tensor) -> FrozenFeatures:
-        """The frozen half of the forward pass, for test, reference and training images alike."""
-        return self.model.frozen_features(images)
+    def frozen_features(self, images: Tensor, digests: Sequence[str | None] | None = None) -> FrozenFeatures:
+        """The frozen half of the forward pass, for test, reference and training images alike.
+
+        ``digests``: per image the content digest of its file (``AnomalyBatch.digest``); with a
+        :attr:`feature_cache`, those images are read from it or stored in it (None: not a file's pixels).
+        """
+        if self.feature_cache is None:
+            return self.model.frozen_features(images)
+        return self.feature_cache.extract(self.model, images, digests)
 
     def reference_features(self, images: Tensor, batch_size: int | None = None) -> FrozenFeatures:
         """:meth:`frozen_features` of a category's normal references (in chunks of ``batch_size``)."""
+        digests = self.reference_digests
+        if digests is not None and len(digests) != len(images):
+            digests = None
         if batch_size is None or len(images) <= batch_size:
-            return self.frozen_features(images)
+            return self.frozen_features(images, digests)
         chunks = [
-            self.frozen_features(images[start : start + batch_size])
+            self.frozen_features(
+                images[start : start + batch_size],
+                None if digests is None else digests[start : start + batch_size],
+            )
             for start in range(0, len(images), batch_size)
         ]
         return contract.concat_features(chunks)
@@ -124,7 +145,7 @@ class AnomalyMethod(L.LightningModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def test_step(self, batch: AnomalyBatch, batch_idx: int) -> ScoredBatch:
-        features = self.frozen_features(batch.image)
+        features = self.frozen_features(batch.image, batch.digest)
         if self.transductive:
             return ScoredBatch(batch, features=features)
         with torch.no_grad():

@@ -1,18 +1,28 @@
-"""Per-category evaluator: accumulates scores, maps and masks, then computes exact metrics.
+"""Per-category evaluator: a ``torchmetrics.Metric`` that accumulates scores, maps and masks, then
+computes exact metrics.
 
 Pixel data are stored already split by ground truth (:class:`ScoreSplit`): background scores and
 anomalous scores as float32 plus the int32 size of each anomalous pixel's region, labelled at update
 time. That is ~4 bytes per pixel, and computing a category is one sort per side.
+
+Every category's data are metric states (``add_state(..., dist_reduce_fx="cat")`` for the scores,
+labels and pixel splits, ``"sum"`` for the counts), so under DDP torchmetrics gathers them when a
+category is computed (``sync_on_compute=True``, each rank holding a disjoint part of the images). A
+region never spans ranks: regions are labelled per image and an image lives on one rank. The
+evaluation path hands it whole categories on rank 0 (set-level post-processing needs the whole
+category first) and builds it with ``sync_on_compute=False``.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from anomaly_vlm.metrics.functional import ScoreSplit, official_aupro, ranking_metrics, to_numpy
 
@@ -33,17 +43,9 @@ METRIC_NAMES: tuple[str, ...] = (
 )
 
 
-@dataclass
-class _CategoryStore:
-    scores: list[np.ndarray] = field(default_factory=list)
-    labels: list[np.ndarray] = field(default_factory=list)
-    pixel_parts: list[ScoreSplit] = field(default_factory=list)
-    num_images: int = 0
-    # Pixel metrics are only meaningful if every image came with both a map and a mask.
-    images_with_pixels: int = 0
-    images_without_pixels: int = 0
-    warned_mixed: bool = False
-    released: bool = False
+#: Per-category states gathered by concatenation, and counts gathered by summation.
+_CAT_STATES = ("scores", "labels", "negatives", "positives", "region_sizes")
+_SUM_STATES = ("num_regions", "images_with_pixels", "images_without_pixels")
 
 
 def _squeeze_channel(x: np.ndarray, what: str, batch: int) -> np.ndarray:
@@ -54,11 +56,12 @@ def _squeeze_channel(x: np.ndarray, what: str, batch: int) -> np.ndarray:
     return x
 
 
-class Evaluator:
+class Evaluator(Metric):
     """Collects per-category predictions and computes exact image and pixel metrics.
 
     Typical use: ``update`` per batch, ``compute_category`` at the end of a category, ``release`` to
-    free its pixel data, ``macro_mean`` at the end.
+    free its pixel data, ``macro_mean`` at the end. ``compute()`` computes every category seen and
+    returns the metrics per category.
 
     Degenerate categories are reported as absent (``None``), never as 0 or 0.5: image metrics when
     the labels are all of one class, pixel metrics when the category has no masks (``masks=None``),
@@ -69,23 +72,36 @@ class Evaluator:
         pro_fpr_limit: Upper FPR bound of the AUPRO integral.
         aupro: ``exact`` (default) or ``official``, see
             :func:`~anomaly_vlm.metrics.functional.official_aupro`.
+        **kwargs: ``torchmetrics.Metric`` options, e.g. ``sync_on_compute=False`` when every rank
+            already holds whole categories.
     """
 
-    def __init__(self, compute_pixel: bool = True, pro_fpr_limit: float = 0.3, aupro: str = "exact") -> None:
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(
+        self, compute_pixel: bool = True, pro_fpr_limit: float = 0.3, aupro: str = "exact", **kwargs: Any
+    ) -> None:
         if not 0.0 < pro_fpr_limit <= 1.0:
             raise ValueError(f"pro_fpr_limit must be in (0, 1], got {pro_fpr_limit}.")
         if aupro not in AUPRO_VARIANTS:
             raise ValueError(f"metrics.aupro={aupro!r} is not one of {list(AUPRO_VARIANTS)}")
+        super().__init__(**kwargs)
         self.aupro = aupro
         self.compute_pixel = compute_pixel
         self.pro_fpr_limit = pro_fpr_limit
-        self._stores: dict[str, _CategoryStore] = {}
+        # Category -> prefix of its states. States are added in order of first appearance, so every
+        # rank that sees the same categories in the same order holds the same state names.
+        self._prefixes: dict[str, str] = {}
+        self._released: set[str] = set()
+        self._warned_mixed: set[str] = set()
         self._results: dict[str, dict[str, float | None]] = {}
 
     @property
     def categories(self) -> list[str]:
         """Categories seen by ``update``, in order of first appearance."""
-        return list(self._stores)
+        return list(self._prefixes)
 
     @property
     def results(self) -> dict[str, dict[str, float | None]]:
@@ -94,8 +110,38 @@ class Evaluator:
 
     def reset(self) -> None:
         """Forgets all stored data and results."""
-        self._stores.clear()
+        super().reset()
+        for name in [name for prefix in self._prefixes.values() for name in self._state_names(prefix)]:
+            del self._defaults[name], self._reductions[name], self._persistent[name]
+            delattr(self, name)
+        self._prefixes.clear()
+        self._released.clear()
+        self._warned_mixed.clear()
         self._results.clear()
+
+    @staticmethod
+    def _state_names(prefix: str) -> list[str]:
+        return [prefix + name for name in (*_CAT_STATES, *_SUM_STATES)]
+
+    def _add_category(self, category: str) -> str:
+        prefix = self._prefixes[category] = f"category{len(self._prefixes)}_"
+        for name in _CAT_STATES:
+            self.add_state(prefix + name, default=[], dist_reduce_fx="cat")
+        for name in _SUM_STATES:
+            self.add_state(prefix + name, default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        return prefix
+
+    def _get(self, category: str, name: str) -> Any:
+        return getattr(self, self._prefixes[category] + name)
+
+    def _set(self, category: str, name: str, value: Any) -> None:
+        setattr(self, self._prefixes[category] + name, value)
+
+    def _count(self, category: str, name: str) -> int:
+        return int(self._get(category, name))
+
+    def _add(self, category: str, name: str, value: int) -> None:
+        self._set(category, name, self._get(category, name) + value)
 
     def update(
         self,
@@ -118,8 +164,8 @@ class Evaluator:
         Raises:
             ValueError: On malformed shapes, non-binary labels, NaN, or an update after ``release``.
         """
-        store = self._stores.get(category)
-        if store is not None and store.released:
+        known = category in self._prefixes
+        if category in self._released:
             raise ValueError(f"Evaluator.update: category {category!r} was already released.")
         scores = to_numpy(image_scores).astype(np.float64).reshape(-1)
         batch = scores.size
@@ -135,55 +181,82 @@ class Evaluator:
         if has_pixels:
             maps = _squeeze_channel(to_numpy(anomaly_maps), "anomaly_maps", batch)
             gt = _squeeze_channel(to_numpy(masks), "masks", batch)
-            if store is None or store.images_without_pixels == 0:
+            if not known or self._count(category, "images_without_pixels") == 0:
                 part = ScoreSplit.from_maps(maps, gt)
 
         # Validation is over: nothing is stored for a batch that raised.
-        if store is None:
-            store = self._stores[category] = _CategoryStore()
-        store.scores.append(scores)
-        store.labels.append(lab.astype(np.uint8))
-        store.num_images += batch
+        if not known:
+            self._add_category(category)
+        self._get(category, "scores").append(torch.from_numpy(scores))
+        self._get(category, "labels").append(torch.from_numpy(lab.astype(np.uint8)))
         if not self.compute_pixel:
             return
         if has_pixels:
             if part is not None:
-                store.pixel_parts.append(part)
-            store.images_with_pixels += batch
+                self._get(category, "negatives").append(torch.from_numpy(part.negatives))
+                self._get(category, "positives").append(torch.from_numpy(part.positives))
+                self._get(category, "region_sizes").append(torch.from_numpy(part.region_sizes))
+                self._add(category, "num_regions", part.num_regions)
+            self._add(category, "images_with_pixels", batch)
         else:
-            store.images_without_pixels += batch
-            store.pixel_parts.clear()  # the category can no longer have pixel metrics
-        if store.images_with_pixels and store.images_without_pixels and not store.warned_mixed:
-            store.warned_mixed = True
+            self._add(category, "images_without_pixels", batch)
+            self._drop_pixels(category)  # the category can no longer have pixel metrics
+        if (
+            self._count(category, "images_with_pixels")
+            and self._count(category, "images_without_pixels")
+            and category not in self._warned_mixed
+        ):
+            self._warned_mixed.add(category)
             warnings.warn(
                 f"Evaluator: category {category!r} has maps and masks for only some images; "
                 "its pixel metrics are reported as absent.",
                 stacklevel=2,
             )
 
-    def _store(self, category: str) -> _CategoryStore:
-        try:
-            return self._stores[category]
-        except KeyError:
-            raise ValueError(f"Evaluator: no data for category {category!r}.") from None
+    def _drop_pixels(self, category: str) -> None:
+        for name in ("negatives", "positives", "region_sizes"):
+            self._set(category, name, [])
+        self._set(category, "num_regions", torch.tensor(0, dtype=torch.int64))
+
+    def _check_known(self, category: str) -> None:
+        if category not in self._prefixes:
+            raise ValueError(f"Evaluator: no data for category {category!r}.")
+
+    def _joined(self, category: str, name: str, dtype: np.dtype) -> np.ndarray:
+        """A concatenated state as numpy (a state is a list of tensors, or one tensor after a sync)."""
+        value = self._get(category, name)
+        if isinstance(value, list) and not value:
+            return np.zeros(0, dtype)
+        return dim_zero_cat(value).numpy()
 
     def stored_image_scores(self, category: str) -> np.ndarray:
         """The image scores of a category as stored by ``update`` (float64, ``[N]``)."""
-        store = self._store(category)
-        return np.concatenate(store.scores) if store.scores else np.zeros(0)
+        self._check_known(category)
+        return self._joined(category, "scores", np.float64)
 
     def stored_labels(self, category: str) -> np.ndarray:
         """The image labels of a category (int64 0/1, ``[N]``)."""
-        store = self._store(category)
-        return np.concatenate(store.labels).astype(np.int64) if store.labels else np.zeros(0, np.int64)
+        self._check_known(category)
+        return self._joined(category, "labels", np.uint8).astype(np.int64)
+
+    def compute(self) -> dict[str, dict[str, float | None]]:
+        """Computes every category seen (see :meth:`compute_category`); returns :attr:`results`."""
+        # torchmetrics has synced the states around this call already.
+        for category in self._prefixes:
+            self._results[category] = self._metrics(category, None)
+        return dict(self._results)
 
     def compute_category(self, category: str, image_scores: Any | None = None) -> dict[str, float | None]:
         """Computes the metrics of one category and records them in :attr:`results`.
 
+        With ``sync_on_compute`` (the default) and an initialised process group, the category's
+        states of every rank are gathered first, so every rank must call this for the category.
+
         Args:
             category: Category name.
             image_scores: Optional ``[N]`` scores replacing the stored image scores, e.g. after a
-                per-category rescaling; must have one score per stored image, in update order.
+                per-category rescaling; must have one score per stored image, in update order
+                (under DDP: rank order).
 
         Returns:
             The seven metrics of :data:`METRIC_NAMES`, fractions in ``[0, 1]`` or ``None`` if absent.
@@ -191,7 +264,19 @@ class Evaluator:
         Raises:
             ValueError: For an unknown category or an override of the wrong length.
         """
-        store = self._store(category)
+        self._check_known(category)
+        if category not in self._released:
+            # Join once and keep only the joined arrays, so a second compute re-uses them.
+            for name in _CAT_STATES:
+                parts = self._get(category, name)
+                if isinstance(parts, list) and len(parts) > 1:
+                    self._set(category, name, [torch.cat(parts)])
+        with self.sync_context(should_sync=self.sync_on_compute, should_unsync=True):
+            out = self._metrics(category, image_scores)
+        self._results[category] = out
+        return out
+
+    def _metrics(self, category: str, image_scores: Any | None) -> dict[str, float | None]:
         labels = self.stored_labels(category)
         if image_scores is None:
             scores = self.stored_image_scores(category)
@@ -211,19 +296,24 @@ class Evaluator:
             warnings.warn(
                 f"Evaluator: category {category!r} has only one image class "
                 f"({int(labels.sum())} anomalous of {labels.size}); image metrics are absent.",
-                stacklevel=2,
+                stacklevel=3,
             )
 
-        if store.released:
+        if category in self._released:
             # Pixel data are gone; keep what was computed before the release (image scores may be
             # recomputed, e.g. after a rescaling).
             previous = self._results.get(category, {})
             out.update({k: previous.get(k) for k in METRIC_NAMES if k.startswith("pixel_")})
-        elif store.pixel_parts and store.images_without_pixels == 0:
-            if len(store.pixel_parts) > 1:
-                # Join once and keep only the joined split, so a second compute re-uses it.
-                store.pixel_parts = [ScoreSplit.concatenate(store.pixel_parts)]
-            split = store.pixel_parts[0]
+        elif self._count(category, "images_with_pixels") and not self._count(
+            category, "images_without_pixels"
+        ):
+            # Views of the states: sorting the split (in ranking_metrics) sorts them in place once.
+            split = ScoreSplit(
+                negatives=self._joined(category, "negatives", np.float32),
+                positives=self._joined(category, "positives", np.float32),
+                region_sizes=self._joined(category, "region_sizes", np.int32),
+                num_regions=self._count(category, "num_regions"),
+            )
             if split.positives.size and split.negatives.size:
                 exact = self.aupro == "exact"
                 m = ranking_metrics(split, pro_fpr_limit=self.pro_fpr_limit if exact else None)
@@ -232,7 +322,7 @@ class Evaluator:
                     warnings.warn(
                         f"Evaluator: category {category!r}: the official AUPRO is undefined "
                         "(constant maps or a single FPR point below the limit); reported as absent.",
-                        stacklevel=2,
+                        stacklevel=3,
                     )
                 out.update(
                     pixel_auroc=m["auroc"],
@@ -240,7 +330,6 @@ class Evaluator:
                     pixel_f1max=m["f1max"],
                     pixel_aupro=pro if math.isfinite(pro) else None,
                 )
-        self._results[category] = out
         return out
 
     def release(self, category: str) -> None:
@@ -249,16 +338,18 @@ class Evaluator:
         Image scores, labels and results are kept; a later :meth:`compute_category` of the category
         recomputes the image metrics and carries over the pixel metrics computed before the release.
         """
-        store = self._store(category)
-        store.pixel_parts = []
-        store.released = True
+        self._check_known(category)
+        self._drop_pixels(category)
+        self._released.add(category)
 
     def stored_nbytes(self) -> int:
         """Bytes held by the stored pixel data and image scores of all categories."""
         total = 0
-        for store in self._stores.values():
-            total += sum(p.nbytes for p in store.pixel_parts)
-            total += sum(s.nbytes + lab.nbytes for s, lab in zip(store.scores, store.labels, strict=True))
+        for category in self._prefixes:
+            for name in _CAT_STATES:
+                value = self._get(category, name)
+                parts = value if isinstance(value, list) else [value]
+                total += sum(part.numel() * part.element_size() for part in parts)
         return total
 
     def macro_mean(self) -> dict[str, float | None]:

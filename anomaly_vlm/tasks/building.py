@@ -344,7 +344,25 @@ def prepare_job(
     )
     if cfg.get("ckpt_path"):
         load_checkpoint(method, str(cfg.ckpt_path))
+    if cfg.get("feature_cache"):
+        method.feature_cache = build(cfg.feature_cache)
     return PreparedJob(method, references, shots, reference_seed)
+
+
+def feature_cache_report(method: AnomalyMethod) -> dict[str, Any] | None:
+    """Keep the feature cache under its size limit and say what it did (for results.json)."""
+    cache = method.feature_cache
+    if cache is None:
+        return None
+    if cache.stats.written_bytes:
+        cache.evict()
+    return {"enabled": cache.enabled, "dtype": cache.dtype, **dataclasses.asdict(cache.stats)}
+
+
+def print_feature_cache_summary(method: AnomalyMethod) -> None:
+    """The run's last line: feature-cache hits, misses, bypassed images and the folder's size."""
+    if method.feature_cache is not None:
+        print(method.feature_cache.summary())
 
 
 def build_datamodule(cfg: DictConfig, names: dict[str, str | None]) -> tuple[AnomalyDataModule, tuple]:

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import lightning as L
 
+from anomaly_vlm.cache.digest import file_digest
 from anomaly_vlm.callbacks.scoring import CategoryScoring
 from anomaly_vlm.data import AnomalyDataModule, Sample
 from anomaly_vlm.methods.base import AnomalyMethod
@@ -24,5 +25,9 @@ def score_categories(
         raise ValueError("the CategoryScoring callback must be one of the trainer's callbacks")
     for category in datamodule.categories:
         chosen = references.get(category) or []
-        scoring.begin(category, datamodule.load_images(list(chosen)) if chosen else None)
+        scoring.begin(
+            category,
+            datamodule.load_images(list(chosen)) if chosen else None,
+            [file_digest(sample.path) for sample in chosen] if chosen else None,
+        )
         trainer.test(method, dataloaders=datamodule.category_test_dataloader(category), verbose=False)

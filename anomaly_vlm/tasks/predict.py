@@ -44,8 +44,10 @@ from anomaly_vlm.reporting.results import write_json_atomic
 from anomaly_vlm.tasks.building import (
     build,
     clear_stale_artefacts,
+    feature_cache_report,
     group_choices,
     prepare_job,
+    print_feature_cache_summary,
     quiet_lightning,
 )
 from anomaly_vlm.tasks.categories import score_categories
@@ -225,3 +227,5 @@ def predict(cfg: DictConfig) -> None:
     )
     print(f"scored {len(rows)} images: {scores_path}")
     print(f"heatmaps: {output_dir / HEATMAP_DIR}")
+    feature_cache_report(method)  # keeps the cache under its size limit
+    print_feature_cache_summary(method)

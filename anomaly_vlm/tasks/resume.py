@@ -127,6 +127,10 @@ NOT_TRAINING_KEYS: tuple[str, ...] = (
     "callbacks",
     "datamodule.batch_size",  # the test loader
     "datamodule.num_workers",
+    # exact (float32) cached features are the features; only a rounding dtype changes what is learned
+    "feature_cache.enabled",
+    "feature_cache.dir",
+    "feature_cache.max_gb",
     # trainer keys that change where and how a run reports, not what it learns
     "trainer._target_",
     "trainer.default_root_dir",

@@ -38,10 +38,12 @@ from anomaly_vlm.tasks.building import (
     build,
     build_datamodule,
     build_logger,
+    feature_cache_report,
     group_choices,
     guard_finished_run,
     is_repeated_zero_shot_draw,
     prepare_job,
+    print_feature_cache_summary,
     quiet_lightning,
 )
 from anomaly_vlm.tasks.categories import score_categories
@@ -91,7 +93,10 @@ class Job:
         self.decisions = CategoryDecisions(ThresholdSettings.from_config(self.cfg.get("threshold")))
         prepared = prepare_job(self.cfg, datamodule, sources, self.output_dir, self.names["method"], self.fit)
         self.logger = build_logger(self.cfg, self.names)
-        evaluator = Evaluator(aupro=str((self.cfg.get("metrics") or {}).get("aupro", "exact")))
+        # The evaluation path hands it whole categories on rank 0 (after set-level post-processing),
+        # so there is nothing for torchmetrics to gather.
+        aupro = str((self.cfg.get("metrics") or {}).get("aupro", "exact"))
+        evaluator = Evaluator(aupro=aupro, sync_on_compute=False)
         trainer, scoring, extra_callbacks = self._trainer(prepared, evaluator)
         trained = self._fit(trainer, prepared.method, datamodule)
         if self.untrained(prepared.method):
@@ -119,7 +124,9 @@ class Job:
             return None  # DDP: rank 0 gathered every rank's predictions; it alone reports
         probe = next((c for c in extra_callbacks if isinstance(c, EfficiencyProbe)), None)
         efficiency = probe.summary(prepared.method) if probe else prepared.method.parameter_counts()
-        efficiency["flops_per_image"] = flops_per_image(prepared.method, datamodule.image_size)
+        efficiency["flops_per_image"] = flops_per_image(
+            prepared.method, datamodule.image_size, prepared.method.feature_cache
+        )
         return self._report(prepared, evaluator, efficiency, trained)
 
     @property
@@ -203,6 +210,7 @@ class Job:
                 "device": str(prepared.method.device),
                 "reference_seed": prepared.reference_seed if shots else None,
                 "decisions": self.decisions.summary(),
+                "feature_cache": feature_cache_report(prepared.method),
             },
         )
         results_path = write_json_atomic(self.output_dir / RESULTS_FILE, payload)
@@ -216,6 +224,7 @@ class Job:
             title += " | transductive (test images scored against each other)"
         print_metrics_table(evaluator.results, mean, title=title)
         print(f"results: {results_path}")
+        print_feature_cache_summary(prepared.method)
         return mean.get("image_auroc")
 
 

@@ -99,7 +99,7 @@ def test_method_contract(name, tiny_backbone, data, tmp_path):
     if method.is_trainable:
         seen: list[int] = []
         extract = method.frozen_features
-        method.frozen_features = lambda batch: (seen.append(len(batch)), extract(batch))[1]
+        method.frozen_features = lambda batch, *rest: (seen.append(len(batch)), extract(batch, *rest))[1]
         _trainer(tmp_path, max_steps=2).fit(method, datamodule=data)
         del method.frozen_features
         assert len(seen) >= 2, "training must take its image features from frozen_features"

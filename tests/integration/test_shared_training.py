@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -43,3 +44,25 @@ def test_neutral_keys_are_the_hydra_exclude_keys():
 
     config = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "hydra" / "default.yaml")
     assert list(config.job.config.override_dirname.exclude_keys) == list(NEUTRAL_KEYS)
+
+
+@pytest.mark.slow
+def test_parallel_joblib_jobs_train_the_shared_parameters_once(run_entry_point, tmp_path):
+    """Two jobs launched at once by joblib: one trains, the other waits for its lock and loads."""
+    sweep = [item for item in SWEEP if not item.startswith("reference_seed")]
+    run_entry_point(
+        "train.py",
+        *sweep,
+        "reference_seed=0,2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={tmp_path}",
+        timeout=900,
+    )
+    payloads = [json.loads(path.read_text()) for path in sorted(tmp_path.rglob("results.json"))]
+    assert len(payloads) == 2
+    checkpoints = sorted(payload["trained_checkpoint"] for payload in payloads)
+    trained_here = [path for path in checkpoints if path.endswith("checkpoints/trained.ckpt")]
+    assert len(trained_here) == 1, checkpoints  # exactly one job trained
+    assert any("/trained/" in path for path in checkpoints)
+    assert len(list(tmp_path.rglob("checkpoints/last.ckpt"))) == 1  # only the training job ran epochs

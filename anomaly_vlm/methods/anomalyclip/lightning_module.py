@@ -94,7 +94,9 @@ class AnomalyCLIPModule(AnomalyMethod):
                 "AnomalyCLIP trains on pixel masks, but the auxiliary training batch has none "
                 f"(first image: {batch.path[0]}); use a train_data source with ground-truth masks"
             )
-        features = AnomalyCLIPFeatures.from_dict(self.frozen_features(batch.image), self.model.layers)
+        features = AnomalyCLIPFeatures.from_dict(
+            self.frozen_features(batch.image, batch.digest), self.model.layers
+        )
         losses = self.model.loss_from_features(features, batch.mask, batch.label)
         self.log_dict(
             {f"train/{name}": value.detach() for name, value in losses.items()},

@@ -93,7 +93,7 @@ class AprilGANModule(AnomalyMethod):
         if batch.mask is None:
             raise ValueError("APRIL-GAN trains on masks; the training batch has none (train_data=...)")
         images = batch.image
-        layer_tokens = self.model.layer_tokens(self.frozen_features(images))
+        layer_tokens = self.model.layer_tokens(self.frozen_features(images, batch.digest))
         text = self._text_for(list(batch.category))
         probabilities = self.model.stage_probabilities(layer_tokens, text, tuple(images.shape[-2:]))
         target = (batch.mask > 0.5).float()

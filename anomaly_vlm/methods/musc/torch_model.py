@@ -343,7 +343,7 @@ class MuSc(nn.Module):
             index: the rows of ``features`` that form the set (default all).
             parts: when a dict, receives ``(r, layer) -> [N, L]`` per-block, per-degree scores.
         """
-        device = self.backbone.visual.proj.device
+        device = self.backbone.proj.device
         count = int(features[tokens_key(self.layers[0])].shape[0]) if index is None else len(index)
         check_set_size(count, self.topmin_min, self.topmin_max)
         per_degree = []

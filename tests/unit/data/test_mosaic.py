@@ -64,3 +64,18 @@ def test_datamodule_option_wraps_the_training_set_only_when_enabled(source):
     assert isinstance(off.train_dataloader().dataset, AnomalyImageDataset)
     wrapped = on.train_dataloader().dataset
     assert isinstance(wrapped, MosaicDataset) and wrapped.probability == 0.2
+
+
+def test_batches_carry_file_digests_and_mosaics_have_none(source):
+    import hashlib
+
+    from anomaly_vlm.data.batch import collate_samples
+
+    base = _dataset(source)
+    plain = collate_samples([base[0], base[1]])
+    for path, digest in zip(plain.path, plain.digest, strict=True):
+        with open(path, "rb") as handle:
+            assert digest == hashlib.sha256(handle.read()).hexdigest()
+    torch.manual_seed(0)
+    mixed = collate_samples([MosaicDataset(base, probability=1.0)[0], base[0]])
+    assert mixed.digest == [None, plain.digest[0]]

@@ -1,71 +1,14 @@
-"""Procedurally generated anomaly-detection dataset in MVTec AD layout.
-
-The real benchmarks (MVTec AD, VisA) cannot be downloaded on the build machines, so the demo and
-the test-suite run on this small dataset instead. It is written to disk in exactly the MVTec AD
-layout, so the ordinary MVTec loader reads it and nothing downstream knows it is synthetic::
-
-    <root>/<category>/train/good/000.png
-    <root>/<category>/test/good/000.png
-    <root>/<category>/test/<defect>/000.png
-    <root>/<category>/ground_truth/<defect>/000_mask.png
-
-Categories:
-    * ``brick``, ``grass``, ``gravel`` -- textures. Random crops (scale, position, flips) of the
-      grayscale texture photos that scikit-image ships offline, colourised with a fixed
-      per-category two-colour ramp (brick red, grass green, sandy gravel) plus slight
-      brightness/contrast jitter.
-    * ``disc`` -- object. A shaded blue disc with a concentric groove, like a bottle cap seen from
-      above, on a plain light background with a soft drop shadow. Position, radius and colour jitter.
-    * ``nut`` -- object. A metallic hexagon nut with a chamfer and a threaded central hole on a dark
-      background; random rotation, small position/size/colour jitter.
-
-Defects (see :data:`DEFECT_TYPES`):
-    * ``scratch`` -- a thin dark (groove) or bright (reflection) polyline of 2-4 segments.
-    * ``stain`` -- an irregular blob of rust, oil, paint or water colour with a soft edge, blended
-      with varying opacity; faint ones are hard to see.
-    * ``hole`` -- on textures a dark pit (a shallow dent when subtle); on objects a missing part:
-      the region is cut out of the object and shows the background, chipping the rim when the
-      defect falls on the outline.
-
-Every defect has a random strength, so some are obvious and some are subtle. Ground-truth masks are
-binary (0/255) and mark exactly the pixels the defect changed: for soft edges the pixels whose
-defect weight is at least one half (the usual annotation convention), and on objects only pixels
-that belong to the object. A defect covers :data:`DEFECT_AREA_RANGE` of the image.
-
-Generation is deterministic: every image draws from its own ``numpy.random.Generator`` seeded
-with ``(seed, category index, split code, image index)``; the global RNG is never used. A
-category's images therefore do not depend on which other categories are generated with it.
-"""
+"""The renderer: categories, defects and the pixels of every synthetic image."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from anomaly_vlm.data.source import MVTecLayout
-
-__all__ = [
-    "DEFECT_AREA_RANGE",
-    "DEFECT_TYPES",
-    "GENERATOR_VERSION",
-    "MANIFEST_NAME",
-    "OBJECT_CATEGORIES",
-    "SYNTHETIC_CATEGORIES",
-    "TEXTURE_CATEGORIES",
-    "default_synthetic_root",
-    "generate_synthetic_dataset",
-    "render_sample",
-]
 
 #: Bump whenever the rendered pixels change, so cached datasets on disk are regenerated.
 GENERATOR_VERSION = 1
@@ -78,11 +21,6 @@ SYNTHETIC_CATEGORIES: tuple[str, ...] = TEXTURE_CATEGORIES + OBJECT_CATEGORIES
 DEFECT_TYPES: tuple[str, ...] = ("scratch", "stain", "hole")
 #: Inclusive range of the fraction of image pixels a defect mask covers.
 DEFECT_AREA_RANGE: tuple[float, float] = (0.005, 0.08)
-
-MANIFEST_NAME = ".synthetic.json"
-_PENDING_NAME = ".synthetic.pending.json"
-_LOCK_NAME = ".synthetic.lock"
-_TMP_PREFIX = ".synthetic-tmp-"
 
 # Split codes enter the seed; defect ``i`` uses ``_DEFECT_SPLIT_BASE + i``.
 _SPLIT_CODES = {"train": 0, "test": 1}
@@ -121,137 +59,6 @@ class _Scene:
     support: np.ndarray
 
 
-# --------------------------------------------------------------------------------------------------
-# Public API
-# --------------------------------------------------------------------------------------------------
-
-
-def default_synthetic_root(cache_dir: str | Path | None = None) -> Path:
-    """Where the synthetic dataset is cached by default.
-
-    Args:
-        cache_dir: Base cache directory. ``None`` means ``$ANOMALY_VLM_CACHE`` when set, else
-            ``$XDG_CACHE_HOME/anomaly_vlm`` or ``~/.cache/anomaly_vlm``.
-
-    Returns:
-        ``<cache_dir>/synthetic`` (not created).
-    """
-    if cache_dir is None:
-        env = os.environ.get("ANOMALY_VLM_CACHE")
-        if env:
-            cache_dir = env
-        else:
-            xdg = os.environ.get("XDG_CACHE_HOME")
-            cache_dir = Path(xdg or Path.home() / ".cache") / "anomaly_vlm"
-    return Path(cache_dir).expanduser() / "synthetic"
-
-
-def generate_synthetic_dataset(
-    root: str | Path,
-    categories: Sequence[str] = SYNTHETIC_CATEGORIES,
-    image_size: int | tuple[int, int] = 128,
-    num_train: int = 8,
-    num_test_good: int = 4,
-    num_test_per_defect: int = 3,
-    seed: int = 0,
-    overwrite: bool = False,
-) -> Path:
-    """Write the synthetic dataset in MVTec AD layout under ``root``, or reuse a cached copy.
-
-    Each category gets ``num_train`` normal training images, ``num_test_good`` normal test images
-    and, for every defect in :data:`DEFECT_TYPES`, ``num_test_per_defect`` defective test images
-    with binary masks.
-
-    A manifest (``<root>/.synthetic.json``: generator version and all arguments) is written last.
-    When it exists with the same arguments (and its category folders are present) the call
-    returns at once and writes nothing. Otherwise the category folders recorded by a previous run
-    (and the leftovers of a crashed one) are removed and the dataset is regenerated: images are
-    rendered into a temporary folder inside ``root`` and moved into place before the manifest is
-    written, so a half-written dataset is never mistaken for a complete one. Concurrent calls on
-    the same root (e.g. a parallel Hydra multirun) are serialised with a file lock where the
-    platform has ``fcntl``.
-
-    Args:
-        root: Dataset root; created if missing. Use a separate root per argument set when several
-            configurations are needed at once: a root holds one dataset at a time.
-        categories: Subset of :data:`SYNTHETIC_CATEGORIES` to generate.
-        image_size: Side length in pixels, or ``(height, width)``; at least 32.
-        num_train: Normal training images per category (at least 1).
-        num_test_good: Normal test images per category (at least 1).
-        num_test_per_defect: Defective test images per category and defect type (at least 1).
-        seed: Non-negative base seed; the same arguments give byte-identical PNG files.
-        overwrite: Regenerate even when the cache matches, and replace category folders in
-            ``root`` that this generator did not write (without it they raise an error).
-
-    Returns:
-        ``root`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        ValueError: For an unknown category or an invalid count, size or seed.
-        FileExistsError: If a category folder that this generator did not write is in the way
-            and ``overwrite`` is false.
-    """
-    root = Path(root).expanduser()
-    cats = _check_categories(categories)
-    height, width = _check_size(image_size)
-    for name, value in (
-        ("num_train", num_train),
-        ("num_test_good", num_test_good),
-        ("num_test_per_defect", num_test_per_defect),
-    ):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-
-    manifest = {
-        "generator": __name__,
-        "version": GENERATOR_VERSION,
-        "args": {
-            "categories": list(cats),
-            "image_size": [height, width],
-            "num_train": int(num_train),
-            "num_test_good": int(num_test_good),
-            "num_test_per_defect": int(num_test_per_defect),
-            "seed": int(seed),
-        },
-        "defect_types": list(DEFECT_TYPES),
-    }
-    # Checked before taking the lock so a cache hit leaves the root untouched (no lock file).
-    if not overwrite and _is_complete(root, manifest):
-        return root
-
-    root.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(root):
-        # Another process may have finished the same dataset while we waited for the lock.
-        if not overwrite and _is_complete(root, manifest):
-            return root
-        _remove_previous_output(root, cats, overwrite)
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=root))
-        try:
-            for cat in cats:
-                _write_category(
-                    tmp / cat,
-                    cat,
-                    height,
-                    width,
-                    int(num_train),
-                    int(num_test_good),
-                    int(num_test_per_defect),
-                    int(seed),
-                )
-            # Recorded before the moves so that a crash between them still lets the next run
-            # know which folders are ours to delete.
-            _write_json(root / _PENDING_NAME, {"categories": list(cats)})
-            for cat in cats:
-                os.replace(tmp / cat, root / cat)
-            _write_json(root / MANIFEST_NAME, manifest)
-            (root / _PENDING_NAME).unlink()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
 def render_sample(
     category: str,
     defect: str | None = None,
@@ -287,11 +94,6 @@ def render_sample(
     return _render(cat, defect, height, width, seed, split_code, index)
 
 
-# --------------------------------------------------------------------------------------------------
-# Cache bookkeeping
-# --------------------------------------------------------------------------------------------------
-
-
 def _check_categories(categories: Sequence[str]) -> tuple[str, ...]:
     if isinstance(categories, str):
         categories = [categories]
@@ -317,78 +119,6 @@ def _check_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     if min(size) < 32:
         raise ValueError(f"image_size must be at least 32 pixels, got {image_size!r}")
     return size
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: dict) -> None:
-    # Write-then-rename so readers never see a truncated file.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _is_complete(root: Path, manifest: dict) -> bool:
-    found = _read_json(root / MANIFEST_NAME)
-    if found is None or (root / _PENDING_NAME).exists():
-        return False
-    if found.get("version") != manifest["version"] or found.get("args") != manifest["args"]:
-        return False
-    return all((root / cat).is_dir() for cat in manifest["args"]["categories"])
-
-
-def _recorded_categories(record: dict | None) -> set[str]:
-    if record is None:
-        return set()
-    cats = record.get("categories")
-    if cats is None:
-        cats = record.get("args", {}).get("categories", [])
-    # Only known category names: a hand-edited manifest must never make us delete other folders.
-    return {c for c in cats if isinstance(c, str) and c in SYNTHETIC_CATEGORIES}
-
-
-def _remove_previous_output(root: Path, cats: Sequence[str], overwrite: bool) -> None:
-    """Delete what earlier runs of this generator left in ``root`` (called under the lock)."""
-    for leftover in root.glob(_TMP_PREFIX + "*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    owned = _recorded_categories(_read_json(root / MANIFEST_NAME))
-    owned |= _recorded_categories(_read_json(root / _PENDING_NAME))
-    foreign = [c for c in cats if (root / c).exists() and c not in owned]
-    if foreign and not overwrite:
-        raise FileExistsError(
-            f"{root} already holds {foreign} that the synthetic generator did not write; "
-            "pass overwrite=True to replace them or choose another root"
-        )
-    # The manifest goes first so that a crash during the deletions cannot look complete.
-    (root / MANIFEST_NAME).unlink(missing_ok=True)
-    for cat in sorted(owned | set(foreign)):
-        path = root / cat
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    (root / _PENDING_NAME).unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _exclusive_lock(root: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent generation is the caller's problem.
-        yield
-        return
-    with open(root / _LOCK_NAME, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _write_category(
@@ -674,61 +404,3 @@ def _apply_defect(defect: str, rng: np.random.Generator, scene: _Scene) -> tuple
         pit = image * rng.uniform(0.08, 0.2)
         out = image + (pit - image) * w * (0.25 + 0.75 * strength)
     return np.clip(out, 0.0, 1.0).astype(np.float32), mask
-
-
-class SyntheticAD(MVTecLayout):
-    """The synthetic dataset as a dataset source (``data=synthetic``).
-
-    Each argument set lives in its own subfolder of ``root``, so jobs with different settings never
-    rebuild each other's files; the first job to need a set generates it (under a file lock).
-
-    Args:
-        root: cache folder holding the generated sets.
-        categories: subset of :data:`SYNTHETIC_CATEGORIES`; None means all.
-        image_size: side of the generated PNGs.
-        generator_seed: seed of the generator (independent of the run seed, so reference draws and
-            data can be varied separately).
-        num_train, num_test_good, num_test_per_defect: images per split.
-        class_names: category -> words used in prompts (see :class:`DatasetSource`).
-    """
-
-    name = "synthetic"
-
-    def __init__(
-        self,
-        root: str | Path | None = None,
-        categories: Sequence[str] | None = None,
-        image_size: int = 128,
-        generator_seed: int = 0,
-        num_train: int = 8,
-        num_test_good: int = 4,
-        num_test_per_defect: int = 3,
-        class_names: Mapping[str, str] | None = None,
-    ) -> None:
-        base = Path(root).expanduser() if root else default_synthetic_root()
-        variant = (
-            f"v{GENERATOR_VERSION}-size{image_size}-seed{generator_seed}"
-            f"-n{num_train}-{num_test_good}-{num_test_per_defect}"
-        )
-        super().__init__(base / variant, categories, require_masks=True, class_names=class_names)
-        self._generator_args = {
-            "image_size": image_size,
-            "num_train": num_train,
-            "num_test_good": num_test_good,
-            "num_test_per_defect": num_test_per_defect,
-            "seed": generator_seed,
-        }
-        self._generated = False
-
-    def _ensure_generated(self) -> None:
-        if not self._generated:
-            generate_synthetic_dataset(self.root, SYNTHETIC_CATEGORIES, **self._generator_args)
-            self._generated = True
-
-    def available_categories(self) -> list[str]:
-        self._ensure_generated()
-        return list(SYNTHETIC_CATEGORIES)
-
-    def samples(self, category, split):
-        self._ensure_generated()
-        return super().samples(category, split)

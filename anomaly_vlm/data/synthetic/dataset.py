@@ -1,0 +1,71 @@
+"""The synthetic dataset as a dataset source (``data=synthetic``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from anomaly_vlm.data.source import MVTecLayout
+from anomaly_vlm.data.synthetic.cache import default_synthetic_root
+from anomaly_vlm.data.synthetic.render import GENERATOR_VERSION, SYNTHETIC_CATEGORIES
+
+
+class SyntheticAD(MVTecLayout):
+    """The synthetic dataset as a dataset source (``data=synthetic``).
+
+    Each argument set lives in its own subfolder of ``root``, so jobs with different settings never
+    rebuild each other's files; the first job to need a set generates it (under a file lock).
+
+    Args:
+        root: cache folder holding the generated sets.
+        categories: subset of :data:`SYNTHETIC_CATEGORIES`; None means all.
+        image_size: side of the generated PNGs.
+        generator_seed: seed of the generator (independent of the run seed, so reference draws and
+            data can be varied separately).
+        num_train, num_test_good, num_test_per_defect: images per split.
+        class_names: category -> words used in prompts (see :class:`DatasetSource`).
+    """
+
+    name = "synthetic"
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        categories: Sequence[str] | None = None,
+        image_size: int = 128,
+        generator_seed: int = 0,
+        num_train: int = 8,
+        num_test_good: int = 4,
+        num_test_per_defect: int = 3,
+        class_names: Mapping[str, str] | None = None,
+    ) -> None:
+        base = Path(root).expanduser() if root else default_synthetic_root()
+        variant = (
+            f"v{GENERATOR_VERSION}-size{image_size}-seed{generator_seed}"
+            f"-n{num_train}-{num_test_good}-{num_test_per_defect}"
+        )
+        super().__init__(base / variant, categories, require_masks=True, class_names=class_names)
+        self._generator_args = {
+            "image_size": image_size,
+            "num_train": num_train,
+            "num_test_good": num_test_good,
+            "num_test_per_defect": num_test_per_defect,
+            "seed": generator_seed,
+        }
+        self._generated = False
+
+    def _ensure_generated(self) -> None:
+        if not self._generated:
+            # The package imports this module, so its entry point is looked up when first needed.
+            from anomaly_vlm.data.synthetic import generate_synthetic_dataset
+
+            generate_synthetic_dataset(self.root, SYNTHETIC_CATEGORIES, **self._generator_args)
+            self._generated = True
+
+    def available_categories(self) -> list[str]:
+        self._ensure_generated()
+        return list(SYNTHETIC_CATEGORIES)
+
+    def samples(self, category, split):
+        self._ensure_generated()
+        return super().samples(category, split)
