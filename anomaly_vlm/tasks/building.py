@@ -129,7 +129,7 @@ def group_choices(cfg: DictConfig) -> dict[str, str | None]:
 
 #: Folders of per-image artefacts a job writes into its run folder (checkpoints are kept for resumption).
 OVERLAY_DIR = "overlays"
-ARTEFACT_DIRS = (OVERLAY_DIR, "predictions", "heatmaps")
+ARTEFACT_DIRS = (OVERLAY_DIR, "predictions", "heatmaps", "masks", "detectors")
 
 
 def clear_stale_artefacts(output_dir: Path) -> None:

@@ -14,6 +14,8 @@ from omegaconf import DictConfig
 from anomaly_vlm.backbones.weights import WeightsNotFoundError
 from anomaly_vlm.data import DataError
 from anomaly_vlm.data.sampling import ShotsError
+from anomaly_vlm.decisions.thresholds import ThresholdError
+from anomaly_vlm.deploy.detector import DetectorError
 
 
 class MissingValueError(ValueError):
@@ -50,6 +52,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     MissingValueError,
     ConfigError,
     SweepError,
+    ThresholdError,
+    DetectorError,
 )
 
 

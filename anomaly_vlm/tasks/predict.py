@@ -7,7 +7,15 @@ Writes into the run folder:
 * ``heatmaps/<name>.png`` -- image | anomaly map blended on the image | the map in colour (each
   min-max scaled per image, title with the score); ``<name>`` is the image's path below the scored
   folder with its extension kept (``a.jpg`` -> ``a.jpg.png``), so ``a.png`` and ``a.jpg`` both keep theirs;
-* ``heatmaps/<name>_map.tiff`` -- the raw anomaly map at the model input size (float32, exact values).
+* ``heatmaps/<name>_map.tiff`` -- the raw anomaly map at the model input size (float32, exact values);
+* ``masks/<name>.png`` -- the binary defect mask (map above the pixel threshold), when a pixel
+  threshold is known.
+
+``scores.csv`` also holds each image's ``decision`` (``ok``/``defect``, image score above the image
+threshold) and ``defect_area`` (fraction of map pixels above the pixel threshold). The thresholds come
+from ``threshold.method``: ``fixed`` (``threshold.image``/``threshold.pixel``), or ``normal_fpr`` from
+the normal images of ``data.reference_dir`` that are not references; without either the two columns
+stay empty.
 
 Few-shot methods (``shots > 0``) draw their normal references from ``data.reference_dir``.
 """
@@ -15,6 +23,7 @@ Few-shot methods (``shots > 0``) draw their normal references from ``data.refere
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import os
 from pathlib import Path
@@ -26,7 +35,10 @@ from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
 from anomaly_vlm.callbacks.scoring import CategoryResult, CategoryScoring
-from anomaly_vlm.data import AnomalyDataModule
+from anomaly_vlm.data import AnomalyDataModule, DataError
+from anomaly_vlm.decisions import ThresholdError, ThresholdSettings
+from anomaly_vlm.decisions.consumers import CategoryDecisions
+from anomaly_vlm.decisions.outputs import MASK_DIR, DecisionWriter
 from anomaly_vlm.reporting.overlays import colorize, overlay_panel
 from anomaly_vlm.reporting.results import write_json_atomic
 from anomaly_vlm.tasks.building import (
@@ -40,11 +52,17 @@ from anomaly_vlm.tasks.building import (
 )
 from anomaly_vlm.tasks.categories import score_categories
 from anomaly_vlm.tasks.errors import FinishedPredictionError
+from anomaly_vlm.tasks.heldout import heldout_thresholds
 
 log = logging.getLogger(__name__)
 
 SCORES_FILE = "scores.csv"
 HEATMAP_DIR = "heatmaps"
+
+
+def category_root(paths: list[str]) -> str:
+    """The folder a category's scored images are named relative to."""
+    return os.path.commonpath(paths) if len(paths) > 1 else str(Path(paths[0]).parent)
 
 
 def heatmap_name(path: str, root: str) -> str:
@@ -81,7 +99,7 @@ class HeatmapWriter:
         ]
         if not self.save_heatmaps:
             return
-        root = os.path.commonpath(result.paths) if len(result) > 1 else str(Path(result.paths[0]).parent)
+        root = category_root(result.paths)
         maps = result.prediction.anomaly_map.numpy()
         self.heatmap_dir.mkdir(parents=True, exist_ok=True)
         for index, path in enumerate(result.paths):
@@ -119,6 +137,34 @@ def label_progress_as_predicting(trainer: L.Trainer) -> None:
     bar.__class__ = type(f"Predicting{base.__name__}", (base,), attributes)
 
 
+def prediction_thresholds(cfg, settings, method, datamodule, references) -> dict:
+    """Per category, the thresholds of the decisions; empty when none can be known.
+
+    ``fixed`` gives them; ``normal_fpr`` scores the normal images of ``data.reference_dir`` that are not
+    references. Unlabelled images cannot choose an ``f1`` threshold.
+    """
+    if settings.method == "fixed":
+        chooser = CategoryDecisions(settings)
+        return {category: chooser.category_thresholds_fixed() for category in datamodule.categories}
+    if settings.method == "f1":
+        raise ThresholdError(
+            "threshold.method=f1 needs labelled images; mode=predict scores unlabelled ones "
+            "(use threshold.method=normal_fpr with data.reference_dir, or threshold.method=fixed)"
+        )
+    try:
+        for category in datamodule.categories:
+            datamodule.source.samples(category, "train")
+    except DataError:
+        log.warning(
+            "no threshold: the decision and defect_area columns stay empty (set data.reference_dir to "
+            "normal images for threshold.method=normal_fpr, or threshold.method=fixed threshold.image=...)"
+        )
+        return {}
+    return heldout_thresholds(
+        functools.partial(build, cfg.trainer, logger=False), method, datamodule, references, settings
+    )
+
+
 def predict(cfg: DictConfig) -> None:
     """Score the images of ``cfg.data`` (any source; its test split, labels ignored)."""
     quiet_lightning()
@@ -134,29 +180,50 @@ def predict(cfg: DictConfig) -> None:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     # Cheap checks first: the images exist and decode their headers, references, shots.
+    settings = ThresholdSettings.from_config(cfg.get("threshold"))
     source = build(cfg.data)
-    datamodule: AnomalyDataModule = build(cfg.datamodule, source=source)
-    categories = datamodule.categories
-    job = prepare_job(cfg, datamodule, (source,), output_dir, group_choices(cfg)["method"], fit=False)
-    method, shots = job.method, job.shots
-
     heatmaps = HeatmapWriter(output_dir, bool(cfg.get("save_heatmaps", True)))
-    scoring = CategoryScoring([heatmaps])
-    trainer: L.Trainer = build(cfg.trainer, logger=False, callbacks=[scoring])
-    label_progress_as_predicting(trainer)
-    score_categories(trainer, method, datamodule, scoring, job.references)
+    name_of = lambda path, paths: heatmap_name(path, category_root(paths))  # noqa: E731
+    if cfg.get("detector"):
+        from anomaly_vlm.tasks.predict_detector import predict_with_detector
+
+        decisions = predict_with_detector(cfg, settings, source, heatmaps, output_dir / MASK_DIR, name_of)
+        thresholds, shots, categories = decisions.thresholds, decisions.shots, list(decisions.thresholds)
+    else:
+        datamodule: AnomalyDataModule = build(cfg.datamodule, source=source)
+        categories = datamodule.categories
+        job = prepare_job(cfg, datamodule, (source,), output_dir, group_choices(cfg)["method"], fit=False)
+        method, shots = job.method, job.shots
+
+        thresholds = prediction_thresholds(cfg, settings, method, datamodule, job.references)
+        decisions = DecisionWriter(thresholds, output_dir / MASK_DIR, name_of)
+        scoring = CategoryScoring([heatmaps, decisions])
+        trainer: L.Trainer = build(cfg.trainer, logger=False, callbacks=[scoring])
+        label_progress_as_predicting(trainer)
+        score_categories(trainer, method, datamodule, scoring, job.references)
     rows = heatmaps.rows
 
     output_dir.mkdir(parents=True, exist_ok=True)
     temporary = scores_path.with_name(f".{SCORES_FILE}.{os.getpid()}.tmp")
     with temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "category", "score"])
-        writer.writerows((path, category, f"{score:.8g}") for path, category, score in rows)
+        writer.writerow(["path", "category", "score", "decision", "defect_area"])
+        for path, category, score in rows:
+            decision = decisions.decisions.get(path)
+            area = "" if decision is None or decision.defect_area is None else f"{decision.defect_area:.6g}"
+            writer.writerow(
+                [path, category, f"{score:.8g}", "" if decision is None else decision.decision, area]
+            )
     os.replace(temporary, scores_path)
     write_json_atomic(
         output_dir / "predict.json",
-        {"num_images": len(rows), "shots": shots, "seed": int(cfg.seed), "categories": categories},
+        {
+            "num_images": len(rows),
+            "shots": shots,
+            "seed": int(cfg.seed),
+            "categories": categories,
+            "thresholds": {category: chosen.to_dict() for category, chosen in thresholds.items()},
+        },
     )
     print(f"scored {len(rows)} images: {scores_path}")
     print(f"heatmaps: {output_dir / HEATMAP_DIR}")

@@ -8,6 +8,7 @@ released whatever happens (the logger, the DDP launch environment, the DDP relau
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -22,6 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from anomaly_vlm import compat
 from anomaly_vlm.callbacks import CategoryEvaluation, CategoryScoring, EfficiencyProbe
 from anomaly_vlm.callbacks.efficiency import flops_per_image
+from anomaly_vlm.decisions import ThresholdSettings
+from anomaly_vlm.decisions.consumers import CategoryDecisions
+from anomaly_vlm.deploy.detector import DetectorSaver
 from anomaly_vlm.loggers import wandb as wandb_helpers
 from anomaly_vlm.metrics import Evaluator
 from anomaly_vlm.reporting.console import print_metrics_table
@@ -44,6 +48,7 @@ from anomaly_vlm.tasks.building import (
 )
 from anomaly_vlm.tasks.categories import score_categories
 from anomaly_vlm.tasks.errors import report_user_errors
+from anomaly_vlm.tasks.heldout import heldout_thresholds
 from anomaly_vlm.tasks.predict import predict
 from anomaly_vlm.tasks.training import fit_or_resume
 
@@ -85,6 +90,7 @@ class Job:
         """Set up, fit, test; rank 0 writes ``results.json``. Returns the mean image AUROC."""
         L.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
         datamodule, sources = build_datamodule(self.cfg, self.names)
+        self.decisions = CategoryDecisions(ThresholdSettings.from_config(self.cfg.get("threshold")))
         prepared = prepare_job(self.cfg, datamodule, sources, self.output_dir, self.names["method"], self.fit)
         self.logger = build_logger(self.cfg, self.names)
         # The evaluation path hands it whole categories on rank 0 (after set-level post-processing),
@@ -97,6 +103,22 @@ class Job:
             # Nothing was trained or loaded: the results must not claim the configured training set, or
             # tables would label them "trained on ..." next to (or instead of) the trained run.
             self.names["train_data"] = None
+        if self.decisions.settings.method == "normal_fpr":
+            model = getattr(prepared.method, "model", None)
+            if prepared.method.transductive or (prepared.shots and hasattr(model, "postprocess_set")):
+                # Scores normalised over the scored set: the held-out set has its own scale.
+                self.decisions.caveat = (
+                    "image scores are normalised over the scored set; held-out thresholds transfer "
+                    "only approximately"
+                )
+                log.warning("threshold.method=normal_fpr: %s", self.decisions.caveat)
+            self.decisions.thresholds = heldout_thresholds(
+                functools.partial(build, self.cfg.trainer, logger=False),
+                prepared.method,
+                datamodule,
+                prepared.references,
+                self.decisions.settings,
+            )
         score_categories(trainer, prepared.method, datamodule, scoring, prepared.references)
         if not trainer.is_global_zero:
             return None  # DDP: rank 0 gathered every rank's predictions; it alone reports
@@ -124,7 +146,11 @@ class Job:
         evaluation = CategoryEvaluation(
             evaluator, self.output_dir, bool(cfg.get("save_predictions")), num_overlays
         )
-        scoring = CategoryScoring([evaluation])
+        consumers: list = [evaluation, self.decisions]
+        if bool(cfg.get("save_detector", False)):
+            run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+            consumers.append(DetectorSaver(self.output_dir, run_config, self.decisions, self.names["method"]))
+        scoring = CategoryScoring(consumers)
         extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
         if in_multirun():
             # DDP ranks must re-run this job, not the whole sweep (undone when the job closes).
@@ -183,6 +209,7 @@ class Job:
                 "transductive": bool(prepared.method.transductive),
                 "device": str(prepared.method.device),
                 "reference_seed": prepared.reference_seed if shots else None,
+                "decisions": self.decisions.summary(),
                 "feature_cache": feature_cache_report(prepared.method),
             },
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "anomaly_vlm"
 
 #: Lower layers never import higher ones; a package may import its own modules and any lower layer.
-LAYERS: dict[str, int] = {
+LAYERS: dict[str, float] = {
     # utilities: know nothing of the rest
     "runtime": 0,
     "compat": 0,
@@ -30,6 +30,9 @@ LAYERS: dict[str, int] = {
     # what runs around a method: the evaluation path, efficiency probe, loggers
     "callbacks": 4,
     "loggers": 4,
+    # thresholds and decisions on finished categories; saved detectors built on them
+    "decisions": 4.5,
+    "deploy": 4.6,
     # entry-point tasks
     "tasks": 5,
     # checks of the command line before Hydra starts (train.py, evaluate.py)

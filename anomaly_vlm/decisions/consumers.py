@@ -1,0 +1,220 @@
+"""Thresholds and decision metrics on the one evaluation path.
+
+Two consumers of finished categories (:class:`~anomaly_vlm.callbacks.scoring.CategoryConsumer`):
+
+* :class:`HeldOutThresholds` receives the held-out normal images of each category, scored exactly
+  like test images (same ``setup_category``, same references, same set-level post-processing), and
+  chooses the ``normal_fpr`` thresholds from them;
+* :class:`CategoryDecisions` applies a category's thresholds to its finished test prediction and
+  computes the decision metrics (and, for ``threshold.method=f1``, chooses the threshold on it first).
+
+The metric evaluator knows nothing of thresholds; these sit beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+
+import lightning as L
+import numpy as np
+
+from anomaly_vlm.callbacks.scoring import CategoryResult
+from anomaly_vlm.data.batch import Sample
+from anomaly_vlm.data.source import DatasetSource
+from anomaly_vlm.decisions.thresholds import (
+    CategoryThresholds,
+    ThresholdError,
+    ThresholdSettings,
+    decision_metrics,
+    f1_threshold,
+    mask_metrics,
+    normal_fpr_threshold,
+)
+
+log = logging.getLogger(__name__)
+
+#: Decision metrics per category, in the order results list them.
+DECISION_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "fpr", "pixel_iou", "pixel_dice")
+
+
+def heldout_normals(
+    train_samples: Sequence[Sample], references: Sequence[Sample], category: str, max_images: int = 0
+) -> list[Sample]:
+    """The normal training images of a category that are not few-shot references.
+
+    With ``max_images`` > 0 a reproducible subset (seeded by the category name) of that size is kept.
+
+    Raises:
+        ThresholdError: when no normal image is left over.
+    """
+    used = {sample.path for sample in references}
+    normal = [sample for sample in train_samples if sample.label == 0]
+    left = [sample for sample in normal if sample.path not in used]
+    if not left:
+        raise ThresholdError(
+            f"threshold.method=normal_fpr needs held-out normal images, but category '{category}' has "
+            f"{len(normal)} normal training images and all are references (shots={len(used)}): lower "
+            "shots, add normal images, or use threshold.method=f1 or threshold.method=fixed"
+        )
+    if 0 < max_images < len(left):
+        rng = np.random.default_rng(zlib.crc32(category.encode()))
+        keep = sorted(rng.choice(len(left), size=max_images, replace=False).tolist())
+        left = [left[index] for index in keep]
+    return left
+
+
+class HeldOutSource(DatasetSource):
+    """A dataset source whose ``test`` split is the held-out normal images of another source.
+
+    Lets the held-out normals go through the same test loaders, scoring callback and set-level
+    post-processing as the test images.
+    """
+
+    name = "heldout_normal"
+    labelled = True
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        references: Mapping[str, Sequence[Sample]],
+        max_images: int = 0,
+        categories: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(categories or source.categories)
+        self._samples = {
+            category: heldout_normals(
+                source.samples(category, "train"), references.get(category) or [], category, max_images
+            )
+            for category in (categories or source.categories)
+        }
+
+    def available_categories(self) -> list[str]:
+        return list(self._samples)
+
+    def samples(self, category: str, split: str) -> list[Sample]:
+        if split != "test":
+            raise ValueError(f"HeldOutSource has only a test split, not {split!r}")
+        return list(self._samples[category])
+
+    def has_masks(self, category: str) -> bool:
+        return False
+
+
+class HeldOutThresholds:
+    """Chooses each category's ``normal_fpr`` image and pixel thresholds from its held-out normals."""
+
+    images_wanted = 0
+
+    def __init__(self, target_fpr: float) -> None:
+        self.target_fpr = float(target_fpr)
+        self.thresholds: dict[str, CategoryThresholds] = {}
+
+    def consume(self, result: CategoryResult, trainer: L.Trainer) -> None:
+        prediction = result.prediction
+        self.thresholds[result.category] = CategoryThresholds(
+            image=normal_fpr_threshold(prediction.image_score.double().numpy(), self.target_fpr),
+            pixel=normal_fpr_threshold(prediction.anomaly_map.numpy(), self.target_fpr),
+            method="normal_fpr",
+            source="heldout_normal",
+            optimistic=False,
+            num_images=len(result),
+            target_fpr=self.target_fpr,
+        )
+        log.info(
+            "%s: thresholds from %d held-out normal images: %s",
+            result.category,
+            len(result),
+            self.thresholds[result.category],
+        )
+
+
+class CategoryDecisions:
+    """Decision metrics of each finished test category at its thresholds.
+
+    Args:
+        settings: the ``threshold`` settings.
+        thresholds: per category, thresholds chosen beforehand (``normal_fpr``); ``f1`` and ``fixed``
+            choose theirs here.
+    """
+
+    images_wanted = 0
+
+    def __init__(
+        self, settings: ThresholdSettings, thresholds: Mapping[str, CategoryThresholds] | None = None
+    ):
+        self.settings = settings
+        self.thresholds: dict[str, CategoryThresholds] = dict(thresholds or {})
+        self.results: dict[str, dict[str, float | None]] = {}
+        #: Why the thresholds transfer only approximately to the test set (None: they transfer).
+        self.caveat: str | None = None
+
+    def category_thresholds_fixed(self) -> CategoryThresholds:
+        """The ``fixed`` thresholds as given."""
+        return CategoryThresholds(self.settings.image, self.settings.pixel, "fixed", "given")
+
+    def category_thresholds(self, result: CategoryResult) -> CategoryThresholds:
+        """The thresholds for ``result``'s category: given, fixed, or F1-optimal on the result itself."""
+        settings = self.settings
+        if settings.method == "fixed":
+            return self.category_thresholds_fixed()
+        if settings.method == "normal_fpr":
+            if result.category not in self.thresholds:
+                raise ThresholdError(f"no held-out normal thresholds for category '{result.category}'")
+            return self.thresholds[result.category]
+        labels = result.labels.numpy()
+        if (labels < 0).any():
+            raise ThresholdError(
+                "threshold.method=f1 needs labelled images; these are unlabelled (use normal_fpr or fixed)"
+            )
+        pixel = None
+        if result.masks is not None and bool(result.masks.any()):
+            pixel = f1_threshold(result.prediction.anomaly_map.numpy(), result.masks.numpy())
+        # Chosen on the test set it is scored on: the decision metrics below are an upper bound.
+        return CategoryThresholds(
+            f1_threshold(result.prediction.image_score.double().numpy(), labels),
+            pixel,
+            "f1",
+            "test",
+            optimistic=True,
+            num_images=len(result),
+        )
+
+    def consume(self, result: CategoryResult, trainer: L.Trainer) -> None:
+        chosen = self.category_thresholds(result)
+        self.thresholds[result.category] = chosen
+        metrics: dict[str, float | None] = dict.fromkeys(DECISION_METRICS)
+        labels = result.labels.numpy()
+        if not (labels < 0).any():
+            metrics.update(
+                decision_metrics(result.prediction.image_score.double().numpy(), labels, chosen.image)
+            )
+        if result.masks is not None and chosen.pixel is not None:
+            metrics.update(
+                mask_metrics(result.prediction.anomaly_map.numpy(), result.masks.numpy(), chosen.pixel)
+            )
+        self.results[result.category] = metrics
+        log.info(
+            "%s: decisions at image>%.6g: %s%s",
+            result.category,
+            chosen.image,
+            {k: (None if v is None else round(v, 4)) for k, v in metrics.items()},
+            " (optimistic: threshold chosen on the test set)" if chosen.optimistic else "",
+        )
+
+    def summary(self) -> dict:
+        """The ``decisions`` block of results.json: settings, thresholds and metrics per category, means."""
+        means: dict[str, float | None] = {}
+        for name in DECISION_METRICS:
+            values = [row[name] for row in self.results.values() if row.get(name) is not None]
+            means[name] = float(np.mean(values)) if values else None
+        return {
+            "method": self.settings.method,
+            "target_fpr": self.settings.target_fpr if self.settings.method == "normal_fpr" else None,
+            "optimistic": any(t.optimistic for t in self.thresholds.values()),
+            "caveat": self.caveat,
+            "thresholds": {category: t.to_dict() for category, t in self.thresholds.items()},
+            "per_category": self.results,
+            "mean": means,
+        }

@@ -1,0 +1,277 @@
+"""A saved detector: one category's everything-but-the-backbone, loadable without the dataset.
+
+Layout of ``<run dir>/detectors/<category>/``:
+
+* ``detector.json`` -- format version, method, category, backbone reference (model name, weights
+  identity and a digest of the weights, never the weights), thresholds, preprocessing, versions;
+* ``config.yaml`` -- the composed, resolved config of the run that saved it;
+* ``state.pt`` -- the method's category state: text embeddings, reference memory, trained parameters
+  (see :mod:`anomaly_vlm.deploy.state`).
+
+``Detector.load(path).predict(images_or_paths)`` rebuilds the method from the config, checks the
+backbone's weights against the digest, restores the state and scores: the same numbers as the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from anomaly_vlm.decisions.outputs import decide
+from anomaly_vlm.decisions.thresholds import CategoryThresholds
+from anomaly_vlm.deploy.state import backbone_digest, category_state, load_category_state
+from anomaly_vlm.methods.contract import Prediction
+
+#: Version of the folder layout; a detector written by a newer version is refused.
+DETECTOR_FORMAT = 1
+DETECTOR_FILE = "detector.json"
+CONFIG_FILE = "config.yaml"
+STATE_FILE = "state.pt"
+DETECTOR_DIR = "detectors"
+
+
+class DetectorError(ValueError):
+    """A detector folder that cannot be loaded (missing, newer format, other backbone weights)."""
+
+
+@dataclasses.dataclass
+class DetectorOutput:
+    """What :meth:`Detector.predict` returns for N images.
+
+    Attributes:
+        image_score: ``[N]`` scores (after the method's set-level step over the N images).
+        anomaly_map: ``[N, H, W]`` maps at the model input size.
+        decision: per image ``ok``/``defect`` (None without thresholds).
+        defect_area: per image fraction of map pixels above the pixel threshold (None without one).
+        masks: ``[N, H, W]`` bool defect masks (None without a pixel threshold).
+    """
+
+    image_score: Tensor
+    anomaly_map: Tensor
+    decision: list[str] | None
+    defect_area: list[float | None] | None
+    masks: np.ndarray | None
+
+
+def _versions() -> dict[str, str]:
+    import open_clip
+
+    import anomaly_vlm
+
+    return {
+        "anomaly_vlm": getattr(anomaly_vlm, "__version__", "unknown"),
+        "torch": torch.__version__,
+        "open_clip_torch": open_clip.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_detector(
+    folder: Path,
+    method: Any,
+    category: str,
+    config: dict,
+    thresholds: CategoryThresholds | None,
+    method_name: str | None,
+) -> Path:
+    """Write the detector of ``category`` (the method must be set up for it) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(category_state(method), folder / STATE_FILE)
+    (folder / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    backbone = method.backbone
+    meta = {
+        "format": DETECTOR_FORMAT,
+        "method": method_name or getattr(method, "method_name", type(method).__name__),
+        "category": category,
+        "shots": int(getattr(method, "shots", 0) or 0),
+        "backbone": {
+            "model": backbone.model_name,
+            "identity": backbone.identity,
+            "digest": backbone_digest(backbone),
+        },
+        "preprocessing": {
+            "image_size": int(backbone.image_size),
+            "resize": "bicubic squash",
+            "range": "[0, 1]",
+        },
+        "thresholds": None if thresholds is None else thresholds.to_dict(),
+        "versions": _versions(),
+    }
+    (folder / DETECTOR_FILE).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+class Detector:
+    """A loaded detector. Build it with :meth:`load`."""
+
+    def __init__(self, method: Any, meta: dict, config: DictConfig, path: Path) -> None:
+        self.method = method
+        self.meta = meta
+        self.config = config
+        self.path = path
+        thresholds = meta.get("thresholds")
+        self.thresholds = None if thresholds is None else CategoryThresholds.from_dict(thresholds)
+
+    @property
+    def category(self) -> str:
+        return str(self.meta["category"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["preprocessing"]["image_size"])
+
+    @staticmethod
+    def read_meta(path: str | Path) -> dict:
+        """``detector.json`` of a folder, checked for presence and format version."""
+        folder = Path(path).expanduser()
+        meta_file = folder / DETECTOR_FILE
+        if not meta_file.is_file():
+            raise DetectorError(f"detector={path} is not a detector folder (no {DETECTOR_FILE})")
+        meta = json.loads(meta_file.read_text())
+        version = meta.get("format")
+        if not isinstance(version, int) or version > DETECTOR_FORMAT:
+            raise DetectorError(
+                f"detector={path} has format {version}, newer than this anomaly_vlm reads "
+                f"({DETECTOR_FORMAT}): upgrade anomaly_vlm to load it"
+            )
+        return meta
+
+    @classmethod
+    def load(
+        cls, path: str | Path, device: str | torch.device = "cpu", backbone_overrides: dict | None = None
+    ):
+        """Rebuild the method from the saved config, check the backbone weights, restore the state.
+
+        Args:
+            path: the detector folder.
+            device: where to score.
+            backbone_overrides: replace backbone config values (e.g. ``cache_dir``, or ``pretrained`` to
+                point at a local copy of the same weights; other weights are refused).
+
+        Raises:
+            DetectorError: missing folder, newer format, or backbone weights whose digest differs.
+        """
+        from hydra.utils import instantiate
+
+        def build(node, **kwargs):
+            # Through a partial, as the runner builds: Hydra would turn dataclass kwargs (prompt sets)
+            # back into configs.
+            return instantiate(node, _partial_=True)(**kwargs)
+
+        folder = Path(path).expanduser()
+        meta = cls.read_meta(folder)
+        config = OmegaConf.load(folder / CONFIG_FILE)
+        if backbone_overrides:
+            config.backbone = OmegaConf.merge(config.backbone, backbone_overrides)
+        backbone = build(config.backbone)
+        digest = backbone_digest(backbone)
+        if digest != meta["backbone"]["digest"]:
+            raise DetectorError(
+                f"detector={path} was saved with backbone {meta['backbone']['model']} weights "
+                f"{meta['backbone']['identity']} (digest {meta['backbone']['digest']}); the weights loaded "
+                f"now ({backbone.identity}, digest {digest}) are other weights"
+            )
+        prompts = build(config.prompts)
+        class_names = (config.get("data") or {}).get("class_names") or {}
+        if class_names and hasattr(prompts, "class_name_overrides"):
+            prompts = dataclasses.replace(
+                prompts, class_name_overrides={**prompts.class_name_overrides, **dict(class_names)}
+            )
+        method = build(
+            config.method,
+            backbone=backbone,
+            prompts=prompts,
+            shots=int(meta.get("shots", 0)),
+            text_cache_dir=None,
+        )
+        method.to(device).eval()
+        load_category_state(method, torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False))
+        return cls(method, meta, config, folder)
+
+    def load_images(self, images_or_paths: Sequence[str | Path] | Tensor) -> Tensor:
+        """``[N, 3, S, S]`` images in ``[0, 1]``: a tensor as given, or files loaded as in the run."""
+        if isinstance(images_or_paths, Tensor):
+            return images_or_paths
+        from anomaly_vlm.data.image_io import load_image
+
+        return torch.stack([load_image(str(path), self.image_size) for path in images_or_paths])
+
+    @torch.no_grad()
+    def score(self, images: Tensor) -> Prediction:
+        """The method's prediction for ``[N, 3, S, S]`` images scored as one set (set step included)."""
+        device = next(self.method.parameters()).device
+        prediction = self.method.predict_images(images.to(device))
+        return self.method.postprocess_set(prediction).detach().to("cpu")
+
+    @torch.no_grad()
+    def score_paths(self, paths: Sequence[str | Path], batch_size: int = 8) -> Prediction:
+        """Score image files in batches as one set: features per batch, then the method's set step."""
+        from anomaly_vlm.methods.contract import concat_features, is_transductive
+
+        device = next(self.method.parameters()).device
+        parts, features = [], []
+        for start in range(0, len(paths), batch_size):
+            images = self.load_images(list(paths[start : start + batch_size])).to(device)
+            batch_features = self.method.frozen_features(images)
+            if is_transductive(self.method.model):
+                features.append({name: value.cpu() for name, value in batch_features.items()})
+            else:
+                parts.append(self.method.score(batch_features).detach().to("cpu"))
+        if features:
+            merged = {name: value.to(device) for name, value in concat_features(features).items()}
+            prediction = self.method.score_set(merged).detach().to("cpu")
+        else:
+            prediction = Prediction.concat(parts)
+        return self.method.postprocess_set(prediction).detach().to("cpu")
+
+    def predict(self, images_or_paths: Sequence[str | Path] | Tensor) -> DetectorOutput:
+        """Scores, maps and (with thresholds) decisions of images or image files."""
+        prediction = self.score(self.load_images(images_or_paths))
+        scores = prediction.image_score.double().numpy()
+        maps = prediction.anomaly_map.float().numpy()
+        decision = area = masks = None
+        if self.thresholds is not None:
+            decided = [decide(scores[i], maps[i], self.thresholds) for i in range(len(scores))]
+            decision = [item.decision for item in decided]
+            area = [item.defect_area for item in decided]
+            if self.thresholds.pixel is not None:
+                masks = np.stack([item.mask for item in decided])
+        return DetectorOutput(prediction.image_score, prediction.anomaly_map, decision, area, masks)
+
+
+class DetectorSaver:
+    """Writes ``<run dir>/detectors/<category>/`` for each finished test category (``save_detector=true``).
+
+    Runs after :class:`~anomaly_vlm.decisions.consumers.CategoryDecisions`, whose thresholds it stores;
+    the method is still set up for the category when its result arrives.
+    """
+
+    images_wanted = 0
+
+    def __init__(self, output_dir: Path, config: dict, decisions: Any, method_name: str | None) -> None:
+        self.folder = Path(output_dir) / DETECTOR_DIR
+        self.config = config
+        self.decisions = decisions
+        self.method_name = method_name
+        self.saved: dict[str, Path] = {}
+
+    def consume(self, result: Any, trainer: Any) -> None:
+        thresholds = self.decisions.thresholds.get(result.category) if self.decisions is not None else None
+        self.saved[result.category] = save_detector(
+            self.folder / result.category,
+            trainer.lightning_module,
+            result.category,
+            self.config,
+            thresholds,
+            self.method_name,
+        )

@@ -1,0 +1,95 @@
+"""A method's category state: everything ``setup_category`` and training put on the model.
+
+Methods keep their category state in different shapes (text classifier buffers, WinCLIP's reference
+patches and window memories, APRIL-GAN's list of memory banks, AnomalyCLIP's scoring text), so the
+snapshot is generic: every buffer and trainable parameter outside the frozen backbone, and every
+public attribute of the method's modules that holds a tensor, a list of tensors, a flag or None. The frozen
+backbone is never stored; it is rebuilt from its reference and checked by digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor, nn
+
+
+def _backbone_ids(method: nn.Module) -> tuple[set[int], set[int]]:
+    backbone = method.backbone
+    tensors = {id(t) for t in backbone.parameters()} | {id(t) for t in backbone.buffers()}
+    modules = {id(m) for m in backbone.modules()}
+    return tensors, modules
+
+
+def _is_state_value(value: object) -> bool:
+    # Flags such as "the text classifier is set" are category state too.
+    if value is None or isinstance(value, Tensor | bool):
+        return True
+    return isinstance(value, list | tuple) and all(isinstance(item, Tensor) for item in value)
+
+
+def category_state(method: nn.Module) -> dict[str, object]:
+    """Snapshot (CPU copies) of the method's state outside the frozen backbone."""
+    tensors, modules = _backbone_ids(method)
+    state: dict[str, object] = {}
+    for name, buffer in method.named_buffers(remove_duplicate=False):
+        if id(buffer) not in tensors:
+            state[f"buffer:{name}"] = buffer.detach().cpu().clone()
+    for name, parameter in method.named_parameters():
+        if parameter.requires_grad and id(parameter) not in tensors:
+            state[f"parameter:{name}"] = parameter.detach().cpu().clone()
+    for module_name, module in method.named_modules():
+        if id(module) in modules:
+            continue
+        for attribute, value in vars(module).items():
+            if attribute.startswith("_") or attribute == "training" or not _is_state_value(value):
+                continue
+            key = f"attribute:{module_name}:{attribute}"
+            if isinstance(value, Tensor):
+                state[key] = value.detach().cpu().clone()
+            elif value is None or isinstance(value, bool):
+                state[key] = value
+            else:
+                state[key] = [item.detach().cpu().clone() for item in value]
+    return state
+
+
+def load_category_state(method: nn.Module, state: dict[str, object]) -> None:
+    """Put a :func:`category_state` snapshot back on a freshly built method of the same config."""
+    device = next(method.parameters()).device
+    buffers = dict(method.named_buffers(remove_duplicate=False))
+    parameters = dict(method.named_parameters())
+    named_modules = dict(method.named_modules())
+    for key, value in state.items():
+        kind, _, rest = key.partition(":")
+        if kind == "buffer":
+            module_name, _, name = rest.rpartition(".")
+            owner = named_modules[module_name]
+            if rest not in buffers:
+                raise KeyError(f"the method has no buffer {rest!r}")
+            owner._buffers[name] = value.to(device)
+        elif kind == "parameter":
+            if rest not in parameters:
+                raise KeyError(f"the method has no parameter {rest!r}")
+            with torch.no_grad():
+                parameters[rest].copy_(value.to(device))
+        elif kind == "attribute":
+            module_name, _, attribute = rest.partition(":")
+            owner = named_modules[module_name]
+            if isinstance(value, Tensor):
+                value = value.to(device)
+            elif isinstance(value, list | tuple):
+                value = [item.to(device) for item in value]
+            object.__setattr__(owner, attribute, value)
+        else:
+            raise KeyError(f"unknown state entry {key!r}")
+
+
+def backbone_digest(backbone: nn.Module) -> str:
+    """SHA-256 of the frozen backbone's weights (names, shapes, dtypes and bytes), first 16 hex digits."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(backbone.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,67 @@
+"""``evaluate.py mode=predict detector=<folder> data.path=...``: score images with a saved detector.
+
+No dataset, references or prompts are read: the detector holds them. The outputs are those of any
+prediction run (``scores.csv`` with decisions, heatmaps, masks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from anomaly_vlm.callbacks.scoring import CategoryResult
+from anomaly_vlm.data.image_io import load_image
+from anomaly_vlm.data.source import DatasetSource
+from anomaly_vlm.decisions.consumers import CategoryDecisions
+from anomaly_vlm.decisions.outputs import DecisionWriter
+from anomaly_vlm.decisions.thresholds import ThresholdSettings
+from anomaly_vlm.deploy.detector import Detector
+
+
+def predict_with_detector(
+    cfg: DictConfig,
+    settings: ThresholdSettings,
+    source: DatasetSource,
+    heatmaps,
+    mask_dir: Path,
+    name_of: Callable[[str, list[str]], str],
+) -> DecisionWriter:
+    """Score every image of ``source``'s test split with the detector of ``cfg.detector``.
+
+    The detector's thresholds decide, unless ``threshold.method=fixed`` gives others. Returns the
+    decision writer (its ``thresholds`` and ``decisions``; ``shots`` is set on it for the run record).
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    detector = Detector.load(str(cfg.detector), device=device)
+    thresholds = detector.thresholds
+    if settings.method == "fixed":
+        thresholds = CategoryDecisions(settings).category_thresholds_fixed()
+    writer = DecisionWriter({detector.category: thresholds} if thresholds else {}, mask_dir, name_of)
+    writer.shots = int(detector.meta.get("shots", 0))
+    batch_size = int((cfg.get("datamodule") or {}).get("batch_size", 8))
+    for category in source.categories:
+        paths = [sample.path for sample in source.samples(category, "test")]
+        prediction = detector.score_paths(paths, batch_size=batch_size)
+        images = {}
+        if heatmaps.images_wanted is None:
+            size = detector.image_size
+            images = {
+                index: (load_image(path, size).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+                for index, path in enumerate(paths)
+            }
+        result = CategoryResult(
+            category=detector.category,
+            paths=paths,
+            defect_types=["unknown"] * len(paths),
+            labels=torch.full((len(paths),), -1),
+            masks=None,
+            prediction=prediction.to("cpu"),
+            images=images,
+        )
+        heatmaps.consume(result, None)
+        writer.consume(result, None)
+    return writer

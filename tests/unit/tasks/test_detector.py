@@ -1,0 +1,114 @@
+"""A saved detector scores new images exactly as the run that saved it."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import anomaly_vlm
+from anomaly_vlm.deploy import DETECTOR_FORMAT, DetectorError
+from anomaly_vlm.reporting.predictions import path_within_category
+from anomaly_vlm.tasks import evaluate
+from anomaly_vlm.tasks.runner import run
+
+from .test_inputs import config, make_dataset
+
+TINY = {
+    "winclip": (1, ()),
+    "aprillab": (1, ()),
+    "anomalyclip": (0, ("method.layers=[8]", "prompts.deep_prompt_depth=4")),
+}
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """method -> run folder of a test run with save_detector=true (made on first use)."""
+    root = tmp_path_factory.mktemp("detector")
+    data = make_dataset(root / "data")
+    runs = {}
+
+    def get(method):
+        if method not in runs:
+            shots, extra = TINY[method]
+            out = root / method
+            overrides = ["data=folder", f"data.root={data}", "save_predictions=true", "save_detector=true"]
+            run(config(out, *overrides, f"method={method}", f"shots={shots}", *extra), fit=False)
+            runs[method] = out
+        return runs[method]
+
+    return get
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "winclip",
+        pytest.param("aprillab", marks=pytest.mark.slow),
+        pytest.param("anomalyclip", marks=pytest.mark.slow),
+    ],
+)
+def test_loaded_detector_reproduces_the_run(saved_run, method):
+    out = saved_run(method)
+    with (out / "predictions" / "scores.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row["category"] == "widget"]
+    detector = anomaly_vlm.Detector.load(out / "detectors" / "widget")
+    output = detector.predict([row["path"] for row in rows])
+    expected = np.array([float(row["score"]) for row in rows])
+    np.testing.assert_allclose(output.image_score.double().numpy(), expected, rtol=1e-6, atol=1e-6)
+    maps = np.load(out / "predictions" / "widget" / "anomaly_maps.npz")
+    for index, row in enumerate(rows):
+        saved = maps[path_within_category(row["path"], "widget")]
+        np.testing.assert_allclose(output.anomaly_map[index].numpy(), saved, atol=1e-5)
+    thresholds = json.loads((out / "results.json").read_text())["decisions"]["thresholds"]["widget"]
+    assert output.decision == ["defect" if s > thresholds["image"] else "ok" for s in expected]
+
+
+def test_detector_refuses_other_weights_and_newer_formats(saved_run, tmp_path):
+    folder = saved_run("winclip") / "detectors" / "widget"
+    with pytest.raises(DetectorError, match="other weights"):
+        anomaly_vlm.Detector.load(folder, backbone_overrides={"seed": 123})
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    meta = json.loads((folder / "detector.json").read_text())
+    meta["format"] = DETECTOR_FORMAT + 1
+    (newer / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(DetectorError, match="newer than this anomaly_vlm reads"):
+        anomaly_vlm.Detector.load(newer)
+    with pytest.raises(DetectorError, match="not a detector folder"):
+        anomaly_vlm.Detector.load(tmp_path)
+
+
+def test_detector_accepts_an_image_tensor(saved_run):
+    detector = anomaly_vlm.Detector.load(saved_run("winclip") / "detectors" / "gadget")
+    output = detector.predict(torch.rand(2, 3, detector.image_size, detector.image_size))
+    assert output.image_score.shape == (2,) and output.anomaly_map.shape[1:] == (128, 128)
+
+
+def test_predict_with_a_detector_matches_the_run(saved_run, tmp_path):
+    out = saved_run("winclip")
+    with (out / "predictions" / "scores.csv").open() as handle:
+        expected = {
+            row["path"]: float(row["score"]) for row in csv.DictReader(handle) if row["category"] == "widget"
+        }
+    images = Path(next(iter(expected))).parents[1]  # .../widget/test
+    pred = tmp_path / "pred"
+    cfg = config(
+        pred,
+        "mode=predict",
+        f"data.path={images}",
+        f"detector={out / 'detectors' / 'widget'}",
+        name="evaluate",
+    )
+    evaluate(cfg)
+    with (pred / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["path"] for row in rows} == set(expected)
+    thresholds = json.loads((out / "results.json").read_text())["decisions"]["thresholds"]["widget"]
+    for row in rows:
+        assert float(row["score"]) == pytest.approx(expected[row["path"]], abs=1e-6)
+        assert row["decision"] == ("defect" if float(row["score"]) > thresholds["image"] else "ok")
+        assert row["defect_area"] != ""
+    assert len(list((pred / "masks").glob("*.png"))) == len(rows)
