@@ -45,19 +45,22 @@ def heldout_normals(
     """The normal training images of a category that are not few-shot references.
 
     With ``max_images`` > 0 a reproducible subset (seeded by the category name) of that size is kept.
-
-    Raises:
-        ThresholdError: when no normal image is left over.
+    A category whose normal images are all references has none: it gets no decisions (a warning says
+    why), while its ranking metrics are unaffected.
     """
     used = {sample.path for sample in references}
     normal = [sample for sample in train_samples if sample.label == 0]
     left = [sample for sample in normal if sample.path not in used]
     if not left:
-        raise ThresholdError(
-            f"threshold.method=normal_fpr needs held-out normal images, but category '{category}' has "
-            f"{len(normal)} normal training images and all are references (shots={len(used)}): lower "
-            "shots, add normal images, or use threshold.method=f1 or threshold.method=fixed"
+        log.warning(
+            "threshold.method=normal_fpr needs held-out normal images, but category '%s' has %d normal "
+            "training images and all are references (shots=%d): no decisions for it. Lower shots, add "
+            "normal images, or use threshold.method=f1 or threshold.method=fixed",
+            category,
+            len(normal),
+            len(used),
         )
+        return []
     if 0 < max_images < len(left):
         rng = np.random.default_rng(zlib.crc32(category.encode()))
         keep = sorted(rng.choice(len(left), size=max_images, replace=False).tolist())
@@ -82,13 +85,14 @@ class HeldOutSource(DatasetSource):
         max_images: int = 0,
         categories: Sequence[str] | None = None,
     ) -> None:
-        super().__init__(categories or source.categories)
-        self._samples = {
+        pools = {
             category: heldout_normals(
                 source.samples(category, "train"), references.get(category) or [], category, max_images
             )
             for category in (categories or source.categories)
         }
+        self._samples = {category: samples for category, samples in pools.items() if samples}
+        super().__init__(list(self._samples))
 
     def available_categories(self) -> list[str]:
         return list(self._samples)
@@ -154,15 +158,14 @@ class CategoryDecisions:
         """The ``fixed`` thresholds as given."""
         return CategoryThresholds(self.settings.image, self.settings.pixel, "fixed", "given")
 
-    def category_thresholds(self, result: CategoryResult) -> CategoryThresholds:
-        """The thresholds for ``result``'s category: given, fixed, or F1-optimal on the result itself."""
+    def category_thresholds(self, result: CategoryResult) -> CategoryThresholds | None:
+        """The thresholds for ``result``'s category: given, fixed, or F1-optimal on the result itself
+        (None: ``normal_fpr`` for a category without held-out normal images)."""
         settings = self.settings
         if settings.method == "fixed":
             return self.category_thresholds_fixed()
         if settings.method == "normal_fpr":
-            if result.category not in self.thresholds:
-                raise ThresholdError(f"no held-out normal thresholds for category '{result.category}'")
-            return self.thresholds[result.category]
+            return self.thresholds.get(result.category)  # None: no held-out normals (warned then)
         labels = result.labels.numpy()
         if (labels < 0).any():
             raise ThresholdError(
@@ -183,8 +186,11 @@ class CategoryDecisions:
 
     def consume(self, result: CategoryResult, trainer: L.Trainer) -> None:
         chosen = self.category_thresholds(result)
-        self.thresholds[result.category] = chosen
         metrics: dict[str, float | None] = dict.fromkeys(DECISION_METRICS)
+        if chosen is None:
+            self.results[result.category] = metrics  # no thresholds for this category: no decisions
+            return
+        self.thresholds[result.category] = chosen
         labels = result.labels.numpy()
         if not (labels < 0).any():
             metrics.update(

@@ -49,7 +49,7 @@ class ThresholdSettings:
     target_fpr: float = 0.01
     image: float | None = None
     pixel: float | None = None
-    max_holdout: int = 0
+    max_holdout: int = 32
 
     def __post_init__(self) -> None:
         if self.method not in THRESHOLD_METHODS:
