@@ -184,6 +184,7 @@ def predict(cfg: DictConfig) -> None:
     source = build(cfg.data)
     heatmaps = HeatmapWriter(output_dir, bool(cfg.get("save_heatmaps", True)))
     name_of = lambda path, paths: heatmap_name(path, category_root(paths))  # noqa: E731
+    method = None  # a saved detector carries its own model and encodes without the feature cache
     if cfg.get("detector"):
         from anomaly_vlm.tasks.predict_detector import predict_with_detector
 
@@ -227,5 +228,6 @@ def predict(cfg: DictConfig) -> None:
     )
     print(f"scored {len(rows)} images: {scores_path}")
     print(f"heatmaps: {output_dir / HEATMAP_DIR}")
-    feature_cache_report(method)  # keeps the cache under its size limit
-    print_feature_cache_summary(method)
+    if method is not None:
+        feature_cache_report(method)  # keeps the cache under its size limit
+        print_feature_cache_summary(method)
