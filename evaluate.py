@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-import anomaly_vlm.resolvers  # noqa: F401  (sweep folder resolvers, needed before Hydra composes)
+import anomaly_vlm.config  # noqa: F401  (typed schema and resolvers, registered before Hydra composes)
 from anomaly_vlm.entry import check_command_line
 
 

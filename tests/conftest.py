@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+import anomaly_vlm.config  # noqa: E402,F401  (tests compose the Hydra config: the typed schema must be registered)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -185,19 +185,6 @@ def with_class_names(prompts: PromptSet, class_names: dict[str, str]) -> PromptS
     return dataclasses.replace(prompts, class_name_overrides={**prompts.class_name_overrides, **class_names})
 
 
-def parse_shots(value: Any) -> int:
-    """``shots`` as a whole number; ``abc`` or ``1.5`` would otherwise crash or silently run 1-shot."""
-    if isinstance(value, bool):
-        raise ShotsError(f"shots={value} is not a whole number (use 0 for zero-shot or e.g. shots=4)")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise ShotsError(f"shots={value} is not a whole number (use 0 for zero-shot or e.g. shots=4)")
-
-
 def check_shots_supported(method_node: DictConfig, shots: int, method_name: str | None) -> None:
     """Reject few-shot for zero-shot-only methods, and zero-shot for few-shot-only ones, before anything
     heavy is built."""
@@ -220,10 +207,10 @@ def trains_on_auxiliary_data(cfg: DictConfig) -> bool:
 def check_training_data(cfg: DictConfig, fit: bool, method_name: str | None) -> None:
     """A method that learns on auxiliary data needs ``train_data`` (or trained weights) to be useful."""
     method_class = get_class(cfg.method._target_)
-    if not getattr(method_class, "trains_on_auxiliary_data", False) or cfg.get("ckpt_path"):
+    if not getattr(method_class, "trains_on_auxiliary_data", False) or cfg.ckpt_path:
         return
     name = method_name or getattr(method_class, "method_name", method_class.__name__)
-    if fit and not cfg.get("train_data"):
+    if fit and not cfg.train_data:
         raise DataError(
             f"method '{name}' trains on an auxiliary dataset: use a published protocol "
             f"(experiment={name}_mvtec trains on VisA, experiment={name}_visa on MVTec AD), or set "
@@ -292,12 +279,11 @@ def is_repeated_zero_shot_draw(cfg: DictConfig) -> bool:
     """Whether this multirun job would repeat another one: a zero-shot job uses no references, so of
     the reference draws a method sweeps by default (``reference_seed`` = 0 .. ``reference_draws`` - 1)
     only the first one runs."""
-    if parse_shots(cfg.get("shots", 0)) != 0 or not HydraConfig.initialized():
+    if cfg.shots != 0 or not HydraConfig.initialized():
         return False
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return False
-    draws = int(cfg.get("reference_draws") or 1)
-    return 0 < int(cfg.get("reference_seed", 0)) < draws
+    return 0 < cfg.reference_seed < cfg.reference_draws
 
 
 @dataclasses.dataclass
@@ -324,13 +310,12 @@ def prepare_job(
     bad input fails in seconds.
     """
     categories = datamodule.categories
-    shots = parse_shots(cfg.shots)
-    reference_seed = int(cfg.get("reference_seed", cfg.seed))
+    shots, reference_seed = cfg.shots, cfg.reference_seed
     references = draw_all_references(datamodule, categories, shots, reference_seed)
     check_shots_supported(cfg.method, shots, method_name)
     check_training_data(cfg, fit, method_name)
     check_backbone_depths(cfg, group_choices(cfg)["backbone"])
-    if cfg.get("ckpt_path"):
+    if cfg.ckpt_path:
         check_checkpoint_file(str(cfg.ckpt_path))
     class_names = dataset_class_names(*sources)
     preflight(datamodule, categories, references)
@@ -342,9 +327,9 @@ def prepare_job(
     method: AnomalyMethod = build(
         cfg.method, backbone=backbone, prompts=prompts, shots=shots, text_cache_dir=cfg.paths.cache_dir
     )
-    if cfg.get("ckpt_path"):
+    if cfg.ckpt_path:
         load_checkpoint(method, str(cfg.ckpt_path))
-    if cfg.get("feature_cache"):
+    if cfg.feature_cache:
         method.feature_cache = build(cfg.feature_cache)
     return PreparedJob(method, references, shots, reference_seed)
 
@@ -368,7 +353,6 @@ def print_feature_cache_summary(method: AnomalyMethod) -> None:
 def build_datamodule(cfg: DictConfig, names: dict[str, str | None]) -> tuple[AnomalyDataModule, tuple]:
     """The labelled datamodule and its sources ``(train_source, source)``; only trained methods get
     train_data."""
-    parse_shots(cfg.get("shots", 0))
     source = build(cfg.data)
     if cfg.data.get("name"):
         names["data"] = str(cfg.data.name)  # e.g. data=meta_json data.name=mpdd: tables per dataset
@@ -378,7 +362,7 @@ def build_datamodule(cfg: DictConfig, names: dict[str, str | None]) -> tuple[Ano
             "score them with `python evaluate.py mode=predict data.path=...`"
         )
     train_source = None
-    if cfg.get("train_data"):
+    if cfg.train_data:
         if trains_on_auxiliary_data(cfg):
             train_source = build(cfg.train_data)
         else:

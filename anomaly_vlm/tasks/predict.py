@@ -165,27 +165,44 @@ def prediction_thresholds(cfg, settings, method, datamodule, references) -> dict
     )
 
 
+def write_scores(scores_path: Path, rows: list[tuple[str, str, float]], decisions: dict) -> None:
+    """``scores.csv`` (path, category, score, decision, defect area), written atomically: a killed run
+    never leaves a half file that a re-run would take for a finished prediction."""
+    scores_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = scores_path.with_name(f".{SCORES_FILE}.{os.getpid()}.tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "category", "score", "decision", "defect_area"])
+        for path, category, score in rows:
+            decision = decisions.get(path)
+            area = "" if decision is None or decision.defect_area is None else f"{decision.defect_area:.6g}"
+            writer.writerow(
+                [path, category, f"{score:.8g}", "" if decision is None else decision.decision, area]
+            )
+    os.replace(temporary, scores_path)
+
+
 def predict(cfg: DictConfig) -> None:
     """Score the images of ``cfg.data`` (any source; its test split, labels ignored)."""
     quiet_lightning()
     output_dir = Path(cfg.paths.output_dir)
     scores_path = output_dir / SCORES_FILE
-    if scores_path.exists() and not bool(cfg.get("overwrite", False)):
+    if scores_path.exists() and not cfg.overwrite:
         raise FinishedPredictionError(
             f"{scores_path} already holds the scores of a finished prediction; refusing to overwrite it. "
             "Choose another output folder or pass overwrite=true."
         )
-    if bool(cfg.get("overwrite", False)):
+    if cfg.overwrite:
         clear_stale_artefacts(output_dir)  # heatmaps of images no longer scored would look current
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     # Cheap checks first: the images exist and decode their headers, references, shots.
-    settings = ThresholdSettings.from_config(cfg.get("threshold"))
+    settings = ThresholdSettings.from_config(cfg.threshold)
     source = build(cfg.data)
-    heatmaps = HeatmapWriter(output_dir, bool(cfg.get("save_heatmaps", True)))
+    heatmaps = HeatmapWriter(output_dir, cfg.save_heatmaps)
     name_of = lambda path, paths: heatmap_name(path, category_root(paths))  # noqa: E731
     method = None  # a saved detector carries its own model and encodes without the feature cache
-    if cfg.get("detector"):
+    if cfg.detector:
         from anomaly_vlm.tasks.predict_detector import predict_with_detector
 
         decisions = predict_with_detector(cfg, settings, source, heatmaps, output_dir / MASK_DIR, name_of)
@@ -203,19 +220,7 @@ def predict(cfg: DictConfig) -> None:
         label_progress_as_predicting(trainer)
         score_categories(trainer, method, datamodule, scoring, job.references)
     rows = heatmaps.rows
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    temporary = scores_path.with_name(f".{SCORES_FILE}.{os.getpid()}.tmp")
-    with temporary.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "category", "score", "decision", "defect_area"])
-        for path, category, score in rows:
-            decision = decisions.decisions.get(path)
-            area = "" if decision is None or decision.defect_area is None else f"{decision.defect_area:.6g}"
-            writer.writerow(
-                [path, category, f"{score:.8g}", "" if decision is None else decision.decision, area]
-            )
-    os.replace(temporary, scores_path)
+    write_scores(scores_path, rows, decisions.decisions)
     write_json_atomic(
         output_dir / "predict.json",
         {

@@ -34,7 +34,7 @@ def compose(overrides: list[str], config_name: str = "train", return_hydra_confi
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import anomaly_vlm.resolvers  # noqa: F401  (the hydra config interpolates our resolvers)
+    import anomaly_vlm.config  # noqa: F401  (the typed schema; the hydra config interpolates our resolvers)
 
     if not CONF_DIR.is_dir():
         raise FileNotFoundError(f"config folder not found: {CONF_DIR} (run from a checkout of the project)")

@@ -206,7 +206,7 @@ def shared_trained_checkpoint(cfg: DictConfig) -> Path | None:
 
     None when ``reuse_trained=false``.
     """
-    if not cfg.get("reuse_trained", True):
+    if not cfg.reuse_trained:
         return None
     return Path(cfg.paths.cache_dir).expanduser() / TRAINED_CACHE_FOLDER / f"{training_fingerprint(cfg)}.ckpt"
 

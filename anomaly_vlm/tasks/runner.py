@@ -90,12 +90,12 @@ class Job:
         """Set up, fit, test; rank 0 writes ``results.json``. Returns the mean image AUROC."""
         L.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
         datamodule, sources = build_datamodule(self.cfg, self.names)
-        self.decisions = CategoryDecisions(ThresholdSettings.from_config(self.cfg.get("threshold")))
+        self.decisions = CategoryDecisions(ThresholdSettings.from_config(self.cfg.threshold))
         prepared = prepare_job(self.cfg, datamodule, sources, self.output_dir, self.names["method"], self.fit)
         self.logger = build_logger(self.cfg, self.names)
         # The evaluation path hands it whole categories on rank 0 (after set-level post-processing),
         # so there is nothing for torchmetrics to gather.
-        aupro = str((self.cfg.get("metrics") or {}).get("aupro", "exact"))
+        aupro = self.cfg.metrics.aupro
         evaluator = Evaluator(aupro=aupro, sync_on_compute=False)
         trainer, scoring, extra_callbacks = self._trainer(prepared, evaluator)
         trained = self._fit(trainer, prepared.method, datamodule)
@@ -131,27 +131,25 @@ class Job:
 
     @property
     def will_fit(self) -> bool:
-        return self.fit and not self.cfg.get("ckpt_path")
+        return self.fit and not self.cfg.ckpt_path
 
     def untrained(self, method: Any) -> bool:
         """A trainable method that was neither trained here nor loaded from ``ckpt_path``."""
-        return method.is_trainable and not self.will_fit and not self.cfg.get("ckpt_path")
+        return method.is_trainable and not self.will_fit and not self.cfg.ckpt_path
 
     def _trainer(
         self, prepared: PreparedJob, evaluator: Evaluator
     ) -> tuple[L.Trainer, CategoryScoring, list]:
         """The trainer with the evaluation path, the configured callbacks and (if training) checkpoints."""
         cfg = self.cfg
-        num_overlays = max(int(cfg.get("num_overlays", 0)), wandb_helpers.heatmaps_wanted(self.logger))
-        evaluation = CategoryEvaluation(
-            evaluator, self.output_dir, bool(cfg.get("save_predictions")), num_overlays
-        )
+        num_overlays = max(cfg.num_overlays, wandb_helpers.heatmaps_wanted(self.logger))
+        evaluation = CategoryEvaluation(evaluator, self.output_dir, cfg.save_predictions, num_overlays)
         consumers: list = [evaluation, self.decisions]
-        if bool(cfg.get("save_detector", False)):
+        if cfg.save_detector:
             run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
             consumers.append(DetectorSaver(self.output_dir, run_config, self.decisions, self.names["method"]))
         scoring = CategoryScoring(consumers)
-        extra_callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec]
+        extra_callbacks = [instantiate(spec) for spec in (cfg.callbacks or {}).values() if spec]
         if in_multirun():
             # DDP ranks must re-run this job, not the whole sweep (undone when the job closes).
             self._cleanup.enter_context(compat.lightning_ddp_relaunch(ddp.job_command))
@@ -167,7 +165,7 @@ class Job:
 
     def _fit(self, trainer: L.Trainer, method: Any, datamodule: Any) -> Path | str | None:
         """Train (or resume, or reuse a shared training); the trained parameters' file, if any."""
-        if method.is_trainable and self.cfg.get("ckpt_path"):
+        if method.is_trainable and self.cfg.ckpt_path:
             return str(self.cfg.ckpt_path)
         if not (self.will_fit and method.is_trainable):
             return None
@@ -189,7 +187,7 @@ class Job:
             wandb_helpers.log_results(self.logger, evaluator.results, mean, efficiency, self.output_dir)
             # File loggers (CSV) buffer rows until the trainer saves them; these came after it finished.
             self.logger.save()
-            if not int(self.cfg.get("num_overlays", 0)):
+            if not self.cfg.num_overlays:
                 # Written only for the W&B panels (uploaded above); num_overlays=0 keeps the run folder free.
                 shutil.rmtree(self.output_dir / OVERLAY_DIR, ignore_errors=True)
         payload = build_results(
@@ -237,7 +235,7 @@ def skip_reason(cfg: DictConfig) -> tuple[bool, float | None]:
             cfg.reference_seed,
         )
         return True, None
-    finished = guard_finished_run(Path(cfg.paths.output_dir), bool(cfg.get("overwrite", False)))
+    finished = guard_finished_run(Path(cfg.paths.output_dir), cfg.overwrite)
     if finished is not None:
         return True, (finished.get("metrics") or {}).get("mean", {}).get("image_auroc")
     return False, None

@@ -24,7 +24,6 @@ from anomaly_vlm.tasks.building import (
     check_backbone_depths,
     check_shots_supported,
     check_training_data,
-    parse_shots,
 )
 from anomaly_vlm.tasks.errors import USER_ERRORS
 
@@ -44,8 +43,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 def check_job(cfg: DictConfig, fit: bool) -> None:
     """The checks of one composed job that need neither data nor a model."""
     choices = cfg.hydra.runtime.choices
-    shots = parse_shots(cfg.get("shots", 0))
-    check_shots_supported(cfg.method, shots, choices.get("method"))
+    check_shots_supported(cfg.method, cfg.shots, choices.get("method"))
     if fit:
         check_training_data(cfg, fit, choices.get("method"))
     check_backbone_depths(cfg, choices.get("backbone"))

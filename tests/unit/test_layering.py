@@ -18,6 +18,8 @@ LAYERS: dict[str, int] = {
     "compat": 0,
     "resolvers": 0,
     "cache": 0,  # content-addressed feature store (data digests files with it)
+    # the typed schema of the run config (registers the resolvers it interpolates)
+    "config": 1,
     # foundations
     "backbones": 1,
     "data": 1,
@@ -115,3 +117,29 @@ def test_import_graph_has_no_circle():
         if node not in state:
             visit(node)
     assert not circles, "import circles:\n" + "\n".join(circles)
+
+
+def test_no_task_function_is_longer_than_a_screen():
+    """``tasks/`` reads top-down: small functions whose names say what they do (about 60 lines at most)."""
+    long = []
+    for path in sorted((PACKAGE / "tasks").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, "split these:\n" + "\n".join(long)
+
+
+def test_only_the_backbone_touches_the_vision_tower():
+    """Methods use the backbone's capabilities (blocks, taps, ln_pre/ln_post), never ``visual.*``."""
+    import re
+
+    found = [
+        f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "backbones" not in path.relative_to(PACKAGE).parts
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bvisual\.", line)
+    ]
+    assert not found, "\n".join(found)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+from anomaly_vlm.config import TrainConfig
 from anomaly_vlm.data.sampling import ShotsError
 from anomaly_vlm.tasks.building import check_shots_supported
 
@@ -29,8 +30,9 @@ def test_trained_method_without_auxiliary_data_is_rejected_before_building() -> 
     from anomaly_vlm.data import DataError
     from anomaly_vlm.tasks.building import check_training_data
 
-    cfg = OmegaConf.create(
-        {"method": {"_target_": "anomaly_vlm.methods.anomalyclip.AnomalyCLIPModule"}, "train_data": None}
+    schema = OmegaConf.structured(TrainConfig)
+    cfg = OmegaConf.merge(
+        schema, {"method": {"_target_": "anomaly_vlm.methods.anomalyclip.AnomalyCLIPModule"}}
     )
     with pytest.raises(
         DataError, match="method .anomalyclip. trains on an auxiliary dataset: use a published protocol"
@@ -39,7 +41,7 @@ def test_trained_method_without_auxiliary_data_is_rejected_before_building() -> 
     check_training_data(cfg, fit=False, method_name="anomalyclip")  # evaluate: a warning only
     cfg.ckpt_path = "trained.ckpt"
     check_training_data(cfg, fit=True, method_name="anomalyclip")  # trained parameters given
-    clip = OmegaConf.create({"method": {"_target_": "anomaly_vlm.methods.clip.CLIPBaselineModule"}})
+    clip = OmegaConf.merge(schema, {"method": {"_target_": "anomaly_vlm.methods.clip.CLIPBaselineModule"}})
     check_training_data(clip, fit=True, method_name="clip")
 
 

@@ -44,8 +44,8 @@ def test_every_excluded_key_is_a_real_key(cfg):
             compose("train", overrides=["data=folder", "logger=none"]),
         ]
     trainer_arguments = set(inspect.signature(L.Trainer.__init__).parameters) | {"_target_"}
-    # set by callers that run jobs without Hydra (names) or read with a default (save_heatmaps)
-    optional = {"names", "save_heatmaps"}
+    # set by callers that run jobs without Hydra
+    optional = {"names"}
     for key in resume.NOT_TRAINING_KEYS + resume.TRAINING_EXCEPTIONS:
         if key.startswith("trainer."):
             assert key.removeprefix("trainer.") in trainer_arguments, key
