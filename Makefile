@@ -17,7 +17,7 @@ help:  ## list the targets
 # Re-installs only when pyproject.toml changes; a second `make install` is a no-op.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,export]"
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the package with pinned dependencies
