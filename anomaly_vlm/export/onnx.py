@@ -35,6 +35,9 @@ OUTPUT_NAMES = ("image_score", "anomaly_map")
 DEFAULT_FILE = "model.onnx"
 #: Opset of the written graphs: ONNX Runtime >= 1.13 runs it; every op used here exists in it.
 DEFAULT_OPSET = 17
+#: Opsets the graphs can be written in: scaled_dot_product_attention (V-V attention) needs 14; 20 is
+#: the newest the TorchScript-based exporter writes.
+OPSETS = range(14, 21)
 #: Largest |onnxruntime - PyTorch| accepted by the check after export (scores and maps).
 DEFAULT_TOLERANCE = 1e-4
 
@@ -168,6 +171,8 @@ def export_onnx(
         NotExportableError: the method has no per-image graph (the message says why).
     """
     _require_onnx()
+    if int(opset) not in OPSETS:
+        raise ExportError(f"opset={opset} is not supported (choose {OPSETS.start}..{OPSETS.stop - 1})")
     if not isinstance(detector, Detector):
         detector = Detector.load(detector)
     method = detector.method
