@@ -9,7 +9,8 @@ normalisation is outside the timed region on both sides), median of ``--repeats`
 warm-up, at batch 1 (per image) and at ``--batch``, each side with ``--threads`` threads.
 
 Usage:
-    .venv/bin/python bench/bench_export.py [--cases tiny,b16plus] [--repeats 5] [--batch 4] [--threads 2]
+    .venv/bin/python bench/bench_export.py [--cases tiny,b16plus] [--methods winclip:1,clip] [--repeats 5]
+        [--batch 4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def bench_case(folder: Path, repeats: int, batch: int, threads: int) -> dict:
         "map_delta": exported.map_delta,
     }
     size = detector.image_size
-    for count in (1, batch):
+    for count in sorted({1, batch}):
         images = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(count))
         pixels = normalize(detector, images).numpy()
         torch_s = median_seconds(lambda images=images: detector.score(images), repeats)
@@ -131,9 +132,10 @@ def bench_case(folder: Path, repeats: int, batch: int, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="tiny,b16plus", help=f"comma-separated of {sorted(CASES)}")
+    parser.add_argument("--methods", default=None, help="comma-separated method[:shots] subset, e.g. winclip:1")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default=None, help="folder for the detectors (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -143,11 +145,15 @@ def main() -> None:
         f"onnxruntime ms/img (b1) | PyTorch ms/img (b{args.batch}) | onnxruntime ms/img (b{args.batch}) |"
     )
     lines = [header, "|" + "---|" * 9]
+    if args.batch < 2:
+        raise SystemExit("error: --batch must be at least 2 (batch 1 is always measured)")
     for group in args.cases.split(","):
         if group not in CASES:
             raise SystemExit(f"error: --cases {group} is not one of {sorted(CASES)}")
         backbone, backbone_extra, cases = CASES[group]
         for method_name, shots, extra in cases:
+            if args.methods and not {method_name, f"{method_name}:{shots}"} & set(args.methods.split(",")):
+                continue
             folder = make_detector(work, backbone, backbone_extra, method_name, shots, extra)
             row = bench_case(folder, args.repeats, args.batch, args.threads)
             line = (
