@@ -132,7 +132,7 @@ def bench_case(folder: Path, repeats: int, batch: int, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="tiny,b16plus", help=f"comma-separated of {sorted(CASES)}")
-    parser.add_argument("--methods", default=None, help="comma-separated method[:shots] subset, e.g. winclip:1")
+    parser.add_argument("--methods", default=None, help="method[:shots] subset, e.g. winclip:1,clip")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
