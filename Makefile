@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip bench-cache parity-venv \
+.PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip bench-cache bench-export parity-venv \
 	parity-winclip parity-aprillab parity-anomalyclip parity-musc parity-promptad \
 	weights tables cache-info cache-clean clean
 
@@ -17,7 +17,7 @@ help:  ## list the targets
 # Re-installs only when pyproject.toml changes; a second `make install` is a no-op.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,export]"
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the package with pinned dependencies
@@ -103,6 +103,11 @@ parity-promptad: $(STAMP)  ## PromptAD vs its official code: features, loss, gra
 
 bench-cache: $(STAMP)  ## feature cache: 12-job WinCLIP sweep and APRIL-GAN ViT-L training, with vs without
 	$(PY) bench/bench_cache.py $(BENCH_CACHE_ARGS)
+
+# Random-weight detectors (tiny CLIP and ViT-B-16-plus-240; add l14 for ViT-L-14-336): export, parity, times.
+BENCH_EXPORT_ARGS ?=
+bench-export: $(STAMP)  ## ONNX export: onnxruntime vs PyTorch per-image time and max |delta| (BENCH_EXPORT_ARGS=...)
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_export.py $(BENCH_EXPORT_ARGS)
 
 weights: $(STAMP)  ## download the weights of every backbone config (needs network)
 	$(PY) -m anomaly_vlm.backbones.download

@@ -323,6 +323,10 @@ class FrozenCLIP(nn.Module):
         """Map ``[0, 1]`` RGB images to the model's normalised input."""
         return (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
 
+    def denormalize(self, pixels: Tensor) -> Tensor:
+        """Inverse of :meth:`normalize`: normalised input back to ``[0, 1]`` RGB."""
+        return pixels * self.pixel_std.to(pixels.dtype) + self.pixel_mean.to(pixels.dtype)
+
     def check_layers(self, layers: Sequence[int]) -> list[int]:
         """Validate 1-based block indices."""
         layers = [int(layer) for layer in layers]

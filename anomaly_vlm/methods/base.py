@@ -129,6 +129,15 @@ class AnomalyMethod(L.LightningModule):
         """The method's set-level step over a whole category's prediction (identity by default)."""
         return contract.postprocess_set(self.model, prediction)
 
+    def export_module(self) -> nn.Module:
+        """The torch model's export graph for the current category (see
+        :func:`~anomaly_vlm.methods.contract.export_module`).
+
+        Raises:
+            NotExportableError: the method cannot be one per-image graph (the message says why).
+        """
+        return contract.export_module(self.model, self.method_name)
+
     def setup_category(self, category: str, reference_images: Tensor | None) -> None:
         """Get ready to score ``category`` (text classifier, few-shot memory from ``reference_images``)."""
         raise NotImplementedError

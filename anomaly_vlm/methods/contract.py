@@ -16,6 +16,12 @@ A step that needs the whole category's predictions (e.g. APRIL-GAN's min-max of 
 over the test set) is a declared set-level post-processing, ``postprocess_set(prediction)``, that
 the one evaluation path applies once a category's predictions are complete, for test and predict
 alike. Methods never keep per-batch state on the module for it.
+
+Export (ONNX) is a capability too: a model that can score a batch as one static graph declares
+``export_module()``, returning a module ``normalised images [B, 3, S, S] -> (image_score [B],
+anomaly_map [B, S, S])`` with its category state baked in (usually a :class:`ScoringGraph`). A model
+without it, a transductive one, or one that sets ``export_unsupported`` to a reason, is refused by
+:func:`export_module` with that reason.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from anomaly_vlm.data.batch import AnomalyBatch
 
@@ -152,6 +158,64 @@ def postprocess_set(model: object, prediction: Prediction) -> Prediction:
     """Apply ``model.postprocess_set`` when the model declares one; otherwise the identity."""
     step = getattr(model, "postprocess_set", None)
     return prediction if step is None else step(prediction)
+
+
+class NotExportableError(ValueError):
+    """A method whose scoring cannot be written as one per-image graph (the message says why)."""
+
+
+class ScoringGraph(nn.Module):
+    """``normalised images -> (image_score, anomaly_map)`` of an inductive model, for export.
+
+    Runs ``frozen_features(pixels, normalized=True, **feature_options)``, the model's ``score`` and its
+    set-level step over the batch (:func:`postprocess_set`, as :meth:`Detector.score
+    <anomaly_vlm.deploy.Detector.score>` applies it), so a graph traced from it computes exactly what the
+    saved detector computes. Category state (text classifier, memories, trained parameters) is read from
+    the model at trace time and becomes constants of the graph.
+
+    Args:
+        model: the method's torch model, set up for its category.
+        feature_options: extra keyword arguments of ``frozen_features`` (e.g. WinCLIP's unchunked
+            window pass, so the traced graph serves any batch size).
+    """
+
+    def __init__(self, model: nn.Module, **feature_options: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.feature_options = feature_options
+
+    def score(self, features: FrozenFeatures) -> Prediction:
+        return self.model.score(features)
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.model.frozen_features(pixels, normalized=True, **self.feature_options)
+        prediction = postprocess_set(self.model, self.score(features))
+        return prediction.image_score, prediction.anomaly_map
+
+
+def export_module(model: object, method_name: str | None = None) -> nn.Module:
+    """The model's export graph (see :class:`ScoringGraph`), or :class:`NotExportableError` saying why not.
+
+    Args:
+        model: a method's torch model, set up for its category.
+        method_name: the ``method=`` value, for the message.
+    """
+    name = method_name or type(model).__name__
+    reason = getattr(model, "export_unsupported", None)
+    if reason:
+        raise NotExportableError(f"method {name} cannot be exported: {reason}")
+    if is_transductive(model):
+        raise NotExportableError(
+            f"method {name} cannot be exported: it is transductive (it scores each image against the "
+            "other test images of its category), so no graph scores an image on its own"
+        )
+    build = getattr(model, "export_module", None)
+    if not callable(build):
+        raise NotExportableError(
+            f"method {name} cannot be exported: its torch model {type(model).__name__} declares no "
+            "export graph (export_module())"
+        )
+    return build()
 
 
 @dataclasses.dataclass

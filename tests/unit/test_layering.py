@@ -35,8 +35,9 @@ LAYERS: dict[str, int] = {
     # thresholds and decisions on finished categories; saved detectors built on them
     "decisions": 5,
     "deploy": 6,
-    # entry-point tasks
+    # entry-point tasks; export of saved detectors beside them
     "tasks": 7,
+    "export": 7,
     # checks of the command line before Hydra starts (train.py, evaluate.py)
     "entry": 8,
 }

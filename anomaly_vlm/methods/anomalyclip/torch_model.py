@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP, value_value_attention
-from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
+from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
 from anomaly_vlm.methods.losses import dice_loss, focal_loss
 from anomaly_vlm.prompts.learnable import LearnablePromptEncoder, LearnablePromptSet
 
@@ -165,13 +165,13 @@ class AnomalyCLIP(nn.Module):
             "global_ln_post": self.global_ln_post,
         }
 
-    def frozen_features(self, images: Tensor) -> FrozenFeatures:
+    def frozen_features(self, images: Tensor, normalized: bool = False) -> FrozenFeatures:
         """:meth:`encode_image` as a flat dict (see :meth:`AnomalyCLIPFeatures.as_dict`)."""
-        return self.encode_image(images).as_dict()
+        return self.encode_image(images, normalized=normalized).as_dict()
 
     # ----- image side ---------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_image(self, images: Tensor) -> AnomalyCLIPFeatures:
+    def encode_image(self, images: Tensor, normalized: bool = False) -> AnomalyCLIPFeatures:
         """Run the original stream and, from ``dpam_start`` on, the DPAM stream beside it.
 
         DPAM (as ``DAPM_replace`` + ``AnomalyCLIP_forward`` of the official code): the DPAM stream starts
@@ -182,7 +182,7 @@ class AnomalyCLIP(nn.Module):
         after the last block ``@ proj`` (see ``global_ln_post``).
         """
         backbone = self.backbone
-        x = backbone.ln_pre(backbone.embed_patches(images))
+        x = backbone.ln_pre(backbone.embed_patches(images, normalized=normalized))
         wanted = set(self.layers)
         taps: dict[int, Tensor] = {}
         stream: Tensor | None = None
@@ -257,6 +257,10 @@ class AnomalyCLIP(nn.Module):
         over the used layers, then the Gaussian blur. (The official map ``(p_anomalous + 1 -
         p_normal) / 2`` equals ``p_anomalous`` for a two-way softmax.)"""
         text = self.text_features() if self.scoring_text is None else self.scoring_text
+        return self.score_with_text(features, text)
+
+    def score_with_text(self, features: FrozenFeatures, text: Tensor) -> Prediction:
+        """:meth:`score` with the given ``[2, D]`` unit text features."""
         parts = AnomalyCLIPFeatures.from_dict(features, self.layers)
         scores = self.image_logits(parts, text).softmax(dim=-1)[:, 1]
         size = (self.backbone.image_size, self.backbone.image_size)
@@ -266,6 +270,13 @@ class AnomalyCLIP(nn.Module):
 
     def forward(self, images: Tensor) -> Prediction:
         return self.score(self.frozen_features(images))
+
+    def export_module(self) -> AnomalyCLIPGraph:
+        """The export graph: normalised images -> (image score, map), with the two text features
+        computed once from the learned prompts and baked in (the text encoder is not part of it)."""
+        with torch.no_grad():
+            text = self.text_features() if self.scoring_text is None else self.scoring_text
+        return AnomalyCLIPGraph(self, text.detach().clone())
 
     @torch.no_grad()
     def predict(self, images: Tensor, text: Tensor | None = None) -> Prediction:
@@ -283,8 +294,20 @@ class AnomalyCLIP(nn.Module):
         )
 
 
+class AnomalyCLIPGraph(ScoringGraph):
+    """:class:`ScoringGraph` of AnomalyCLIP with fixed text features (a buffer of the graph)."""
+
+    def __init__(self, model: AnomalyCLIP, text: Tensor) -> None:
+        super().__init__(model)
+        self.register_buffer("text", text)
+
+    def score(self, features: FrozenFeatures) -> Prediction:
+        return self.model.score_with_text(features, self.text)
+
+
 __all__ = [
     "AnomalyCLIP",
+    "AnomalyCLIPGraph",
     "AnomalyCLIPFeatures",
     "default_dpam_start",
     "gaussian_blur",

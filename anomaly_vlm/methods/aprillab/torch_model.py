@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
-from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
+from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
 
 #: The published stages: blocks 6, 12, 18, 24 of the 24-block ViT-L-14-336.
 REFERENCE_STAGES: tuple[int, ...] = (6, 12, 18, 24)
@@ -151,10 +151,11 @@ class AprilGAN(nn.Module):
         return {"method": "aprillab", "layers": list(self.feature_layers)}
 
     @torch.no_grad()
-    def frozen_features(self, images: Tensor) -> FrozenFeatures:
+    def frozen_features(self, images: Tensor, normalized: bool = False) -> FrozenFeatures:
         """``global_embedding [B, D]`` (``ln_post(CLS) @ proj``) and ``block_<n> [B, 1 + N, W]``, the
-        raw residual stream after block ``n`` for every block in :attr:`feature_layers`."""
-        features = self.backbone.encode_image(images, layers=self.feature_layers)
+        raw residual stream after block ``n`` for every block in :attr:`feature_layers`.
+        ``normalized``: the images are already normalised."""
+        features = self.backbone.encode_image(images, layers=self.feature_layers, normalized=normalized)
         out = {"global_embedding": features.global_embedding}
         for layer, tokens in features.layer_tokens.items():
             out[_block_key(layer)] = tokens
@@ -237,13 +238,24 @@ class AprilGAN(nn.Module):
             return prediction
         text = prediction.extras["text_probability"].float()
         maxima = prediction.extras["map_max"].float()
-        span = maxima.max() - maxima.min() if len(maxima) else maxima.new_zeros(())
-        normalised = (maxima - maxima.min()) / span if span > 0 else torch.zeros_like(maxima)
+        if not len(maxima):
+            return Prediction(text, prediction.anomaly_map, prediction.extras)
+        # Without a data-dependent branch, so that an exported graph computes the same step.
+        span = maxima.max() - maxima.min()
+        positive = span > 0
+        normalised = (maxima - maxima.min()) / torch.where(positive, span, torch.ones_like(span))
+        normalised = torch.where(positive, normalised, torch.zeros_like(normalised))
         return Prediction(0.5 * (text + normalised), prediction.anomaly_map, prediction.extras)
 
     def forward(self, images: Tensor) -> Prediction:
         """Score ``[B, 3, H, W]`` images: ``score(frozen_features(images))`` (before the set step)."""
         return self.score(self.frozen_features(images))
+
+    def export_module(self) -> ScoringGraph:
+        """The export graph: normalised images -> (image score, map) with the text classifier, the
+        projections and the few-shot memory baked in. With a memory, the image score is the set-level
+        score over the batch given to the graph, as :meth:`postprocess_set` computes it."""
+        return ScoringGraph(self)
 
 
 def _block_key(layer: int) -> str:

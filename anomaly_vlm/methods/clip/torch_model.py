@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
-from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
+from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
 
 
 class CLIPBaseline(nn.Module):
@@ -41,10 +41,10 @@ class CLIPBaseline(nn.Module):
         return {"method": "clip", "features": ["global_embedding", "patch_embeddings"]}
 
     @torch.no_grad()
-    def frozen_features(self, images: Tensor) -> FrozenFeatures:
+    def frozen_features(self, images: Tensor, normalized: bool = False) -> FrozenFeatures:
         """``global_embedding [B, D]`` (projected CLS) and ``patch_embeddings [B, N, D]`` (projected
-        final patch tokens), neither normalised."""
-        features = self.backbone.encode_image(images)
+        final patch tokens), neither normalised. ``normalized``: the images are already normalised."""
+        features = self.backbone.encode_image(images, normalized=normalized)
         return {
             "global_embedding": features.global_embedding,
             "patch_embeddings": self.backbone.project(features.patch_tokens),
@@ -63,3 +63,7 @@ class CLIPBaseline(nn.Module):
 
     def forward(self, images: Tensor) -> Prediction:
         return self.score(self.frozen_features(images))
+
+    def export_module(self) -> ScoringGraph:
+        """The export graph: normalised images -> (image score, map), the text classifier baked in."""
+        return ScoringGraph(self)

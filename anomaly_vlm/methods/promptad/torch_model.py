@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.anomalyclip.torch_model import gaussian_blur
-from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
+from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
+from anomaly_vlm.methods.export_ops import resize_matrices, resize_with_matrices
 from anomaly_vlm.prompts.promptad import ANOMALY_PLACEHOLDER, NORMAL_PLACEHOLDER, PromptADPromptSet
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ class PromptADModel(nn.Module):
         return outputs, inside
 
     @torch.no_grad()
-    def encode(self, images: Tensor) -> FrozenFeatures:
+    def encode(self, images: Tensor, normalized: bool = False) -> FrozenFeatures:
         """Unit-norm features of ``[B, 3, H, W]`` images in ``[0, 1]``, channels as given.
 
         ``global`` ``[B, D]``: original stream CLS -> ``ln_post`` -> ``proj``; ``patch`` ``[B, N, D]``: V-V
@@ -282,7 +283,11 @@ class PromptADModel(nn.Module):
         """
         outputs, inside = self._memory_sources()
         dual = self.backbone.encode_dual_path(
-            images, vv_start=self.vv_start, layers=outputs, post_attention_layers=inside
+            images,
+            vv_start=self.vv_start,
+            layers=outputs,
+            post_attention_layers=inside,
+            normalized=normalized,
         )
         features = {"global": _unit(dual.global_embedding), "patch": _unit(dual.vv_patch_embeddings)}
         depth = self.backbone.num_layers
@@ -294,9 +299,19 @@ class PromptADModel(nn.Module):
             features[f"memory_{position}"] = _unit(tokens[:, 1:])
         return features
 
-    def frozen_features(self, images: Tensor) -> FrozenFeatures:
-        """Features of TEST images: :meth:`encode` after the test-time channel order."""
-        return self.encode(images.flip(1) if self.test_channel_order == "bgr" else images)
+    def frozen_features(self, images: Tensor, normalized: bool = False) -> FrozenFeatures:
+        """Features of TEST images: :meth:`encode` after the test-time channel order.
+
+        ``normalized``: the images are already normalised (RGB); the BGR order is one of the ``[0, 1]``
+        pixels, and mean and std differ per channel, so they are undone before the channels swap.
+        """
+        if self.test_channel_order == "bgr":
+            if normalized:
+                backbone = self.backbone
+                images = backbone.normalize(backbone.denormalize(images).flip(1))
+            else:
+                images = images.flip(1)
+        return self.encode(images, normalized=normalized)
 
     def reference_features(self, images: Tensor) -> FrozenFeatures:
         """Features of the k normal references (RGB, as the official training and memory code)."""
@@ -445,11 +460,18 @@ class PromptADModel(nn.Module):
         image_score = 1.0 / (1.0 / visual_max + 1.0 / self.textual_image_score(features))
         return image_score, maps
 
-    def score(self, features: FrozenFeatures) -> Prediction:
-        """:meth:`score_full` with the map resized (bilinear, antialiased) to the evaluation size."""
+    def score(self, features: FrozenFeatures, resize: tuple[Tensor, Tensor] | None = None) -> Prediction:
+        """:meth:`score_full` with the map resized (bilinear, antialiased) to the evaluation size.
+
+        ``resize``: that resize as ``(rows, columns)`` matrices
+        (:func:`~anomaly_vlm.methods.export_ops.resize_matrices`), applied as two matrix products, the
+        form an exported graph can hold.
+        """
         image_score, maps = self.score_full(features)
         size = self.backbone.image_size
-        if maps.shape[-1] != size:
+        if maps.shape[-1] != size and resize is not None:
+            maps = resize_with_matrices(maps, *resize)
+        elif maps.shape[-1] != size:
             maps = F.interpolate(
                 maps[:, None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
             )[:, 0]
@@ -459,6 +481,13 @@ class PromptADModel(nn.Module):
         """Score ``[B, 3, H, W]`` test images in ``[0, 1]`` (RGB) after :meth:`fit_category`."""
         return self.score(self.frozen_features(images))
 
+    def export_module(self) -> PromptADGraph:
+        """The export graph: normalised RGB images -> (image score, map) with both branches' learned
+        text features and the visual memory baked in (call after :meth:`fit_category`)."""
+        if self.category is None:
+            raise RuntimeError("PromptADModel.fit_category(category, references) must run before export")
+        return PromptADGraph(self)
+
     def extra_repr(self) -> str:
         return (
             f"vv_start={self.vv_start}, memory_blocks={self.memory_blocks}, "
@@ -467,4 +496,19 @@ class PromptADModel(nn.Module):
         )
 
 
-__all__ = ["PromptADModel", "PromptLearner", "default_memory_blocks"]
+class PromptADGraph(ScoringGraph):
+    """:class:`ScoringGraph` of PromptAD: the antialiased resize as products with a constant matrix."""
+
+    def __init__(self, model: PromptADModel) -> None:
+        super().__init__(model)
+        size = model.backbone.image_size
+        rows, columns = resize_matrices(model.map_size or size, size, antialias=True)
+        device = model.backbone.pixel_mean.device
+        self.register_buffer("resize_rows", rows.to(device))
+        self.register_buffer("resize_columns", columns.to(device))
+
+    def score(self, features: FrozenFeatures) -> Prediction:
+        return self.model.score(features, resize=(self.resize_rows, self.resize_columns))
+
+
+__all__ = ["PromptADGraph", "PromptADModel", "PromptLearner", "default_memory_blocks"]

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
-from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
+from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
 
 
 def window_indices(grid_size: tuple[int, int], kernel: int, stride: int = 1) -> Tensor:
@@ -212,17 +212,25 @@ class WinCLIPModel(nn.Module):
         return {"method": "winclip", "scales": list(self.scales)}
 
     @torch.no_grad()
-    def frozen_features(self, images: Tensor, normalized: bool = False) -> FrozenFeatures:
+    def frozen_features(
+        self, images: Tensor, normalized: bool = False, chunked: bool = True
+    ) -> FrozenFeatures:
         """``image_embedding [B, D]``, ``patch_tokens [B, N, W]`` (after ln_post, unprojected) and
-        ``windows_<i> [B, n_windows, D]`` for the ``i``-th scale."""
-        image_embeddings, patch_tokens, windows = self.encode(images, normalized=normalized)
+        ``windows_<i> [B, n_windows, D]`` for the ``i``-th scale.
+
+        ``chunked=False`` runs all windows of the batch in one transformer call whatever
+        ``window_batch_size`` says (an exported graph must not bake the chunk bounds of its trace batch).
+        """
+        image_embeddings, patch_tokens, windows = self.encode(images, normalized=normalized, chunked=chunked)
         features = {"image_embedding": image_embeddings, "patch_tokens": patch_tokens}
         for index, window in enumerate(windows):
             features[_window_key(index)] = window
         return features
 
     # ----- encoding -------------------------------------------------------------------------------
-    def encode(self, images: Tensor, normalized: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def encode(
+        self, images: Tensor, normalized: bool = False, chunked: bool = True
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Image embeddings ``[B, D]``, patch tokens ``[B, N, W]`` (after ln_post, unprojected) and
         window embeddings ``[B, n_windows, D]`` per scale."""
         backbone = self.backbone
@@ -233,17 +241,20 @@ class WinCLIPModel(nn.Module):
         final = backbone.ln_post(final)
         image_embeddings = backbone.project(final[:, 0])
         patch_tokens = final[:, 1:]
-        windows = [self.encode_windows(tokens, index) for index in range(len(self.scales))]
+        windows = [self.encode_windows(tokens, index, chunked) for index in range(len(self.scales))]
         return image_embeddings, patch_tokens, windows
 
-    def encode_windows(self, tokens: Tensor, scale_index: int) -> Tensor:
-        """Window embeddings ``[B, n_windows, D]`` from ``ln_pre``-ed tokens ``[B, 1 + N, W]``."""
+    def encode_windows(self, tokens: Tensor, scale_index: int, chunked: bool = True) -> Tensor:
+        """Window embeddings ``[B, n_windows, D]`` from ``ln_pre``-ed tokens ``[B, 1 + N, W]``
+        (``chunked``: at most ``window_batch_size`` windows per transformer call)."""
         batch, _, width = tokens.shape
         patch_index = self.window_index(scale_index) + 1  # +1: CLS sits at position 0
         cls_index = torch.zeros(patch_index.shape[0], 1, dtype=patch_index.dtype, device=patch_index.device)
         sequence_index = torch.cat([cls_index, patch_index], dim=1)  # [n_windows, 1 + k*k]
         n_windows, length = sequence_index.shape
         sequences = tokens[:, sequence_index.reshape(-1)].reshape(batch * n_windows, length, width)
+        if not chunked:
+            return self._window_pass(sequences).reshape(batch, n_windows, -1)
         pooled = [
             self._window_pass(sequences[start : start + self.window_batch_size])
             for start in range(0, sequences.shape[0], self.window_batch_size)
@@ -299,6 +310,13 @@ class WinCLIPModel(nn.Module):
         if not self.has_text:
             raise RuntimeError("set_text_classifier(...) must be called before scoring (setup_category)")
         return self.score(self.frozen_features(images, normalized=normalized))
+
+    def export_module(self) -> ScoringGraph:
+        """The export graph: normalised images -> (image score, map) with the text classifier and the
+        WinCLIP+ memories baked in; all windows in one call (chunk bounds would fix the batch size)."""
+        if not self.has_text:
+            raise RuntimeError("set_text_classifier(...) must be called before export (setup_category)")
+        return ScoringGraph(self, chunked=False)
 
 
 def _window_key(scale_index: int) -> str:
