@@ -264,3 +264,21 @@ def test_normal_only_training_data_needs_synthesis_and_trains_with_it(tmp_path):
         torch.cat([batch.mask for batch in first[2:]]),
     ]
     assert not torch.equal(*epoch_masks)
+
+
+def test_mosaics_of_normal_images_get_defects_too(tmp_path):
+    source = FolderDataset(_normal_folder(tmp_path))
+    datamodule = AnomalyDataModule(
+        source,
+        SIZE,
+        train_source=source,
+        train_split="train",
+        train_batch_size=8,
+        train_mosaic_probability=1.0,
+        train_synthesis=AnomalySynthesizer(probability=1.0, seed=0),
+    )
+    torch.manual_seed(0)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert set(batch.defect_type) <= {"synthetic_cutpaste", "synthetic_texture"}
+    assert batch.label.tolist() == [1] * len(batch) and all(digest is None for digest in batch.digest)
+    assert (batch.mask.flatten(1).amax(1) == 1).all()
