@@ -5,15 +5,16 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from anomaly_vlm.data.batch import Sample, collate_samples
 from anomaly_vlm.data.dataset import AnomalyImageDataset
 from anomaly_vlm.data.distributed import ContiguousShardSampler, rank_and_world
-from anomaly_vlm.data.image_io import load_image
+from anomaly_vlm.data.image_io import DataError, load_image
 from anomaly_vlm.data.mosaic import MosaicDataset
 from anomaly_vlm.data.sampling import draw_references
 from anomaly_vlm.data.source import DatasetSource
+from anomaly_vlm.data.synthesis import AnomalySynthesizer, EpochSampler, SynthesizedAnomalies
 
 
 class AnomalyDataModule(L.LightningDataModule):
@@ -33,6 +34,9 @@ class AnomalyDataModule(L.LightningDataModule):
         train_batch_size: training batch size.
         train_mosaic_probability: chance that a training item is replaced by a 2x2 mosaic of four
             images of its category (:class:`~anomaly_vlm.data.mosaic.MosaicDataset`); 0 disables it.
+        train_synthesis: makes defects (with masks) on the normal training images
+            (``train_data.synthesize_anomalies=true``), so a training set of normal images only works;
+            None trains on the dataset's own defects, which it must then have.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class AnomalyDataModule(L.LightningDataModule):
         train_split: str = "test",
         train_batch_size: int = 8,
         train_mosaic_probability: float = 0.0,
+        train_synthesis: AnomalySynthesizer | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -55,6 +60,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.train_split = train_split
         self.train_batch_size = train_batch_size
         self.train_mosaic_probability = float(train_mosaic_probability)
+        self.train_synthesis = train_synthesis
 
     @property
     def categories(self) -> list[str]:
@@ -95,13 +101,40 @@ class AnomalyDataModule(L.LightningDataModule):
         """Every sample of the auxiliary dataset's training split, all its categories."""
         if self.train_source is None:
             raise ValueError("this method trains, but no auxiliary dataset is set (train_data=...)")
-        return [
-            sample
-            for category in self.train_source.categories
-            for sample in self.train_source.samples(category, self.train_split)
-        ]
+        samples = []
+        for category in self.train_source.categories:
+            try:
+                samples.extend(self.train_source.samples(category, self.train_split))
+            except DataError as error:
+                raise DataError(
+                    f"{error} (train_data, split datamodule.train_split={self.train_split})"
+                ) from None
+        return samples
+
+    def check_training_data(self) -> None:
+        """Training needs defects: the dataset's own (with masks) or synthesized ones.
+
+        Raises:
+            DataError: the training split holds normal images only and no synthesis is configured.
+        """
+        samples = self.train_samples()
+        if self.train_synthesis is not None:
+            if not any(sample.label == 0 for sample in samples):
+                raise DataError(
+                    f"train_data.synthesize_anomalies=true makes defects on normal images, but split "
+                    f"'{self.train_split}' of train_data={self.train_source.name} has none"
+                )
+            return
+        if not any(sample.label == 1 for sample in samples):
+            categories = sorted({sample.category for sample in samples})
+            raise DataError(
+                f"train_data={self.train_source.name} (split '{self.train_split}', categories {categories}) "
+                f"holds only normal images ({len(samples)}), no defects with masks to learn from; add "
+                "train_data.synthesize_anomalies=true to train on defects synthesized on them"
+            )
 
     def train_dataloader(self) -> DataLoader:
+        self.check_training_data()
         dataset = AnomalyImageDataset(self.train_samples(), self.image_size, with_masks=True)
         if self.train_mosaic_probability > 0:
             dataset = MosaicDataset(dataset, self.train_mosaic_probability)
@@ -109,5 +142,12 @@ class AnomalyDataModule(L.LightningDataModule):
         if world > 1:
             # trainer=ddp turns Lightning's sampler injection off (test shards must not be padded).
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True)
+        else:
+            sampler = RandomSampler(dataset) if self.train_synthesis is not None else None
+        if self.train_synthesis is not None:
+            # Synthesized defects are drawn per (epoch, item): the sampler carries the epoch to the workers.
+            dataset = SynthesizedAnomalies(dataset, self.train_synthesis)
+            sampler = EpochSampler(sampler)
+        if sampler is not None:
             return self._loader(dataset, self.train_batch_size, sampler=sampler)
         return self._loader(dataset, self.train_batch_size, shuffle=True)

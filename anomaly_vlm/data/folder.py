@@ -7,7 +7,9 @@
     <root>/<category>/test/<defect>/*.png         anomalous test images, one folder per defect type
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png   optional masks
 
-``root`` may also be a single category folder (one holding ``test/`` itself). Any format PIL reads
+``root`` may also be a single category folder (one holding ``test/`` or ``train/`` itself). A category of
+normal images only (``train/good``, no ``test/``) serves as training data with synthesized defects
+(``train_data.synthesize_anomalies=true datamodule.train_split=train``). Any format PIL reads
 works (PNG incl. 16-bit, JPEG, BMP, TIFF, WebP; grayscale, palette, RGBA): images become 8-bit RGB.
 A category whose anomalous images have no masks at all reports image metrics only (pixel metrics
 are absent, ``null`` in results.json); one with masks for some anomalous images but not others is an
@@ -28,7 +30,7 @@ class FolderDataset(MVTecLayout):
 
     Args:
         root: folder of category folders, or one category folder.
-        categories: subset; None means every category folder with a ``test/`` subfolder.
+        categories: subset; None means every category folder with a ``test/`` or ``train/`` subfolder.
         class_names: category -> words used in prompts, e.g. ``{pcb_v2: printed circuit board}``;
             default the folder name.
         mask_suffix: mask file name = image stem + this suffix (``_mask`` as in MVTec AD; ``""`` for
@@ -48,7 +50,7 @@ class FolderDataset(MVTecLayout):
         require_masks: bool = False,
     ) -> None:
         path = Path(root).expanduser()
-        if (path / "test").is_dir():
+        if (path / "test").is_dir() or (path / "train").is_dir():
             # A single category folder: its name is the category.
             if categories and list(categories) != [path.name]:
                 raise DataError(
@@ -60,3 +62,19 @@ class FolderDataset(MVTecLayout):
         super().__init__(
             path, categories, require_masks=require_masks, mask_suffix=mask_suffix, class_names=class_names
         )
+
+    def available_categories(self) -> list[str]:
+        # Unlike the benchmarks, a user's category may hold normal training images only (train/good).
+        self._check_root()
+        found = sorted(
+            path.name
+            for path in self.root.iterdir()
+            if path.is_dir()
+            and not path.name.startswith(".")
+            and ((path / "test").is_dir() or (path / "train").is_dir())
+        )
+        if not found:
+            raise DataError(
+                f"dataset root {self.root} holds no category folders with a test/ or train/ subfolder"
+            )
+        return found

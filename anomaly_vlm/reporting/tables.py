@@ -80,6 +80,7 @@ IGNORED_CONFIG_PREFIXES = (
     "mode",
     "data.root",
     "train_data.root",
+    "train_data.synthesis.seed",  # follows ``seed`` (replicates), also while synthesis is off
     "trainer.default_root_dir",
 )
 

@@ -7,6 +7,7 @@ input fails in seconds.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import pickle
@@ -19,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import anomaly_vlm.resolvers  # noqa: F401  (configs interpolate its resolvers, e.g. num_workers)
 from anomaly_vlm.data import AnomalyDataModule, DataError, DatasetSource, Sample
@@ -314,6 +315,8 @@ def prepare_job(
     references = draw_all_references(datamodule, categories, shots, reference_seed)
     check_shots_supported(cfg.method, shots, method_name)
     check_training_data(cfg, fit, method_name)
+    if fit and datamodule.train_source is not None and not cfg.ckpt_path:
+        datamodule.check_training_data()  # defects to learn from, before any weights load
     check_backbone_depths(cfg, group_choices(cfg)["backbone"])
     if cfg.ckpt_path:
         check_checkpoint_file(str(cfg.ckpt_path))
@@ -362,13 +365,46 @@ def build_datamodule(cfg: DictConfig, names: dict[str, str | None]) -> tuple[Ano
             "score them with `python evaluate.py mode=predict data.path=...`"
         )
     train_source = None
+    synthesizer = None
     if cfg.train_data:
         if trains_on_auxiliary_data(cfg):
-            train_source = build(cfg.train_data)
+            dataset_node, synthesis_node = split_synthesis(cfg.train_data)
+            train_source = build(dataset_node)
+            if synthesis_node is not None:
+                synthesizer = build(synthesis_node)
+                log.info(
+                    "training on defects synthesized on the normal images of train_data: %s",
+                    synthesizer.describe(),
+                )
         else:
             # A sweep over methods shares one train_data; the training-free methods ignore it and their
             # results must not claim a training set.
             log.info("method '%s' does not train: train_data is ignored", names["method"])
             names["train_data"] = None
-    datamodule = build(cfg.datamodule, source=source, train_source=train_source)
+    datamodule = build(cfg.datamodule, source=source, train_source=train_source, train_synthesis=synthesizer)
     return datamodule, (train_source, source)
+
+
+#: Keys of a ``train_data`` config that configure synthesized defects, not the dataset
+#: (``conf/synthesis/default.yaml``, merged into every ``conf/train_data`` file).
+SYNTHESIS_KEYS = ("synthesize_anomalies", "synthesis")
+
+
+def split_synthesis(node: DictConfig) -> tuple[DictConfig, DictConfig | None]:
+    """A ``train_data`` node as (the dataset's own keys, the synthesizer's node or None when off)."""
+    # A copy keeps its parent, so interpolations (${paths.cache_dir}) and full key names still work.
+    dataset = copy.copy(node)
+    with open_dict(dataset):
+        for key in SYNTHESIS_KEYS:
+            dataset.pop(key, None)
+    enabled = node.get("synthesize_anomalies", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"train_data.synthesize_anomalies={enabled!r} must be true or false")
+    if not enabled:
+        return dataset, None
+    synthesis = node.get("synthesis")
+    if synthesis is None:
+        raise ConfigError(
+            "train_data.synthesize_anomalies=true needs train_data.synthesis (conf/synthesis/default.yaml)"
+        )
+    return dataset, synthesis

@@ -103,7 +103,7 @@ def check(overrides: list[str]) -> list[str]:
     from omegaconf import OmegaConf
 
     from anomaly_vlm.backbones.weights import resolve_weights
-    from anomaly_vlm.tasks.building import build
+    from anomaly_vlm.tasks.building import build, split_synthesis
 
     found = []
     checked: set[str] = set()
@@ -120,7 +120,10 @@ def check(overrides: list[str]) -> list[str]:
             if identity in checked:
                 continue
             checked.add(identity)
-            source = build(cfg[key])
+            node, synthesis = split_synthesis(cfg[key]) if key == "train_data" else (cfg[key], None)
+            if synthesis is not None:
+                build(synthesis)  # its options and texture files are checked here too
+            source = build(node)
             categories = source.categories
             if cfg[key].get("categories") is None:
                 check_complete(key, source, categories)

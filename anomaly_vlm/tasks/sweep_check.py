@@ -21,9 +21,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from anomaly_vlm.tasks.building import (
+    build,
     check_backbone_depths,
     check_shots_supported,
     check_training_data,
+    split_synthesis,
+    trains_on_auxiliary_data,
 )
 from anomaly_vlm.tasks.errors import USER_ERRORS
 
@@ -46,6 +49,10 @@ def check_job(cfg: DictConfig, fit: bool) -> None:
     check_shots_supported(cfg.method, cfg.shots, choices.get("method"))
     if fit:
         check_training_data(cfg, fit, choices.get("method"))
+        if cfg.train_data and trains_on_auxiliary_data(cfg):
+            _, synthesis = split_synthesis(cfg.train_data)
+            if synthesis is not None:
+                build(synthesis)  # bad train_data.synthesis options fail the sweep before any job
     check_backbone_depths(cfg, choices.get("backbone"))
 
 

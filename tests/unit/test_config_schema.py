@@ -31,7 +31,7 @@ def test_entry_configs_compose_onto_the_schema():
 
 
 def test_defaults_live_in_the_schema_only():
-    """train.yaml and evaluate.yaml hold defaults lists, no top-level values a second default could hide in."""
+    """train.yaml and evaluate.yaml hold defaults lists only: no top-level value for a second default."""
     for name in ("train.yaml", "evaluate.yaml"):
         assert set(yaml.safe_load((CONF / name).read_text())) == {"defaults"}, name
     cfg = _compose("train")
