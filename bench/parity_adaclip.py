@@ -17,6 +17,11 @@ Harness-only settings, the official code itself is used unmodified:
   ``method.adaclip`` / ``method.clip_model`` are imported as they are.
 * the official KMeans is unseeded; its ``random_state`` is set to our ``kmeans_seed`` so both sides
   cluster the same way.
+* in the training step the official in-place L2 normalisations (``x /= x.norm()``) run out of place: the
+  same values, but float32 autograd on a CPU refuses the in-place version (on the official GPU run, fp16
+  autocast normalises an fp32 copy, which is why it trains there).
+* the BPE merges file of the official tokenizer is stored with Git LFS; in a clone without ``git lfs`` it is a
+  pointer, and the official tokenizer then reads open_clip's copy of the same file (checked by sha256).
 * ``train_one_batch`` lives in the trainer; the harness restates its loss lines (batch of one image, as the
   official script requires) and calls the official ``FocalLoss`` / ``BinaryDiceLoss``.
 
@@ -67,6 +72,9 @@ MODEL = "parity-adaclip-ViT-L-14-336-small"
 LAYERS = [6, 12, 18, 24]
 SIZE = 518
 ROUNDED_TARGET = 1e-3
+EXACT = 1e-12  # quantities that must agree exactly (token ids, a gradient that must be zero)
+#: sha256 of CLIP's BPE merges file, the same in the official checkout (as a Git LFS object) and in open_clip.
+BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 
 
 def import_official(folder: Path) -> dict:
@@ -78,6 +86,8 @@ def import_official(folder: Path) -> dict:
         import loss as official_loss
         import method.adaclip as adaclip
         import method.clip_model as clip_model
+        import method.simple_tokenizer as simple_tokenizer
+    use_open_clip_bpe_if_lfs_pointer(simple_tokenizer)
     return {
         "AdaCLIP": adaclip.AdaCLIP,
         "CLIP": clip_model.CLIP,
@@ -85,6 +95,41 @@ def import_official(folder: Path) -> dict:
         "FocalLoss": official_loss.FocalLoss,
         "BinaryDiceLoss": official_loss.BinaryDiceLoss,
     }
+
+
+def use_open_clip_bpe_if_lfs_pointer(simple_tokenizer) -> None:
+    """Point the official tokenizer at open_clip's copy of the BPE merges when the checkout holds only the
+    Git LFS pointer of that file (a clone without ``git lfs``); the two files are the same bytes."""
+    import hashlib
+
+    import open_clip
+
+    bundled = Path(simple_tokenizer.default_bpe())
+    if bundled.read_bytes()[:2] == b"\x1f\x8b":  # a real gzip file: use it as it is
+        return
+    copy = Path(open_clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
+    if hashlib.sha256(copy.read_bytes()).hexdigest() != BPE_SHA256:
+        print(f"error: {bundled} is a Git LFS pointer and open_clip's copy differs; run git lfs pull there")
+        raise SystemExit(2)
+    print(f"  ({bundled.name} of the checkout is a Git LFS pointer; using open_clip's identical copy)")
+    simple_tokenizer.SimpleTokenizer.__init__.__defaults__ = (str(copy),)
+
+
+@contextlib.contextmanager
+def out_of_place_division():
+    """``x /= y`` computes ``x / y`` into a new tensor while the official training forward runs.
+
+    The official forward L2-normalises features in place (``tokens /= tokens.norm(...)``). On its GPU, under
+    fp16 autocast, the norm reads an fp32 copy, so the in-place division does not touch what autograd
+    saved; in float32 on a CPU it does, and ``backward`` refuses. The values are the same either way
+    (augmented assignment rebinds the name or list slot to the result).
+    """
+    original = torch.Tensor.__itruediv__
+    torch.Tensor.__itruediv__ = lambda self, other: self / other
+    try:
+        yield
+    finally:
+        torch.Tensor.__itruediv__ = original
 
 
 @contextlib.contextmanager
@@ -228,7 +273,9 @@ def main() -> int:
         if [key for key in missing if "attn_mask" not in key] or unexpected:
             print(f"error: state dicts disagree: missing {missing}, unexpected {unexpected}")
             return 2
-        clip.eval()
+        clip.eval().requires_grad_(
+            False
+        )  # frozen, as in the official optimiser (only the prompt side trains)
         torch.manual_seed(0)
         theirs = official["AdaCLIP"](
             freeze_clip=clip,
@@ -258,7 +305,7 @@ def main() -> int:
         normal, anomalous = prompt_set.sentences(category)
         their_tokens = theirs.text_embedding_layer.tokenize(normal + anomalous).long()
         our_tokens = backbone.tokenize(normal + anomalous).long()
-        report.add("token ids of the 48 sentences", max_abs(our_tokens, their_tokens), 0.0)
+        report.add("token ids of the 48 sentences", max_abs(our_tokens, their_tokens), EXACT)
         with torch.no_grad(), half_is_identity(not rounding):
             _, _, their_text = theirs.extract_feat(normalized[:1], [category])
         module.setup_category(category, None)
@@ -287,7 +334,7 @@ def main() -> int:
         labels = torch.ones(1)
         image = normalized[-1:]
         train_category = "candle"
-        with half_is_identity(not rounding):
+        with half_is_identity(not rounding), out_of_place_division():
             maps, score = theirs(image, [train_category], aggregation=False)
             gt = masks.clone().squeeze()
             gt[gt > 0.5], gt[gt <= 0.5] = 1, 0
@@ -315,7 +362,7 @@ def main() -> int:
             target = ROUNDED_TARGET if (rounded and rounding) else TARGET_REL
             if official_parameter.grad is None:
                 # A parameter the official forward never uses (the text static prompts of block 1).
-                report.add(f"gradient {name} (unused: zero)", float(grad.abs().max()), 0.0)
+                report.add(f"gradient {name} (unused: zero)", float(grad.abs().max()), EXACT)
                 continue
             report.add(f"gradient {name}", max_rel(grad, official_parameter.grad), target, "rel")
     print(f"  ({time.perf_counter() - started:.0f} s)")

@@ -165,8 +165,10 @@ class AdaCLIP(nn.Module):
             self.text_generator = nn.ModuleList(nn.Linear(embed, text_width) for _ in range(n))
         self.patch_projections = nn.ModuleList(nn.Linear(width, embed) for _ in self.layers)
         self.cls_projection = nn.Linear(embed, embed)
-        #: The category whose prompt ensemble scores test images (set by :meth:`set_category`).
-        self.category_text: CategoryText | None = None
+        #: The prompt ensemble that scores test images (:meth:`set_category`): token ids ``[S, L]`` and
+        #: the number of normal sentences, kept as tensors so that a saved detector carries them.
+        self.category_token_ids: Tensor | None = None
+        self.category_normal_count: Tensor | None = None
 
     # ----- frozen features ------------------------------------------------------------------------
     def feature_spec(self) -> dict[str, Any]:
@@ -287,11 +289,13 @@ class AdaCLIP(nn.Module):
             tokens.gather(1, top.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])) for tokens in patches
         ]
         joined = torch.cat(selected, dim=-1).detach().float().cpu().numpy()
+        # A grid with fewer patches than clusters (tiny inputs only) gets one cluster per patch.
+        k = min(self.k_clusters, count)
         centres = []
         for index in range(len(top)):
-            clusters = KMeans(n_clusters=self.k_clusters, n_init="auto", random_state=self.kmeans_seed)
+            clusters = KMeans(n_clusters=k, n_init="auto", random_state=self.kmeans_seed)
             labels = torch.from_numpy(np.asarray(clusters.fit_predict(joined[index]))).to(top.device)
-            members = F.one_hot(labels.long(), self.k_clusters).to(selected[0].dtype)  # [count, k]
+            members = F.one_hot(labels.long(), k).to(selected[0].dtype)  # [count, k]
             sizes = members.sum(dim=0)
             mean_over_taps = torch.stack([tokens[index] for tokens in selected]).mean(dim=0)  # [count, D]
             per_cluster = (members.T @ mean_over_taps)[sizes > 0] / sizes[sizes > 0].unsqueeze(1)
@@ -326,16 +330,24 @@ class AdaCLIP(nn.Module):
 
     # ----- test -----------------------------------------------------------------------------------
     def set_category(self, text: CategoryText | None) -> None:
-        self.category_text = text
+        """Score the following images with ``text`` (the category's prompt ensemble); None forgets it."""
+        self.category_token_ids = None if text is None else text.token_ids
+        self.category_normal_count = None if text is None else torch.tensor(text.num_normal)
+
+    @property
+    def category_text(self) -> CategoryText | None:
+        if self.category_token_ids is None or self.category_normal_count is None:
+            return None
+        return CategoryText(self.category_token_ids, int(self.category_normal_count))
 
     @torch.no_grad()
     def score(self, features: FrozenFeatures) -> Prediction:
         """Image score = HSF-fused text probability; map = softmax of the mean tap logits, anomalous
         channel, blurred. (The official ``(p_anomalous + 1 - p_normal) / 2`` is ``p_anomalous``.)"""
-        if self.category_text is None:
+        category = self.category_text
+        if category is None:
             raise RuntimeError("AdaCLIP.score needs set_category() first (the prompts name the category)")
-        count = len(features["pixels"])
-        cls, patches, logits, text = self._forward(features, [self.category_text] * count)
+        cls, patches, logits, text = self._forward(features, [category] * len(features["pixels"]))
         scores = self.image_probabilities(cls, patches, logits, text)[:, 1]
         size = (self.backbone.image_size, self.backbone.image_size)
         mean_logits = torch.stack(logits, dim=1).mean(dim=1)
