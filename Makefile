@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip bench-cache bench-export parity-venv \
-	parity-winclip parity-aprillab parity-anomalyclip parity-musc parity-promptad \
+	parity-winclip parity-aprillab parity-anomalyclip parity-adaclip parity-musc parity-promptad \
 	weights tables cache-info cache-clean clean
 
 help:  ## list the targets
@@ -86,6 +86,16 @@ parity-anomalyclip: $(STAMP)  ## AnomalyCLIP vs its official code: make parity-a
 		echo "then: make parity-anomalyclip ANOMALYCLIP_DIR=<that folder>"; exit 2; fi
 	cd bench && $(abspath $(PY)) parity_anomalyclip.py --official "$(abspath $(ANOMALYCLIP_DIR))"
 
+# The official AdaCLIP code, imported from a checkout given at run time (never vendored): same random weights
+# (a narrow ViT-L-14-336, plain GELU, 24 blocks, at 518 px) and parameters on both sides. PARITY_ARGS passes
+# options, e.g. --no-fp16-rounding.
+ADACLIP_DIR ?=
+parity-adaclip: $(STAMP)  ## AdaCLIP vs its official code: make parity-adaclip ADACLIP_DIR=<checkout>
+	@if [ -z "$(ADACLIP_DIR)" ]; then echo "ADACLIP_DIR is not set. Get the official code with"; \
+		echo "  git clone https://github.com/caoyunkang/AdaCLIP"; \
+		echo "then: make parity-adaclip ADACLIP_DIR=<that folder>"; exit 2; fi
+	cd bench && HF_HUB_OFFLINE=1 $(abspath $(PY)) parity_adaclip.py --official "$(abspath $(ADACLIP_DIR))" $(PARITY_ARGS)
+
 bench-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP forward time vs anomalib's (same weights and inputs), 0- and 4-shot
 	cd bench && PARITY_PYTHON=$(abspath $(PARITY_PY)) $(abspath $(PY)) bench_winclip.py
 
@@ -129,17 +139,18 @@ tables: $(STAMP)  ## tables + plots: make tables RESULTS="<sweep folder>..." OUT
 # keeps the published seed and is shared by the draws), then the table with the published numbers.
 # A preflight checks datasets and weights first, so a missing DATA_ROOT or weight stops in seconds.
 REPRODUCIBLE := winclip-mvtec winclip-visa aprillab-mvtec aprillab-visa anomalyclip-mvtec anomalyclip-visa \
-	musc-mvtec musc-visa promptad-mvtec promptad-visa
+	adaclip-mvtec adaclip-visa musc-mvtec musc-visa promptad-mvtec promptad-visa
 FEWSHOT_winclip := 1,2,4
 FEWSHOT_aprillab := 1,2,4
 FEWSHOT_anomalyclip :=
+FEWSHOT_adaclip :=
 FEWSHOT_musc :=
 FEWSHOT_promptad := 1,2,4
 # Methods that learn from the shots have no zero-shot row.
 FEWSHOT_ONLY := promptad
 REPRODUCE_ARGS ?=
 
-reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,musc,promptad}-{mvtec,visa}
+reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,adaclip,musc,promptad}-{mvtec,visa}
 	@case " $(REPRODUCIBLE) " in *" $* "*) ;; *) echo "unknown table '$*'; choose one of: $(REPRODUCIBLE)"; exit 2;; esac
 	$(PY) -m anomaly_vlm.tasks.preflight experiment=$(subst -,_,$*) $(REPRODUCE_ARGS)
 	$(if $(filter $(word 1,$(subst -, ,$*)),$(FEWSHOT_ONLY)),,$(PY) train.py -m experiment=$(subst -,_,$*) shots=0 \

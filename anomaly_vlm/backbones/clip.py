@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -404,6 +404,67 @@ class FrozenCLIP(nn.Module):
             layer_tokens=taps,
         )
 
+    def encode_image_prompted(
+        self,
+        images: Tensor,
+        prompts: Sequence[Tensor],
+        layers: Sequence[int] = (),
+        normalized: bool = False,
+    ) -> ImageFeatures:
+        """Encode images with learned visual prompt tokens in the first ``len(prompts)`` blocks.
+
+        ``prompts[k]`` (``[B, n, W]``, or ``[n, W]`` shared by the batch) enters block ``k + 1``
+        (1-based): before block 1 the ``n`` tokens are appended after the patch tokens; before each
+        later prompted block they replace the last ``n`` tokens of the sequence (what the previous
+        block made of the earlier prompts). After the last prompted block they stay in the sequence and
+        keep taking part in attention. Outputs never contain them: the taps are ``[B, 1 + N, W]`` (CLS
+        and patches, as :meth:`encode_image`), the pooled embedding is ``ln_post(CLS) @ proj``. This is
+        the visual deep prompting of prompt-learning methods (AdaCLIP); differentiable with respect to
+        ``prompts``.
+
+        Args:
+            images: ``[B, 3, H, W]`` in ``[0, 1]`` (or already normalised with ``normalized=True``).
+            prompts: one tensor per prompted block, all with the same number of tokens ``n >= 1``.
+            layers: blocks (1-based) whose outputs are returned in ``layer_tokens``.
+            normalized: the images are already normalised.
+        """
+        if not prompts:
+            raise ValueError("encode_image_prompted needs at least one block of prompt tokens")
+        if len(prompts) > self.num_layers:
+            raise ValueError(
+                f"{len(prompts)} blocks of visual prompts for the {self.num_layers} blocks of "
+                f"'{self.model_name}'"
+            )
+        taps = set(self.check_layers(layers))
+        x = self.ln_pre(self.embed_patches(images, normalized=normalized))
+        batch = x.shape[0]
+        count = int(prompts[0].shape[-2])
+
+        def expand(tokens: Tensor) -> Tensor:
+            if tokens.shape[-2:] != (count, x.shape[-1]):
+                raise ValueError(
+                    f"visual prompts must be [B, {count}, {x.shape[-1]}] in every block, "
+                    f"got {tuple(tokens.shape)}"
+                )
+            tokens = tokens.to(x.dtype)
+            return tokens.unsqueeze(0).expand(batch, -1, -1) if tokens.ndim == 2 else tokens
+
+        outputs: dict[int, Tensor] = {}
+        for index, block in enumerate(self.blocks, start=1):
+            if index == 1:
+                x = torch.cat([x, expand(prompts[0])], dim=1)
+            elif index <= len(prompts):
+                x = torch.cat([x[:, :-count], expand(prompts[index - 1])], dim=1)
+            x = self.run_block(block, x)
+            if index in taps:
+                outputs[index] = x[:, :-count]
+        final = self.ln_post(x[:, :-count])
+        return ImageFeatures(
+            global_embedding=final[:, 0] @ self.proj,
+            patch_tokens=final[:, 1:],
+            layer_tokens=outputs,
+        )
+
     def encode_dual_path(
         self,
         images: Tensor,
@@ -482,6 +543,62 @@ class FrozenCLIP(nn.Module):
         x = x[torch.arange(x.shape[0], device=x.device), eot]
         projection = clip.text_projection
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+    def encode_text_deep_prompted(self, token_ids: Tensor, deep_prompts: Mapping[int, Tensor]) -> Tensor:
+        """Encode tokenised sentences with learned tokens overwriting positions ``1 .. n`` in chosen blocks.
+
+        ``deep_prompts[i]`` (``[S, n, W]``, or ``[n, W]`` shared by all sentences) replaces the token
+        positions right after the start token of the input to text block ``i`` (1-based); blocks without
+        an entry run unchanged. Otherwise as CLIP's ``encode_text``: token and positional embeddings,
+        causal transformer, ``ln_final`` of the EOT token (argmax of ``token_ids``),
+        ``text_projection``. Not normalised; differentiable with respect to the prompts. This is the
+        text-side deep prompting of AdaCLIP (and, with context vectors too, of AnomalyCLIP's
+        :class:`~anomaly_vlm.prompts.learnable.LearnablePromptEncoder`).
+        """
+        clip = self.clip
+        transformer = clip.transformer
+        cast = transformer.get_cast_dtype()
+        token_ids = token_ids.to(clip.token_embedding.weight.device)
+        eot = token_ids.argmax(dim=-1)
+        counts = {int(tokens.shape[-2]) for tokens in deep_prompts.values()}
+        if deep_prompts and int(eot.min()) <= max(counts):
+            raise ValueError(
+                f"deep text prompts of {max(counts)} tokens would overwrite the end token of a sentence of "
+                f"{int(eot.min()) + 1} tokens"
+            )
+        depth = len(transformer.resblocks)
+        bad = [index for index in deep_prompts if not 1 <= int(index) <= depth]
+        if bad:
+            raise ValueError(f"deep text prompts for blocks {bad} outside 1..{depth} of '{self.model_name}'")
+        # Causal mask: nothing after the last EOT reaches an EOT output, so the sequences are cut there.
+        length = int(eot.max()) + 1
+        x = clip.token_embedding(token_ids[:, :length]).to(cast) + clip.positional_embedding[:length].to(cast)
+        mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+        seq_first = not getattr(transformer, "batch_first", True)
+        for index, block in enumerate(transformer.resblocks, start=1):
+            tokens = deep_prompts.get(index)
+            if tokens is not None:
+                tokens = tokens.to(x.dtype)
+                if tokens.ndim == 2:
+                    tokens = tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
+                x = torch.cat([x[:, :1], tokens, x[:, 1 + tokens.shape[1] :]], dim=1)
+            if seq_first:
+                x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+            else:
+                x = block(x, attn_mask=mask)
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        projection = clip.text_projection
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+    @property
+    def text_width(self) -> int:
+        """Residual-stream width of the text transformer."""
+        return int(self.clip.ln_final.weight.shape[0])
+
+    @property
+    def text_num_layers(self) -> int:
+        return len(self.clip.transformer.resblocks)
 
     def tokenize(self, prompts: Sequence[str]) -> Tensor:
         return self.tokenizer(list(prompts))

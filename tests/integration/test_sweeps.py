@@ -210,6 +210,8 @@ def test_reproduce_without_data_fails_fast(tmp_path: Path) -> None:
         "aprillab-visa",
         "anomalyclip-mvtec",
         "anomalyclip-visa",
+        "adaclip-mvtec",
+        "adaclip-visa",
         "anomalyclip-zeroshot-suite",
         "aprillab-zeroshot-suite",
     ],

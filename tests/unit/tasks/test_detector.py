@@ -20,6 +20,7 @@ TINY = {
     "winclip": (1, ()),
     "aprillab": (1, ()),
     "anomalyclip": (0, ("method.layers=[8]", "prompts.deep_prompt_depth=4")),
+    "adaclip": (0, ("method.blur_sigma=1.0",)),
 }
 
 
@@ -48,6 +49,7 @@ def saved_run(tmp_path_factory):
         "winclip",
         pytest.param("aprillab", marks=pytest.mark.slow),
         pytest.param("anomalyclip", marks=pytest.mark.slow),
+        pytest.param("adaclip", marks=pytest.mark.slow),
     ],
 )
 def test_loaded_detector_reproduces_the_run(saved_run, method):
