@@ -195,6 +195,7 @@ class Detector:
             text_cache_dir=None,
         )
         method.to(device).eval()
+        method.prepare_saved_category(str(meta["category"]))
         load_category_state(method, torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False))
         return cls(method, meta, config, folder)
 

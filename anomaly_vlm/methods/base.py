@@ -142,6 +142,13 @@ class AnomalyMethod(L.LightningModule):
         """Get ready to score ``category`` (text classifier, few-shot memory from ``reference_images``)."""
         raise NotImplementedError
 
+    def prepare_saved_category(self, category: str) -> None:
+        """Build the per-category modules a saved detector's state is loaded into (nothing by default).
+
+        A method that creates modules while it sets a category up (PromptAD's prompt learners) creates
+        them here, untrained, so ``Detector.load`` can put the saved values back without the references.
+        """
+
     def predict_images(self, images: Tensor) -> Prediction:
         """Score ``[B, 3, H, W]`` images as one set, before any set-level post-processing."""
         features = self.frozen_features(images)

@@ -123,5 +123,8 @@ class PromptADModule(AnomalyMethod):
             with torch.enable_grad():
                 self.training_history[category] = self.model.fit_category(category, features)
 
+    def prepare_saved_category(self, category: str) -> None:
+        self.model.prepare_category(category)
+
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {**super().checkpoint_metadata(), "prompt_fingerprint": self.prompts.fingerprint()}

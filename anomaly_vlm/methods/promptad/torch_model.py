@@ -415,6 +415,13 @@ class PromptADModel(nn.Module):
         self.category = category
         return histories
 
+    def prepare_category(self, category: str) -> None:
+        """Untrained learners of both branches for ``category``: the structure a saved detector's learned
+        prompts, text classifiers and memory are loaded into."""
+        for branch in BRANCHES:
+            self.learners[branch] = self.new_learner(category, branch)
+        self.category = category
+
     # ----- scoring ------------------------------------------------------------------------------------
     def _grid(self, values: Tensor) -> Tensor:
         side_h, side_w = self.backbone.grid_size
