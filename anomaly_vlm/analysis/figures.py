@@ -60,6 +60,11 @@ def metric_title(metric: str) -> str:
     return TITLES.get(metric) or EFFICIENCY_TITLES.get(metric, metric)
 
 
+def axis_title(metric: str) -> str:
+    """The y-axis title: metrics in percent, efficiency figures in their own unit."""
+    return f"{TITLES[metric]} (%)" if metric in TITLES else metric_title(metric)
+
+
 @dataclass
 class FigureOutput:
     """A written figure: the PNG, its provenance JSON, the title and the dimensions it names."""
@@ -218,7 +223,7 @@ def line_figure(
             axis.set_xscale("log", base=2)
             axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_xlabel(x_label or label_of(x))
-        axis.set_ylabel(f"{metric_title(metric)} (%)")
+        axis.set_ylabel(axis_title(metric))
         axis.set_title(metric_title(metric), fontsize=10)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)

@@ -11,6 +11,7 @@ import os
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +107,18 @@ class Record:
         value = (self.run.get("efficiency") or {}).get(key)
         return None if value is None else float(value)
 
+    def measure(self, name: str) -> float | None:
+        """A metric in percent, or an efficiency figure (``ms_per_image``, ...) as recorded."""
+        if name in ((self.run.get("metrics") or {}).get("mean") or {}):
+            return self.metric(name)
+        return self.efficiency(name)
+
     def fields(self) -> dict[str, str]:
         """Every value that can set this run apart from another configuration (JSON text per key)."""
+        return self._fields
+
+    @cached_property
+    def _fields(self) -> dict[str, str]:
         flat = config_fields(self.run)
         for key in TOP_LEVEL:
             flat[key] = json.dumps(self.run.get(key), sort_keys=True, default=str)
@@ -184,7 +195,7 @@ class Cell:
     records: list[Record]
 
     def values(self, metric: str) -> list[float]:
-        return [v for record in self.records if (v := record.metric(metric)) is not None]
+        return [v for record in self.records if (v := record.measure(metric)) is not None]
 
     def efficiency_values(self, key: str) -> list[float]:
         return [v for record in self.records if (v := record.efficiency(key)) is not None]

@@ -9,6 +9,7 @@ overrides, appended to every sweep.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import subprocess
@@ -17,6 +18,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from anomaly_vlm.reporting.results import RESULTS_FILE, read_results
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ class SweepOutcome:
     returncode: int
     seconds: float
     log_tail: str = ""
+    up_to_date: bool = False
 
     @property
     def ok(self) -> bool:
@@ -83,6 +90,45 @@ def sweep_command(sweep: Sweep, scale: str, extra: Sequence[str] = ()) -> list[s
     ]
 
 
+def _task_overrides(extra: Sequence[str]) -> list[str]:
+    """The overrides of ``extra`` that reach the jobs' configs (launcher settings do not)."""
+    return [item for item in extra if not item.lstrip("+~").startswith("hydra")]
+
+
+def expected_jobs(sweep: Sweep, scale: str, extra: Sequence[str] = ()) -> list[frozenset[str]]:
+    """The task overrides of every job of the sweep, as Hydra's basic sweeper expands them."""
+    parser = OverridesParser.create()
+    lines = [*sweep.overrides, f"sweep_name={sweep.folder_name(scale)}", *_task_overrides(extra)]
+    choices = []
+    for override in parser.parse_overrides(lines):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    return [frozenset(combination) for combination in itertools.product(*choices)]
+
+
+def finished_jobs(folder: Path) -> list[frozenset[str]]:
+    """The task overrides of every job below ``folder`` whose results.json is complete."""
+    done = []
+    for results in folder.glob(f"*/{RESULTS_FILE}"):
+        overrides = results.parent / ".hydra" / "overrides.yaml"
+        if overrides.is_file() and read_results(results) is not None:
+            done.append(frozenset(yaml.safe_load(overrides.read_text()) or []))
+    return done
+
+
+def is_up_to_date(sweep: Sweep, scale: str, output_root: str | Path, extra: Sequence[str] = ()) -> bool:
+    """Whether every job of the sweep has a complete results.json already (then train.py need not start:
+    it would only skip them all)."""
+    folder = sweep_folder(sweep, scale, output_root)
+    if not folder.is_dir():
+        return False
+    done = finished_jobs(folder)
+    return all(any(job <= finished for finished in done) for job in expected_jobs(sweep, scale, extra))
+
+
 def run_sweep(
     sweep: Sweep, scale: str, output_root: str | Path, extra: Sequence[str] = (), quiet: bool = False
 ) -> SweepOutcome:
@@ -95,6 +141,9 @@ def run_sweep(
         extra: launcher and other overrides appended to the command.
         quiet: keep the sweep's output (shown only when it fails).
     """
+    if is_up_to_date(sweep, scale, output_root, extra):
+        print(f"[analysis] sweep {sweep.folder_name(scale)}: every job finished already", flush=True)
+        return SweepOutcome(sweep, sweep_folder(sweep, scale, output_root), 0, 0.0, up_to_date=True)
     command = [*sweep_command(sweep, scale, extra), f"paths.output_root={output_root}"]
     env = {**os.environ, **sweep.env}
     # The jobs import this checkout's package, whatever is installed.
