@@ -42,8 +42,8 @@ DIMENSION_LABELS = {
     "train_dataset": "training data",
     "shots": "shots",
     "backbone.image_size": "input size (px)",
-    "method.stages": "tap blocks",
-    "method.layers": "tap blocks",
+    "method.stages": "stages (tap blocks)",
+    "method.layers": "layers (tap blocks)",
     "prompts.ablation": "prompt ablation",
     "method.text_aggregation": "text aggregation",
     "data.categories": "test categories",
@@ -97,6 +97,21 @@ class Record:
         if key in TOP_LEVEL or key in REPLICATE_KEYS:
             return self.run.get(key)
         return config_value(self.run.get("config") or {}, key)
+
+    def has(self, key: str) -> bool:
+        """Whether the run has the dimension at all (a config key of another method has none)."""
+        if key in TOP_LEVEL or key in REPLICATE_KEYS:
+            return True
+        node: Any = self.run.get("config") or {}
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    def display(self, key: str) -> str:
+        """The value as a table or legend shows it: ``—`` where the run has no such key."""
+        return format_value(self.value(key)) if self.has(key) else "—"
 
     def metric(self, name: str) -> float | None:
         """A mean metric in percent (None when the job has none, e.g. pixel metrics without masks)."""
@@ -245,7 +260,7 @@ def group_by(records: Sequence[Record], keys: Sequence[str]) -> dict[tuple, list
 
 def describe(record: Record, keys: Sequence[str]) -> str:
     """``"method=aprillab, tap blocks=[2]"``: the values of ``keys`` for a legend or a table row."""
-    return ", ".join(f"{label_of(key)}={format_value(record.value(key))}" for key in keys)
+    return ", ".join(f"{label_of(key)}={record.display(key)}" for key in keys if record.has(key))
 
 
 def format_value(value: Any) -> str:

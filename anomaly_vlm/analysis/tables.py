@@ -12,7 +12,6 @@ from anomaly_vlm.analysis.records import (
     Record,
     complete_dimensions,
     configurations,
-    format_value,
     label_of,
 )
 from anomaly_vlm.reporting.console import METRIC_HEADERS
@@ -82,7 +81,7 @@ def write_table(
     rows, csv_rows, sources = [], [], []
     for cell in cells:
         first = cell.records[0]
-        dims = [format_value(first.value(key)) for key in keys]
+        dims = [first.display(key) for key in keys]
         row = [*dims, *(_cell_text(cell, m) for m in metrics)]
         line: list[str] = [*dims]
         for metric in metrics:
