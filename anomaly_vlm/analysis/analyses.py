@@ -189,6 +189,7 @@ class LayersAnalysis(Analysis):
                 x_of=block_of,
                 x_keys=sorted(set(TAP_KEYS.values())),
                 x_label="tap block (single)",
+                reference_label="published combination (method default)",
                 metrics=metrics,
                 legend=["method"],
                 title=f"Layers: {kind} metrics vs tap block (one line per method)",

@@ -135,6 +135,7 @@ def line_figure(
     replicate: str = "replicates",
     x_keys: Sequence[str] | None = None,
     x_label: str | None = None,
+    reference_label: str | None = None,
 ) -> FigureOutput | None:
     """Metric vs ``x``, one line per series, shaded mean ± std where a point has several replicates.
 
@@ -153,6 +154,7 @@ def line_figure(
         replicate: what the spread is taken over, for the caption ("reference draws").
         x_keys: the dimensions the x axis encodes (default ``[x]``), e.g. the tap-block keys of methods.
         x_label: the x axis title (default: the name of ``x``).
+        reference_label: what the dashed lines are, for the legend (default: their x values).
     """
     records = list(records)
     if not records:
@@ -204,7 +206,7 @@ def line_figure(
                     linestyle="--",
                     color=colour,
                     alpha=0.8,
-                    label=f"{label}: {x_label or label_of(x)}={value}",
+                    label=f"{label}: {reference_label or f'{x_label or label_of(x)}={value}'}",
                 )
                 colour = colour or line.get_color()
                 provenance.add(
@@ -226,7 +228,7 @@ def line_figure(
         axis.set_ylabel(axis_title(metric))
         axis.set_title(metric_title(metric), fontsize=10)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     full_title = _full_title(title, records, [x_label or x, *series_keys], _std_text(max_n, replicate))
     figure.suptitle(full_title, fontsize=10)
     provenance.title = full_title
