@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from anomaly_vlm.analysis.analyses import ANALYSES, PromptsAnalysis, domain_of
+from anomaly_vlm.analysis.analyses import ANALYSES, PUBLISHED_AGGREGATION, PromptsAnalysis, domain_of
 from anomaly_vlm.analysis.figures import pareto_front
 from anomaly_vlm.analysis.records import complete_dimensions, configurations, load_records
 from anomaly_vlm.analysis.run import analysis_records, run_analyses
@@ -103,19 +104,30 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def test_prompt_conditions_put_the_full_set_under_its_aggregation_too(results):
-    full = results.write(
-        "prompts-winclip", method="winclip", score=0.6,
-        config={"prompts.ablation": "full", "method.text_aggregation": "raw_mean"},
-    )  # fmt: skip
-    flipped = results.write(
-        "prompts-winclip-aggregation", method="winclip", score=0.62,
-        config={"prompts.ablation": "full", "method.text_aggregation": "normalized_mean"},
-    )  # fmt: skip
+    def write(ablation: str, aggregation: str):
+        return results.write(
+            "prompts-winclip", method="winclip", score=0.6,
+            config={"prompts.ablation": ablation, "method.text_aggregation": aggregation},
+        )  # fmt: skip
+
+    full, flipped = write("full", "raw_mean"), write("full", "normalized_mean")
+    states, states_flipped = write("states_only", "raw_mean"), write("states_only", "normalized_mean")
     learned = results.write("prompts-anomalyclip", method="anomalyclip", score=0.7)
     by_path = {r.path.resolve(): r for r in load_records([results.root])}
-    assert PromptsAnalysis.conditions(by_path[full.resolve()]) == ["full ensemble", "raw mean"]
-    assert PromptsAnalysis.conditions(by_path[flipped.resolve()]) == ["normalised mean"]
-    assert PromptsAnalysis.conditions(by_path[learned.resolve()]) == ["learned prompts"]
+
+    def conditions(path):
+        return PromptsAnalysis.conditions(by_path[path.resolve()])
+
+    assert conditions(full) == ["full ensemble", "raw mean"]  # WinCLIP's published aggregation
+    assert conditions(flipped) == ["normalised mean"]
+    assert conditions(states) == ["states only"] and conditions(states_flipped) == []
+    assert conditions(learned) == ["learned prompts"]
+
+
+def test_published_aggregations_are_the_method_defaults():
+    for method, aggregation in PUBLISHED_AGGREGATION.items():
+        spec = yaml.safe_load((CONF / "method" / f"{method}.yaml").read_text())
+        assert spec["method"]["text_aggregation"] == aggregation
 
 
 def test_crossdomain_heatmap_cells_are_train_by_test(results, tmp_path):
