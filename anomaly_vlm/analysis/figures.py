@@ -355,7 +355,8 @@ def heatmap_figure(
                     axis.text(j, i, f"{matrix[i, j]:.1f}", ha="center", va="center", fontsize=8, color=shade)
                 if rows[i] == columns[j]:
                     axis.add_patch(
-                        plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5)
+                        # inset, so neighbouring cells do not look outlined too
+                        plt.Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, edgecolor="red", lw=2)
                     )
         axis.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
         axis.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -365,9 +366,9 @@ def heatmap_figure(
         figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label=f"{metric_title(metric)} (%)")
     full_title = (
         f"{title}\n{metric_title(metric)} (%), rows: {row_label}, columns: {column_label}; panels: "
-        f"{', '.join(label_of(k) for k in panels_keys)}; red box: trained and tested on the same data"
+        f"{', '.join(label_of(k) for k in panels_keys)}\nred box: trained and tested on the same data"
     )
-    constant = subtitle(records, ["dataset", "train_dataset", "data.categories", *panels_keys])
+    constant = subtitle(records, ["data.categories", *panels_keys])
     if constant:
         full_title += f"\n{constant}"
     figure.suptitle(full_title, fontsize=9)
