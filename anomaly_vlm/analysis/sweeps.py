@@ -10,6 +10,7 @@ overrides, appended to every sweep.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import subprocess
@@ -95,6 +96,15 @@ def _task_overrides(extra: Sequence[str]) -> list[str]:
     return [item for item in extra if not item.lstrip("+~").startswith("hydra")]
 
 
+def canonical(lines: Sequence[str]) -> frozenset[str]:
+    """Overrides as ``key=<JSON of the parsed value>``: Hydra writes a job's ``false`` back as ``False``."""
+    parser = OverridesParser.create()
+    return frozenset(
+        f"{override.get_key_element()}={json.dumps(override.value(), sort_keys=True, default=str)}"
+        for override in parser.parse_overrides(list(lines))
+    )
+
+
 def expected_jobs(sweep: Sweep, scale: str, extra: Sequence[str] = ()) -> list[frozenset[str]]:
     """The task overrides of every job of the sweep, as Hydra's basic sweeper expands them."""
     parser = OverridesParser.create()
@@ -106,7 +116,7 @@ def expected_jobs(sweep: Sweep, scale: str, extra: Sequence[str] = ()) -> list[f
             choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
             choices.append([override.input_line])
-    return [frozenset(combination) for combination in itertools.product(*choices)]
+    return [canonical(combination) for combination in itertools.product(*choices)]
 
 
 def finished_jobs(folder: Path) -> list[frozenset[str]]:
@@ -115,7 +125,7 @@ def finished_jobs(folder: Path) -> list[frozenset[str]]:
     for results in folder.glob(f"*/{RESULTS_FILE}"):
         overrides = results.parent / ".hydra" / "overrides.yaml"
         if overrides.is_file() and read_results(results) is not None:
-            done.append(frozenset(yaml.safe_load(overrides.read_text()) or []))
+            done.append(canonical(yaml.safe_load(overrides.read_text()) or []))
     return done
 
 

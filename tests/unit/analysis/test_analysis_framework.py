@@ -216,3 +216,20 @@ def test_every_sweep_composes(scale, monkeypatch):
                 cfg = compose("train", overrides=overrides)
                 assert cfg.method is not None, sweep.part
     assert len(seen) >= 15
+
+
+def test_a_sweep_is_up_to_date_only_when_every_job_has_finished(results):
+    from anomaly_vlm.analysis.sweeps import Sweep, is_up_to_date
+
+    path = results.write("x", method="clip", score=0.5)
+    # Hydra writes a job's overrides back in its own spelling (false -> False, lists with spaces).
+    (path.parent / ".hydra").mkdir()
+    (path.parent / ".hydra" / "overrides.yaml").write_text(
+        "- feature_cache.enabled=False\n- data.categories=[disc, nut]\n- seed=0\n"
+        "- sweep_name=analysis-tiny-x\n- paths.output_root=outputs\n"
+    )
+    base = ("feature_cache.enabled=false", "data.categories=[disc,nut]")
+    assert is_up_to_date(Sweep("x", (*base, "seed=0")), "tiny", results.root)
+    assert not is_up_to_date(Sweep("x", (*base, "seed=0,1")), "tiny", results.root)  # a new job
+    assert not is_up_to_date(Sweep("x", ("feature_cache.enabled=true", "seed=0")), "tiny", results.root)
+    assert not is_up_to_date(Sweep("x", (*base, "seed=0")), "tiny", results.root, ["trainer.max_epochs=2"])
