@@ -97,7 +97,11 @@ def run_analyses(
         section = render(name, scale, output_root, out)
         folder = out / scale / name
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "manifest.json").write_text(
+        manifest = folder / "manifest.json"
+        if not run and manifest.is_file():
+            # A redraw keeps the record of the sweeps that produced the results.
+            entries = json.loads(manifest.read_text()).get("sweeps", [])
+        manifest.write_text(
             json.dumps(
                 {
                     "analysis": name,
