@@ -103,7 +103,7 @@ def series_dimensions(records: Sequence[Record], axes: Sequence[str], legend: Se
 def _save(figure, target: Path, provenance: Provenance, dimensions: list[str]) -> FigureOutput:
     target.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(target, dpi=110)
+    figure.savefig(target, dpi=110, bbox_inches="tight")  # legends placed beside the axes stay in
     plt.close(figure)
     meta = target.with_suffix(".json")
     meta.write_text(
@@ -402,7 +402,12 @@ def pareto_figure(
         return None
     series_keys = series_dimensions(records, [], legend)
     provenance = Provenance(title)
-    figure, axes = plt.subplots(1, len(costs), figsize=(5.0 * len(costs), 4.6), squeeze=False)
+    # Two panels per row, one legend for all beside the last: per-panel legends squeezed the axes.
+    rows = math.ceil(len(costs) / 2)
+    figure, grid = plt.subplots(rows, 2, figsize=(13.0, 4.2 * rows + 0.8), squeeze=False)
+    axes = [list(grid.flatten()[: len(costs)])]
+    for spare in grid.flatten()[len(costs) :]:
+        spare.set_visible(False)
     markers = "osD^v<>pP*h"
     for axis, cost in zip(axes[0], costs, strict=True):
         scale = EFFICIENCY_SCALE.get(cost, 1.0)
@@ -427,12 +432,18 @@ def pareto_figure(
         if front:
             fx, fy = zip(*front, strict=True)
             axis.step(fx, fy, where="post", color="black", linewidth=1, alpha=0.7, label="Pareto front")
-        axis.set_xscale("log")
-        axis.set_xlabel(f"{metric_title(cost)} (log)")
+        values = [x for x, _ in everything]
+        if values and max(values) > 10 * min(values):
+            axis.set_xscale("log")
+            axis.set_xlabel(f"{metric_title(cost)} (log)")
+        else:  # under a decade a log axis labels every minor tick, and the labels overlap
+            axis.ticklabel_format(axis="x", style="plain", useOffset=False)
+            axis.set_xlabel(metric_title(cost))
         axis.set_ylabel(f"{metric_title(metric)} (%)")
         axis.grid(alpha=0.3)
         axis.set_title(f"vs {metric_title(cost)}", fontsize=9)
-        axis.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     full_title = _full_title(title, records, ["cost", *series_keys], "mean over seeds")
     figure.suptitle(full_title, fontsize=10)
     provenance.title = full_title
