@@ -105,7 +105,8 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: json.dumps(config, sort_keys=True, default=str)}
 
 
-def _config_fields(run: dict) -> dict[str, str]:
+def config_fields(run: dict) -> dict[str, str]:
+    """The config values of a run that can make it a different configuration (flattened, as JSON text)."""
     config = run.get("config") or {}
     output_dir = str((config.get("paths") or {}).get("output_dir") or "") or None
     return {
@@ -159,7 +160,7 @@ def _variants(runs: list[tuple[tuple, dict]]) -> list[str]:
     Two sweeps that differ only in e.g. ``data.categories`` or ``trainer.max_epochs`` have the same
     method/backbone/prompts/shots; without this they would be averaged into one row.
     """
-    fields = [_config_fields(run) for _, run in runs]
+    fields = [config_fields(run) for _, run in runs]
     by_key: dict[tuple, list[int]] = defaultdict(list)
     for index, (key, _) in enumerate(runs):
         by_key[key].append(index)

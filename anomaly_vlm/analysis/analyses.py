@@ -1,0 +1,624 @@
+"""The paper's analyses: what each sweeps (per scale) and the tables and figures it draws from the results.
+
+Two scales: ``tiny`` runs offline on a CPU in minutes (the tiny random CLIP, the synthetic dataset, short
+training), ``published`` is the published setting of every method (its experiment file: weights, input
+size, MVTec AD / VisA under ``DATA_ROOT``). Everything but the sweeps is the same at both scales.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anomaly_vlm.analysis.figures import (
+    FigureOutput,
+    bar_figure,
+    heatmap_figure,
+    line_figure,
+    pareto_figure,
+)
+from anomaly_vlm.analysis.records import Record, format_value
+from anomaly_vlm.analysis.sweeps import Sweep
+from anomaly_vlm.analysis.tables import Table, write_table
+from anomaly_vlm.reporting.runs import load_published, published_value
+
+SCALES = ("tiny", "published")
+IMAGE_METRICS = ("image_auroc", "image_ap")
+PIXEL_METRICS = ("pixel_auroc", "pixel_aupro")
+MAIN_METRICS = ("image_auroc", "pixel_auroc")
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+#: Tiny scale: one synthetic object is the test set of every method, so all methods are compared on the
+#: same images; the trained methods learn on the three textures (their test splits, as in the
+#: cross-dataset protocol). One training epoch: these runs prove the analysis, not the methods.
+TINY_TEST = "data.categories=[disc]"
+TINY_TRAIN = "train_data.categories=[brick,grass,gravel]"
+TINY_COMMON = ("logger=none", "num_overlays=0", "datamodule.num_workers=0", TINY_TEST)
+
+#: Per method and scale, the overrides of its standard setting.
+METHOD_SETUPS: dict[str, dict[str, tuple[str, ...]]] = {
+    "clip": {
+        "tiny": ("experiment=demo", "method=clip", *TINY_COMMON),
+        "published": ("method=clip", "data=mvtec"),
+    },
+    "winclip": {
+        "tiny": ("experiment=demo", "method=winclip", *TINY_COMMON),
+        "published": ("experiment=winclip_mvtec",),
+    },
+    "aprillab": {
+        "tiny": ("experiment=aprillab_synthetic", "trainer.max_epochs=1", TINY_TRAIN, *TINY_COMMON),
+        "published": ("experiment=aprillab_mvtec",),
+    },
+    "anomalyclip": {
+        "tiny": ("experiment=anomalyclip_synthetic", "trainer.max_epochs=1", TINY_TRAIN, *TINY_COMMON),
+        "published": ("experiment=anomalyclip_mvtec",),
+    },
+    "musc": {
+        "tiny": ("experiment=musc_synthetic", *TINY_COMMON),
+        "published": ("experiment=musc_mvtec",),
+    },
+    "promptad": {
+        "tiny": ("experiment=promptad_synthetic", *TINY_COMMON),
+        "published": ("experiment=promptad_mvtec",),
+    },
+}
+
+#: Vision blocks of the backbones the methods use at each scale (tiny: 8; ViT-L-14-336: 24).
+DEPTH = {"tiny": 8, "published": 24}
+
+
+#: Zero-shot jobs: the reference draw is pinned, so a method that sweeps its draws by default (APRIL-GAN)
+#: runs one job, not one per draw.
+ZERO_SHOT = ("shots=0", "reference_seed=0")
+
+
+def setup(method: str, scale: str) -> tuple[str, ...]:
+    return METHOD_SETUPS[method][scale]
+
+
+def sweep_list(values: Sequence[object]) -> str:
+    """A Hydra sweep over values (lists written ``[a,b]``, None as ``null``)."""
+
+    def one(value: object) -> str:
+        if value is None:
+            return "null"
+        if isinstance(value, list | tuple):
+            return "[" + ",".join(str(item) for item in value) + "]"
+        return str(value)
+
+    return ",".join(one(value) for value in values)
+
+
+@dataclass
+class Section:
+    """What an analysis adds to the report: its figures, tables and notes."""
+
+    name: str
+    title: str
+    description: str
+    figures: list[FigureOutput] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+
+
+class Analysis:
+    """An analysis: its sweeps at a scale and how its results become tables and figures."""
+
+    name = ""
+    title = ""
+    description = ""
+
+    def sweeps(self, scale: str) -> list[Sweep]:
+        raise NotImplementedError
+
+    def render(self, records: list[Record], out: Path, scale: str) -> Section:
+        raise NotImplementedError
+
+    def parts(self, scale: str) -> list[str]:
+        return [sweep.part for sweep in self.sweeps(scale)]
+
+    def section(self) -> Section:
+        return Section(self.name, self.title, self.description)
+
+
+def _env(scale: str) -> dict[str, str]:
+    return dict(OFFLINE) if scale == "tiny" else {}
+
+
+# ----- layers ----------------------------------------------------------------------------------------------
+#: Per multi-layer method: the config key of its tap blocks and whether its published combination is a
+#: list of several blocks (``null`` = the method default) or the last block alone (AnomalyCLIP: [24]).
+TAP_KEYS = {"aprillab": "method.stages", "anomalyclip": "method.layers", "musc": "method.layers"}
+
+
+def layer_blocks(scale: str) -> list[int]:
+    """Single blocks swept: every second block of the tiny backbone (its scaled taps 2/4/6/8), every third
+    of ViT-L (3 ... 24, with the published 6/12/18/24)."""
+    step = 2 if scale == "tiny" else 3
+    return list(range(step, DEPTH[scale] + 1, step))
+
+
+class LayersAnalysis(Analysis):
+    name = "layers"
+    title = "Feature extraction: which blocks"
+    description = (
+        "Each single tap block against the published combination, zero-shot, for the multi-layer methods "
+        "(APRIL-GAN's projected stages, AnomalyCLIP's DPAM patch embeddings, MuSc's aggregated patch "
+        "tokens). The published combination is a dashed line of the method's colour (APRIL-GAN, MuSc: "
+        "blocks 6/12/18/24 scaled to the depth); AnomalyCLIP's published setting is the last block alone, "
+        "so it is the last point of its line. WinCLIP is not included: its window embeddings need the "
+        "whole transformer, and its few-shot patch branch reads the last block only (no block option)."
+    )
+
+    def sweeps(self, scale: str) -> list[Sweep]:
+        blocks = [[block] for block in layer_blocks(scale)]
+        sweeps = []
+        for method, key in TAP_KEYS.items():
+            combination = [] if method == "anomalyclip" else [None]
+            sweeps.append(
+                Sweep(
+                    f"layers-{method}",
+                    (*setup(method, scale), *ZERO_SHOT, f"{key}={sweep_list([*blocks, *combination])}"),
+                    _env(scale),
+                )
+            )
+        return sweeps
+
+    @staticmethod
+    def taps(record: Record) -> list[int] | None:
+        return record.value(TAP_KEYS.get(str(record.value("method")), "method.layers"))
+
+    def render(self, records: list[Record], out: Path, scale: str) -> Section:
+        section = self.section()
+        records = [r for r in records if r.value("method") in TAP_KEYS]
+
+        def block_of(record: Record) -> float | None:
+            taps = self.taps(record)
+            return float(taps[0]) if taps and len(taps) == 1 else None
+
+        def is_combination(record: Record) -> bool:
+            taps = self.taps(record)
+            return taps is None or len(taps) > 1
+
+        for metrics, kind in ((IMAGE_METRICS, "image"), (PIXEL_METRICS, "pixel")):
+            figure = line_figure(
+                records,
+                x="tap",
+                x_of=block_of,
+                x_keys=sorted(set(TAP_KEYS.values())),
+                x_label="tap block (single)",
+                reference_label="published combination (method default)",
+                metrics=metrics,
+                legend=["method"],
+                title=f"Layers: {kind} metrics vs tap block (one line per method)",
+                target=out / "figures" / f"layers_{kind}.png",
+                reference_line=is_combination,
+            )
+            if figure:
+                section.figures.append(figure)
+        table = write_table(
+            records,
+            keys=["method", "method.stages", "method.layers"],
+            metrics=[*IMAGE_METRICS, *PIXEL_METRICS],
+            title="Layers: metrics per tap block",
+            stem=out / "layers",
+            sort_key=lambda r: (str(r.value("method")), block_of(r) or 1e9),
+        )
+        if table:
+            section.tables.append(table)
+        section.records = records
+        return section
+
+
+# ----- shots ------------------------------------------------------------------------------------------------
+SHOT_METHODS = ("winclip", "aprillab", "promptad")
+FEW_SHOT_ONLY = ("promptad",)
+SHOTS = (1, 2, 4, 8)
+#: Reference draws per few-shot setting (tiny: two, enough for a spread band on a CPU).
+DRAWS = {"tiny": (0, 1), "published": (0, 1, 2)}
+
+
+class ShotsAnalysis(Analysis):
+    name = "shots"
+    title = "Zero- vs few-shot"
+    description = (
+        "0/1/2/4/8 normal reference images for the few-shot methods, over three reference draws "
+        "(reference_seed 0, 1, 2): the line is the mean, the band ± one standard deviation over the draws. "
+        "Crosses are the published numbers for the same method, dataset and shots (published.json); a "
+        "dataset without published numbers (the synthetic one) has none."
+    )
+
+    def sweeps(self, scale: str) -> list[Sweep]:
+        sweeps = []
+        for method in SHOT_METHODS:
+            base = (*setup(method, scale),)
+            if method not in FEW_SHOT_ONLY:
+                sweeps.append(Sweep(f"shots-{method}-zero", (*base, *ZERO_SHOT), _env(scale)))
+            sweeps.append(
+                Sweep(
+                    f"shots-{method}",
+                    (*base, f"shots={sweep_list(SHOTS)}", f"reference_seed={sweep_list(DRAWS[scale])}"),
+                    _env(scale),
+                )
+            )
+        return sweeps
+
+    def render(self, records: list[Record], out: Path, scale: str) -> Section:
+        section = self.section()
+        published = load_published()
+
+        def paper(record: Record, metric: str) -> list[tuple[float, float]]:
+            points = []
+            for shots in (0, *SHOTS):
+                value, _ = published_value(
+                    published, str(record.value("method")), str(record.value("dataset")), shots, metric
+                )
+                if value is not None:
+                    points.append((float(shots), value))
+            return points
+
+        metrics = (*MAIN_METRICS, "pixel_aupro")
+        figure = line_figure(
+            records,
+            x="shots",
+            metrics=metrics,
+            legend=["method"],
+            title="Shots: metric vs normal reference images",
+            target=out / "figures" / "shots.png",
+            published=paper,
+            replicate="reference draws",
+        )
+        if figure:
+            section.figures.append(figure)
+            if not any("published" in point for point in _points(figure)):
+                section.notes.append(
+                    f"No published numbers exist for dataset "
+                    f"{sorted({str(r.value('dataset')) for r in records})}: no crosses drawn."
+                )
+        table = write_table(
+            records,
+            keys=["method", "shots"],
+            metrics=[*IMAGE_METRICS, *PIXEL_METRICS],
+            title="Shots: metrics per method and shots (over reference draws)",
+            stem=out / "shots",
+            sort_key=lambda r: (str(r.value("method")), int(r.value("shots") or 0)),
+        )
+        if table:
+            section.tables.append(table)
+        section.records = records
+        return section
+
+
+def _points(figure: FigureOutput) -> list[dict]:
+    import json
+
+    return json.loads(figure.provenance.read_text())["points"]
+
+
+# ----- resolution and efficiency ----------------------------------------------------------------------
+RESOLUTION_METHODS = ("clip", "winclip", "aprillab", "musc")
+#: Input sizes per scale and patch size: multiples of the patch (16 px for ViT-B-16 models, 14 px for
+#: ViT-L-14) around the published 240 / 336 / 448 / 518.
+SIZES = {
+    "tiny": {16: (64, 96, 128)},
+    "published": {16: (240, 336, 448, 512), 14: (224, 336, 448, 518)},
+}
+PATCH = {"clip": 16, "winclip": 16, "promptad": 16, "aprillab": 14, "anomalyclip": 14, "musc": 14}
+#: Latency is measured on the model, so no job reads features from the cache.
+UNCACHED = "feature_cache.enabled=false"
+
+
+def sizes_for(method: str, scale: str) -> tuple[int, ...]:
+    table = SIZES[scale]
+    return table.get(PATCH[method], next(iter(table.values())))
+
+
+class ResolutionAnalysis(Analysis):
+    name = "resolution"
+    title = "Input size: accuracy and latency"
+    description = (
+        "Input sizes (the positional embedding interpolated to each) against accuracy and latency per "
+        "method, zero-shot. Latency is the median ms/image after warm-up of the efficiency probe, measured "
+        "without the feature cache. Trained methods are trained at each size."
+    )
+
+    def sweeps(self, scale: str) -> list[Sweep]:
+        return [
+            Sweep(
+                f"resolution-{method}",
+                (
+                    *setup(method, scale),
+                    *ZERO_SHOT,
+                    UNCACHED,
+                    f"backbone.image_size={sweep_list(sizes_for(method, scale))}",
+                ),
+                _env(scale),
+            )
+            for method in RESOLUTION_METHODS
+        ]
+
+    def render(self, records: list[Record], out: Path, scale: str) -> Section:
+        section = self.section()
+        figure = line_figure(
+            records,
+            x="backbone.image_size",
+            metrics=(*MAIN_METRICS, "ms_per_image"),
+            legend=["method"],
+            title="Resolution: accuracy and latency vs input size",
+            target=out / "figures" / "resolution.png",
+            x_of=lambda r: r.value("backbone.image_size"),
+        )
+        if figure:
+            section.figures.append(figure)
+        table = write_table(
+            records,
+            keys=["method", "backbone.image_size"],
+            metrics=MAIN_METRICS,
+            title="Resolution: accuracy and cost per input size",
+            stem=out / "resolution",
+            efficiency=True,
+            sort_key=lambda r: (str(r.value("method")), int(r.value("backbone.image_size") or 0)),
+        )
+        if table:
+            section.tables.append(table)
+        section.records = records
+        return section
+
+
+EFFICIENCY_METHODS = ("anomalyclip", "promptad")
+#: Published scale: the training-free baselines on other backbones too (each at its native size).
+BACKBONES = ("vit_b16", "vit_b16_plus_240", "vit_l14_336")
+
+
+class EfficiencyAnalysis(Analysis):
+    name = "efficiency"
+    title = "Computational efficiency"
+    description = (
+        "Accuracy against latency, FLOPs, parameters and peak memory of every method, backbone and input "
+        "size (the resolution sweeps plus the remaining methods at their own size); the black step line is "
+        "the Pareto front (no configuration is both cheaper and more accurate). Measured without the "
+        "feature cache; GPU memory is empty on a CPU, so CPU peak memory is drawn there."
+    )
+
+    def sweeps(self, scale: str) -> list[Sweep]:
+        sweeps = ResolutionAnalysis().sweeps(scale)
+        for method in EFFICIENCY_METHODS:
+            shots = ("shots=1", "reference_seed=0") if method in FEW_SHOT_ONLY else ZERO_SHOT
+            sweeps.append(
+                Sweep(f"efficiency-{method}", (*setup(method, scale), *shots, UNCACHED), _env(scale))
+            )
+        if scale == "published":
+            for method in ("clip", "winclip"):
+                sweeps.append(
+                    Sweep(
+                        f"efficiency-{method}-backbones",
+                        (*setup(method, scale), *ZERO_SHOT, UNCACHED, f"backbone={sweep_list(BACKBONES)}"),
+                        _env(scale),
+                    )
+                )
+        return sweeps
+
+    def render(self, records: list[Record], out: Path, scale: str) -> Section:
+        section = self.section()
+        memory = (
+            "peak_gpu_memory_mb"
+            if any(r.efficiency("peak_gpu_memory_mb") for r in records)
+            else "peak_cpu_memory_mb"
+        )
+        costs = ("ms_per_image", "flops_per_image", "total_parameters", memory)
+        for metric in MAIN_METRICS:
+            figure = pareto_figure(
+                records,
+                costs=costs,
+                metric=metric,
+                legend=["method", "backbone", "backbone.image_size"],
+                title=f"Efficiency: {metric.replace('_', ' ')} vs cost, Pareto front",
+                target=out / "figures" / f"efficiency_{metric}.png",
+            )
+            if figure:
+                section.figures.append(figure)
+        table = write_table(
+            records,
+            keys=["method", "backbone", "backbone.image_size", "shots"],
+            metrics=MAIN_METRICS,
+            title="Efficiency: accuracy and cost per configuration",
+            stem=out / "efficiency",
+            efficiency=True,
+            sort_key=lambda r: (
+                str(r.value("method")),
+                str(r.value("backbone")),
+                r.value("backbone.image_size") or 0,
+            ),
+        )
+        if table:
+            section.tables.append(table)
+        section.records = records
+        return section
+
+
+# ----- prompts ----------------------------------------------------------------------------------------------
+#: Prompt ablations (``prompts.ablation``) per zero-shot method with a hand-written prompt set. The CLIP
+#: baseline's set has one state pair and one template, so only the class-name ablation changes it.
+ABLATIONS = ("full", "states_only", "templates_only", "one_pair", "object_name")
+PROMPT_METHODS = {"clip": ("full", "object_name"), "winclip": ABLATIONS, "aprillab": ABLATIONS}
+#: The other text aggregation than each method's published one.
+#: Each method's published text aggregation (``method.text_aggregation`` of conf/method/<name>.yaml): its
+#: ablation bars use it; both aggregations are swept with every ablation (one sweep per method).
+PUBLISHED_AGGREGATION = {"winclip": "raw_mean", "aprillab": "normalized_mean"}
+AGGREGATIONS = ("normalized_mean", "raw_mean")
+LEARNED_METHODS = ("anomalyclip",)
+CONDITION_LABELS = {
+    "full": "full ensemble",
+    "states_only": "states only",
+    "templates_only": "templates only",
+    "one_pair": "one state pair",
+    "object_name": "generic 'object'",
+    "normalized_mean": "normalised mean",
+    "raw_mean": "raw mean",
+    "learned": "learned prompts",
+}
+
+
+class PromptsAnalysis(Analysis):
+    name = "prompts"
+    title = "Prompt engineering"
+    description = (
+        "Prompt ablations generated from each method's prompt set by prompts.ablation: the full ensemble "
+        "(states × templates), states only (one template), templates only (one state pair), one state pair "
+        "with one template, the class name replaced by the generic word 'object'; the text aggregation "
+        "(normalised vs raw mean of the sentence embeddings, swept with every ablation; the figure shows "
+        "it for the full ensemble, the table for all); and learned prompts (AnomalyCLIP). Zero-shot. The "
+        "ablation bars use each method's published aggregation, so its full-ensemble bar also stands under "
+        "that aggregation."
+    )
+
+    def sweeps(self, scale: str) -> list[Sweep]:
+        sweeps = []
+        for method, ablations in PROMPT_METHODS.items():
+            overrides = [*setup(method, scale), *ZERO_SHOT, f"prompts.ablation={sweep_list(ablations)}"]
+            if method in PUBLISHED_AGGREGATION:
+                # One launch per method: starting train.py costs more than the few extra jobs.
+                overrides.append(f"method.text_aggregation={sweep_list(AGGREGATIONS)}")
+            sweeps.append(Sweep(f"prompts-{method}", tuple(overrides), _env(scale)))
+        for method in LEARNED_METHODS:
+            sweeps.append(Sweep(f"prompts-{method}", (*setup(method, scale), *ZERO_SHOT), _env(scale)))
+        return sweeps
+
+    @staticmethod
+    def conditions(record: Record) -> list[str]:
+        """The bars a record stands in: its ablation (at the method's published aggregation), and for the
+        full ensemble its aggregation; none for an ablation at the other aggregation (table only)."""
+        method = record.value("method")
+        if method in LEARNED_METHODS:
+            return [CONDITION_LABELS["learned"]]
+        ablation = record.value("prompts.ablation") or "full"
+        aggregation = record.value("method.text_aggregation")
+        labels = []
+        if aggregation is None or aggregation == PUBLISHED_AGGREGATION.get(str(method)):
+            labels.append(CONDITION_LABELS.get(ablation, ablation))
+        if ablation == "full" and aggregation:
+            labels.append(CONDITION_LABELS.get(aggregation, str(aggregation)))
+        return labels
+
+    def render(self, records: list[Record], out: Path, scale: str) -> Section:
+        section = self.section()
+        order = [CONDITION_LABELS[key] for key in (*ABLATIONS, "normalized_mean", "raw_mean", "learned")]
+        present = {label for r in records for label in self.conditions(r)}
+        figure = bar_figure(
+            records,
+            categories_of=self.conditions,
+            categories=[label for label in order if label in present],
+            category_keys=["prompts.ablation", "method.text_aggregation", "prompts"],
+            metrics=MAIN_METRICS,
+            legend=["method"],
+            title="Prompts: ablations of the prompt set, grouped by method",
+            target=out / "figures" / "prompts.png",
+        )
+        if figure:
+            section.figures.append(figure)
+        table = write_table(
+            records,
+            keys=["method", "prompts", "prompts.ablation", "method.text_aggregation"],
+            metrics=[*IMAGE_METRICS, *PIXEL_METRICS],
+            title="Prompts: metrics per prompt ablation",
+            stem=out / "prompts",
+            sort_key=lambda r: (
+                str(r.value("method")),
+                str(r.value("prompts.ablation")),
+                str(r.value("method.text_aggregation")),
+            ),
+        )
+        if table:
+            section.tables.append(table)
+        section.records = records
+        return section
+
+
+# ----- cross-domain ---------------------------------------------------------------------------------------
+CROSS_METHODS = ("aprillab", "anomalyclip")
+#: The suite: tiny = synthetic categories as domains (a texture and an object); published = datasets.
+DOMAINS = {"tiny": ("brick", "nut"), "published": ("mvtec", "visa", "mpdd", "btad")}
+
+
+def domain_of(record: Record, side: str) -> str:
+    """``train`` or ``test`` domain: the category list where one is set (synthetic domains), else the
+    dataset name."""
+    group = "train_data" if side == "train" else "data"
+    categories = record.value(f"{group}.categories")
+    dataset = record.value("train_dataset" if side == "train" else "dataset")
+    return format_value(categories) if categories else str(dataset)
+
+
+class CrossDomainAnalysis(Analysis):
+    name = "crossdomain"
+    title = "Cross-domain generalisation"
+    description = (
+        "The trained zero-shot methods trained on each domain of the suite (its test split with masks, as "
+        "in the cross-dataset protocol) and tested on each: one matrix per method and metric. The diagonal "
+        "(outlined) tests on the data it trained on, so it is an upper bound, not a zero-shot number."
+    )
+
+    def sweeps(self, scale: str) -> list[Sweep]:
+        domains = DOMAINS[scale]
+        sweeps = []
+        for method in CROSS_METHODS:
+            if scale == "tiny":
+                base = [
+                    o
+                    for o in setup(method, scale)
+                    if not o.startswith(("data.categories", "train_data.categories"))
+                ]
+                grid = (
+                    f"train_data.categories={sweep_list([[d] for d in domains])}",
+                    f"data.categories={sweep_list([[d] for d in domains])}",
+                )
+            else:
+                base = list(setup(method, scale))
+                grid = (f"train_data={sweep_list(domains)}", f"data={sweep_list(domains)}")
+            sweeps.append(Sweep(f"crossdomain-{method}", (*base, *ZERO_SHOT, *grid), _env(scale)))
+        return sweeps
+
+    def render(self, records: list[Record], out: Path, scale: str) -> Section:
+        section = self.section()
+        records = [r for r in records if r.value("train_dataset")]
+        for metric in MAIN_METRICS:
+            figure = heatmap_figure(
+                records,
+                row_of=lambda r: domain_of(r, "train"),
+                column_of=lambda r: domain_of(r, "test"),
+                row_label="trained on",
+                column_label="tested on",
+                metric=metric,
+                panel_keys=["method"],
+                title="Cross-domain: train on each domain, test on each",
+                target=out / "figures" / f"crossdomain_{metric}.png",
+            )
+            if figure:
+                section.figures.append(figure)
+        table = write_table(
+            records,
+            keys=["method", "train_dataset", "train_data.categories", "dataset", "data.categories"],
+            metrics=[*IMAGE_METRICS, *PIXEL_METRICS],
+            title="Cross-domain: metrics per training and test domain",
+            stem=out / "crossdomain",
+            sort_key=lambda r: (str(r.value("method")), domain_of(r, "train"), domain_of(r, "test")),
+        )
+        if table:
+            section.tables.append(table)
+        section.records = records
+        return section
+
+
+ANALYSES: dict[str, Analysis] = {
+    analysis.name: analysis
+    for analysis in (
+        LayersAnalysis(),
+        ShotsAnalysis(),
+        ResolutionAnalysis(),
+        EfficiencyAnalysis(),
+        PromptsAnalysis(),
+        CrossDomainAnalysis(),
+    )
+}
