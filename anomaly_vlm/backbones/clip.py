@@ -539,10 +539,7 @@ class FrozenCLIP(nn.Module):
             x = transformer(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
         else:
             x = transformer(x, attn_mask=mask)
-        x = clip.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot]
-        projection = clip.text_projection
-        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return self._project_end_tokens(x, eot)
 
     def encode_text_deep_prompted(self, token_ids: Tensor, deep_prompts: Mapping[int, Tensor]) -> Tensor:
         """Encode tokenised sentences with learned tokens overwriting positions ``1 .. n`` in chosen blocks.
@@ -586,6 +583,11 @@ class FrozenCLIP(nn.Module):
                 x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
             else:
                 x = block(x, attn_mask=mask)
+        return self._project_end_tokens(x, eot)
+
+    def _project_end_tokens(self, x: Tensor, eot: Tensor) -> Tensor:
+        """CLIP's text head: ``ln_final`` of each sentence's end token (``eot``), then the projection."""
+        clip = self.clip
         x = clip.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot]
         projection = clip.text_projection
