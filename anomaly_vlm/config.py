@@ -74,6 +74,8 @@ class TrainConfig:
     num_overlays: int = 0
     #: Jobs that would train identical parameters share one training (``cache_dir/trained``).
     reuse_trained: bool = True
+    #: Jobs of a multirun that run in one process build an identical backbone once (each gets a copy).
+    reuse_backbone: bool = True
     #: Allow replacing a finished ``results.json`` (or ``scores.csv``) in the output folder.
     overwrite: bool = False
     #: Multirun folder name; null = the sweep's non-swept overrides (``conf/hydra/default.yaml``).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import pickle
 import shutil
@@ -23,12 +24,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import anomaly_vlm.resolvers  # noqa: F401  (configs interpolate its resolvers, e.g. num_workers)
+from anomaly_vlm.backbones.reuse import JOB_BACKBONES
 from anomaly_vlm.data import AnomalyDataModule, DataError, DatasetSource, Sample
 from anomaly_vlm.data.checks import preflight
 from anomaly_vlm.data.sampling import ShotsError, write_reference_log
 from anomaly_vlm.loggers import wandb as wandb_helpers
 from anomaly_vlm.methods.base import AnomalyMethod
 from anomaly_vlm.prompts import PromptSet
+from anomaly_vlm.runtime import in_multirun
 from anomaly_vlm.tasks import resume
 from anomaly_vlm.tasks.errors import CheckpointError, ConfigError, MissingValueError
 
@@ -325,7 +328,7 @@ def prepare_job(
     if shots:
         write_reference_log(output_dir / "references.json", references, shots, reference_seed)
 
-    backbone = build(cfg.backbone)
+    backbone = build_backbone(cfg)
     prompts = with_class_names(build(cfg.prompts), class_names)
     method: AnomalyMethod = build(
         cfg.method, backbone=backbone, prompts=prompts, shots=shots, text_cache_dir=cfg.paths.cache_dir
@@ -335,6 +338,14 @@ def prepare_job(
     if cfg.feature_cache:
         method.feature_cache = build(cfg.feature_cache)
     return PreparedJob(method, references, shots, reference_seed)
+
+
+def build_backbone(cfg: DictConfig) -> Any:
+    """The job's frozen backbone; the jobs of a multirun in one process build an identical one once."""
+    if not (cfg.reuse_backbone and in_multirun()):
+        return build(cfg.backbone)
+    identity = json.dumps(OmegaConf.to_container(cfg.backbone, resolve=True), sort_keys=True, default=str)
+    return JOB_BACKBONES.get(identity, lambda: build(cfg.backbone))
 
 
 def feature_cache_report(method: AnomalyMethod) -> dict[str, Any] | None:

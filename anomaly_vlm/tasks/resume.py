@@ -120,6 +120,7 @@ NOT_TRAINING_KEYS: tuple[str, ...] = (
     "num_overlays",
     "overwrite",
     "reuse_trained",
+    "reuse_backbone",
     "sweep_name",
     "names",
     "paths",

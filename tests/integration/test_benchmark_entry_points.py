@@ -45,7 +45,7 @@ def test_meta_json_through_evaluate(run_entry_point, data_root, tmp_path):
 
 
 def test_btad_and_loco_through_evaluate(run_entry_point, data_root, tmp_path):
-    run_entry_point(
+    result = run_entry_point(
         "evaluate.py",
         "-m",
         "method=clip",
@@ -60,6 +60,8 @@ def test_btad_and_loco_through_evaluate(run_entry_point, data_root, tmp_path):
     loco = jobs["mvtec_loco_structural"]["metrics"]["per_category"]
     assert set(loco) == {"juice_bottle", "pushpins"}
     assert all(metrics["pixel_aupro"] is not None for metrics in loco.values())
+    # one process ran both jobs: the second reused the backbone the first built
+    assert (result.stdout + result.stderr).count("reusing the one built by an earlier job") == 1
 
 
 def test_missing_meta_json_is_one_error_line(run_entry_point, tmp_path):

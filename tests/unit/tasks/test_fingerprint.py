@@ -66,6 +66,7 @@ def test_excluded_keys_do_not_change_the_fingerprint_and_others_do(cfg):
         ("datamodule.batch_size", 1),
         ("trainer.log_every_n_steps", 3),
         ("overwrite", True),
+        ("reuse_backbone", False),
     ]:
         assert resume.training_fingerprint(_changed(cfg, key, value)) == base, key
     for key, value in [
