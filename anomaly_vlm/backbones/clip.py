@@ -529,9 +529,7 @@ class FrozenCLIP(nn.Module):
         transformer = clip.transformer
         cast = transformer.get_cast_dtype()
         eot = token_ids.argmax(dim=-1)
-        # The mask is causal: no position after the last EOT can reach an EOT output, so the sequences
-        # are cut there (exact; a short prompt runs ~6x fewer tokens than the 77 of the context).
-        length = int(eot.max()) + 1
+        length = self._text_length(eot, embeddings.shape[1])
         x = embeddings[:, :length].to(cast) + clip.positional_embedding[:length].to(cast)
         mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
         seq_first = not getattr(transformer, "batch_first", True)
@@ -567,8 +565,7 @@ class FrozenCLIP(nn.Module):
         bad = [index for index in deep_prompts if not 1 <= int(index) <= depth]
         if bad:
             raise ValueError(f"deep text prompts for blocks {bad} outside 1..{depth} of '{self.model_name}'")
-        # Causal mask: nothing after the last EOT reaches an EOT output, so the sequences are cut there.
-        length = int(eot.max()) + 1
+        length = self._text_length(eot, token_ids.shape[1])
         x = clip.token_embedding(token_ids[:, :length]).to(cast) + clip.positional_embedding[:length].to(cast)
         mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
         seq_first = not getattr(transformer, "batch_first", True)
@@ -584,6 +581,15 @@ class FrozenCLIP(nn.Module):
             else:
                 x = block(x, attn_mask=mask)
         return self._project_end_tokens(x, eot)
+
+    def _text_length(self, eot: Tensor, context: int) -> int:
+        """Token positions the text transformer must run for end tokens at ``eot``.
+
+        With CLIP's causal mask no position after the last end token can reach an end-token output, so
+        the sequences are cut there: exact up to float summation order, and a prompt of 10 tokens runs
+        ~7x fewer positions than the 77 of the context. A text tower without a causal mask runs all.
+        """
+        return int(eot.max()) + 1 if self.clip.attn_mask is not None else context
 
     def _project_end_tokens(self, x: Tensor, eot: Tensor) -> Tensor:
         """CLIP's text head: ``ln_final`` of each sentence's end token (``eot``), then the projection."""
@@ -613,7 +619,7 @@ class FrozenCLIP(nn.Module):
         chunks = []
         for start in range(0, len(prompts), batch_size):
             tokens = self.tokenize(prompts[start : start + batch_size]).to(device)
-            chunks.append(self.clip.encode_text(tokens))
+            chunks.append(self.encode_text_embeddings(self.token_embeddings(tokens), tokens))
         return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim, device=device)
 
     def extra_repr(self) -> str:

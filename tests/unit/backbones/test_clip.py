@@ -101,6 +101,20 @@ def test_encode_text_counts_forward_passes(tiny_backbone):
     assert tiny_backbone.text_forward_passes == before + 1
 
 
+def test_text_encoding_cut_at_the_last_end_token_equals_open_clips_full_context(tiny_backbone):
+    """The causal mask lets the text tower stop at the last end token of a batch (~7x fewer positions
+    for short prompts); the embeddings are open_clip's own, up to float summation order."""
+    sentences = [
+        "a photo of a flawless disc.",
+        "a cropped photo of the small damaged metal disc with a scratch.",
+        "x",
+    ]
+    ours = tiny_backbone.encode_text(sentences)
+    with torch.no_grad():
+        theirs = tiny_backbone.clip.encode_text(tiny_backbone.tokenize(sentences))
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "image_size", "grid", "quick_gelu"),
