@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); each runs torch on one thread, so 2 fills a two-core machine.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip bench-cache bench-export parity-venv \
@@ -26,10 +28,10 @@ demo: $(STAMP)  ## offline demo: tiny CLIP on the synthetic dataset, overlays in
 	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) train.py experiment=demo
 
 test: $(STAMP)  ## fast test suite (the CI command)
-	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-all: $(STAMP)  ## every test, including slow real-architecture tests
-	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "not gpu and not network and not slurm" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not gpu and not network and not slurm" $(PYTEST_ARGS)
 
 # ----- cluster path: sweeps through hydra/launcher=slurm on a throw-away local SLURM -------------------
 # Root only: installs slurm-wlm and munge with apt-get when missing, starts munged/slurmctld/slurmd on

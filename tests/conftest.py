@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,26 @@ import pytest
 # Tests never touch the network or the user's caches.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Parallel test workers (pytest-xdist, ``make test``) each get one torch thread, and so do the entry
+# points they start: two workers with two threads each would fight over two cores.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import anomaly_vlm.config  # noqa: E402,F401  (tests compose the Hydra config: the typed schema must be registered)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Test helpers shared by several folders (``from warm_python import run_python``).
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Start the warm interpreter of ``tests/warm_python.py`` while the first tests run, when entry-point
+    tests (``tests/integration``) were collected."""
+    from warm_python import forking_enabled, shared_server
+
+    if forking_enabled() and any("integration" in item.path.parts for item in items):
+        shared_server().start()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from warm_python import run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,9 +28,7 @@ def run_entry_point(cache_dir):
             f"paths.cache_dir={cache_dir}",
             *overrides,
         ]
-        result = subprocess.run(
-            command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
-        )
+        result = run_python(command, cwd=REPO_ROOT, env=env, timeout=timeout)
         if expect_ok and result.returncode != 0:
             raise AssertionError(
                 f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"

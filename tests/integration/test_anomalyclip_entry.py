@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from warm_python import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -67,7 +67,7 @@ def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path) -> None:
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
     ]
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    completed = run_python(command, cwd=ROOT, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["metrics"]["per_category"]) == {"disc", "nut"}
@@ -104,7 +104,7 @@ def test_class_names_are_ignored_by_learned_prompts(tmp_path: Path) -> None:
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=1",
     ]
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    completed = run_python(command, cwd=ROOT, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     output = completed.stdout + completed.stderr
     assert output.count("class_names ['disc'] are ignored") == 1, output[-3000:]

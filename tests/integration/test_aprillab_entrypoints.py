@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from warm_python import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
@@ -33,7 +34,7 @@ def _run(script: str, args: list[str], tmp_path: Path, check: bool = True) -> su
         f"paths.output_root={tmp_path / 'out'}",
         f"paths.cache_dir={tmp_path}",
     ]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_python(command, cwd=ROOT, env=env, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

@@ -8,15 +8,14 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
+from warm_python import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _entry(script: str, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, script, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    return run_python([sys.executable, script, *overrides], cwd=ROOT, env=env, timeout=120)
 
 
 def test_unknown_method_lists_the_options():

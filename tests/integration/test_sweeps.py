@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from warm_python import run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -46,14 +47,7 @@ def _run(
         "PYTHONPATH": os.pathsep.join([str(HELPERS), str(REPO_ROOT)]),
         **(env or {}),
     }
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO_ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_python([sys.executable, *args], cwd=REPO_ROOT, env=environment, timeout=timeout)
 
 
 @pytest.mark.slow
