@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,36 +85,89 @@ class WarmPython:
     def run(
         self, command: list[str], cwd: str | Path, env: dict[str, str], timeout: float
     ) -> subprocess.CompletedProcess:
-        """Run ``command`` (``[sys.executable, script_or_-m, ...]``) and capture its output as text."""
+        """Run ``command`` (``[sys.executable, script | -m module | -c code, ...]``) and capture its
+        output as text."""
+        return self.submit(command, cwd, env, timeout).result()
+
+    def submit(
+        self, command: list[str], cwd: str | Path, env: dict[str, str], timeout: float
+    ) -> RunningCommand:
+        """Start ``command`` and return at once (for a test that acts while it runs). The server runs one
+        command at a time: collect this one's :meth:`RunningCommand.result` before the next."""
+        folder = Path(tempfile.mkdtemp(prefix="warm_python_"))
+        out, err = folder / "stdout", folder / "stderr"
+        out.touch()
+        err.touch()
         plain = (
             not forking_enabled()
             or command[0] != sys.executable
             or any(env.get(name) != self.env.get(name) for name in IMPORT_TIME_VARIABLES)
         )
         if plain:
-            return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+            with open(out, "w") as stdout, open(err, "w") as stderr:
+                process = subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
+            return RunningCommand(command, folder, timeout, process=process)
         server = self._ready_server()
-        with tempfile.TemporaryDirectory(prefix="warm_python_") as folder:
-            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            request = {
-                "argv": command[1:],
-                "cwd": str(cwd),
-                "env": env,
-                "stdout": str(out),
-                "stderr": str(err),
-                "timeout": timeout,
-                "server_threads": self.env.get("OMP_NUM_THREADS"),
-            }
-            server.stdin.write(json.dumps(request) + "\n")
-            server.stdin.flush()
-            reply = server.stdout.readline()
-            if not reply:
-                raise RuntimeError("warm python server died")
-            status = json.loads(reply)
-            stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
-        if status["timed_out"]:
-            raise subprocess.TimeoutExpired(command, timeout, output=stdout, stderr=stderr)
-        return subprocess.CompletedProcess(command, status["returncode"], stdout, stderr)
+        request = {
+            "argv": command[1:],
+            "cwd": str(cwd),
+            "env": env,
+            "stdout": str(out),
+            "stderr": str(err),
+            "timeout": timeout,
+            "server_threads": self.env.get("OMP_NUM_THREADS"),
+        }
+        server.stdin.write(json.dumps(request) + "\n")
+        server.stdin.flush()
+        return RunningCommand(command, folder, timeout, server=server)
+
+
+class RunningCommand:
+    """A submitted command: its output so far, then its ``CompletedProcess``."""
+
+    def __init__(
+        self,
+        command: list[str],
+        folder: Path,
+        timeout: float,
+        process: subprocess.Popen | None = None,
+        server: subprocess.Popen | None = None,
+    ) -> None:
+        self.command, self.folder, self.timeout = command, folder, timeout
+        self._process, self._server = process, server
+
+    def wait_for_output(self, text: str, timeout: float = 60) -> str:
+        """Block until the command's stdout contains ``text``; returns that stdout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stdout = (self.folder / "stdout").read_text(errors="replace")
+            if text in stdout:
+                return stdout
+            time.sleep(0.02)
+        raise AssertionError(f"{self.command}: no {text!r} on stdout within {timeout} s")
+
+    def result(self) -> subprocess.CompletedProcess:
+        """Wait for the command to end; raises ``subprocess.TimeoutExpired`` past its timeout."""
+        try:
+            if self._process is not None:
+                try:
+                    returncode, timed_out = self._process.wait(timeout=self.timeout), False
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    returncode, timed_out = self._process.wait(), True
+            else:
+                reply = self._server.stdout.readline()
+                if not reply:
+                    raise RuntimeError("warm python server died")
+                status = json.loads(reply)
+                returncode, timed_out = status["returncode"], status["timed_out"]
+            stdout = (self.folder / "stdout").read_text(errors="replace")
+            stderr = (self.folder / "stderr").read_text(errors="replace")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if timed_out:
+            raise subprocess.TimeoutExpired(self.command, self.timeout, output=stdout, stderr=stderr)
+        return subprocess.CompletedProcess(self.command, returncode, stdout, stderr)
 
 
 _SHARED: WarmPython | None = None
@@ -137,6 +191,14 @@ def run_python(
     return shared_server().run(
         command, cwd=cwd, env=dict(os.environ) if env is None else env, timeout=timeout
     )
+
+
+def submit_python(
+    command: list[str], *, cwd: str | Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> RunningCommand:
+    """Start ``command`` through this process's warm server and return while it runs."""
+    environment = dict(os.environ) if env is None else env
+    return shared_server().submit(command, cwd=cwd, env=environment, timeout=timeout)
 
 
 # ----- server side (runs in its own interpreter: ``python warm_python.py --serve``) --------------------
@@ -168,7 +230,11 @@ def _run_child(request: dict) -> None:
     extra_paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     code = 0
     try:
-        if argv[0] == "-m":
+        if argv[0] == "-c":
+            sys.argv = ["-c", *argv[2:]]
+            sys.path[0:1] = ["", *extra_paths]
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        elif argv[0] == "-m":
             sys.argv = [argv[1], *argv[2:]]
             sys.path[0:1] = [os.getcwd(), *extra_paths]
             runpy.run_module(argv[1], run_name="__main__", alter_sys=True)

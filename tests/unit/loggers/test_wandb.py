@@ -24,10 +24,20 @@ def fresh_wandb():
 
 
 def _read_when_complete(read_offline_run, folder: Path, timeout: float = 20.0) -> dict:
-    """W&B's service may still be writing the transaction log for a moment after finish()."""
+    """W&B's service may still be writing the transaction log for a moment after finish() (a half-written
+    record does not parse yet)."""
+    from google.protobuf.message import DecodeError
+
     deadline = time.monotonic() + timeout
     while True:
-        run = read_offline_run(folder)
+        try:
+            run = read_offline_run(folder)
+        except (DecodeError, FileNotFoundError):
+            # a record (or the file itself) is still being written: read again, up to the deadline
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+            continue
         if (run["name"] and "test/image_auroc" in run["summary"]) or time.monotonic() > deadline:
             return run
         time.sleep(0.5)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from warm_python import submit_python
 
 from anomaly_vlm.tasks import resume
 
@@ -23,9 +24,9 @@ with training_lock(shared):
 
 def test_a_second_job_waits_for_the_training_job(tmp_path: Path) -> None:
     shared = tmp_path / "trained" / "abc.ckpt"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(shared)], stdout=subprocess.PIPE, text=True)
+    holder = submit_python([sys.executable, "-c", HOLDER, str(shared)], cwd=tmp_path, timeout=60)
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        holder.wait_for_output("locked")
         started = time.monotonic()
         with resume.training_lock(shared):
             waited = time.monotonic() - started
@@ -33,18 +34,18 @@ def test_a_second_job_waits_for_the_training_job(tmp_path: Path) -> None:
             assert shared.read_text() == "trained"
         assert waited > 0.5
     finally:
-        holder.wait(timeout=30)
-    assert holder.returncode == 0
+        result = holder.result()
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_dead_holder_releases_the_lock(tmp_path: Path) -> None:
     shared = tmp_path / "abc.ckpt"
-    holder = subprocess.Popen(
+    holder = submit_python(
         [sys.executable, "-c", HOLDER.replace("time.sleep(1.5)", "import os; os._exit(3)"), str(shared)],
-        stdout=subprocess.PIPE,
-        text=True,
+        cwd=tmp_path,
+        timeout=60,
     )
-    assert holder.stdout.readline().strip() == "locked"
-    holder.wait(timeout=30)
+    holder.wait_for_output("locked")
+    assert holder.result().returncode == 3
     with resume.training_lock(shared):
         assert not shared.exists()  # the killed job published nothing; this one trains itself
