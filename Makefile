@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist); each runs torch on one thread, so 2 fills a two-core machine.
 TEST_WORKERS ?= 2
+# The slow suite holds real ViT-L architectures (GBs each): one worker unless asked for more.
+TEST_ALL_WORKERS ?= 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip bench-cache bench-export parity-venv \
@@ -31,7 +33,7 @@ test: $(STAMP)  ## fast test suite (the CI command)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-all: $(STAMP)  ## every test, including slow real-architecture tests
-	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not gpu and not network and not slurm" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_ALL_WORKERS) -m "not gpu and not network and not slurm" $(PYTEST_ARGS)
 
 # ----- cluster path: sweeps through hydra/launcher=slurm on a throw-away local SLURM -------------------
 # Root only: installs slurm-wlm and munge with apt-get when missing, starts munged/slurmctld/slurmd on
