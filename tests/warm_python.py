@@ -143,8 +143,19 @@ class RunningCommand:
             stdout = (self.folder / "stdout").read_text(errors="replace")
             if text in stdout:
                 return stdout
+            if self._ended():
+                stderr = (self.folder / "stderr").read_text(errors="replace")
+                raise AssertionError(f"{self.command} ended without {text!r} on stdout:\n{stderr[-3000:]}")
             time.sleep(0.02)
         raise AssertionError(f"{self.command}: no {text!r} on stdout within {timeout} s")
+
+    def _ended(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is not None
+        import select
+
+        # the server replies once the command has ended; the reply stays unread until result()
+        return bool(select.select([self._server.stdout.fileno()], [], [], 0)[0])
 
     def result(self) -> subprocess.CompletedProcess:
         """Wait for the command to end; raises ``subprocess.TimeoutExpired`` past its timeout."""

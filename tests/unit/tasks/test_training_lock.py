@@ -10,6 +10,8 @@ from warm_python import submit_python
 
 from anomaly_vlm.tasks import resume
 
+REPO_ROOT = Path(__file__).resolve().parents[3]  # the holder imports this checkout's package
+
 HOLDER = """
 import sys, time
 from pathlib import Path
@@ -24,7 +26,7 @@ with training_lock(shared):
 
 def test_a_second_job_waits_for_the_training_job(tmp_path: Path) -> None:
     shared = tmp_path / "trained" / "abc.ckpt"
-    holder = submit_python([sys.executable, "-c", HOLDER, str(shared)], cwd=tmp_path, timeout=60)
+    holder = submit_python([sys.executable, "-c", HOLDER, str(shared)], cwd=REPO_ROOT, timeout=60)
     try:
         holder.wait_for_output("locked")
         started = time.monotonic()
@@ -42,7 +44,7 @@ def test_a_dead_holder_releases_the_lock(tmp_path: Path) -> None:
     shared = tmp_path / "abc.ckpt"
     holder = submit_python(
         [sys.executable, "-c", HOLDER.replace("time.sleep(1.5)", "import os; os._exit(3)"), str(shared)],
-        cwd=tmp_path,
+        cwd=REPO_ROOT,
         timeout=60,
     )
     holder.wait_for_output("locked")
