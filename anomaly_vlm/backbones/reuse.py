@@ -29,7 +29,7 @@ class BackboneReuse:
     def __init__(self) -> None:
         self._key: str | None = None
         self._kept: nn.Module | None = None
-        self.builds = 0  # counted so tests (and sweeps' logs) can prove a rebuild was avoided
+        self.builds = 0  # counted so tests can prove a rebuild was avoided
 
     def get(self, key: str, build: Callable[[], nn.Module]) -> nn.Module:
         """A private copy of the backbone built by ``build`` for ``key`` (built only when ``key`` is new)."""

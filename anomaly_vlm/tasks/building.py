@@ -19,7 +19,6 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -283,9 +282,7 @@ def is_repeated_zero_shot_draw(cfg: DictConfig) -> bool:
     """Whether this multirun job would repeat another one: a zero-shot job uses no references, so of
     the reference draws a method sweeps by default (``reference_seed`` = 0 .. ``reference_draws`` - 1)
     only the first one runs."""
-    if cfg.shots != 0 or not HydraConfig.initialized():
-        return False
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
+    if cfg.shots != 0 or not in_multirun():
         return False
     return 0 < cfg.reference_seed < cfg.reference_draws
 
