@@ -17,6 +17,7 @@ LAYERS: dict[str, int] = {
     "runtime": 0,
     "compat": 0,
     "resolvers": 0,
+    "untrusted": 0,  # reading handed-over files: size/depth-limited JSON, checksums, pickle-free loads
     "cache": 0,  # content-addressed feature store (data digests files with it)
     # the typed schema of the run config (registers the resolvers it interpolates)
     "config": 1,
