@@ -4,12 +4,19 @@ Layout of ``<run dir>/detectors/<category>/``:
 
 * ``detector.json`` -- format version, method, category, backbone reference (model name, weights
   identity and a digest of the weights, never the weights), thresholds, preprocessing, versions;
+  and the SHA-256 of every other file of the folder;
 * ``config.yaml`` -- the composed, resolved config of the run that saved it;
-* ``state.pt`` -- the method's category state: text embeddings, reference memory, trained parameters
-  (see :mod:`anomaly_vlm.deploy.state`).
+* ``state.safetensors`` + ``state.json`` -- the method's category state: text embeddings, reference
+  memory, trained parameters (see :mod:`anomaly_vlm.deploy.state`).
 
 ``Detector.load(path).predict(images_or_paths)`` rebuilds the method from the config, checks the
 backbone's weights against the digest, restores the state and scores: the same numbers as the run.
+
+Opening a detector someone sent never runs their code: no file is unpickled, every file is checked
+against its recorded SHA-256 before it is read, JSON and YAML are read within size and nesting limits,
+and the config may only build this package's backbone, prompt and method classes. Detectors of format 1
+(a pickled ``state.pt``) load only with ``trust_pickle=True``, or after
+``python -m anomaly_vlm.deploy.convert detector=<folder>``.
 """
 
 from __future__ import annotations
@@ -23,24 +30,40 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from anomaly_vlm.decisions.outputs import decide
 from anomaly_vlm.decisions.thresholds import CategoryThresholds
-from anomaly_vlm.deploy.state import backbone_digest, category_state, load_category_state
+from anomaly_vlm.deploy.state import (
+    LEGACY_STATE_FILE,
+    backbone_digest,
+    category_state,
+    load_category_state,
+    read_category_state,
+    write_category_state,
+)
 from anomaly_vlm.methods.contract import Prediction
+from anomaly_vlm.untrusted import UntrustedFileError, read_json, read_yaml_config, sha256_file, verify_sha256
 
-#: Version of the folder layout; a detector written by a newer version is refused.
-DETECTOR_FORMAT = 1
+#: Version of the folder layout; a detector written by a newer version is refused. Format 1 kept the
+#: state in a pickle (``state.pt``); format 2 holds no pickle and records a checksum of every file.
+DETECTOR_FORMAT = 2
 DETECTOR_FILE = "detector.json"
 CONFIG_FILE = "config.yaml"
-STATE_FILE = "state.pt"
 DETECTOR_DIR = "detectors"
+#: A detector.json is a few kilobytes; anything near this is not one.
+MAX_DETECTOR_JSON_BYTES = 4 * 1024 * 1024
+#: The config groups a detector builds, and the package each one's ``_target_`` must be a class of.
+BUILT_GROUPS = {
+    "backbone": "anomaly_vlm.backbones",
+    "prompts": "anomaly_vlm.prompts",
+    "method": "anomaly_vlm.methods",
+}
 
 
 class DetectorError(ValueError):
-    """A detector folder that cannot be loaded (missing, newer format, other backbone weights)."""
+    """A detector folder that cannot be loaded (missing, newer or unsafe format, tampered, other weights)."""
 
 
 @dataclasses.dataclass
@@ -86,7 +109,7 @@ def save_detector(
     """Write the detector of ``category`` (the method must be set up for it) into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(category_state(method), folder / STATE_FILE)
+    written = write_category_state(category_state(method), folder)
     (folder / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     backbone = method.backbone
     meta = {
@@ -106,6 +129,7 @@ def save_detector(
         },
         "thresholds": None if thresholds is None else thresholds.to_dict(),
         "versions": _versions(),
+        "files": {name: sha256_file(folder / name) for name in [CONFIG_FILE, *written]},
     }
     (folder / DETECTOR_FILE).write_text(json.dumps(meta, indent=2))
     return folder
@@ -132,12 +156,17 @@ class Detector:
 
     @staticmethod
     def read_meta(path: str | Path) -> dict:
-        """``detector.json`` of a folder, checked for presence and format version."""
+        """``detector.json`` of a folder, checked for presence, size, nesting and format version."""
         folder = Path(path).expanduser()
         meta_file = folder / DETECTOR_FILE
         if not meta_file.is_file():
             raise DetectorError(f"detector={path} is not a detector folder (no {DETECTOR_FILE})")
-        meta = json.loads(meta_file.read_text())
+        try:
+            meta = read_json(meta_file, what=DETECTOR_FILE, max_bytes=MAX_DETECTOR_JSON_BYTES)
+        except UntrustedFileError as error:
+            raise DetectorError(str(error)) from None
+        if not isinstance(meta, dict):
+            raise DetectorError(f"{meta_file} is not a detector description (a JSON object)")
         version = meta.get("format")
         if not isinstance(version, int) or version > DETECTOR_FORMAT:
             raise DetectorError(
@@ -146,9 +175,61 @@ class Detector:
             )
         return meta
 
+    @staticmethod
+    def read_config(folder: Path, meta: dict) -> DictConfig:
+        """The saved run config, after every file of the folder matched its recorded checksum.
+
+        Only the classes of :data:`BUILT_GROUPS` may be built from it: the config comes with the folder,
+        and Hydra would call any ``_target_`` it names.
+        """
+        files = meta.get("files")
+        if meta["format"] >= 2:
+            if not isinstance(files, dict) or CONFIG_FILE not in files:
+                raise DetectorError(f"{folder / DETECTOR_FILE} lists no checksums of the detector's files")
+            try:
+                for name, expected in files.items():
+                    if Path(name).name != name:
+                        raise DetectorError(
+                            f"{folder / DETECTOR_FILE} names a file outside the folder: {name!r}"
+                        )
+                    verify_sha256(folder / name, str(expected), what=f"detector={folder}")
+            except UntrustedFileError as error:
+                raise DetectorError(str(error)) from None
+        try:
+            config = read_yaml_config(folder / CONFIG_FILE, what=CONFIG_FILE)
+        except (UntrustedFileError, FileNotFoundError) as error:
+            raise DetectorError(f"detector={folder}: {error}") from None
+        for group, package in BUILT_GROUPS.items():
+            _check_targets(config.get(group), group, package, folder)
+        return config
+
+    @staticmethod
+    def read_state(folder: Path, meta: dict, trust_pickle: bool = False) -> dict[str, object]:
+        """The saved category state: safetensors (format 2), or an opted-in pickle (format 1)."""
+        if meta["format"] >= 2:
+            try:
+                return read_category_state(folder)
+            except (UntrustedFileError, ValueError) as error:
+                raise DetectorError(f"detector={folder}: {error}") from None
+        if not trust_pickle:
+            raise DetectorError(
+                f"detector={folder} has format {meta['format']}: its {LEGACY_STATE_FILE} is a pickle, which "
+                f"can run code when opened. Convert it once with `python -m anomaly_vlm.deploy.convert "
+                f"detector={folder}` (it reads only tensors and flags), or, if you trust its source, load it "
+                f"with Detector.load(..., trust_pickle=True)"
+            )
+        # Unsafe by design, and only on the caller's explicit word (trust_pickle=True): format 1 detectors
+        # pickled their state, and a pickle can only be read by running it.
+        state_file = folder / LEGACY_STATE_FILE
+        return torch.load(state_file, map_location="cpu", weights_only=False)  # trust_pickle: caller vouched
+
     @classmethod
     def load(
-        cls, path: str | Path, device: str | torch.device = "cpu", backbone_overrides: dict | None = None
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        backbone_overrides: dict | None = None,
+        trust_pickle: bool = False,
     ):
         """Rebuild the method from the saved config, check the backbone weights, restore the state.
 
@@ -157,9 +238,15 @@ class Detector:
             device: where to score.
             backbone_overrides: replace backbone config values (e.g. ``cache_dir``, or ``pretrained`` to
                 point at a local copy of the same weights; other weights are refused).
+            trust_pickle: also open a format-1 detector, whose state is a pickle. **Unsafe**: unpickling
+                runs whatever code the file names, so pass it only for files you made yourself or whose
+                source you trust as you would trust a program from it; better, convert them once with
+                ``python -m anomaly_vlm.deploy.convert detector=<folder>``.
 
         Raises:
-            DetectorError: missing folder, newer format, or backbone weights whose digest differs.
+            DetectorError: missing folder, newer or (without ``trust_pickle``) pickled format, a file that
+                does not match its checksum, a config that builds anything but this package's backbone,
+                prompt and method classes, or backbone weights whose digest differs.
         """
         from hydra.utils import instantiate
 
@@ -170,7 +257,8 @@ class Detector:
 
         folder = Path(path).expanduser()
         meta = cls.read_meta(folder)
-        config = OmegaConf.load(folder / CONFIG_FILE)
+        config = cls.read_config(folder, meta)
+        state = cls.read_state(folder, meta, trust_pickle=trust_pickle)
         if backbone_overrides:
             config.backbone = OmegaConf.merge(config.backbone, backbone_overrides)
         backbone = build(config.backbone)
@@ -196,7 +284,7 @@ class Detector:
         )
         method.to(device).eval()
         method.prepare_saved_category(str(meta["category"]))
-        load_category_state(method, torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False))
+        load_category_state(method, state)
         return cls(method, meta, config, folder)
 
     def load_images(self, images_or_paths: Sequence[str | Path] | Tensor) -> Tensor:
@@ -248,6 +336,51 @@ class Detector:
             if self.thresholds.pixel is not None:
                 masks = np.stack([item.mask for item in decided])
         return DetectorOutput(prediction.image_score, prediction.anomaly_map, decision, area, masks)
+
+
+def _check_targets(node: Any, group: str, package: str, folder: Path) -> None:
+    """Refuse a saved config whose ``group`` would build anything but one class of ``package``.
+
+    The string is checked before anything is imported, so a name outside the package is never imported.
+    """
+    import importlib
+    import inspect
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise DetectorError(f"detector={folder}: {CONFIG_FILE} has no {group}._target_ to build")
+    nested = [key for key in _target_keys(node) if key != "_target_"]
+    target = node.get("_target_")
+    refusal = (
+        f"detector={folder}: {CONFIG_FILE} {group}._target_ is {target!r}; only {package} classes are built"
+    )
+    if nested:
+        raise DetectorError(f"detector={folder}: {CONFIG_FILE} nests a _target_ at {group}.{nested[0]}")
+    if (
+        not isinstance(target, str)
+        or not target.startswith(package + ".")
+        or not target.replace(".", "").replace("_", "").isalnum()
+    ):
+        raise DetectorError(refusal)
+    module_name, _, name = target.rpartition(".")
+    try:
+        built = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        raise DetectorError(refusal) from None
+    if not inspect.isclass(built) or not built.__module__.startswith(package + "."):
+        raise DetectorError(refusal)
+
+
+def _target_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every ``_target_`` below ``node`` (``_target_`` itself for its own)."""
+    found = []
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for key, value in items:
+        dotted = f"{prefix}{key}"
+        if key == "_target_":
+            found.append(dotted)
+        elif isinstance(value, DictConfig | ListConfig):
+            found.extend(_target_keys(value, dotted + "."))
+    return found
 
 
 class DetectorSaver:

@@ -10,9 +10,13 @@ backbone is never stored; it is rebuilt from its reference and checked by digest
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from anomaly_vlm.untrusted import read_json
 
 
 def _backbone_ids(method: nn.Module) -> tuple[set[int], set[int]]:
@@ -93,3 +97,78 @@ def backbone_digest(backbone: nn.Module) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+# ----- the state on disk: tensors in safetensors, the structure in a small JSON index (no pickle) -----
+#: Tensors of the state, by entry name (``<key>`` or ``<key>#<i>`` for the i-th tensor of a list).
+STATE_TENSORS_FILE = "state.safetensors"
+#: Which entries are tensors, lists of tensors, flags or None, and the tensor names that hold them.
+STATE_INDEX_FILE = "state.json"
+#: The format of a detector before format 2: the whole state as one pickle (refused unless trusted).
+LEGACY_STATE_FILE = "state.pt"
+
+
+def write_category_state(state: dict[str, object], folder: Path) -> list[str]:
+    """Write a :func:`category_state` snapshot without pickle; returns the names of the files written.
+
+    Tensors go into ``state.safetensors``; ``state.json`` records, per entry, the tensor name(s) or the
+    plain value (``None``/``true``/``false``), so reading it back needs nothing but a JSON parser and
+    safetensors, neither of which can run code from the file.
+    """
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Tensor] = {}
+    index: dict[str, dict] = {}
+    for key, value in state.items():
+        if isinstance(value, Tensor):
+            tensors[key] = value.contiguous()
+            index[key] = {"tensor": key}
+        elif isinstance(value, list | tuple):
+            names = [f"{key}#{position}" for position in range(len(value))]
+            tensors.update({name: item.contiguous() for name, item in zip(names, value, strict=True)})
+            index[key] = {"tensors": names}
+        elif value is None or isinstance(value, bool):
+            index[key] = {"value": value}
+        else:
+            raise TypeError(f"category state entry {key!r} is a {type(value).__name__}, not storable")
+    save_file(tensors, str(folder / STATE_TENSORS_FILE))
+    (folder / STATE_INDEX_FILE).write_text(json.dumps({"entries": index}, indent=1))
+    return [STATE_TENSORS_FILE, STATE_INDEX_FILE]
+
+
+def read_category_state(folder: Path) -> dict[str, object]:
+    """Read what :func:`write_category_state` wrote (checksums are checked by the caller first).
+
+    Raises:
+        ValueError: an index that does not describe the tensors file (names the file and entry).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    index_path = folder / STATE_INDEX_FILE
+    entries = read_json(index_path, what=STATE_INDEX_FILE).get("entries")
+    if not isinstance(entries, dict):
+        raise ValueError(f"{index_path} has no 'entries' object")
+    try:
+        tensors = load_file(str(folder / STATE_TENSORS_FILE))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(
+            f"{folder / STATE_TENSORS_FILE} is not a readable safetensors file: {error}"
+        ) from None
+    state: dict[str, object] = {}
+    for key, entry in entries.items():
+        names = [entry["tensor"]] if "tensor" in entry else entry.get("tensors")
+        if names is None:
+            value = entry.get("value")
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{index_path}: entry {key!r} holds {value!r}, not a flag or null")
+            state[key] = value
+            continue
+        absent = [name for name in names if name not in tensors]
+        if absent:
+            raise ValueError(
+                f"{index_path}: entry {key!r} names tensors {absent} that {STATE_TENSORS_FILE} lacks"
+            )
+        values = [tensors[name] for name in names]
+        state[key] = values[0] if "tensor" in entry else values
+    return state
