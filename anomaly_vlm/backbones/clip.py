@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_vlm.backbones.weights import resolve_weights, weights_identity
+from anomaly_vlm.backbones.weights import load_weights, resolve_weights, weights_identity
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class FrozenCLIP(nn.Module):
             )
         if weight_file is not None:
             log.info("Loading %s weights from %s", model_name, weight_file)
-            open_clip.load_checkpoint(model, str(weight_file))
+            load_weights(model, weight_file)
         self.identity = weights_identity(model_name, pretrained, seed) + (":quickgelu" if quick_gelu else "")
         if precision != "fp32":
             self.identity += f":{precision}"

@@ -15,8 +15,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import open_clip
+import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
+
+from anomaly_vlm.untrusted import UntrustedFileError, forbidden_globals
 
 # open_clip's default weight file name on the Hugging Face hub and its safetensors twin.
 _HF_DEFAULT_FILENAME = "open_clip_pytorch_model.bin"
@@ -172,3 +175,21 @@ def resolve_weights(
             _missing_message(model_name, pretrained, cache_dir, "download gave no file")
         )
     return Path(target)
+
+
+def load_weights(model: torch.nn.Module, weight_file: str | os.PathLike) -> None:
+    """Load a weight file into an open_clip model without running code from it.
+
+    Weight files are handed over like any artefact (a colleague's fine-tune, a hub mirror): they are read
+    as safetensors or with ``weights_only``, and a pickle naming anything but data is refused by name.
+    """
+    import pickle
+
+    try:
+        open_clip.load_checkpoint(model, str(weight_file), weights_only=True)
+    except pickle.UnpicklingError as error:
+        names = forbidden_globals(str(error))
+        what = f"holds {', '.join(names)}, which is not data" if names else "is not a readable weight file"
+        raise UntrustedFileError(
+            f"backbone.pretrained={weight_file} {what}: refused without running it"
+        ) from None

@@ -24,6 +24,7 @@ from anomaly_vlm.data.batch import AnomalyBatch
 from anomaly_vlm.methods import contract
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoredBatch
 from anomaly_vlm.prompts import PromptSet, TextEmbeddingCache
+from anomaly_vlm.untrusted import lightning_checkpoint_types, load_torch_file
 
 if TYPE_CHECKING:
     from anomaly_vlm.cache import FeatureCache
@@ -216,11 +217,16 @@ class AnomalyMethod(L.LightningModule):
             raise ValueError(f"{source} was made for another configuration: {details}")
 
     def load_trainable_checkpoint(self, path: str) -> None:
-        """Load trained parameters saved by :meth:`on_save_checkpoint` (or by Lightning)."""
+        """Load trained parameters saved by :meth:`on_save_checkpoint` (or by Lightning).
 
+        Nothing in the file runs: it is read with ``weights_only`` and Lightning's few own types, so a
+        checkpoint carrying any other object is refused (:class:`~anomaly_vlm.untrusted.UntrustedFileError`).
+        """
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ckpt_path does not exist: {path}")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_torch_file(path, what=f"ckpt_path={path}", allowed=lightning_checkpoint_types())
+        if not isinstance(checkpoint, dict):
+            raise ValueError(f"ckpt_path={path} is not a checkpoint (it holds a {type(checkpoint).__name__})")
         self.check_checkpoint(checkpoint, source=f"ckpt_path={path}")
         state = checkpoint.get("state_dict", {})
         expected = set(self.trainable_state_dict())

@@ -16,6 +16,7 @@ from anomaly_vlm.data import DataError
 from anomaly_vlm.data.sampling import ShotsError
 from anomaly_vlm.decisions.thresholds import ThresholdError
 from anomaly_vlm.deploy.detector import DetectorError
+from anomaly_vlm.untrusted import UntrustedFileError
 
 
 class MissingValueError(ValueError):
@@ -54,6 +55,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     SweepError,
     ThresholdError,
     DetectorError,
+    UntrustedFileError,
 )
 
 

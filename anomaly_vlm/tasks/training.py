@@ -46,7 +46,8 @@ def _fit_once(
     last = resume.last_checkpoint(output_dir)
     if last is not None:
         log.info("resuming training from %s", last)
-    trainer.fit(method, datamodule=datamodule, ckpt_path=str(last) if last else None)
+    # weights_only: a run folder can be handed over too, and its last.ckpt must not run code either.
+    trainer.fit(method, datamodule=datamodule, ckpt_path=str(last) if last else None, weights_only=True)
     trained = output_dir / resume.TRAINED_CHECKPOINT
     trainer.save_checkpoint(trained, weights_only=True)
     if shared is not None and trainer.is_global_zero:
