@@ -217,7 +217,7 @@ def bench_aprillab(work: Path, args: argparse.Namespace) -> dict:
         times[name] = run_train(overrides, f"aprillab {name}")
         fits[name] = json.loads((folder / "fit.json").read_text())
         checkpoint = torch.load(
-            folder / "run" / "checkpoints" / "trained.ckpt", map_location="cpu", weights_only=False
+            folder / "run" / "checkpoints" / "trained.ckpt", map_location="cpu", weights_only=True
         )
         states[name] = checkpoint["state_dict"]
     delta = max(

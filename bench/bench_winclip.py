@@ -61,7 +61,7 @@ def main() -> int:
                 else:
                     time_theirs(peer, folder / "queries.pt", out, theirs_times)
                     scores, maps = time_ours(ours, queries, ours_times)
-                theirs = torch.load(out)
+                theirs = torch.load(out, weights_only=True)
                 delta = max(
                     delta,
                     (scores - theirs["scores"]).abs().max().item(),

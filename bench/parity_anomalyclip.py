@@ -151,7 +151,7 @@ def main() -> int:
         with cpu_device_moves():
             # What AnomalyCLIP_lib.load does with a state-dict checkpoint on the CPU (load itself re-reads
             # the file object after a failed torch.jit.load without rewinding, which current torch rejects).
-            official_state = torch.load(tmp / "weights.pt", map_location="cpu")
+            official_state = torch.load(tmp / "weights.pt", map_location="cpu", weights_only=True)
             theirs = official["build_model"](MODEL, official_state, design).to("cpu").float().eval()
             learner = official["PromptLearner"](theirs.to("cpu"), design)
             theirs.visual.DAPM_replace(DPAM_layer=DPAM_LAYER)

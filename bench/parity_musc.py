@@ -251,7 +251,7 @@ def main() -> int:
             official_model_module = importlib.import_module("models.backbone.open_clip.model")
             official_clip.add_model_config(work / "configs")
             theirs = official_clip.create_model(MODEL, args.image_size, pretrained=None)
-            state = torch.load(weights)
+            state = torch.load(weights, weights_only=True)
             # What the release does with OpenAI weights at another size: its resize, then a strict load.
             official_model_module.resize_pos_embed(state, theirs)
             theirs.load_state_dict(state, strict=True)

@@ -30,7 +30,7 @@ def main() -> int:
         print(f"anomalib side: open_clip {loaded['open_clip']}, torch {loaded['torch']}")
         if loaded["missing"] or loaded["unexpected"]:
             raise RuntimeError(f"state dict keys differ: {loaded}")
-        theirs_text = torch.nn.functional.normalize(torch.load(folder / "t.pt"), dim=-1)
+        theirs_text = torch.nn.functional.normalize(torch.load(folder / "t.pt", weights_only=True), dim=-1)
         text_delta = (theirs_text - ours.text_classifier).abs().max().item()
         print(f"text classifier (unit rows)    max|d| = {text_delta:.2e}")
 
@@ -41,7 +41,7 @@ def main() -> int:
                 ours.set_reference_images(references, normalized=True)
             out = folder / f"theirs_{shots}.pt"
             peer.call(cmd="forward", images=str(folder / "queries.pt"), out=str(out))
-            theirs = torch.load(out)
+            theirs = torch.load(out, weights_only=True)
             prediction = ours(queries, normalized=True)
             scores, maps = prediction.image_score, prediction.anomaly_map
             score_delta = (scores - theirs["scores"]).abs().max().item()

@@ -72,7 +72,7 @@ def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["metrics"]["per_category"]) == {"disc", "nut"}
     assert results["metrics"]["mean"]["pixel_auroc"] is not None
-    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "trained.ckpt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "trained.ckpt", weights_only=True)
     assert set(checkpoint["state_dict"]) == {
         "model.prompt_encoder.context_normal",
         "model.prompt_encoder.context_anomalous",

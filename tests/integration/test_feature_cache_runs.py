@@ -47,7 +47,7 @@ def _run(tmp_path: Path, name: str, *overrides: str, features: str = "features")
     payload = json.loads((out / "results.json").read_text())
     trained = out / "checkpoints" / "trained.ckpt"
     state = (
-        torch.load(trained, map_location="cpu", weights_only=False)["state_dict"] if trained.is_file() else {}
+        torch.load(trained, map_location="cpu", weights_only=True)["state_dict"] if trained.is_file() else {}
     )
     return {"metrics": payload["metrics"], "state": state, "payload": payload}
 

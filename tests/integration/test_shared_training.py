@@ -31,8 +31,8 @@ def test_reference_draws_share_one_training(run_entry_point, tmp_path):
     shared = second["trained_checkpoint"]
     assert "/trained/" in shared and shared.endswith(".ckpt")  # loaded, not retrained
     assert "identical training already done by another job" in result.stdout + result.stderr
-    trained = torch.load(first["trained_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
-    reused = torch.load(shared, map_location="cpu", weights_only=False)["state_dict"]
+    trained = torch.load(first["trained_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    reused = torch.load(shared, map_location="cpu", weights_only=True)["state_dict"]
     assert trained.keys() == reused.keys()
     assert all(torch.equal(trained[key], reused[key]) for key in trained)
     # Different draws, so different few-shot results from the same projections.

@@ -98,7 +98,7 @@ def test_killed_sweep_resumes(tmp_path: Path, read_offline_run) -> None:
     # Only trainable parameters are in the checkpoints.
     import torch
 
-    state = torch.load(jobs[1] / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(jobs[1] / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert list(state) == ["gain"]
     # Every job is its own W&B run (finished), grouped by the sweep, with training curves.
     for seed, folder in jobs.items():

@@ -197,8 +197,8 @@ def test_reference_draws_share_one_training_across_slurm_jobs(slurm_cluster, tmp
     assert len(own) == 1 and len(shared) == 1, checkpoints
     # The jobs saw the submitting environment: the shared file lies in this test's ANOMALY_VLM_CACHE.
     assert shared[0].startswith(str(tmp_path / "cache" / "trained")), shared
-    trained = torch.load(own[0], map_location="cpu", weights_only=False)["state_dict"]
-    reused = torch.load(shared[0], map_location="cpu", weights_only=False)["state_dict"]
+    trained = torch.load(own[0], map_location="cpu", weights_only=True)["state_dict"]
+    reused = torch.load(shared[0], map_location="cpu", weights_only=True)["state_dict"]
     assert trained.keys() == reused.keys() and all(torch.equal(trained[k], reused[k]) for k in trained)
     logs = _job_logs(sweep_dir)
     assert len(logs) == 2
@@ -255,7 +255,7 @@ def test_cancelled_job_resumes_from_its_last_checkpoint(slurm_cluster, tmp_path)
     job_dir = last.parent.parent
     assert not (job_dir / "checkpoints/trained.ckpt").exists(), "training finished before the cancel"
     assert not (job_dir / "results.json").exists()
-    epochs_done = torch.load(last, map_location="cpu", weights_only=False)["epoch"] + 1
+    epochs_done = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
     assert 1 <= epochs_done < 4
 
     result = _sweep(slurm_cluster, tmp_path, "resume", *overrides)
