@@ -14,8 +14,9 @@ The metric evaluator knows nothing of thresholds; these sit beside it.
 from __future__ import annotations
 
 import logging
+import os
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -39,27 +40,63 @@ log = logging.getLogger(__name__)
 DECISION_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "fpr", "pixel_iou", "pixel_dice")
 
 
-def heldout_normals(
-    train_samples: Sequence[Sample], references: Sequence[Sample], category: str, max_images: int = 0
-) -> list[Sample]:
-    """The normal training images of a category that are not few-shot references.
+def same_file(path: str | os.PathLike) -> str:
+    """A key under which two spellings of one file (relative, absolute, through links) compare equal."""
+    return os.path.normcase(os.path.realpath(os.fspath(path)))
 
-    With ``max_images`` > 0 a reproducible subset (seeded by the category name) of that size is kept.
-    A category whose normal images are all references has none: it gets no decisions (a warning says
-    why), while its ranking metrics are unaffected.
+
+def heldout_normals(
+    train_samples: Sequence[Sample],
+    references: Sequence[Sample],
+    category: str,
+    max_images: int = 0,
+    trained_on: Collection[str] = (),
+) -> list[Sample]:
+    """The normal training images of a category that are neither few-shot references nor training images.
+
+    Held out means unseen by the method: a threshold chosen on references (the few-shot memory) or on
+    the images its parameters were trained on would be chosen on scores lower than new normal images
+    get, so its real false-positive rate would be higher than ``target_fpr``.
+
+    Args:
+        train_samples: the category's training split (its normal images are the pool).
+        references: the category's few-shot references.
+        category: the category, for the message and the subset's seed.
+        max_images: > 0 keeps a reproducible subset (seeded by the category name) of that size.
+        trained_on: :func:`same_file` keys of every image the method was trained on.
+
+    A category with no image left gets no decisions (a warning says why), while its ranking metrics are
+    unaffected.
     """
-    used = {sample.path for sample in references}
+    used = {same_file(sample.path) for sample in references}
+    trained = set(trained_on)
     normal = [sample for sample in train_samples if sample.label == 0]
-    left = [sample for sample in normal if sample.path not in used]
+    keys = [same_file(sample.path) for sample in normal]
+    unseen = [key not in used and key not in trained for key in keys]
+    left = [sample for sample, keep in zip(normal, unseen, strict=True) if keep]
     if not left:
-        log.warning(
-            "threshold.method=normal_fpr needs held-out normal images, but category '%s' has %d normal "
-            "training images and all are references (shots=%d): no decisions for it. Lower shots, add "
-            "normal images, or use threshold.method=f1 or threshold.method=fixed",
-            category,
-            len(normal),
-            len(used),
-        )
+        seen_in_training = sum(1 for key in keys if key in trained and key not in used)
+        if not seen_in_training:
+            log.warning(
+                "threshold.method=normal_fpr needs held-out normal images, but category '%s' has %d normal "
+                "training images and all are references (shots=%d): no decisions for it. Lower shots, add "
+                "normal images, or use threshold.method=f1 or threshold.method=fixed",
+                category,
+                len(normal),
+                len(used),
+            )
+        else:
+            log.warning(
+                "threshold.method=normal_fpr needs held-out normal images (neither references nor training "
+                "images), but of the %d normal training images of category '%s', %d trained the method "
+                "(train_data) and %d are references: no decisions for it. Give data normal training "
+                "images that train_data does not hold (e.g. another data.root), or use threshold.method=f1 "
+                "or threshold.method=fixed",
+                len(normal),
+                category,
+                seen_in_training,
+                len(normal) - seen_in_training,
+            )
         return []
     if 0 < max_images < len(left):
         rng = np.random.default_rng(zlib.crc32(category.encode()))
@@ -72,7 +109,8 @@ class HeldOutSource(DatasetSource):
     """A dataset source whose ``test`` split is the held-out normal images of another source.
 
     Lets the held-out normals go through the same test loaders, scoring callback and set-level
-    post-processing as the test images.
+    post-processing as the test images. ``trained_on``: :func:`same_file` keys of the images the method
+    was trained on, which are not held out (see :func:`heldout_normals`).
     """
 
     name = "heldout_normal"
@@ -84,10 +122,15 @@ class HeldOutSource(DatasetSource):
         references: Mapping[str, Sequence[Sample]],
         max_images: int = 0,
         categories: Sequence[str] | None = None,
+        trained_on: Collection[str] = (),
     ) -> None:
         pools = {
             category: heldout_normals(
-                source.samples(category, "train"), references.get(category) or [], category, max_images
+                source.samples(category, "train"),
+                references.get(category) or [],
+                category,
+                max_images,
+                trained_on,
             )
             for category in (categories or source.categories)
         }

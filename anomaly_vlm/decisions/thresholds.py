@@ -5,9 +5,10 @@ image scores and for anomaly-map pixels alike.
 
 Three ways to choose a category's image and pixel thresholds (``threshold.method``):
 
-* ``normal_fpr`` (default): from held-out normal images -- normal training images that were not drawn
-  as few-shot references -- so that at most ``target_fpr`` of their image scores (and of their map
-  pixels) lie above the threshold. Needs no defect examples, and the test set never sees it.
+* ``normal_fpr`` (default): from held-out normal images -- normal training images that were neither
+  drawn as few-shot references nor used to train the method (``train_data``) -- so that at most
+  ``target_fpr`` of their image scores (and of their map pixels) lie above the threshold. Needs no
+  defect examples, and the test set never sees it.
 * ``f1``: the F1-optimal threshold on a labelled set. Chosen on the test set itself it is optimistic
   (the decision metrics are then an upper bound), and the results say so.
 * ``fixed``: ``threshold.image`` and ``threshold.pixel`` as given.

@@ -1,5 +1,7 @@
 """Threshold choices and decision metrics, checked against brute force."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from anomaly_vlm.decisions import (
     mask_metrics,
     normal_fpr_threshold,
 )
-from anomaly_vlm.decisions.consumers import CategoryDecisions, heldout_normals
+from anomaly_vlm.decisions.consumers import CategoryDecisions, heldout_normals, same_file
 from anomaly_vlm.decisions.outputs import decide
 from anomaly_vlm.methods.contract import Prediction
 
@@ -94,6 +96,19 @@ def test_heldout_normals_exclude_references():
     assert [s.path for s in left] == ["2.png", "3.png", "4.png"]
     assert len(heldout_normals(samples, [], "c", max_images=2)) == 2
     assert heldout_normals(samples, samples, "c") == []  # all are references: warned, no decisions
+
+
+def test_heldout_normals_exclude_training_images_however_spelt(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    samples = [Sample(str(tmp_path / f"{i}.png"), "c", 0, "good") for i in range(4)]
+    # The method trained on 1 and 2, listed relative to the working directory.
+    trained = {same_file("1.png"), same_file("./2.png")}
+    left = heldout_normals(samples, samples[:1], "c", trained_on=trained)
+    assert [Path(s.path).name for s in left] == ["3.png"]
+    with caplog.at_level("WARNING"):
+        everything = {same_file(s.path) for s in samples}
+        assert heldout_normals(samples, samples[:1], "c", trained_on=everything) == []
+    assert "3 trained the method (train_data) and 1 are references: no decisions" in caplog.text
 
 
 def _result(scores, labels, maps, masks):
