@@ -11,9 +11,10 @@ wrapper so that test batches, reference images and training batches all pass one
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 import torch
@@ -32,6 +33,20 @@ if TYPE_CHECKING:
 CHECKPOINT_KEY = "anomaly_vlm"
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockOption:
+    """What a method option that names backbone blocks (1-based) holds, so a config can be checked
+    against the backbone's depth before any weights load.
+
+    Attributes:
+        many: a list of distinct blocks (``[6, 12, 18, 24]``) rather than one block or depth (``6``).
+        encoders: the encoders the blocks index; with both, the shallower one bounds the value.
+    """
+
+    many: bool = True
+    encoders: tuple[str, ...] = ("vision",)
+
+
 class AnomalyMethod(L.LightningModule):
     """Base class of the Lightning wrappers.
 
@@ -48,6 +63,9 @@ class AnomalyMethod(L.LightningModule):
     requires_few_shot: bool = False
     #: Learns parameters on an auxiliary dataset (``train_data``) before testing.
     trains_on_auxiliary_data: bool = False
+    #: Constructor options (``method.<key>``) that name backbone blocks; null values take the method's
+    #: default for the backbone's depth and are not checked.
+    block_options: ClassVar[Mapping[str, BlockOption]] = {}
     #: Disk cache of frozen features (:mod:`anomaly_vlm.cache`), set by the runner; None computes them.
     feature_cache: FeatureCache | None = None
     #: File digests of the reference images handed to the next ``setup_category`` (set around that call

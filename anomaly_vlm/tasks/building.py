@@ -20,7 +20,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import anomaly_vlm.resolvers  # noqa: F401  (configs interpolate its resolvers, e.g. num_workers)
 from anomaly_vlm.backbones.reuse import JOB_BACKBONES
@@ -240,30 +240,60 @@ def backbone_depths(backbone_node: DictConfig) -> tuple[int, int] | None:
     return int(model_config["vision_cfg"]["layers"]), int(model_config["text_cfg"]["layers"])
 
 
+def _block_numbers(key: str, value: Any, many: bool) -> list[int]:
+    """The block numbers of a ``method.<key>`` value (a list when ``many``, else one number)."""
+    values = list(value) if isinstance(value, ListConfig | list | tuple) else [value]
+    shape = f"a list of block numbers, e.g. {key}=[2,4]" if many else f"one block number, e.g. {key}=2"
+    if many != isinstance(value, ListConfig | list | tuple) or not all(
+        isinstance(number, int) and not isinstance(number, bool) for number in values
+    ):
+        raise ConfigError(f"{key}={value}: expected {shape}")
+    return values
+
+
+def check_block_options(cfg: DictConfig, depths: tuple[int, int], model: str) -> None:
+    """The method's options that name blocks (its class's ``block_options``) against the backbone depth."""
+    depth_of = dict(zip(("vision", "text"), depths, strict=True))
+    options = getattr(get_class(cfg.method._target_), "block_options", {})
+    for name, option in options.items():
+        value = cfg.method.get(name)
+        if value is None:
+            continue
+        key = f"method.{name}"
+        numbers = _block_numbers(key, value, option.many)
+        limit = min(depth_of[encoder] for encoder in option.encoders)
+        blocks = f"1..{limit} of {model}"
+        if len(option.encoders) > 1:
+            blocks = f"1..{limit} (blocks of the shallower encoder of {model})"
+        if not option.many:
+            if not 1 <= numbers[0] <= limit:
+                raise ConfigError(f"{key}={numbers[0]} outside {blocks}")
+            continue
+        if not numbers:
+            raise ConfigError(f"{key}=[] names no block; give at least one, e.g. {key}=[{limit}]")
+        repeated = sorted({number for number in numbers if numbers.count(number) > 1})
+        if repeated:
+            raise ConfigError(f"{key}={numbers} repeats blocks {repeated}")
+        bad = [number for number in numbers if not 1 <= number <= limit]
+        if bad:
+            raise ConfigError(f"{key}={numbers}: blocks {bad} outside {blocks}; e.g. {key}=[{limit}]")
+
+
 def check_backbone_depths(cfg: DictConfig, backbone_name: str | None) -> None:
     """Block indices of the method and prompt set must exist in the backbone (checked before weights load).
 
     A method file written for ViT-L (24 blocks) combined with ``backbone=tiny`` (8) is a config mistake,
-    not a crash inside model construction.
+    not a crash inside model construction. Which method options name blocks is declared by the method
+    class (``AnomalyMethod.block_options``).
     """
     depths = backbone_depths(cfg.backbone)
     if depths is None:
         return
-    vision, text = depths
+    text = depths[1]
     model = f"backbone '{cfg.backbone.get('model')}'"
     if backbone_name:
         model = f"backbone={backbone_name} ('{cfg.backbone.get('model')}')"
-    layers = cfg.method.get("layers")
-    if layers:
-        bad = [int(layer) for layer in layers if not 1 <= int(layer) <= vision]
-        if bad:
-            raise ConfigError(
-                f"method.layers={[int(layer) for layer in layers]}: blocks {bad} outside 1..{vision} of "
-                f"{model}; e.g. method.layers=[{vision}]"
-            )
-    dpam_start = cfg.method.get("dpam_start")
-    if dpam_start is not None and not 1 <= int(dpam_start) <= vision:
-        raise ConfigError(f"method.dpam_start={dpam_start} outside 1..{vision} of {model}")
+    check_block_options(cfg, depths, model)
     depth = cfg.get("prompts", {}).get("deep_prompt_depth")
     if depth is not None and int(depth) > text:
         raise ConfigError(

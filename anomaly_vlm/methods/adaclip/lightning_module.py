@@ -11,7 +11,7 @@ from torch import Tensor
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
 from anomaly_vlm.methods.adaclip.torch_model import AdaCLIP, CategoryText
-from anomaly_vlm.methods.base import AnomalyMethod
+from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
 from anomaly_vlm.prompts import PromptSet
 
 
@@ -39,6 +39,10 @@ class AdaCLIPModule(AnomalyMethod):
     method_name = "adaclip"
     supports_few_shot = False
     trains_on_auxiliary_data = True
+    block_options = {
+        "layers": BlockOption(),
+        "prompt_depth": BlockOption(many=False, encoders=("vision", "text")),
+    }
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from torch import Tensor
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
 from anomaly_vlm.methods.anomalyclip.torch_model import AnomalyCLIP, AnomalyCLIPFeatures
-from anomaly_vlm.methods.base import AnomalyMethod
+from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
 from anomaly_vlm.prompts.learnable import LearnablePromptSet
 
 
@@ -38,6 +38,7 @@ class AnomalyCLIPModule(AnomalyMethod):
     method_name = "anomalyclip"
     supports_few_shot = False
     trains_on_auxiliary_data = True
+    block_options = {"layers": BlockOption(), "dpam_start": BlockOption(many=False)}
 
     def __init__(
         self,

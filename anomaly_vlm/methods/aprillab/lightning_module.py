@@ -12,7 +12,7 @@ from torch import Tensor
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
 from anomaly_vlm.methods.aprillab.torch_model import AprilGAN
-from anomaly_vlm.methods.base import AnomalyMethod
+from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
 from anomaly_vlm.methods.losses import dice_loss, focal_loss
 from anomaly_vlm.prompts import PromptSet
 
@@ -51,6 +51,7 @@ class AprilGANModule(AnomalyMethod):
     method_name = "aprillab"
     supports_few_shot = True
     trains_on_auxiliary_data = True
+    block_options = {"stages": BlockOption(), "few_shot_stages": BlockOption()}
 
     def __init__(
         self,

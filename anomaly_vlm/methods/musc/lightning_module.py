@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
-from anomaly_vlm.methods.base import AnomalyMethod
+from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
 from anomaly_vlm.methods.musc.torch_model import (
     REFERENCE_R_LIST,
     RSCIN_K_DEFAULT,
@@ -60,6 +60,7 @@ class MuScModule(AnomalyMethod):
 
     method_name = "musc"
     supports_few_shot = False
+    block_options = {"layers": BlockOption()}
     #: Scores a category's test images against each other (the torch model says the same): results are
     #: marked, never ranked silently with methods that score each image on its own. A class attribute,
     #: so the protocol is known from the config before anything is built.

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
-from anomaly_vlm.methods.base import AnomalyMethod
+from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
 from anomaly_vlm.methods.contract import FrozenFeatures, concat_features
 from anomaly_vlm.methods.promptad.torch_model import PromptADModel
 from anomaly_vlm.prompts.promptad import PromptADPromptSet
@@ -38,6 +38,7 @@ class PromptADModule(AnomalyMethod):
 
     method_name = "promptad"
     supports_few_shot = True
+    block_options = {"vv_start": BlockOption(many=False), "memory_blocks": BlockOption()}
     #: Learns from the shots of each category: zero-shot is refused before anything is built.
     requires_few_shot = True
 

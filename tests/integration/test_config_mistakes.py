@@ -1,0 +1,43 @@
+"""Config mistakes a first command makes reach the user as one ``error:`` line, in single runs and sweeps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from warm_python import run_python
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _entry(script: str, *arguments: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return run_python([sys.executable, script, *arguments], cwd=ROOT, env=env, timeout=120)
+
+
+def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_aprillab_blocks_the_backbone_lacks_stop_a_run_and_a_sweep(tmp_path):
+    common = ["experiment=aprillab_synthetic", "logger=none", f"paths.cache_dir={tmp_path / 'cache'}"]
+    single = _entry("train.py", *common, "method.stages=[2,20]", f"hydra.run.dir={tmp_path / 'run'}")
+    assert _error_lines(single) == [
+        "error: method.stages=[2, 20]: blocks [20] outside 1..8 of backbone=tiny ('anomaly-vlm-tiny'); "
+        "e.g. method.stages=[8]"
+    ]
+    sweep = _entry(
+        "train.py",
+        "-m",
+        *common,
+        "method.few_shot_stages=[20]",
+        "shots=1",
+        f"hydra.sweep.dir={tmp_path / 'm'}",
+    )
+    lines = _error_lines(sweep)
+    assert len(lines) == 2 and "method.few_shot_stages=[20]: blocks [20] outside 1..8" in lines[0]
+    assert lines[1] == "error: 1 of 1 jobs of this sweep cannot run; none was started"
