@@ -21,7 +21,8 @@ class AnomalyDataModule(L.LightningDataModule):
     """Serves one category at a time for testing, and the auxiliary dataset for training.
 
     Categories are looped inside one job (the backbone is built once), so test loaders are made per
-    category rather than through Lightning's single ``test_dataloader`` hook.
+    category rather than through Lightning's single ``test_dataloader`` hook. Each dataset's files are
+    read within its own ``max_image_pixels`` (``data.`` / ``train_data.max_image_pixels``).
 
     Args:
         source: the evaluated dataset.
@@ -83,7 +84,12 @@ class AnomalyDataModule(L.LightningDataModule):
     def category_test_dataloader(self, category: str) -> DataLoader:
         """Test images of one category, with masks when the category has them."""
         samples = self.source.samples(category, "test")
-        dataset = AnomalyImageDataset(samples, self.image_size, with_masks=self.source.has_masks(category))
+        dataset = AnomalyImageDataset(
+            samples,
+            self.image_size,
+            with_masks=self.source.has_masks(category),
+            max_image_pixels=self.source.max_image_pixels,
+        )
         # Under DDP each rank tests a contiguous, unpadded shard (a single process gets everything).
         return self._loader(dataset, self.batch_size, sampler=ContiguousShardSampler(len(dataset)))
 
@@ -95,7 +101,8 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def load_images(self, samples: list[Sample]) -> Tensor:
         """``[k, 3, S, S]`` images of the given samples (for few-shot memory banks)."""
-        return torch.stack([load_image(sample.path, self.image_size) for sample in samples])
+        limit = self.source.max_image_pixels
+        return torch.stack([load_image(sample.path, self.image_size, limit) for sample in samples])
 
     def train_samples(self) -> list[Sample]:
         """Every sample of the auxiliary dataset's training split, all its categories."""
@@ -135,7 +142,12 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.check_training_data()
-        dataset = AnomalyImageDataset(self.train_samples(), self.image_size, with_masks=True)
+        dataset = AnomalyImageDataset(
+            self.train_samples(),
+            self.image_size,
+            with_masks=True,
+            max_image_pixels=self.train_source.max_image_pixels,
+        )
         if self.train_mosaic_probability > 0:
             dataset = MosaicDataset(dataset, self.train_mosaic_probability)
         rank, world = rank_and_world()

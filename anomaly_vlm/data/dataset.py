@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 
 from anomaly_vlm.cache.digest import file_digest
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.image_io import image_size_of, load_image, load_mask
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, image_size_of, load_image, load_mask
 
 log = logging.getLogger(__name__)
 
@@ -21,24 +21,33 @@ class AnomalyImageDataset(Dataset):
         image_size: square side the images and masks are resized to (the model input size, which is
             also the evaluation resolution of the reference implementations).
         with_masks: read masks (normal images get an all-zero mask). False yields ``mask=None``.
+        max_image_pixels: refuse an image or mask file with more pixels, before decoding it (the
+            source's ``data.max_image_pixels``); None: no limit.
     """
 
-    def __init__(self, samples: list[Sample], image_size: int, with_masks: bool = True) -> None:
+    def __init__(
+        self,
+        samples: list[Sample],
+        image_size: int,
+        with_masks: bool = True,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         self.samples = samples
         self.image_size = int(image_size)
         self.with_masks = with_masks
+        self.max_image_pixels = max_image_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        image = load_image(sample.path, self.image_size)
+        image = load_image(sample.path, self.image_size, self.max_image_pixels)
         mask = None
         if self.with_masks:
             if sample.mask_path:
-                mask, mask_size = load_mask(sample.mask_path, self.image_size)
-                image_size = image_size_of(sample.path)
+                mask, mask_size = load_mask(sample.mask_path, self.image_size, self.max_image_pixels)
+                image_size = image_size_of(sample.path, self.max_image_pixels)
                 if mask_size != image_size:
                     log.warning(
                         "mask %s is %sx%s but its image %s is %sx%s; both are resized to %s",

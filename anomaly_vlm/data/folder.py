@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
 from anomaly_vlm.data.source import MVTecLayout
 
 
@@ -37,6 +37,8 @@ class FolderDataset(MVTecLayout):
             masks named exactly like their image).
         require_masks: every anomalous test image must have its mask (set for ``train_data=folder``:
             training on an anomalous image with an all-zero mask would teach the opposite).
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "folder"
@@ -48,6 +50,7 @@ class FolderDataset(MVTecLayout):
         class_names: Mapping[str, str] | None = None,
         mask_suffix: str = "_mask",
         require_masks: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         path = Path(root).expanduser()
         if (path / "test").is_dir() or (path / "train").is_dir():
@@ -60,7 +63,12 @@ class FolderDataset(MVTecLayout):
             categories = [path.name]
             path = path.parent
         super().__init__(
-            path, categories, require_masks=require_masks, mask_suffix=mask_suffix, class_names=class_names
+            path,
+            categories,
+            require_masks=require_masks,
+            mask_suffix=mask_suffix,
+            class_names=class_names,
+            max_image_pixels=max_image_pixels,
         )
 
     def available_categories(self) -> list[str]:

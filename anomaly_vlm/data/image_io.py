@@ -4,6 +4,10 @@ CLIP preprocessing (METHODS.md): squash to a square with bicubic interpolation (
 crop. Masks follow the image geometry: binarised (> 0, so label-valued VisA masks work), resized
 bilinearly to the same square, then thresholded at 0.5. A mask path may also be a folder holding several
 mask files of one image (MVTec LOCO: one file per defect region); they are fused by a pixel-wise OR.
+
+Every image or mask file is opened through :func:`open_image`, which reads the header only and refuses a
+file over ``data.max_image_pixels`` before a pixel is decoded: a PNG of a few kilobytes can claim
+100000x100000 pixels (a decompression bomb) and would otherwise take tens of gigabytes to decode.
 """
 
 from __future__ import annotations
@@ -17,22 +21,90 @@ from torch import Tensor
 
 # Fail on truncated files instead of silently reading grey pixels.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# PIL's own bomb check (a warning above ~89 MP, an error above ~179 MP) would overrule the configured
+# limit both ways: refuse a large scan someone allowed, or only warn below 179 MP. The project's limit,
+# checked in open_image on every image it opens, is the one that counts.
+Image.MAX_IMAGE_PIXELS = None
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+#: Default of ``data.max_image_pixels``: 100 megapixels is above any benchmark image (Real-IAD raw,
+#: ~5 MP; MVTec AD 2, ~10 MP) and any industrial camera in use, and decodes to at most 300 MB of RGB.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+#: The config key that sets the limit (named in every refusal so it can be raised knowingly).
+MAX_IMAGE_PIXELS_KEY = "data.max_image_pixels"
 
 
 class DataError(RuntimeError):
     """A dataset file or folder is missing, unreadable or inconsistent."""
 
 
-def _open(path: str) -> Image.Image:
+def check_max_pixels(value: object, key: str = MAX_IMAGE_PIXELS_KEY) -> int | None:
+    """``data.max_image_pixels`` as a positive int, or None (no limit).
+
+    Raises:
+        DataError: anything else, naming ``key``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value or value < 1:
+        raise DataError(f"{key}={value!r} must be a positive number of pixels (width x height) or null")
+    return int(value)
+
+
+def open_image(
+    path: str | Path,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    what: str = "image",
+    key: str = MAX_IMAGE_PIXELS_KEY,
+) -> Image.Image:
+    """Open an image file lazily (header only), refusing it when it has more than ``max_pixels`` pixels.
+
+    Pixels are decoded later, by ``load()`` or the first access; PIL's ``Image.open`` reads the header
+    only, so a decompression bomb is refused here without allocating its pixels.
+
+    Args:
+        path: the file.
+        max_pixels: the most ``width * height`` allowed (``data.max_image_pixels``); None: no limit.
+        what: how errors name the file (``image``, ``mask``, ``texture``).
+        key: the config key of the limit, named in the refusal (``train_data.max_image_pixels``).
+
+    Returns:
+        The opened, not yet decoded :class:`PIL.Image.Image` (close it, or use it as a context manager).
+
+    Raises:
+        DataError: the file is missing, not an image, or over the limit; the message names the file.
+    """
     try:
         image = Image.open(path)
-        image.load()
     except FileNotFoundError as error:
-        raise DataError(f"image file not found: {path}") from error
+        raise DataError(f"{what} file not found: {path}") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read image {path}: {error}") from error
+        raise DataError(f"cannot read {what} {path}: {error}") from error
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        image.close()
+        raise DataError(
+            f"{what} {path} is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} ({key}); refused before decoding (a small file that claims this many "
+            f"pixels is a decompression bomb). Raise {key} if the image is real"
+        )
+    return image
+
+
+def _open(
+    path: str | Path,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    what: str = "image",
+    key: str = MAX_IMAGE_PIXELS_KEY,
+) -> Image.Image:
+    """:func:`open_image`, then decode the pixels."""
+    image = open_image(path, max_pixels, what, key)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        image.close()
+        raise DataError(f"cannot read {what} {path}: {error}") from error
     return image
 
 
@@ -57,9 +129,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str, size: int) -> Tensor:
-    """``[3, size, size]`` float RGB in ``[0, 1]``, bicubic squash-resized."""
-    image = to_rgb(_open(path))
+def load_image(path: str, size: int, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Tensor:
+    """``[3, size, size]`` float RGB in ``[0, 1]``, bicubic squash-resized.
+
+    Args:
+        path: the image file.
+        size: the square side.
+        max_pixels: refuse a file with more pixels (``data.max_image_pixels``), before decoding it.
+
+    Raises:
+        DataError: the file is missing, unreadable or over ``max_pixels``.
+    """
+    image = to_rgb(_open(path, max_pixels))
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
@@ -80,20 +161,23 @@ def mask_files(path: str | Path) -> list[Path]:
     return files
 
 
-def _binary(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-    mask = _open(str(path))
+def _binary(path: Path, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    mask = _open(path, max_pixels, what="mask")
     binary = np.asarray(mask.convert("L") if mask.mode not in {"L", "I", "I;16", "F", "1"} else mask) > 0
     if binary.ndim == 3:
         binary = binary.any(axis=-1)
     return binary, mask.size
 
 
-def load_mask(path: str, size: int) -> tuple[Tensor, tuple[int, int]]:
+def load_mask(
+    path: str, size: int, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[Tensor, tuple[int, int]]:
     """Binary ``[size, size]`` float mask and the file's original (width, height).
 
-    ``path`` may be a folder of masks of the same image; their union is returned.
+    ``path`` may be a folder of masks of the same image; their union is returned. A mask file with more
+    than ``max_pixels`` pixels (``data.max_image_pixels``) is refused before decoding (:class:`DataError`).
     """
-    parts = [_binary(file) for file in mask_files(path)]
+    parts = [_binary(file, max_pixels) for file in mask_files(path)]
     original_size = parts[0][1]
     binary = parts[0][0]
     for other, other_size in parts[1:]:
@@ -104,10 +188,7 @@ def load_mask(path: str, size: int) -> tuple[Tensor, tuple[int, int]]:
     return torch.from_numpy((np.asarray(resized) > 0.5).astype(np.float32)), original_size
 
 
-def image_size_of(path: str) -> tuple[int, int]:
-    """(width, height) without decoding pixels."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
-        raise DataError(f"cannot read image {path}: {error}") from error
+def image_size_of(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) without decoding pixels (a file over ``max_pixels`` is refused all the same)."""
+    with open_image(path, max_pixels) as image:
+        return image.size

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.image_io import IMAGE_EXTENSIONS, DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, DataError
 from anomaly_vlm.data.source import DatasetSource, Split, list_images
 
 
@@ -42,6 +42,8 @@ class ImageFiles(DatasetSource):
         reference_dir: normal images of the same object, the few-shot references (``shots > 0``).
         category: category / class name of the images; default the folder's name.
         recursive: also take images in subfolders of ``path``.
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "images"
@@ -53,17 +55,22 @@ class ImageFiles(DatasetSource):
         reference_dir: str | Path | None = None,
         category: str | None = None,
         recursive: bool = True,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         self.path = Path(path).expanduser()
         folder = self.path if self.path.is_dir() else self.path.parent
         self.category = category or folder.resolve().name or "object"
-        super().__init__([self.category])
+        super().__init__([self.category], max_image_pixels=max_image_pixels)
         self.reference_dir = Path(reference_dir).expanduser() if reference_dir else None
         self.recursive = recursive
         self._cache: dict[str, list[Sample]] = {}
 
     def available_categories(self) -> list[str]:
         return [self.category]
+
+    def link_roots(self) -> list[Path]:
+        folders = (self.path, self.reference_dir)
+        return [folder for folder in folders if folder is not None and folder.is_dir()]
 
     def samples(self, category: str, split: Split) -> list[Sample]:
         if split not in self._cache:

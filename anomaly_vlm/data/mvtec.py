@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
 from anomaly_vlm.data.source import MVTecLayout
 
 MVTEC_CATEGORIES = (
@@ -30,7 +30,8 @@ MVTEC_CATEGORIES = (
 class MVTecAD(MVTecLayout):
     """MVTec AD in its release layout; every anomalous test image must have its mask.
 
-    ``class_names`` (category -> words used in prompts) works as for every dataset source.
+    ``class_names`` (category -> words used in prompts) and ``max_image_pixels`` work as for every
+    dataset source (:class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "mvtec"
@@ -40,8 +41,11 @@ class MVTecAD(MVTecLayout):
         root: str | Path,
         categories: Sequence[str] | None = None,
         class_names: Mapping[str, str] | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(root, categories, require_masks=True, class_names=class_names)
+        super().__init__(
+            root, categories, require_masks=True, class_names=class_names, max_image_pixels=max_image_pixels
+        )
 
     def available_categories(self) -> list[str]:
         self._check_root()

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Literal
 
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.image_io import IMAGE_EXTENSIONS, DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, DataError, check_max_pixels
+from anomaly_vlm.data.links import warn_outside_links
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,12 @@ class DatasetSource:
         class_names: category -> the words used for it in prompts (``data.class_names``). The
             runner merges them into the prompt set's ``class_name_overrides`` (the data's names win),
             so a dataset's own vocabulary reaches every method without touching the prompt files.
+        max_image_pixels: the most pixels (width x height) an image or mask file of this dataset may
+            have (``data.max_image_pixels``); larger files are refused from their header, before
+            decoding. None: no limit.
+
+    Symlinks under the dataset folder (:meth:`link_roots`) are followed; those leading outside it are
+    reported in one warning the first time the categories are listed.
     """
 
     name: str = "dataset"
@@ -35,10 +42,15 @@ class DatasetSource:
     labelled: bool = True
 
     def __init__(
-        self, categories: Sequence[str] | None = None, class_names: Mapping[str, str] | None = None
+        self,
+        categories: Sequence[str] | None = None,
+        class_names: Mapping[str, str] | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         self._requested = list(categories) if categories else None
         self._class_names = {str(key): str(value) for key, value in (class_names or {}).items()}
+        self.max_image_pixels = check_max_pixels(max_image_pixels)
+        self._links_reported = False
 
     @property
     def class_names(self) -> dict[str, str]:
@@ -56,10 +68,24 @@ class DatasetSource:
         """All categories present in this source."""
         raise NotImplementedError
 
+    def link_roots(self) -> list[Path]:
+        """The folders this source lists files in, whose outward symlinks are reported (its ``root``)."""
+        root = getattr(self, "root", None)
+        return [Path(root)] if root is not None else []
+
+    def report_outside_links(self) -> None:
+        """Warn once per folder of :meth:`link_roots` about symlinks that lead outside it."""
+        if getattr(self, "_links_reported", False):
+            return
+        self._links_reported = True
+        for root in self.link_roots():
+            warn_outside_links(root)
+
     @property
     def categories(self) -> list[str]:
         """The selected categories, validated against the available ones."""
         available = self.available_categories()
+        self.report_outside_links()
         if self._requested is None:
             return available
         unknown = [category for category in self._requested if category not in available]
@@ -99,6 +125,7 @@ class MVTecLayout(DatasetSource):
             False, a category without any mask reports image metrics only.
         mask_suffix: mask file name = image stem + this suffix + extension.
         class_names: category -> words used in prompts (see :class:`DatasetSource`).
+        max_image_pixels: largest image or mask file, in pixels (see :class:`DatasetSource`).
     """
 
     name = "mvtec_layout"
@@ -110,8 +137,9 @@ class MVTecLayout(DatasetSource):
         require_masks: bool = True,
         mask_suffix: str = "_mask",
         class_names: Mapping[str, str] | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(categories, class_names=class_names)
+        super().__init__(categories, class_names=class_names, max_image_pixels=max_image_pixels)
         self.root = Path(root).expanduser()
         self.require_masks = require_masks
         self.mask_suffix = mask_suffix

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
 from anomaly_vlm.data.source import DatasetSource, MVTecLayout, Split
 
 VISA_CATEGORIES = (
@@ -76,6 +76,8 @@ class VisA(DatasetSource):
             split CSV exist, prepared when ``<root>/<category>/test`` folders exist).
         split_csv: the split file of the raw layout; relative paths are taken from ``root``.
         class_names: category -> words used in prompts (default: the category name).
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "visa"
@@ -87,8 +89,9 @@ class VisA(DatasetSource):
         layout: Layout = "auto",
         split_csv: str | Path | None = DEFAULT_SPLIT_CSV,
         class_names: Mapping[str, str] | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(categories, class_names=class_names)
+        super().__init__(categories, class_names=class_names, max_image_pixels=max_image_pixels)
         if layout not in ("auto", "raw", "prepared"):
             raise DataError(f"data.layout={layout!r} is not one of 'auto', 'raw', 'prepared'")
         self.root = Path(root).expanduser()
@@ -97,7 +100,9 @@ class VisA(DatasetSource):
         self.split_csv = split if split.is_absolute() else self.root / split
         self._layout: str | None = None
         self._rows: dict[str, list[dict[str, str]]] | None = None
-        self._prepared = _PreparedVisA(self.root, None, require_masks=True, mask_suffix="")
+        self._prepared = _PreparedVisA(
+            self.root, None, require_masks=True, mask_suffix="", max_image_pixels=self.max_image_pixels
+        )
         self._cache: dict[tuple[str, str], list[Sample]] = {}
 
     # ----- layout ---------------------------------------------------------------------------------

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from anomaly_vlm.untrusted import UntrustedFileError, read_json
+
+log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
@@ -61,12 +66,19 @@ def write_json_atomic(path: Path, payload: dict) -> Path:
 
 
 def read_results(path: Path) -> dict | None:
-    """The results of a finished job, or None when absent, unreadable or incomplete."""
+    """The results of a finished job, or None when absent, unreadable or incomplete.
+
+    A results.json may be one someone shared: one over the size or nesting limits of
+    :func:`anomaly_vlm.untrusted.read_json` is not read, and is logged (naming the file) and skipped.
+    """
     try:
-        payload = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        payload = read_json(path, what="results.json")
+    except UntrustedFileError as error:
+        log.warning("skipped: %s", error)
         return None
-    return payload if payload.get("status") == "complete" else None
+    except OSError:
+        return None
+    return payload if isinstance(payload, dict) and payload.get("status") == "complete" else None
 
 
 def build_results(

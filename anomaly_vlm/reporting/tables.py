@@ -81,6 +81,10 @@ IGNORED_CONFIG_PREFIXES = (
     "data.root",
     "train_data.root",
     "train_data.synthesis.seed",  # follows ``seed`` (replicates), also while synthesis is off
+    # A limit on input files: a run within it computes the same numbers whatever its value.
+    "data.max_image_pixels",
+    "train_data.max_image_pixels",
+    "train_data.synthesis.max_image_pixels",
     "trainer.default_root_dir",
 )
 

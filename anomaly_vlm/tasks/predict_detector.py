@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from anomaly_vlm.callbacks.scoring import CategoryResult
+from anomaly_vlm.data.checks import check_samples
 from anomaly_vlm.data.image_io import load_image
 from anomaly_vlm.data.source import DatasetSource
 from anomaly_vlm.decisions.consumers import CategoryDecisions
@@ -44,13 +45,18 @@ def predict_with_detector(
     writer.shots = int(detector.meta.get("shots", 0))
     batch_size = int((cfg.get("datamodule") or {}).get("batch_size", 8))
     for category in source.categories:
-        paths = [sample.path for sample in source.samples(category, "test")]
+        samples = source.samples(category, "test")
+        # Headers first, against data.max_image_pixels: the detector reads with the default limit.
+        check_samples(samples, source.max_image_pixels)
+        paths = [sample.path for sample in samples]
         prediction = detector.score_paths(paths, batch_size=batch_size)
         images = {}
         if heatmaps.images_wanted is None:
             size = detector.image_size
             images = {
-                index: (load_image(path, size).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+                index: (
+                    load_image(path, size, source.max_image_pixels).permute(1, 2, 0).numpy() * 255
+                ).astype(np.uint8)
                 for index, path in enumerate(paths)
             }
         result = CategoryResult(

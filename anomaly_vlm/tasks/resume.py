@@ -128,6 +128,9 @@ NOT_TRAINING_KEYS: tuple[str, ...] = (
     "callbacks",
     "datamodule.batch_size",  # the test loader
     "datamodule.num_workers",
+    # a limit on input files refuses files; what is read within it trains the same parameters
+    "train_data.max_image_pixels",
+    "train_data.synthesis.max_image_pixels",
     # exact (float32) cached features are the features; only a rounding dtype changes what is learned
     "feature_cache.enabled",
     "feature_cache.dir",

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hostile_files import bomb_png
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
+from PIL import Image
 from warm_python import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,3 +53,24 @@ def test_finished_run_is_refused_with_one_clean_line(tmp_path):
     )
     assert "Traceback" not in result.stderr and "\\n" not in result.stderr
     assert (tmp_path / "results.json").read_text() == finished
+
+
+def test_a_decompression_bomb_in_a_dataset_is_one_error_line(tmp_path):
+    """A 67-byte PNG that claims 100000x100000 pixels stops the job before weights load and decoding."""
+    root = tmp_path / "data"
+    for name in ("train/good/0.png", "test/good/0.png", "test/dent/0.png"):
+        (root / "widget" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (90, 90, 90)).save(root / "widget" / name)
+    bomb = bomb_png(root / "widget" / "test" / "dent" / "1.png")
+    overrides = ["backbone=tiny", "data=folder", f"data.root={root}", "logger=none"]
+    result = _entry(
+        "evaluate.py", *overrides, f"hydra.run.dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path}"
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(
+        f"error: image {bomb} is 100000x100000 = 10,000,000,000 pixels, over the limit"
+    )
+    assert "(data.max_image_pixels)" in lines[-1]
+    assert sum(line.startswith("error:") for line in lines) == 1
+    assert "Traceback" not in result.stderr

@@ -16,10 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.image_io import IMAGE_EXTENSIONS, DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, DataError, open_image
 from anomaly_vlm.data.source import DatasetSource, Split, list_images
 
 NORMAL = "good"
@@ -35,13 +34,16 @@ def check_root(root: Path, name: str) -> None:
         raise DataError(f"{name} root is empty: {root} (set data.root or DATA_ROOT)")
 
 
-def mask_is_empty(path: Path) -> bool:
-    """Whether a mask file marks no pixel (KolektorSDD/KSDD2 ship an all-black mask for normal images)."""
-    try:
-        with Image.open(path) as mask:
+def mask_is_empty(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> bool:
+    """Whether a mask file marks no pixel (KolektorSDD/KSDD2 ship an all-black mask for normal images).
+
+    A mask over ``max_pixels`` (``data.max_image_pixels``) is refused before decoding (:class:`DataError`).
+    """
+    with open_image(path, max_pixels, what="mask") as mask:
+        try:
             return not np.asarray(mask.convert("L")).any()
-    except OSError as error:
-        raise DataError(f"cannot read mask {path}: {error}") from error
+        except OSError as error:
+            raise DataError(f"cannot read mask {path}: {error}") from error
 
 
 def find_mask(folder: Path, image: Path, suffixes: Sequence[str] = MASK_SUFFIXES) -> Path | None:
@@ -66,6 +68,8 @@ class BenchmarkLayout(DatasetSource):
         normal_folder: name of the normal-image folders (``good``; BTAD ``ok``).
         test_folder: name of the test split folder (MVTec AD 2: ``test_public``).
         ground_truth: where masks live, relative to the category folder.
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "benchmark"
@@ -82,8 +86,9 @@ class BenchmarkLayout(DatasetSource):
         normal_folder: str = NORMAL,
         test_folder: str = "test",
         ground_truth: str = "ground_truth",
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(categories, class_names=class_names)
+        super().__init__(categories, class_names=class_names, max_image_pixels=max_image_pixels)
         self.root = Path(root).expanduser()
         self.known_categories = tuple(known_categories) if known_categories else None
         self.normal_folder = normal_folder

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anomaly_vlm.data.datasets._layout import BenchmarkLayout
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
 
 BTAD_CATEGORIES = ("01", "02", "03")
 
@@ -30,6 +31,8 @@ class BTAD(BenchmarkLayout):
         root: the ``BTech_Dataset_transformed`` folder.
         categories: subset of ``01``, ``02``, ``03``; None means all present.
         class_names: category -> words used in prompts.
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "btad"
@@ -40,5 +43,13 @@ class BTAD(BenchmarkLayout):
         root: str | Path,
         categories: Sequence[str] | None = None,
         class_names: Mapping[str, str] | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(root, categories, class_names, known_categories=BTAD_CATEGORIES, normal_folder="ok")
+        super().__init__(
+            root,
+            categories,
+            class_names,
+            known_categories=BTAD_CATEGORIES,
+            normal_folder="ok",
+            max_image_pixels=max_image_pixels,
+        )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from anomaly_vlm.data.batch import Sample
 from anomaly_vlm.data.datasets._layout import NORMAL, BenchmarkLayout, check_root, image_files
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
 from anomaly_vlm.data.source import Split
 
 DAGM_CATEGORIES = tuple(f"Class{k}" for k in range(1, 11))
@@ -43,6 +43,8 @@ class DAGM(BenchmarkLayout):
         root: the folder holding ``Class1`` ... ``Class10``.
         categories: subset; None means every class present.
         class_names: category -> words used in prompts.
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "dagm"
@@ -53,8 +55,11 @@ class DAGM(BenchmarkLayout):
         root: str | Path,
         categories: Sequence[str] | None = None,
         class_names: Mapping[str, str] | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(root, categories, class_names, known_categories=DAGM_CATEGORIES)
+        super().__init__(
+            root, categories, class_names, known_categories=DAGM_CATEGORIES, max_image_pixels=max_image_pixels
+        )
 
     def available_categories(self) -> list[str]:
         check_root(self.root, self.dataset_title)

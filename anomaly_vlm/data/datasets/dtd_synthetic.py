@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anomaly_vlm.data.datasets._layout import BenchmarkLayout
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
 
 DTD_CATEGORIES = (
     "Woven_001",
@@ -38,6 +39,8 @@ class DTDSynthetic(BenchmarkLayout):
         root: the folder holding the 12 texture folders.
         categories: subset; None means all present.
         class_names: category -> words used in prompts.
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "dtd_synthetic"
@@ -48,5 +51,8 @@ class DTDSynthetic(BenchmarkLayout):
         root: str | Path,
         categories: Sequence[str] | None = None,
         class_names: Mapping[str, str] | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(root, categories, class_names, known_categories=DTD_CATEGORIES)
+        super().__init__(
+            root, categories, class_names, known_categories=DTD_CATEGORIES, max_image_pixels=max_image_pixels
+        )

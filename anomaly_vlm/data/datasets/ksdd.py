@@ -23,7 +23,7 @@ from typing import Literal
 
 from anomaly_vlm.data.batch import Sample
 from anomaly_vlm.data.datasets._layout import NORMAL, BenchmarkLayout, check_root, image_files, mask_is_empty
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
 from anomaly_vlm.data.source import Split
 
 KSDD_CATEGORY = "electrical_commutators"
@@ -39,6 +39,8 @@ class KolektorSDD(BenchmarkLayout):
         categories: ``[electrical_commutators]`` or None.
         class_names: category -> words used in prompts.
         layout: ``auto``, ``release`` or ``prepared``.
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "ksdd"
@@ -51,8 +53,15 @@ class KolektorSDD(BenchmarkLayout):
         categories: Sequence[str] | None = None,
         class_names: Mapping[str, str] | None = None,
         layout: Layout = "auto",
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(root, categories, class_names, known_categories=(KSDD_CATEGORY,))
+        super().__init__(
+            root,
+            categories,
+            class_names,
+            known_categories=(KSDD_CATEGORY,),
+            max_image_pixels=max_image_pixels,
+        )
         if layout not in ("auto", "release", "prepared"):
             raise DataError(f"data.layout={layout!r} is not one of 'auto', 'release', 'prepared'")
         self.requested_layout = layout
@@ -99,7 +108,7 @@ class KolektorSDD(BenchmarkLayout):
                     mask = folder / f"{image.stem}_label.bmp"
                     if not mask.is_file():
                         raise DataError(f"KolektorSDD image {image} has no mask; expected {mask}")
-                    if mask_is_empty(mask):
+                    if mask_is_empty(mask, self.max_image_pixels):
                         records.append(Sample(str(image), category, 0, NORMAL, None))
                     else:
                         records.append(Sample(str(image), category, 1, "defect", str(mask)))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from anomaly_vlm.data.batch import Sample
 from anomaly_vlm.data.datasets._layout import NORMAL, BenchmarkLayout, check_root, image_files, mask_is_empty
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
 from anomaly_vlm.data.source import Split
 
 KSDD2_CATEGORY = "ksdd2"
@@ -28,6 +28,8 @@ class KolektorSDD2(BenchmarkLayout):
         root: the folder holding ``train/`` and ``test/``.
         categories: ``[ksdd2]`` or None.
         class_names: category -> words used in prompts.
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "ksdd2"
@@ -38,8 +40,15 @@ class KolektorSDD2(BenchmarkLayout):
         root: str | Path,
         categories: Sequence[str] | None = None,
         class_names: Mapping[str, str] | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(root, categories, class_names, known_categories=(KSDD2_CATEGORY,))
+        super().__init__(
+            root,
+            categories,
+            class_names,
+            known_categories=(KSDD2_CATEGORY,),
+            max_image_pixels=max_image_pixels,
+        )
 
     def available_categories(self) -> list[str]:
         check_root(self.root, self.dataset_title)
@@ -61,7 +70,7 @@ class KolektorSDD2(BenchmarkLayout):
             mask = folder / f"{image.stem}{MASK_SUFFIX}.png"
             if not mask.is_file():
                 raise DataError(f"KolektorSDD2 image {image} has no mask; expected {mask}")
-            if mask_is_empty(mask):
+            if mask_is_empty(mask, self.max_image_pixels):
                 records.append(Sample(str(image), category, 0, NORMAL, None))
             elif split == "test":
                 records.append(Sample(str(image), category, 1, "defect", str(mask)))

@@ -17,14 +17,14 @@ case-insensitively. Prompts use the class key (``cls_name``) as the official cod
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anomaly_vlm.data.batch import Sample
 from anomaly_vlm.data.datasets._layout import NORMAL
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
 from anomaly_vlm.data.source import DatasetSource, Split
+from anomaly_vlm.untrusted import UntrustedFileError, read_json
 
 ENTRY_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
 
@@ -41,6 +41,8 @@ class MetaJSON(DatasetSource):
             share one table; default ``meta_json``.
         require_masks: an anomalous entry without a mask is an error (set for ``train_data=meta_json``:
             training on an anomalous image with an all-zero mask would teach the opposite).
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "meta_json"
@@ -53,8 +55,9 @@ class MetaJSON(DatasetSource):
         class_names: Mapping[str, str] | None = None,
         name: str | None = None,
         require_masks: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(categories, class_names=class_names)
+        super().__init__(categories, class_names=class_names, max_image_pixels=max_image_pixels)
         self.root = Path(root).expanduser()
         path = Path(meta).expanduser()
         self.meta = path if path.is_absolute() else self.root / path
@@ -69,8 +72,11 @@ class MetaJSON(DatasetSource):
             if not self.meta.is_file():
                 raise DataError(f"meta.json not found: {self.meta} (set data.root, or data.meta=<file>)")
             try:
-                payload = json.loads(self.meta.read_text())
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+                # A meta.json is handed over with a dataset: size and nesting are bounded before parsing.
+                payload = read_json(self.meta, what="meta.json")
+            except UntrustedFileError as error:
+                raise DataError(str(error)) from None
+            except OSError as error:
                 raise DataError(f"cannot read {self.meta}: {error}") from error
             if not isinstance(payload, dict):
                 kind = type(payload).__name__

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anomaly_vlm.data.datasets._layout import BenchmarkLayout
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
 
 MPDD_CATEGORIES = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
 
@@ -22,6 +23,8 @@ class MPDD(BenchmarkLayout):
         root: the release folder holding the six category folders.
         categories: subset; None means all present.
         class_names: category -> words used in prompts.
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "mpdd"
@@ -32,5 +35,8 @@ class MPDD(BenchmarkLayout):
         root: str | Path,
         categories: Sequence[str] | None = None,
         class_names: Mapping[str, str] | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(root, categories, class_names, known_categories=MPDD_CATEGORIES)
+        super().__init__(
+            root, categories, class_names, known_categories=MPDD_CATEGORIES, max_image_pixels=max_image_pixels
+        )

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anomaly_vlm.data.datasets._layout import BenchmarkLayout
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
 
 MVTEC_AD2_CATEGORIES = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts")
 PUBLIC_TEST = "test_public"
@@ -35,6 +35,8 @@ class MVTecAD2(BenchmarkLayout):
         categories: subset; None means all present.
         class_names: category -> words used in prompts.
         test_split: must be ``test_public`` (the private splits have no ground truth).
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "mvtec_ad2"
@@ -46,6 +48,7 @@ class MVTecAD2(BenchmarkLayout):
         categories: Sequence[str] | None = None,
         class_names: Mapping[str, str] | None = None,
         test_split: str = PUBLIC_TEST,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         if test_split in PRIVATE_TESTS:
             raise DataError(
@@ -62,4 +65,5 @@ class MVTecAD2(BenchmarkLayout):
             known_categories=MVTEC_AD2_CATEGORIES,
             test_folder=PUBLIC_TEST,
             ground_truth=f"{PUBLIC_TEST}/ground_truth",
+            max_image_pixels=max_image_pixels,
         )

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from anomaly_vlm.data.batch import Sample
 from anomaly_vlm.data.datasets._layout import NORMAL, BenchmarkLayout, image_files
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
 from anomaly_vlm.data.source import Split
 
 LOCO_CATEGORIES = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
@@ -41,6 +41,8 @@ class MVTecLOCO(BenchmarkLayout):
         categories: subset; None means all present.
         class_names: category -> words used in prompts (default the folder names).
         anomaly_types: ``all`` (logical and structural), ``logical`` or ``structural``.
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "mvtec_loco"
@@ -52,12 +54,15 @@ class MVTecLOCO(BenchmarkLayout):
         categories: Sequence[str] | None = None,
         class_names: Mapping[str, str] | None = None,
         anomaly_types: str = "all",
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         if anomaly_types not in ("all", *ANOMALY_FOLDERS):
             raise DataError(
                 f"data.anomaly_types={anomaly_types!r} is not one of 'all', 'logical', 'structural'"
             )
-        super().__init__(root, categories, class_names, known_categories=LOCO_CATEGORIES)
+        super().__init__(
+            root, categories, class_names, known_categories=LOCO_CATEGORIES, max_image_pixels=max_image_pixels
+        )
         self.anomaly_types = anomaly_types
 
     def samples(self, category: str, split: Split) -> list[Sample]:

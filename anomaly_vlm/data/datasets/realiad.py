@@ -21,15 +21,15 @@ camera the single-view files hold was not checked here; the filter makes any cho
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anomaly_vlm.data.batch import Sample
 from anomaly_vlm.data.datasets._layout import NORMAL, BenchmarkLayout, check_root
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
 from anomaly_vlm.data.source import Split
+from anomaly_vlm.untrusted import UntrustedFileError, read_json
 
 REALIAD_CATEGORIES = (
     "audiojack",
@@ -76,6 +76,8 @@ class RealIAD(BenchmarkLayout):
         json_dir: split folder below ``root`` (``realiad_jsons_sv`` single view, ``realiad_jsons`` all views).
         image_dir: image folder below ``root`` (``realiad_1024``, ``realiad_512``, ...).
         view: keep only camera ``C<view>`` images (1..5); None keeps what the split file lists.
+        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
+            :class:`~anomaly_vlm.data.source.DatasetSource`).
     """
 
     name = "realiad"
@@ -89,8 +91,15 @@ class RealIAD(BenchmarkLayout):
         json_dir: str = "realiad_jsons_sv",
         image_dir: str = "realiad_1024",
         view: int | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(root, categories, class_names, known_categories=REALIAD_CATEGORIES)
+        super().__init__(
+            root,
+            categories,
+            class_names,
+            known_categories=REALIAD_CATEGORIES,
+            max_image_pixels=max_image_pixels,
+        )
         self.json_dir_name = json_dir
         self.image_dir = self.root / image_dir
         if view is not None and int(view) not in range(1, 6):
@@ -119,11 +128,18 @@ class RealIAD(BenchmarkLayout):
         if category not in self._splits:
             path = self.json_dir / f"{category}.json"
             try:
-                payload = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as error:
+                # Split files come with the download or from colleagues: size and nesting are bounded.
+                payload = read_json(path, what="Real-IAD split file")
+            except UntrustedFileError as error:
+                raise DataError(str(error)) from None
+            except OSError as error:
                 raise DataError(f"cannot read Real-IAD split file {path}: {error}") from error
             if not isinstance(payload, dict) or not all(key in payload for key in ("meta", "train", "test")):
                 raise DataError(f"{path}: expected the keys 'meta', 'train' and 'test'")
+            if not isinstance(payload["meta"], dict) or not all(
+                isinstance(payload[split], list) for split in ("train", "test")
+            ):
+                raise DataError(f"{path}: expected 'meta' to be an object and 'train', 'test' lists")
             payload["_path"] = str(path)
             self._splits[category] = payload
         return self._splits[category]

@@ -63,6 +63,7 @@ class SynthesizedAnomalies(Dataset):
         self.synthesizer = synthesizer
         self.samples = base.samples
         self.image_size = base.image_size
+        self.max_image_pixels = base.max_image_pixels
         self._normal = [index for index, sample in enumerate(self.samples) if sample.label == 0]
         if not self._normal:
             raise ValueError("synthesized anomalies need normal training images")
@@ -82,7 +83,7 @@ class SynthesizedAnomalies(Dataset):
             if not pool:
                 return None
             chosen = self.samples[pool[int(rng.integers(len(pool)))]]
-            return load_image(chosen.path, self.image_size).permute(1, 2, 0).numpy()
+            return load_image(chosen.path, self.image_size, self.max_image_pixels).permute(1, 2, 0).numpy()
 
         return donor
 

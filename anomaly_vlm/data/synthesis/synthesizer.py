@@ -26,9 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_vlm.data.image_io import DataError
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError, check_max_pixels
 from anomaly_vlm.data.synthesis.noise import perlin_noise
-from anomaly_vlm.data.synthesis.textures import OTHER_CATEGORIES, load_texture, resolve_textures
+from anomaly_vlm.data.synthesis.textures import (
+    OTHER_CATEGORIES,
+    TEXTURE_LIMIT_KEY,
+    load_texture,
+    resolve_textures,
+)
 
 KINDS: tuple[str, ...] = ("cutpaste", "texture")
 
@@ -101,6 +106,8 @@ class AnomalySynthesizer:
         perlin_scale: ``texture`` lattice cells per axis = ``2^k``, ``k`` uniform in ``[min, max)``.
         threshold: ``texture`` noise threshold; the noise lies in about ``[-0.71, 0.71]``.
         opacity: ``texture`` weight of the foreign texture inside the defect.
+        max_image_pixels: refuse a texture file with more pixels, before decoding it (the config
+            interpolates ``train_data.max_image_pixels``); None: no limit.
 
     Raises:
         DataError: an option out of range or an unknown kind, naming ``train_data.synthesis.<key>``.
@@ -118,6 +125,7 @@ class AnomalySynthesizer:
         perlin_scale: Sequence[int] = (0, 6),
         threshold: float = 0.5,
         opacity: Sequence[float] = (0.2, 1.0),
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         if isinstance(kinds, str):
             kinds = [kinds]
@@ -158,6 +166,7 @@ class AnomalySynthesizer:
         self.opacity = _pair("opacity", opacity, 0.0, 1.0)
         if self.opacity[1] <= 0.0:
             raise DataError(f"train_data.synthesis.opacity={list(self.opacity)}: max must be > 0")
+        self.max_image_pixels = check_max_pixels(max_image_pixels, TEXTURE_LIMIT_KEY)
         self.texture_groups = resolve_textures(textures) if "texture" in self.kinds else []
         self._pipelines: dict[Any, Any] = {}
 
@@ -327,7 +336,7 @@ class AnomalySynthesizer:
                 return None
             texture = _to_uint8(other)
         else:
-            texture = load_texture(source)
+            texture = load_texture(source, self.max_image_pixels)
         texture = self._run(("texture", height, width), rng, image=texture)["image"]
         opacity = np.float32(rng.uniform(*self.opacity))
         result = image.copy()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_vlm.data.image_io import IMAGE_EXTENSIONS, DataError, _open, to_rgb
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, DataError, _open, to_rgb
+from anomaly_vlm.data.links import warn_outside_links
 
 #: Real photos shipped inside scikit-image (no download): textures, materials, scenes, micrographs.
 #: DRAEM drew its textures from the Describable Textures Dataset; pass its image folder in
@@ -51,10 +52,14 @@ def skimage_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
+#: The config key of the texture files' pixel limit (the training data's, interpolated).
+TEXTURE_LIMIT_KEY = "train_data.synthesis.max_image_pixels"
+
+
 @functools.lru_cache(maxsize=32)
-def image_file(path: str) -> np.ndarray:
-    """An image file as ``[H, W, 3]`` uint8 RGB."""
-    return np.asarray(to_rgb(_open(path)), dtype=np.uint8)
+def image_file(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image file as ``[H, W, 3]`` uint8 RGB; one over ``max_pixels`` is refused before decoding."""
+    return np.asarray(to_rgb(_open(path, max_pixels, "texture", TEXTURE_LIMIT_KEY)), dtype=np.uint8)
 
 
 def _skimage_names() -> set[str]:
@@ -99,6 +104,7 @@ def resolve_textures(entries: Sequence[str] | None) -> list[list[str]]:
             )
             if not found:
                 raise DataError(f"train_data.synthesis.textures: folder {path} holds no images")
+            warn_outside_links(path, "texture folder")
             groups.append(found)
         elif path.is_file():
             groups.append([str(path)])
@@ -123,8 +129,9 @@ def resolve_textures(entries: Sequence[str] | None) -> list[list[str]]:
     return groups
 
 
-def load_texture(source: str) -> np.ndarray:
-    """One texture source of :func:`resolve_textures` as ``[H, W, 3]`` uint8."""
+def load_texture(source: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """One texture source of :func:`resolve_textures` as ``[H, W, 3]`` uint8 (a file over ``max_pixels``
+    is refused before decoding)."""
     if source.startswith("skimage:"):
         return skimage_photo(source.removeprefix("skimage:"))
-    return image_file(source)
+    return image_file(source, max_pixels)

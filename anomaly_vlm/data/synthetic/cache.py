@@ -9,7 +9,9 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from anomaly_vlm.data.links import open_new
 from anomaly_vlm.data.synthetic.render import SYNTHETIC_CATEGORIES
+from anomaly_vlm.untrusted import read_json
 
 MANIFEST_NAME = ".synthetic.json"
 _PENDING_NAME = ".synthetic.pending.json"
@@ -39,16 +41,19 @@ def default_synthetic_root(cache_dir: str | Path | None = None) -> Path:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        # The root may be a folder someone else filled (data.root): a planted manifest is bounded too.
+        data = read_json(path, what="synthetic dataset manifest")
+    except (OSError, ValueError):  # UntrustedFileError is a ValueError: refused means "not ours"
         return None
     return data if isinstance(data, dict) else None
 
 
 def _write_json(path: Path, data: dict) -> None:
-    # Write-then-rename so readers never see a truncated file.
+    # Write-then-rename so readers never see a truncated file. The temporary file is opened without
+    # following a symlink, and the rename replaces a link at ``path`` itself: no write lands elsewhere.
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with open_new(tmp) as handle:
+        handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
@@ -77,7 +82,9 @@ def _remove_previous_output(root: Path, cats: Sequence[str], overwrite: bool) ->
         shutil.rmtree(leftover, ignore_errors=True)
     owned = _recorded_categories(_read_json(root / MANIFEST_NAME))
     owned |= _recorded_categories(_read_json(root / _PENDING_NAME))
-    foreign = [c for c in cats if (root / c).exists() and c not in owned]
+    # A symlink in a category's place is in the way too (even a dangling one): it is removed, never
+    # generated into.
+    foreign = [c for c in cats if ((root / c).exists() or (root / c).is_symlink()) and c not in owned]
     if foreign and not overwrite:
         raise FileExistsError(
             f"{root} already holds {foreign} that the synthetic generator did not write; "
@@ -101,7 +108,8 @@ def _exclusive_lock(root: Path) -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks; concurrent generation is the caller's problem.
         yield
         return
-    with open(root / _LOCK_NAME, "a") as handle:
+    # A symlink planted as the lock file is replaced rather than opened (and created) at its target.
+    with open_new(root / _LOCK_NAME, "a", append=True) as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

@@ -116,6 +116,15 @@ def test_data_mistakes_fail_before_weights_load(tmp_path, folder_data, no_weight
         run(config(tmp_path / "d", "data=folder", f"data.root={folder_data}"), fit=False)
 
 
+def test_a_lowered_image_limit_refuses_the_dataset_before_weights_load(tmp_path, folder_data, no_weights):
+    refused = r"is 24x24 = 576 pixels, over the limit of 500 \(data\.max_image_pixels\)"
+    with pytest.raises(DataError, match=refused):
+        run(
+            config(tmp_path / "a", "data=folder", f"data.root={folder_data}", "data.max_image_pixels=500"),
+            fit=False,
+        )
+
+
 def test_checkpoint_mistakes(tmp_path, folder_data):
     data = ["data=folder", f"data.root={folder_data}"]
     with pytest.raises(CheckpointError, match="ckpt_path does not exist: .*nope.ckpt"):
