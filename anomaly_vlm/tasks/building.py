@@ -207,18 +207,93 @@ def trains_on_auxiliary_data(cfg: DictConfig) -> bool:
     return bool(getattr(get_class(cfg.method._target_), "trains_on_auxiliary_data", False))
 
 
-def check_training_data(cfg: DictConfig, fit: bool, method_name: str | None) -> None:
-    """A method that learns on auxiliary data needs ``train_data`` (or trained weights) to be useful."""
+#: The published cross-domain protocol: a method tested on one benchmark trains on the other's test split
+#: (``data`` choice -> ``train_data`` choice).
+PROTOCOL_TRAINING_DATA = {"mvtec": "visa", "visa": "mvtec"}
+#: Display names of the protocol's datasets, for the line that says which one was chosen.
+DATASET_TITLES = {"mvtec": "MVTec AD", "visa": "VisA"}
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def needs_training_data(cfg: DictConfig, fit: bool) -> bool:
+    """Whether this job trains a method on auxiliary data and was given none (nor trained parameters)."""
+    return fit and not cfg.train_data and not cfg.ckpt_path and trains_on_auxiliary_data(cfg)
+
+
+def group_options(group: str) -> list[str]:
+    """The values a config group accepts (``conf/<group>/*.yaml``, or Hydra's search path in a run)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose_group(group: str, choice: str) -> DictConfig:
+    """The node ``<group>=<choice>`` composes to (its defaults applied, interpolations kept), so it can be
+    placed into a job's config as if it had been given on the command line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    overrides = [f"{group}={choice}"]
+    if GlobalHydra.instance().is_initialized():
+        loader = GlobalHydra.instance().config_loader()
+        composed = loader.load_configuration(config_name="train", overrides=overrides, run_mode=RunMode.RUN)
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            composed = compose("train", overrides=overrides)
+    return composed[group]
+
+
+def use_protocol_training_data(cfg: DictConfig, names: dict[str, str | None], fit: bool) -> str | None:
+    """Give a training job without ``train_data`` the published protocol's, when its test data has one.
+
+    ``python train.py method=aprillab`` tests on MVTec AD, so it trains on VisA's test split (and the
+    reverse), exactly as ``train_data=visa`` would; one log line says so. Returns the chosen value.
+    """
+    partner = PROTOCOL_TRAINING_DATA.get(names.get("data") or "")
+    if partner is None or not needs_training_data(cfg, fit):
+        return None
+    with open_dict(cfg):
+        cfg.train_data = compose_group("train_data", partner)
+    names["train_data"] = partner
+    method, data = names.get("method"), names["data"]
+    setting = ""
+    if f"{method}_{data}" in group_options("experiment"):
+        setting = f"; experiment={method}_{data} is the whole published setting (epochs, metrics)"
+    log.info(
+        "train_data=%s: method '%s' trains on auxiliary data and none was given; the published cross-domain "
+        "protocol for data=%s trains on the %s test split (train_data=... chooses another%s)",
+        partner,
+        method,
+        data,
+        DATASET_TITLES.get(partner, partner),
+        setting,
+    )
+    return partner
+
+
+def check_training_data(
+    cfg: DictConfig, fit: bool, method_name: str | None, data_name: str | None = None
+) -> None:
+    """A method that learns on auxiliary data needs ``train_data`` (or trained weights) to be useful.
+
+    ``data_name``: the job's ``data`` choice; with a published partner the job trains on it
+    (:func:`use_protocol_training_data`), so nothing is missing.
+    """
     method_class = get_class(cfg.method._target_)
     if not getattr(method_class, "trains_on_auxiliary_data", False) or cfg.ckpt_path:
         return
     name = method_name or getattr(method_class, "method_name", method_class.__name__)
-    if fit and not cfg.train_data:
+    if needs_training_data(cfg, fit) and data_name not in PROTOCOL_TRAINING_DATA:
+        tested = f"data={data_name}" if data_name else "the test data"
         raise DataError(
-            f"method '{name}' trains on an auxiliary dataset: use a published protocol "
-            f"(experiment={name}_mvtec trains on VisA, experiment={name}_visa on MVTec AD), or set "
-            "train_data=<mvtec|visa|folder|synthetic> (the cross-dataset protocol trains on the other "
-            "dataset's test split), or load trained parameters with ckpt_path=..."
+            f"method '{name}' trains on an auxiliary dataset and {tested} has no published partner to "
+            f"train on: set train_data=<{'|'.join(group_options('train_data'))}> (e.g. train_data=folder "
+            "train_data.root=... with masks, or add train_data.synthesize_anomalies=true "
+            "datamodule.train_split=train for normal images only), or load trained parameters with "
+            "ckpt_path=..."
         )
     if not fit:
         log.warning("method '%s' is evaluated with untrained parameters (no ckpt_path given)", name)
@@ -344,7 +419,7 @@ def prepare_job(
     shots, reference_seed = cfg.shots, cfg.reference_seed
     references = draw_all_references(datamodule, categories, shots, reference_seed)
     check_shots_supported(cfg.method, shots, method_name)
-    check_training_data(cfg, fit, method_name)
+    check_training_data(cfg, fit, method_name, group_choices(cfg)["data"])
     if fit and datamodule.train_source is not None and not cfg.ckpt_path:
         datamodule.check_training_data()  # defects to learn from, before any weights load
     check_backbone_depths(cfg, group_choices(cfg)["backbone"])
@@ -391,9 +466,12 @@ def print_feature_cache_summary(method: AnomalyMethod) -> None:
         print(method.feature_cache.summary())
 
 
-def build_datamodule(cfg: DictConfig, names: dict[str, str | None]) -> tuple[AnomalyDataModule, tuple]:
+def build_datamodule(
+    cfg: DictConfig, names: dict[str, str | None], fit: bool = False
+) -> tuple[AnomalyDataModule, tuple]:
     """The labelled datamodule and its sources ``(train_source, source)``; only trained methods get
-    train_data."""
+    train_data (when ``fit``, the published protocol's if none is given)."""
+    use_protocol_training_data(cfg, names, fit)
     source = build(cfg.data)
     if cfg.data.get("name"):
         names["data"] = str(cfg.data.name)  # e.g. data=meta_json data.name=mpdd: tables per dataset

@@ -4,10 +4,11 @@
 config with the given overrides and checks, in seconds and without building a model, that
 
 * the config composes (e.g. the experiment file exists in ``conf/experiment``);
-* the evaluated dataset (``data``) and the auxiliary training dataset (``train_data``, if any) are
-  where the config says, with their categories -- for a sweep, every dataset it would read: swept
-  ``data``/``train_data`` values on the command line and in the config's ``hydra.sweeper.params`` (a
-  suite such as ``experiment=anomalyclip_zeroshot_suite``), so no job starts before all are found;
+* the evaluated dataset (``data``) and the auxiliary training dataset (``train_data``, if any; for a
+  method that trains without one, the published protocol's partner of ``data``) are where the config
+  says, with their categories -- for a sweep, every dataset it would read: swept ``data``/``train_data``
+  values on the command line and in the config's ``hydra.sweeper.params`` (a suite such as
+  ``experiment=anomalyclip_zeroshot_suite``), so no job starts before all are found;
 * the backbone's pretrained weights are a local file, in the cache, or downloadable;
 * a benchmark dataset (MVTec AD, VisA) used with all its categories (``categories: null``) really
   holds all of them: the published means a reproduction is compared with cover every category.
@@ -103,13 +104,18 @@ def check(overrides: list[str]) -> list[str]:
     from omegaconf import OmegaConf
 
     from anomaly_vlm.backbones.weights import resolve_weights
-    from anomaly_vlm.tasks.building import build, split_synthesis
+    from anomaly_vlm.tasks.building import build, split_synthesis, use_protocol_training_data
 
     found = []
     checked: set[str] = set()
     for variant in dataset_variants(overrides):
-        cfg = compose(variant)
+        cfg = compose(variant, return_hydra_config=True)
+        choices = cfg.hydra.runtime.choices
         OmegaConf.set_struct(cfg, False)
+        # A trainable method without train_data trains on the published partner of its test data.
+        use_protocol_training_data(
+            cfg, {"method": choices.get("method"), "data": choices.get("data")}, fit=True
+        )
         # paths.output_dir points at Hydra's runtime folder, which a preflight does not have.
         cfg.paths.output_dir = str(Path(str(cfg.paths.output_root)) / "preflight")
         for key in DATASET_GROUPS:

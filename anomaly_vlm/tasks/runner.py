@@ -89,7 +89,7 @@ class Job:
     def run(self) -> float | None:
         """Set up, fit, test; rank 0 writes ``results.json``. Returns the mean image AUROC."""
         L.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
-        datamodule, sources = build_datamodule(self.cfg, self.names)
+        datamodule, sources = build_datamodule(self.cfg, self.names, self.fit)
         self.decisions = CategoryDecisions(ThresholdSettings.from_config(self.cfg.threshold))
         prepared = prepare_job(self.cfg, datamodule, sources, self.output_dir, self.names["method"], self.fit)
         self.logger = build_logger(self.cfg, self.names)

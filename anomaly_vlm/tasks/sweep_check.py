@@ -1,6 +1,6 @@
 """Check every job of a multirun before the first one starts, and report all bad jobs at once.
 
-Without this, ``python train.py -m method=clip,winclip,aprillab prompts=...`` without ``train_data``
+Without this, ``python train.py -m method=clip,winclip,aprillab data=folder ...`` without ``train_data``
 runs the training-free jobs for hours and then stops at the first APRIL-GAN job. Registered as a Hydra
 callback (``conf/hydra/default.yaml``): on multirun start it expands the command-line sweep, composes
 each job's config and runs the checks that need no data and no model (config composes, shots, training
@@ -48,7 +48,7 @@ def check_job(cfg: DictConfig, fit: bool) -> None:
     choices = cfg.hydra.runtime.choices
     check_shots_supported(cfg.method, cfg.shots, choices.get("method"))
     if fit:
-        check_training_data(cfg, fit, choices.get("method"))
+        check_training_data(cfg, fit, choices.get("method"), choices.get("data"))
         if cfg.train_data and trains_on_auxiliary_data(cfg):
             _, synthesis = split_synthesis(cfg.train_data)
             if synthesis is not None:

@@ -41,3 +41,24 @@ def test_aprillab_blocks_the_backbone_lacks_stop_a_run_and_a_sweep(tmp_path):
     lines = _error_lines(sweep)
     assert len(lines) == 2 and "method.few_shot_stages=[20]: blocks [20] outside 1..8" in lines[0]
     assert lines[1] == "error: 1 of 1 jobs of this sweep cannot run; none was started"
+
+
+def test_the_headline_command_trains_on_the_published_partner(tmp_path):
+    """``python train.py method=aprillab shots=4 -m`` as typed: no question about train_data; without
+    the datasets here it stops at the normal one-line data error."""
+    result = _entry(
+        "train.py",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'm'}",
+        "logger=none",
+        "method=aprillab",
+        "shots=4",
+        "-m",
+    )
+    output = result.stdout + result.stderr
+    assert "train_data=visa: method 'aprillab' trains on auxiliary data and none was given" in output
+    assert "protocol for data=mvtec trains on the VisA test split" in output
+    assert _error_lines(result) == [
+        f"error: dataset root does not exist: {tmp_path / 'data' / 'mvtec'} (set data.root or DATA_ROOT)"
+    ]

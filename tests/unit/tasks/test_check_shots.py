@@ -35,9 +35,11 @@ def test_trained_method_without_auxiliary_data_is_rejected_before_building() -> 
         schema, {"method": {"_target_": "anomaly_vlm.methods.anomalyclip.AnomalyCLIPModule"}}
     )
     with pytest.raises(
-        DataError, match="method .anomalyclip. trains on an auxiliary dataset: use a published protocol"
+        DataError,
+        match="method .anomalyclip. trains on an auxiliary dataset and the test data has no published",
     ):
         check_training_data(cfg, fit=True, method_name="anomalyclip")
+    check_training_data(cfg, fit=True, method_name="anomalyclip", data_name="visa")  # trains on mvtec
     check_training_data(cfg, fit=False, method_name="anomalyclip")  # evaluate: a warning only
     cfg.ckpt_path = "trained.ckpt"
     check_training_data(cfg, fit=True, method_name="anomalyclip")  # trained parameters given
