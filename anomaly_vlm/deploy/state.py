@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from anomaly_vlm.runtime import default_file_mode
 from anomaly_vlm.untrusted import read_json
 
 
@@ -132,6 +134,8 @@ def write_category_state(state: dict[str, object], folder: Path) -> list[str]:
         else:
             raise TypeError(f"category state entry {key!r} is a {type(value).__name__}, not storable")
     save_file(tensors, str(folder / STATE_TENSORS_FILE))
+    # safetensors creates the file private (0600); it is shared like the rest of the detector folder.
+    os.chmod(folder / STATE_TENSORS_FILE, default_file_mode())
     (folder / STATE_INDEX_FILE).write_text(json.dumps({"entries": index}, indent=1))
     return [STATE_TENSORS_FILE, STATE_INDEX_FILE]
 

@@ -29,6 +29,7 @@ import torch
 
 from anomaly_vlm.deploy import Detector
 from anomaly_vlm.methods.contract import NotExportableError
+from anomaly_vlm.runtime import default_file_mode
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("image_score", "anomaly_map")
@@ -215,6 +216,8 @@ def export_onnx(
                 },
             )
         _write_metadata(Path(temporary), _metadata(detector))
+        # mkstemp creates the file private (0600); the model is shared like the detector's other files.
+        os.chmod(temporary, default_file_mode())
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):

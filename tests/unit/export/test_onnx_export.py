@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,20 @@ def test_command_line_writes_the_graph_with_its_metadata(tmp_path, capsys):
     assert meta["anomaly_vlm.image_size"] == str(SIZE)
     batch = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param == "batch"  # the dynamic batch axis
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_the_graph_file_follows_the_umask_like_the_detector_files(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        folder = make_detector(tmp_path, "clip", 0, *TWO)
+        result = export_onnx(folder, check=False)
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    assert stat.S_IMODE(result.path.stat().st_mode) == expected
+    others = [path for path in folder.iterdir() if path.is_file() and path != result.path]
+    assert others and {stat.S_IMODE(path.stat().st_mode) for path in others} == {expected}
 
 
 @pytest.mark.parametrize(
