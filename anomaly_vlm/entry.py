@@ -24,18 +24,47 @@ def _plugin_installed(module: str) -> bool:
         return False
 
 
-def _needs_quoting(override: str) -> str | None:
-    """The value of ``key=value`` when Hydra's grammar rejects it (spaces, non-ASCII characters)."""
-    key, _, value = override.partition("=")
-    if not value or value[0] in "'\"[{" or (value.isascii() and not any(c.isspace() for c in value)):
-        return None
+#: Characters of unquoted values Hydra's grammar always reads as plain text; anything else is parsed.
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./")
+
+
+def _parse(override: str):
+    """Hydra's reading of ``key=value``: the parsed override, or None when its grammar rejects it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     try:
-        OverridesParser.create().parse_override(override)
+        return OverridesParser.create().parse_override(override)
     except HydraException:
-        return value
+        return None
+
+
+def _quoted(key: str, value: str) -> str:
+    """The override with its value quoted for Hydra, inside quotes for the shell."""
+    if "'" in value:
+        return f"""'{key}="{value}"'"""
+    return '"' + f"{key}='{value}'" + '"'
+
+
+def _needs_quoting(override: str, multirun: bool) -> str | None:
+    """Why ``key=value`` must be quoted (Hydra would reject or split its value), or None."""
+    key, _, value = override.partition("=")
+    if not value or value[0] in "'\"[{" or set(value) <= _PLAIN:
+        return None
+    bare_key = key.lstrip("+~")
+    parsed = _parse(override)
+    if parsed is None:
+        return (
+            f"{bare_key}={value}: Hydra needs values with spaces, non-ASCII characters or '=' (as in a "
+            f"multirun folder's name) in quotes; write {_quoted(key, value)} "
+            "(the outer quotes are for the shell)"
+        )
+    if parsed.is_sweep_override() and "," in value and not multirun:
+        return (
+            f"{bare_key}={value}: a comma makes Hydra read several values, which only a sweep takes: add -m "
+            f"to run one job per value, or for one value that contains a comma write {_quoted(key, value)} "
+            "(the outer quotes are for the shell)"
+        )
     return None
 
 
@@ -43,6 +72,7 @@ def command_line_error(
     argv: Sequence[str], script: str, plugin_installed: Callable[[str], bool] = _plugin_installed
 ) -> str | None:
     """The message for the first mistake in ``argv`` (overrides of ``train.py``/``evaluate.py``), or None."""
+    multirun = any(argument in ("-m", "--multirun") or argument == "hydra.mode=MULTIRUN" for argument in argv)
     for argument in argv:
         if argument.startswith("-") or "=" not in argument:
             continue
@@ -57,12 +87,9 @@ def command_line_error(
                 f"mode={value} is an option of evaluate.py, not train.py: "
                 f"python evaluate.py mode={value} ... (train.py always trains, then tests)"
             )
-        unquoted = _needs_quoting(argument)
-        if unquoted is not None:
-            return (
-                f"{bare_key}={unquoted}: Hydra needs values with spaces or non-ASCII characters in quotes; "
-                f"""write "{key}='{unquoted}'" (the outer quotes are for the shell)"""
-            )
+        quoting = _needs_quoting(argument, multirun)
+        if quoting is not None:
+            return quoting
     return None
 
 

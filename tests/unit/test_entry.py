@@ -27,9 +27,49 @@ def test_missing_launcher_plugin_names_the_extra():
 
 def test_paths_with_spaces_or_non_ascii_need_quotes():
     message = command_line_error(["data.root=/data/my sets/ü"], "evaluate")
-    assert message.startswith("data.root=/data/my sets/ü: Hydra needs values with spaces or non-ASCII")
+    assert message.startswith("data.root=/data/my sets/ü: Hydra needs values with spaces, non-ASCII")
     assert "\"data.root='/data/my sets/ü'\"" in message
     assert command_line_error(["data.root='/data/my sets/ü'", "data.root=/data/plain"], "evaluate") is None
+
+
+def test_a_checkpoint_inside_a_multirun_folder_is_shown_quoted():
+    path = "outputs/train/multiruns/x/method=aprillab,shots=4/checkpoints/trained.ckpt"
+    for argv in ([f"ckpt_path={path}"], ["-m", f"ckpt_path={path}", "shots=1,2"]):
+        message = command_line_error(argv, "evaluate")
+        assert message == (
+            f"ckpt_path={path}: Hydra needs values with spaces, non-ASCII characters or '=' (as in a "
+            f"multirun folder's name) in quotes; write \"ckpt_path='{path}'\" "
+            "(the outer quotes are for the shell)"
+        )
+    assert command_line_error([f"ckpt_path='{path}'"], "evaluate") is None
+    assert command_line_error(["+ckpt_path=a/it's=1.ckpt"], "evaluate").endswith(
+        """write '+ckpt_path="a/it's=1.ckpt"' (the outer quotes are for the shell)"""
+    )
+
+
+def test_a_comma_without_multirun_says_sweep_or_quote():
+    message = command_line_error(["data.root=/data/parts,2024"], "train")
+    assert message.startswith("data.root=/data/parts,2024: a comma makes Hydra read several values")
+    assert "add -m" in message and "\"data.root='/data/parts,2024'\"" in message
+    assert command_line_error(["-m", "data.root=/data/parts,/data/other", "seed=0,1"], "train") is None
+    assert command_line_error(["seed=0", "method=clip", "method.stages=[2,4]"], "train") is None
+
+
+def test_the_entry_point_prints_the_quoted_checkpoint_in_one_line(tmp_path):
+    path = f"{tmp_path}/multiruns/x/method=aprillab,shots=4/checkpoints/trained.ckpt"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", "method=aprillab", f"ckpt_path={path}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: ckpt_path={path}: Hydra needs values")
+    assert f"write \"ckpt_path='{path}'\"" in lines[0]
 
 
 def test_mode_is_an_evaluate_option():
