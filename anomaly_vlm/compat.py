@@ -41,6 +41,16 @@ def wandb_run_started(logger: object) -> bool:
     return getattr(logger, "_experiment", None) is not None
 
 
+def wandb_logger_drop_unset_anonymous(logger: object) -> None:
+    """Leave ``anonymous`` out of the ``wandb.init`` arguments of a Lightning ``WandbLogger`` unless set.
+
+    ``WandbLogger`` always passes ``anonymous=None``; W&B deprecated the setting and warns "The anonymous
+    setting has no effect" whenever it is given at all, so every run would print it.
+    """
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+
+
 def wandb_logger_go_offline(logger: object) -> None:
     """Make a Lightning ``WandbLogger`` whose server could not be reached start its run offline.
 

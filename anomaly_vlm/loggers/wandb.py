@@ -72,6 +72,7 @@ class WandbRunLogger(WandbLogger):
             settings=wandb.Settings(init_timeout=self._init_timeout, silent=True),
             **kwargs,
         )
+        compat.wandb_logger_drop_unset_anonymous(self)
 
     @property
     def experiment(self):  # type: ignore[override]

@@ -38,3 +38,12 @@ def test_wandb_logger_internals_the_offline_fallback_uses_exist(tmp_path):
     assert not compat.wandb_run_started(logger)
     compat.wandb_logger_go_offline(logger)
     assert logger._offline is True and logger._wandb_init["mode"] == "offline"
+
+
+def test_wandb_logger_still_passes_anonymous_none_which_the_logger_drops(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    assert "anonymous" in logger._wandb_init and logger._wandb_init["anonymous"] is None
+    compat.wandb_logger_drop_unset_anonymous(logger)
+    assert "anonymous" not in logger._wandb_init

@@ -94,6 +94,18 @@ def test_offline_run_is_read_back(tmp_path: Path, monkeypatch, read_offline_run)
     assert table["columns"][0] == "category" and [row[0] for row in table["data"]] == ["brick", "nut", "mean"]
 
 
+def test_a_run_prints_no_deprecation_warning_about_anonymous(tmp_path: Path, monkeypatch) -> None:
+    """Lightning passes ``anonymous=None`` to ``wandb.init``, which W&B answers on every run with "The
+    anonymous setting has no effect"; the logger leaves the setting out."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    warned: list[str] = []
+    monkeypatch.setattr(wandb, "termwarn", lambda message, *args, **kwargs: warned.append(str(message)))
+    logger = WandbRunLogger(project="p", save_dir=str(tmp_path), name="n")
+    assert logger.experiment is not None
+    finish(logger)
+    assert not [message for message in warned if "anonymous" in message]
+
+
 def test_unreachable_server_continues_offline(tmp_path: Path, monkeypatch, caplog) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
