@@ -68,11 +68,34 @@ def _needs_quoting(override: str, multirun: bool) -> str | None:
     return None
 
 
+def _detector_without_predict(argv: Sequence[str], script: str) -> str | None:
+    """``detector=`` is read by ``evaluate.py mode=predict`` alone; elsewhere it would be ignored."""
+    values = {}
+    for argument in argv:
+        key, equals, value = argument.partition("=")
+        if equals and not argument.startswith("-"):
+            values[key.lstrip("+~")] = value
+    detector = values.get("detector")
+    if detector in (None, "", "null") or values.get("mode") == "predict":
+        return None
+    command = f"python evaluate.py mode=predict detector={detector} data.path=<image or folder>"
+    if script == "train":
+        return f"detector= is an option of evaluate.py mode=predict, not train.py: {command}"
+    return (
+        f"detector={detector} is used only by mode=predict (it scores images with a saved detector; "
+        f"mode={values.get('mode', 'test')} measures a method on a labelled dataset and would ignore it): "
+        f"{command}"
+    )
+
+
 def command_line_error(
     argv: Sequence[str], script: str, plugin_installed: Callable[[str], bool] = _plugin_installed
 ) -> str | None:
     """The message for the first mistake in ``argv`` (overrides of ``train.py``/``evaluate.py``), or None."""
     multirun = any(argument in ("-m", "--multirun") or argument == "hydra.mode=MULTIRUN" for argument in argv)
+    message = _detector_without_predict(argv, script)
+    if message:
+        return message
     for argument in argv:
         if argument.startswith("-") or "=" not in argument:
             continue

@@ -129,3 +129,30 @@ def test_only_the_launcher_schema_warning_is_silenced():
         [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "['ignore']", result.stderr
+
+
+def test_a_detector_outside_mode_predict_is_refused(tmp_path):
+    detector = str(tmp_path / "detectors" / "bottle")
+    message = command_line_error([f"detector={detector}", "experiment=demo"], "evaluate")
+    assert message == (
+        f"detector={detector} is used only by mode=predict (it scores images with a saved detector; "
+        "mode=test measures a method on a labelled dataset and would ignore it): "
+        f"python evaluate.py mode=predict detector={detector} data.path=<image or folder>"
+    )
+    assert "mode=test" in command_line_error(["mode=test", f"detector={detector}"], "evaluate")
+    assert command_line_error(["mode=predict", f"detector={detector}", "data.path=x"], "evaluate") is None
+    assert command_line_error(["detector=null", "experiment=demo"], "evaluate") is None
+    assert command_line_error([f"detector={detector}"], "train").startswith(
+        "detector= is an option of evaluate.py mode=predict, not train.py: python evaluate.py mode=predict"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", f"detector={detector}", "experiment=demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
