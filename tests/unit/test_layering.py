@@ -18,6 +18,7 @@ LAYERS: dict[str, int] = {
     "compat": 0,
     "resolvers": 0,
     "untrusted": 0,  # reading handed-over files: size/depth-limited JSON, checksums, pickle-free loads
+    "wording": 0,  # how counts read in messages ("1 image", "2 images")
     "cache": 0,  # content-addressed feature store (data digests files with it)
     # the typed schema of the run config (registers the resolvers it interpolates)
     "config": 1,
@@ -147,3 +148,18 @@ def test_only_the_backbone_touches_the_vision_tower():
         if re.search(r"\bvisual\.", line)
     ]
     assert not found, "\n".join(found)
+
+
+def test_no_method_imports_another_method():
+    """Each ``methods/<name>/`` stands alone; what two methods share lives in ``methods/ops.py``."""
+    wrong = []
+    for module, targets in _graph().items():
+        parts = module.split(".")
+        if len(parts) < 4 or parts[1] != "methods":
+            continue
+        for target in targets:
+            target_parts = target.split(".")
+            if len(target_parts) >= 3 and target_parts[1] == "methods" and target_parts[2] != parts[2]:
+                if (PACKAGE / "methods" / target_parts[2]).is_dir():
+                    wrong.append(f"{module} -> {target}")
+    assert not wrong, "methods importing other methods:\n" + "\n".join(sorted(wrong))

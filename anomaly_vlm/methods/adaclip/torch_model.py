@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
-from anomaly_vlm.methods.anomalyclip.torch_model import gaussian_blur
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
 from anomaly_vlm.methods.losses import dice_loss, focal_loss
+from anomaly_vlm.methods.ops import gaussian_blur
 
 DICE_UNITS = ("row", "image")
 

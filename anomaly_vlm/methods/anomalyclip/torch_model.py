@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from anomaly_vlm.backbones.clip import FrozenCLIP, value_value_attention
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
 from anomaly_vlm.methods.losses import dice_loss, focal_loss
+from anomaly_vlm.methods.ops import gaussian_blur
 from anomaly_vlm.prompts.learnable import LearnablePromptEncoder, LearnablePromptSet
 
 #: Blocks refined by DPAM in the official code: ``DPAM_layer=20`` replaces the last 19 of 24 blocks.
@@ -58,38 +59,6 @@ class AnomalyCLIPFeatures:
     def from_dict(cls, features: FrozenFeatures, layers: Sequence[int]) -> AnomalyCLIPFeatures:
         patches = {index: features[f"patch_embeddings_{index}"] for index in layers}
         return cls(global_embedding=features["global_embedding"], patch_embeddings=patches)
-
-
-def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
-    """Separable Gaussian blur of ``[B, H, W]`` maps, equal to ``scipy.ndimage.gaussian_filter``.
-
-    Same kernel as SciPy (radius ``int(truncate * sigma + 0.5)``, normalised samples of the Gaussian)
-    and the same border mode (``reflect``: ``d c b a | a b c d | d c b a``), which is what the official
-    test script applies per image with ``sigma=4``.
-    """
-    if sigma <= 0:
-        return maps
-    radius = int(truncate * float(sigma) + 0.5)
-    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (offsets / float(sigma)) ** 2)
-    kernel = (kernel / kernel.sum()).to(maps.dtype)
-    x = maps.unsqueeze(1)
-    for dim in (-1, -2):
-        size = x.shape[dim]
-        if radius >= size:
-            # SciPy reflects repeatedly; index the symmetric extension for arbitrarily wide kernels.
-            index = torch.arange(-radius, size + radius, device=maps.device)
-            period = 2 * size
-            index = torch.remainder(index, period)
-            index = torch.where(index >= size, period - 1 - index, index)
-            x = x.index_select(dim, index)
-        else:
-            left = x.narrow(dim, 0, radius).flip(dim)
-            right = x.narrow(dim, size - radius, radius).flip(dim)
-            x = torch.cat([left, x, right], dim=dim)
-        shape = (1, 1, 1, -1) if dim == -1 else (1, 1, -1, 1)
-        x = F.conv2d(x, kernel.view(shape))
-    return x[:, 0]
 
 
 class AnomalyCLIP(nn.Module):
@@ -310,6 +279,5 @@ __all__ = [
     "AnomalyCLIPGraph",
     "AnomalyCLIPFeatures",
     "default_dpam_start",
-    "gaussian_blur",
     "value_value_attention",
 ]

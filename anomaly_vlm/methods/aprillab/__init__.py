@@ -10,6 +10,7 @@ spelling, the prompt set ``prompts=aprilgan``, is a config value naming the rele
 """
 
 from anomaly_vlm.methods.aprillab.lightning_module import AprilGANModule
-from anomaly_vlm.methods.aprillab.torch_model import AprilGAN, default_stages
+from anomaly_vlm.methods.aprillab.torch_model import AprilGAN
+from anomaly_vlm.methods.ops import default_stages
 
 __all__ = ["AprilGAN", "AprilGANModule", "default_stages"]

@@ -27,45 +27,7 @@ from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
-
-#: The published stages: blocks 6, 12, 18, 24 of the 24-block ViT-L-14-336.
-REFERENCE_STAGES: tuple[int, ...] = (6, 12, 18, 24)
-REFERENCE_DEPTH = 24
-
-
-def default_stages(num_layers: int) -> tuple[int, ...]:
-    """The published stages scaled to a backbone of ``num_layers`` blocks (1-based).
-
-    24 blocks -> 6/12/18/24, 12 -> 3/6/9/12, 8 -> 2/4/6/8.
-    """
-    stages = tuple(max(1, round(stage * num_layers / REFERENCE_DEPTH)) for stage in REFERENCE_STAGES)
-    if len(set(stages)) != len(stages):
-        raise ValueError(
-            f"a backbone with {num_layers} blocks is too shallow for {len(REFERENCE_STAGES)} distinct "
-            "stages; set method.stages explicitly"
-        )
-    return stages
-
-
-def resolve_stages(
-    stages: Sequence[int] | None, backbone: FrozenCLIP, key: str = "method.stages"
-) -> tuple[int, ...]:
-    """Validate explicit stages or derive the default ones from the backbone depth."""
-    if stages is None:
-        return default_stages(backbone.num_layers)
-    resolved = tuple(int(stage) for stage in stages)
-    if not resolved:
-        raise ValueError(f"{key} is empty; give at least one block index (1-based)")
-    if len(set(resolved)) != len(resolved):
-        raise ValueError(f"{key}={list(resolved)} repeats a block")
-    bad = [stage for stage in resolved if not 1 <= stage <= backbone.num_layers]
-    if bad:
-        raise ValueError(
-            f"{key}={list(resolved)}: blocks {bad} outside 1..{backbone.num_layers} of backbone "
-            f"'{backbone.model_name}'"
-        )
-    return resolved
-
+from anomaly_vlm.methods.ops import resolve_stages
 
 class AprilGAN(nn.Module):
     """Frozen CLIP + one trainable linear projection per stage + optional few-shot memory.

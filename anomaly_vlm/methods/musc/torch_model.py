@@ -38,8 +38,8 @@ from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data import DataError
-from anomaly_vlm.methods.aprillab.torch_model import resolve_stages
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
+from anomaly_vlm.methods.ops import resolve_stages
 
 #: Aggregation degrees of LNAMD in the release.
 REFERENCE_R_LIST: tuple[int, ...] = (1, 3, 5)

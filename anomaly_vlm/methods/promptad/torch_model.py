@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
-from anomaly_vlm.methods.anomalyclip.torch_model import gaussian_blur
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
 from anomaly_vlm.methods.export_ops import resize_matrices, resize_with_matrices
+from anomaly_vlm.methods.ops import gaussian_blur
 from anomaly_vlm.prompts.promptad import ANOMALY_PLACEHOLDER, NORMAL_PLACEHOLDER, PromptADPromptSet
 
 log = logging.getLogger(__name__)
