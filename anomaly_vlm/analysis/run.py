@@ -22,6 +22,7 @@ from anomaly_vlm.analysis.records import Record, environment_root, format_value,
 from anomaly_vlm.analysis.report import write_report
 from anomaly_vlm.analysis.selection import select, write_selection
 from anomaly_vlm.analysis.sweeps import SweepOutcome, run_sweep, sweep_command, sweep_folder
+from anomaly_vlm.wording import counted
 
 #: The analyses whose results feed the method-selection table (methods at their standard settings).
 SELECTION_SOURCES = ("shots", "resolution", "efficiency")
@@ -116,8 +117,8 @@ def run_analyses(
             )
         )
         print(
-            f"[analysis] {name}: {len(section.records)} results, {len(section.figures)} figures, "
-            f"{len(section.tables)} tables -> {folder}",
+            f"[analysis] {name}: {counted(len(section.records), 'result')}, "
+            f"{counted(len(section.figures), 'figure')}, {counted(len(section.tables), 'table')} -> {folder}",
             flush=True,
         )
         sections.append(section)
@@ -129,6 +130,25 @@ def run_analyses(
         target = write_report(sections, selection, out / scale / "report.html", scale, sweeps)
         print(f"[analysis] report -> {target}", flush=True)
     return sections, list(outcomes.values()), target
+
+
+def missing_results(
+    names: Sequence[str], scale: str, output_root: str | Path, options: Sequence[str] = ()
+) -> dict[str, str]:
+    """Per analysis whose sweep folders hold no results, the ``error:`` message for ``--no-run``: where it
+    looked, and the command (with ``options``, e.g. ``--outputs``) that runs its sweeps first."""
+    messages = {}
+    for name in names:
+        if analysis_records(name, scale, output_root):
+            continue
+        folders = [sweep_folder(sweep, scale, output_root) for sweep in ANALYSES[name].sweeps(scale)]
+        where = str(folders[0]) + (f" and {len(folders) - 1} more sweep folders" if len(folders) > 1 else "")
+        command = shlex.join([name, "--scale", scale, *options])
+        messages[name] = (
+            f"analysis '{name}' ({scale}) has no results in {where}: --no-run only redraws finished sweeps; "
+            f"run them first: python -m anomaly_vlm.analysis {command}"
+        )
+    return messages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = list(ANALYSES) if "all" in args.names else list(dict.fromkeys(args.names))
     output_root = args.outputs or environment_root()
+    missing = {}
+    if args.no_run:
+        options = [
+            *(["--outputs", args.outputs] if args.outputs else []),
+            *(["--args", args.args] if args.args else []),
+        ]
+        missing = missing_results(names, args.scale, output_root, options)
+        for message in missing.values():
+            print(f"error: {message}", file=sys.stderr, flush=True)
+        names = [name for name in names if name not in missing]
+        if not names:
+            return 1  # nothing to draw: no manifest or empty report is written
     started = time.perf_counter()
     _, outcomes, _ = run_analyses(
         names,
@@ -169,4 +201,4 @@ def main(argv: list[str] | None = None) -> int:
             f"error: sweep {outcome.folder} failed (exit {outcome.returncode}); rerun to resume",
             file=sys.stderr,
         )
-    return 1 if failed else 0
+    return 1 if failed or missing else 0
