@@ -27,10 +27,19 @@ from typing import Any
 
 from anomaly_vlm.metrics import METRIC_NAMES
 from anomaly_vlm.reporting.console import METRIC_HEADERS
+from anomaly_vlm.reporting.identity import config_fields, flatten_config
 from anomaly_vlm.reporting.results import RESULTS_FILE, read_results
 from anomaly_vlm.reporting.runs import Group, load_published, published_value, replicate_of
 
-__all__ = ["Group", "load_published", "make_tables", "published_value", "replicate_of"]
+__all__ = [
+    "Group",
+    "config_fields",
+    "flatten_config",
+    "load_published",
+    "make_tables",
+    "published_value",
+    "replicate_of",
+]
 
 EFFICIENCY_FIELDS = (
     ("ms_per_image", "ms/image", 1.0),
@@ -56,69 +65,6 @@ def full_categories(dataset: str) -> tuple[str, ...] | None:
 
         FULL_CATEGORIES.update(mvtec=MVTEC_CATEGORIES, visa=VISA_CATEGORIES)
     return FULL_CATEGORIES.get(dataset)
-
-
-#: Config keys that never make two runs different configurations: replicate seeds, output places,
-#: logging and resumption switches, and loader settings that do not change results.
-IGNORED_CONFIG_PREFIXES = (
-    "seed",
-    "reference_seed",
-    "paths",
-    "logger",
-    "hydra",
-    "overwrite",
-    "save_predictions",
-    "num_overlays",
-    "sweep_name",
-    "reuse_trained",
-    "task_name",
-    "callbacks",
-    "datamodule.num_workers",
-    "trainer.enable_progress_bar",
-    "backbone.seed",
-    "names",
-    "mode",
-    "data.root",
-    "train_data.root",
-    "train_data.synthesis.seed",  # follows ``seed`` (replicates), also while synthesis is off
-    # A limit on input files: a run within it computes the same numbers whatever its value.
-    "data.max_image_pixels",
-    "train_data.max_image_pixels",
-    "train_data.synthesis.max_image_pixels",
-    "trainer.default_root_dir",
-)
-
-
-def _ignored(key: str) -> bool:
-    """Whether a flattened config key is one of :data:`IGNORED_CONFIG_PREFIXES` (or a cache folder)."""
-    if key.endswith("cache_dir"):
-        return True
-    return any(
-        key == prefix.rstrip(".") or key.startswith(prefix.rstrip(".") + ".")
-        for prefix in IGNORED_CONFIG_PREFIXES
-    )
-
-
-def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
-    """``{"data.categories": "['a', 'b']", ...}``: every leaf of a run's config as text."""
-    if isinstance(config, dict):
-        flat: dict[str, str] = {}
-        for key, value in config.items():
-            flat.update(flatten_config(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: json.dumps(config, sort_keys=True, default=str)}
-
-
-def config_fields(run: dict) -> dict[str, str]:
-    """The config values of a run that can make it a different configuration (flattened, as JSON text)."""
-    config = run.get("config") or {}
-    output_dir = str((config.get("paths") or {}).get("output_dir") or "") or None
-    return {
-        key: value
-        for key, value in flatten_config(config).items()
-        # Any other value naming the job's own folder is per job by construction.
-        if not _ignored(key) and not (output_dir and output_dir in value)
-    }
 
 
 TRANSDUCTIVE_NOTE = (
