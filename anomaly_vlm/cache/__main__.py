@@ -16,6 +16,7 @@ from pathlib import Path
 
 from anomaly_vlm.cache.feature_cache import LOCK_FOLDER, SPEC_FILE, FeatureCache, default_cache_root
 from anomaly_vlm.cache.locks import file_lock
+from anomaly_vlm.wording import counted
 
 
 def namespace_usage(cache: FeatureCache) -> list[dict]:
@@ -39,12 +40,13 @@ def info(cache: FeatureCache) -> None:
         print(f"feature cache {cache.dir}: empty")
         return
     total = sum(row["bytes"] for row in rows)
-    print(f"feature cache {cache.dir}: {sum(row['entries'] for row in rows)} entries, {total / 1e6:.1f} MB")
+    entries = counted(sum(row["entries"] for row in rows), "entry", "entries")
+    print(f"feature cache {cache.dir}: {entries}, {total / 1e6:.1f} MB")
     for row in rows:
         backbone = row["spec"].get("backbone", {})
         print(
             f"  {row['folder']}  {backbone.get('weights', '?')} @ {backbone.get('image_size', '?')} px  "
-            f"{row['spec'].get('storage_dtype', '?')}  {row['entries']} images  "
+            f"{row['spec'].get('storage_dtype', '?')}  {counted(row['entries'], 'image')}  "
             f"{row['bytes'] / max(row['entries'], 1) / 1e6:.3f} MB/image  "
             f"spec={json.dumps(row['spec'].get('feature_spec', {}), sort_keys=True)}"
         )

@@ -49,6 +49,7 @@ from anomaly_vlm.cache.entry import (
     write_entry_atomic,
 )
 from anomaly_vlm.cache.locks import file_lock, file_locks
+from anomaly_vlm.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +418,11 @@ class FeatureCache:
                 deleted += 1
         self.stats.evicted += deleted
         if deleted:
-            log.info("feature cache: evicted %d least recently used entries from %s", deleted, self.dir)
+            log.info(
+                "feature cache: evicted %s least recently used from %s",
+                counted(deleted, "entry", "entries"),
+                self.dir,
+            )
         return deleted
 
     def _remove_stale_temporaries(self) -> None:
@@ -433,17 +438,17 @@ class FeatureCache:
         """One line for the end of a run: hits, misses, bypassed, damaged, written, folder size."""
         stats = self.stats
         if not self.enabled:
-            return f"feature cache: disabled ({stats.bypassed} images encoded)"
+            return f"feature cache: disabled ({counted(stats.bypassed, 'image')} encoded)"
         limit = "no limit" if self.max_bytes is None else f"{self.max_bytes / 1e9:g} GB"
         parts = [
-            f"{stats.hits} hits",
-            f"{stats.misses} misses",
+            counted(stats.hits, "hit"),
+            counted(stats.misses, "miss", "misses"),
             f"{stats.bypassed} bypassed",
         ]
         if stats.corrupt:
-            parts.append(f"{stats.corrupt} damaged entries recomputed")
+            parts.append(f"{counted(stats.corrupt, 'damaged entry', 'damaged entries')} recomputed")
         if stats.write_errors:
-            parts.append(f"{stats.write_errors} failed writes")
+            parts.append(counted(stats.write_errors, "failed write"))
         if stats.evicted:
             parts.append(f"{stats.evicted} evicted")
         return (

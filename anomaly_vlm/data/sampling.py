@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_vlm.data.batch import Sample
+from anomaly_vlm.wording import counted
 
 
 class ShotsError(ValueError):
@@ -27,7 +28,8 @@ def draw_references(train_samples: list[Sample], shots: int, seed: int, category
     normal = [sample for sample in train_samples if sample.label == 0]
     if shots > len(normal):
         raise ShotsError(
-            f"shots={shots} but category '{category}' has only {len(normal)} normal training images"
+            f"shots={shots} but category '{category}' has only "
+            f"{counted(len(normal), 'normal training image')}"
         )
     if shots == 0:
         return []

@@ -53,6 +53,7 @@ from anomaly_vlm.tasks.building import (
 from anomaly_vlm.tasks.categories import score_categories
 from anomaly_vlm.tasks.errors import FinishedPredictionError
 from anomaly_vlm.tasks.heldout import heldout_thresholds
+from anomaly_vlm.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def predict(cfg: DictConfig) -> None:
             "thresholds": {category: chosen.to_dict() for category, chosen in thresholds.items()},
         },
     )
-    print(f"scored {len(rows)} images: {scores_path}")
+    print(f"scored {counted(len(rows), 'image')}: {scores_path}")
     print(f"heatmaps: {output_dir / HEATMAP_DIR}")
     if method is not None:
         feature_cache_report(method)  # keeps the cache under its size limit

@@ -105,6 +105,7 @@ def check(overrides: list[str]) -> list[str]:
 
     from anomaly_vlm.backbones.weights import resolve_weights
     from anomaly_vlm.tasks.building import build, split_synthesis, use_protocol_training_data
+    from anomaly_vlm.wording import counted
 
     found = []
     checked: set[str] = set()
@@ -133,7 +134,8 @@ def check(overrides: list[str]) -> list[str]:
             categories = source.categories
             if cfg[key].get("categories") is None:
                 check_complete(key, source, categories)
-            found.append(f"{key}: {getattr(source, 'name', key)} with {len(categories)} categories")
+            with_categories = counted(len(categories), "category", "categories")
+            found.append(f"{key}: {getattr(source, 'name', key)} with {with_categories}")
     weights = resolve_weights(
         str(cfg.backbone.model), cfg.backbone.get("pretrained"), cfg.backbone.get("cache_dir")
     )

@@ -200,6 +200,20 @@ def test_stale_temporaries_are_removed_and_clean_empties_the_folder(tmp_path, im
     assert "removed" in capsys.readouterr().out and not _entry_files(cache)
 
 
+def test_counts_of_one_are_singular(tmp_path, images, make_extractor, capsys):
+    pixels, digests = images
+    cache = FeatureCache(tmp_path / "cache")
+    cache.extract(make_extractor(), pixels[:1], digests[:1])
+    cache.extract(make_extractor(), pixels[:1], digests[:1])
+    assert "1 hit, 1 miss," in cache.summary()
+    disabled = FeatureCache(tmp_path / "off", enabled=False)
+    disabled.extract(make_extractor(), pixels[:1], digests[:1])
+    assert "disabled (1 image encoded)" in disabled.summary()
+    assert cache_cli(["info", "--dir", str(tmp_path / "cache")]) == 0
+    printed = capsys.readouterr().out
+    assert ": 1 entry, " in printed and "  1 image  " in printed
+
+
 def test_memo_computes_a_value_once_per_material(tmp_path):
     calls = []
 

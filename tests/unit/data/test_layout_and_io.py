@@ -89,6 +89,13 @@ def test_truncated_image_names_the_file(tmp_path):
         load_image(str(path), 16)
 
 
+def test_a_category_with_one_normal_image_is_named_in_the_singular(synthetic_source):
+    train = synthetic_source.samples("grass", "train")
+    one = [sample for sample in train if sample.label == 0][:1]
+    with pytest.raises(ShotsError, match="has only 1 normal training image$"):
+        draw_references(one, 2, seed=0, category="grass")
+
+
 def test_reference_draws_are_seeded_and_without_replacement(synthetic_source):
     train = synthetic_source.samples("grass", "train")
     first = draw_references(train, 4, seed=3, category="grass")

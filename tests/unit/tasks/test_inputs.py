@@ -174,6 +174,16 @@ def test_predict_scores_unlabelled_images_with_heatmaps(tmp_path, folder_data):
     assert (out / "scores.csv").read_text() == before
 
 
+def test_predict_on_one_image_says_one_image(tmp_path, folder_data, capsys):
+    images = tmp_path / "one"
+    images.mkdir()
+    (images / "0.png").write_bytes((folder_data / "widget" / "test" / "dent" / "0.png").read_bytes())
+    out = tmp_path / "pred"
+    cfg = config(out, "mode=predict", f"data.path={images}", "data.category=widget", name="evaluate")
+    evaluate(cfg)
+    assert "scored 1 image: " in capsys.readouterr().out
+
+
 def test_predict_few_shot_needs_reference_dir(tmp_path, folder_data, no_weights, capsys):
     cfg = config(tmp_path / "p", "mode=predict", f"data.path={folder_data}", "shots=1", name="evaluate")
     with pytest.raises(SystemExit):
