@@ -29,11 +29,10 @@ class AdaCLIPModule(AnomalyMethod):
         backbone: frozen CLIP.
         prompts: the fixed prompt ensemble (states x templates) that the learned tokens are inserted into.
         shots: must be 0.
-        layers, prompt_length, prompt_depth, static_prompts, dynamic_prompts, visual_prompts, text_prompts,
-            use_hsf, k_clusters, hsf_alpha, kmeans_seed, logit_scale, prompt_fp16, dice_unit, init_std,
-            blur_sigma, blur_truncate: see :class:`~anomaly_vlm.methods.adaclip.torch_model.AdaCLIP`.
         lr, betas, weight_decay: AdamW of the official trainer (0.01, (0.5, 0.999), torch's default 0.01).
         text_cache_dir: unused (the text features depend on each image), accepted for a uniform constructor.
+        **model_options: the model's options (``method.layers=...``, ``method.use_hsf=...``), forwarded
+            to :class:`~anomaly_vlm.methods.adaclip.torch_model.AdaCLIP`, which documents them.
     """
 
     method_name = "adaclip"
@@ -49,27 +48,11 @@ class AdaCLIPModule(AnomalyMethod):
         backbone: FrozenCLIP,
         prompts: PromptSet,
         shots: int = 0,
-        layers: Sequence[int] | None = None,
-        prompt_length: int = 5,
-        prompt_depth: int = 4,
-        static_prompts: bool = True,
-        dynamic_prompts: bool = True,
-        visual_prompts: bool = True,
-        text_prompts: bool = True,
-        use_hsf: bool = True,
-        k_clusters: int = 20,
-        hsf_alpha: float = 0.2,
-        kmeans_seed: int | None = 0,
-        logit_scale: float = 100.0,
-        prompt_fp16: bool = True,
-        dice_unit: str = "row",
-        init_std: float = 0.02,
-        blur_sigma: float = 4.0,
-        blur_truncate: float = 4.0,
         lr: float = 0.01,
         betas: Sequence[float] = (0.5, 0.999),
         weight_decay: float = 0.01,
         text_cache_dir: str | None = None,
+        **model_options: Any,
     ) -> None:
         if not isinstance(prompts, PromptSet):
             raise ValueError(
@@ -77,26 +60,7 @@ class AdaCLIPModule(AnomalyMethod):
                 f"(prompts=adaclip), got prompts '{getattr(prompts, 'name', prompts)}' of type "
                 f"{type(prompts).__name__}"
             )
-        model = AdaCLIP(
-            backbone,
-            layers=layers,
-            prompt_length=prompt_length,
-            prompt_depth=prompt_depth,
-            static_prompts=static_prompts,
-            dynamic_prompts=dynamic_prompts,
-            visual_prompts=visual_prompts,
-            text_prompts=text_prompts,
-            use_hsf=use_hsf,
-            k_clusters=k_clusters,
-            hsf_alpha=hsf_alpha,
-            kmeans_seed=kmeans_seed,
-            logit_scale=logit_scale,
-            prompt_fp16=prompt_fp16,
-            dice_unit=dice_unit,
-            init_std=init_std,
-            blur_sigma=blur_sigma,
-            blur_truncate=blur_truncate,
-        )
+        model = AdaCLIP(backbone, **model_options)
         super().__init__(model, prompts, shots, text_cache_dir)
         self.lr = float(lr)
         self.betas = tuple(float(beta) for beta in betas)

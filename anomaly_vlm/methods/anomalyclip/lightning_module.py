@@ -29,10 +29,10 @@ class AnomalyCLIPModule(AnomalyMethod):
         backbone: frozen CLIP.
         prompts: the learnable prompt set (``prompts=anomalyclip_learned``).
         shots: must be 0.
-        layers, dpam, dpam_start, temperature, local_loss_weight, global_ln_post, blur_sigma,
-            blur_truncate: see :class:`~anomaly_vlm.methods.anomalyclip.torch_model.AnomalyCLIP`.
         lr, betas: Adam settings of the official training script (1e-3, (0.5, 0.999)).
         text_cache_dir: unused (the text features are learned), accepted for a uniform constructor.
+        **model_options: the model's options (``method.layers=...``, ``method.dpam=...``), forwarded to
+            :class:`~anomaly_vlm.methods.anomalyclip.torch_model.AnomalyCLIP`, which documents them.
     """
 
     method_name = "anomalyclip"
@@ -45,35 +45,17 @@ class AnomalyCLIPModule(AnomalyMethod):
         backbone: FrozenCLIP,
         prompts: LearnablePromptSet,
         shots: int = 0,
-        layers: Sequence[int] = (24,),
-        dpam: bool = True,
-        dpam_start: int | None = None,
-        temperature: float = 0.07,
-        local_loss_weight: float = 4.0,
-        global_ln_post: bool = False,
-        blur_sigma: float = 4.0,
-        blur_truncate: float = 4.0,
         lr: float = 1e-3,
         betas: Sequence[float] = (0.5, 0.999),
         text_cache_dir: str | None = None,
+        **model_options: Any,
     ) -> None:
         if not isinstance(prompts, LearnablePromptSet):
             raise ValueError(
                 f"method=anomalyclip needs a learnable prompt set (prompts=anomalyclip_learned), "
                 f"got prompts '{getattr(prompts, 'name', prompts)}' of type {type(prompts).__name__}"
             )
-        model = AnomalyCLIP(
-            backbone,
-            prompts,
-            layers=layers,
-            dpam=dpam,
-            dpam_start=dpam_start,
-            temperature=temperature,
-            local_loss_weight=local_loss_weight,
-            global_ln_post=global_ln_post,
-            blur_sigma=blur_sigma,
-            blur_truncate=blur_truncate,
-        )
+        model = AnomalyCLIP(backbone, prompts, **model_options)
         super().__init__(model, prompts, shots, text_cache_dir)
         self.lr = float(lr)
         self.betas = tuple(float(beta) for beta in betas)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,7 +32,8 @@ class PromptADModule(AnomalyMethod):
         shots: normal references per category (1, 2 or 4 in the paper).
         text_cache_dir: unused (the text features are learned per category); accepted for a uniform
             constructor.
-        **settings: see :class:`~anomaly_vlm.methods.promptad.torch_model.PromptADModel`.
+        **model_options: the model's options (``method.epochs=...``, ``method.vv_start=...``), forwarded to
+            :class:`~anomaly_vlm.methods.promptad.torch_model.PromptADModel`, which documents them.
     """
 
     method_name = "promptad"
@@ -47,49 +47,15 @@ class PromptADModule(AnomalyMethod):
         backbone: FrozenCLIP,
         prompts: PromptADPromptSet,
         shots: int = 1,
-        vv_start: int = 1,
-        memory_blocks: Sequence[int] | None = None,
-        memory_after_next_attention: bool = True,
-        test_channel_order: str = "bgr",
-        map_size: int | None = 400,
-        blur_sigma: float = 4.0,
-        blur_truncate: float = 4.0,
-        epochs: int = 100,
-        lr: float = 0.002,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        min_lr: float = 1e-5,
-        margin: float = 0.0,
-        match_weight: float = 0.001,
-        seed: int = 111,
-        progress: bool = True,
         text_cache_dir: str | None = None,
+        **model_options: Any,
     ) -> None:
         if not isinstance(prompts, PromptADPromptSet):
             raise ValueError(
                 f"method=promptad needs the PromptAD prompt set (prompts=promptad), got prompts "
                 f"'{getattr(prompts, 'name', prompts)}' of type {type(prompts).__name__}"
             )
-        model = PromptADModel(
-            backbone,
-            prompts,
-            vv_start=vv_start,
-            memory_blocks=memory_blocks,
-            memory_after_next_attention=memory_after_next_attention,
-            test_channel_order=test_channel_order,
-            map_size=map_size,
-            blur_sigma=blur_sigma,
-            blur_truncate=blur_truncate,
-            epochs=epochs,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            min_lr=min_lr,
-            margin=margin,
-            match_weight=match_weight,
-            seed=seed,
-            progress=progress,
-        )
+        model = PromptADModel(backbone, prompts, **model_options)
         super().__init__(model, prompts, shots, text_cache_dir)
         self.training_history: dict[str, dict[str, list[float]]] = {}
 
