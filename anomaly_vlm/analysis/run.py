@@ -142,7 +142,8 @@ def missing_results(
         if analysis_records(name, scale, output_root):
             continue
         folders = [sweep_folder(sweep, scale, output_root) for sweep in ANALYSES[name].sweeps(scale)]
-        where = str(folders[0]) + (f" and {len(folders) - 1} more sweep folders" if len(folders) > 1 else "")
+        more = counted(len(folders) - 1, "more sweep folder")
+        where = str(folders[0]) + (f" and {more}" if len(folders) > 1 else "")
         command = shlex.join([name, "--scale", scale, *options])
         messages[name] = (
             f"analysis '{name}' ({scale}) has no results in {where}: --no-run only redraws finished sweeps; "

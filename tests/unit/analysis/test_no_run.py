@@ -39,3 +39,18 @@ def test_analyses_with_results_are_drawn_and_the_missing_ones_still_fail(results
     assert len(errors) == 1 and "analysis 'shots' (tiny) has no results" in errors[0]
     assert (out / "tiny" / "layers" / "manifest.json").is_file()
     assert not (out / "tiny" / "shots").exists()
+
+
+def test_two_sweep_folders_name_one_more_in_the_singular(results, tmp_path, capsys):
+    argv = [
+        "crossdomain",
+        "--scale",
+        "tiny",
+        "--no-run",
+        "--out",
+        str(tmp_path / "r"),
+        "--outputs",
+        str(results.root),
+    ]
+    assert main(argv) == 1
+    assert " and 1 more sweep folder: " in capsys.readouterr().err
