@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ class Sample:
 
 @dataclass
 class AnomalyBatch:
-    """A batch of images with labels, masks, and (after a method ran) predictions.
+    """A batch of images with their labels and masks (predictions are the method's ``Prediction``).
 
     Attributes:
         image: ``[B, 3, H, W]`` RGB in ``[0, 1]``, resized to the model input size (normalisation is
@@ -41,8 +41,6 @@ class AnomalyBatch:
         category, path, defect_type: per-image strings.
         digest: per image the SHA-256 of its file's bytes (the feature-cache key), None for an image
             that is not a file's pixels (a mosaic); None when the batch was built without digests.
-        pred_score: ``[B]`` image anomaly score, filled by the method.
-        anomaly_map: ``[B, H, W]`` pixel anomaly map at the input size, filled by the method.
     """
 
     image: Tensor
@@ -51,9 +49,6 @@ class AnomalyBatch:
     path: list[str]
     defect_type: list[str]
     mask: Tensor | None = None
-    pred_score: Tensor | None = None
-    anomaly_map: Tensor | None = None
-    extras: dict[str, Tensor] = field(default_factory=dict)
     digest: list[str | None] | None = None
 
     def __len__(self) -> int:
@@ -66,8 +61,6 @@ class AnomalyBatch:
             value = getattr(self, item.name)
             if isinstance(value, Tensor):
                 value = value.to(device)
-            elif isinstance(value, dict):
-                value = {key: tensor.to(device) for key, tensor in value.items()}
             moved[item.name] = value
         return AnomalyBatch(**moved)
 

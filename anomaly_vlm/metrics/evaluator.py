@@ -1,16 +1,12 @@
-"""Per-category evaluator: a ``torchmetrics.Metric`` that accumulates scores, maps and masks, then
-computes exact metrics.
+"""Per-category evaluator: accumulates scores, maps and masks, then computes exact metrics.
 
 Pixel data are stored already split by ground truth (:class:`ScoreSplit`): background scores and
 anomalous scores as float32 plus the int32 size of each anomalous pixel's region, labelled at update
 time. That is ~4 bytes per pixel, and computing a category is one sort per side.
 
-Every category's data are metric states (``add_state(..., dist_reduce_fx="cat")`` for the scores,
-labels and pixel splits, ``"sum"`` for the counts), so under DDP torchmetrics gathers them when a
-category is computed (``sync_on_compute=True``, each rank holding a disjoint part of the images). A
-region never spans ranks: regions are labelled per image and an image lives on one rank. The
-evaluation path hands it whole categories on rank 0 (set-level post-processing needs the whole
-category first) and builds it with ``sync_on_compute=False``.
+It holds whole categories in one process: the evaluation path gathers a category's predictions on
+rank 0 before it scores them (set-level post-processing needs the whole category first), so there is
+nothing to synchronise across ranks here.
 """
 
 from __future__ import annotations
@@ -20,9 +16,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-import torch
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from anomaly_vlm.metrics.functional import ScoreSplit, official_aupro, ranking_metrics, to_numpy
 
@@ -43,9 +36,16 @@ METRIC_NAMES: tuple[str, ...] = (
 )
 
 
-#: Per-category states gathered by concatenation, and counts gathered by summation.
+#: Per-category arrays, concatenated when computed, and counts.
 _CAT_STATES = ("scores", "labels", "negatives", "positives", "region_sizes")
 _SUM_STATES = ("num_regions", "images_with_pixels", "images_without_pixels")
+_DTYPES = {
+    "scores": np.float64,
+    "labels": np.uint8,
+    "negatives": np.float32,
+    "positives": np.float32,
+    "region_sizes": np.int32,
+}
 
 
 def _squeeze_channel(x: np.ndarray, what: str, batch: int) -> np.ndarray:
@@ -56,7 +56,7 @@ def _squeeze_channel(x: np.ndarray, what: str, batch: int) -> np.ndarray:
     return x
 
 
-class Evaluator(Metric):
+class Evaluator:
     """Collects per-category predictions and computes exact image and pixel metrics.
 
     Typical use: ``update`` per batch, ``compute_category`` at the end of a category, ``release`` to
@@ -72,28 +72,18 @@ class Evaluator(Metric):
         pro_fpr_limit: Upper FPR bound of the AUPRO integral.
         aupro: ``exact`` (default) or ``official``, see
             :func:`~anomaly_vlm.metrics.functional.official_aupro`.
-        **kwargs: ``torchmetrics.Metric`` options, e.g. ``sync_on_compute=False`` when every rank
-            already holds whole categories.
     """
 
-    full_state_update = False
-    higher_is_better = True
-    is_differentiable = False
-
-    def __init__(
-        self, compute_pixel: bool = True, pro_fpr_limit: float = 0.3, aupro: str = "exact", **kwargs: Any
-    ) -> None:
+    def __init__(self, compute_pixel: bool = True, pro_fpr_limit: float = 0.3, aupro: str = "exact") -> None:
         if not 0.0 < pro_fpr_limit <= 1.0:
             raise ValueError(f"pro_fpr_limit must be in (0, 1], got {pro_fpr_limit}.")
         if aupro not in AUPRO_VARIANTS:
             raise ValueError(f"metrics.aupro={aupro!r} is not one of {list(AUPRO_VARIANTS)}")
-        super().__init__(**kwargs)
         self.aupro = aupro
         self.compute_pixel = compute_pixel
         self.pro_fpr_limit = pro_fpr_limit
-        # Category -> prefix of its states. States are added in order of first appearance, so every
-        # rank that sees the same categories in the same order holds the same state names.
-        self._prefixes: dict[str, str] = {}
+        # Category -> its arrays (lists of parts) and counts, in order of first appearance.
+        self._data: dict[str, dict[str, Any]] = {}
         self._released: set[str] = set()
         self._warned_mixed: set[str] = set()
         self._results: dict[str, dict[str, float | None]] = {}
@@ -101,7 +91,7 @@ class Evaluator(Metric):
     @property
     def categories(self) -> list[str]:
         """Categories seen by ``update``, in order of first appearance."""
-        return list(self._prefixes)
+        return list(self._data)
 
     @property
     def results(self) -> dict[str, dict[str, float | None]]:
@@ -110,32 +100,22 @@ class Evaluator(Metric):
 
     def reset(self) -> None:
         """Forgets all stored data and results."""
-        super().reset()
-        for name in [name for prefix in self._prefixes.values() for name in self._state_names(prefix)]:
-            del self._defaults[name], self._reductions[name], self._persistent[name]
-            delattr(self, name)
-        self._prefixes.clear()
+        self._data.clear()
         self._released.clear()
         self._warned_mixed.clear()
         self._results.clear()
 
-    @staticmethod
-    def _state_names(prefix: str) -> list[str]:
-        return [prefix + name for name in (*_CAT_STATES, *_SUM_STATES)]
-
-    def _add_category(self, category: str) -> str:
-        prefix = self._prefixes[category] = f"category{len(self._prefixes)}_"
-        for name in _CAT_STATES:
-            self.add_state(prefix + name, default=[], dist_reduce_fx="cat")
-        for name in _SUM_STATES:
-            self.add_state(prefix + name, default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        return prefix
+    def _add_category(self, category: str) -> None:
+        self._data[category] = {
+            **{name: [] for name in _CAT_STATES},
+            **dict.fromkeys(_SUM_STATES, 0),
+        }
 
     def _get(self, category: str, name: str) -> Any:
-        return getattr(self, self._prefixes[category] + name)
+        return self._data[category][name]
 
     def _set(self, category: str, name: str, value: Any) -> None:
-        setattr(self, self._prefixes[category] + name, value)
+        self._data[category][name] = value
 
     def _count(self, category: str, name: str) -> int:
         return int(self._get(category, name))
@@ -164,7 +144,7 @@ class Evaluator(Metric):
         Raises:
             ValueError: On malformed shapes, non-binary labels, NaN, or an update after ``release``.
         """
-        known = category in self._prefixes
+        known = category in self._data
         if category in self._released:
             raise ValueError(f"Evaluator.update: category {category!r} was already released.")
         scores = to_numpy(image_scores).astype(np.float64).reshape(-1)
@@ -187,15 +167,15 @@ class Evaluator(Metric):
         # Validation is over: nothing is stored for a batch that raised.
         if not known:
             self._add_category(category)
-        self._get(category, "scores").append(torch.from_numpy(scores))
-        self._get(category, "labels").append(torch.from_numpy(lab.astype(np.uint8)))
+        self._get(category, "scores").append(scores)
+        self._get(category, "labels").append(lab.astype(np.uint8))
         if not self.compute_pixel:
             return
         if has_pixels:
             if part is not None:
-                self._get(category, "negatives").append(torch.from_numpy(part.negatives))
-                self._get(category, "positives").append(torch.from_numpy(part.positives))
-                self._get(category, "region_sizes").append(torch.from_numpy(part.region_sizes))
+                self._get(category, "negatives").append(part.negatives)
+                self._get(category, "positives").append(part.positives)
+                self._get(category, "region_sizes").append(part.region_sizes)
                 self._add(category, "num_regions", part.num_regions)
             self._add(category, "images_with_pixels", batch)
         else:
@@ -216,47 +196,44 @@ class Evaluator(Metric):
     def _drop_pixels(self, category: str) -> None:
         for name in ("negatives", "positives", "region_sizes"):
             self._set(category, name, [])
-        self._set(category, "num_regions", torch.tensor(0, dtype=torch.int64))
+        self._set(category, "num_regions", 0)
 
     def _check_known(self, category: str) -> None:
-        if category not in self._prefixes:
+        if category not in self._data:
             raise ValueError(f"Evaluator: no data for category {category!r}.")
 
-    def _joined(self, category: str, name: str, dtype: np.dtype) -> np.ndarray:
-        """A concatenated state as numpy (a state is a list of tensors, or one tensor after a sync)."""
-        value = self._get(category, name)
-        if isinstance(value, list) and not value:
-            return np.zeros(0, dtype)
-        return dim_zero_cat(value).numpy()
+    def _joined(self, category: str, name: str) -> np.ndarray:
+        """A stored array, its parts joined once (a second compute re-uses the joined array)."""
+        parts = self._get(category, name)
+        if not parts:
+            return np.zeros(0, _DTYPES[name])
+        if len(parts) > 1:
+            parts[:] = [np.concatenate(parts)]
+        return parts[0]
 
     def stored_image_scores(self, category: str) -> np.ndarray:
         """The image scores of a category as stored by ``update`` (float64, ``[N]``)."""
         self._check_known(category)
-        return self._joined(category, "scores", np.float64)
+        return self._joined(category, "scores")
 
     def stored_labels(self, category: str) -> np.ndarray:
         """The image labels of a category (int64 0/1, ``[N]``)."""
         self._check_known(category)
-        return self._joined(category, "labels", np.uint8).astype(np.int64)
+        return self._joined(category, "labels").astype(np.int64)
 
     def compute(self) -> dict[str, dict[str, float | None]]:
         """Computes every category seen (see :meth:`compute_category`); returns :attr:`results`."""
-        # torchmetrics has synced the states around this call already.
-        for category in self._prefixes:
+        for category in self._data:
             self._results[category] = self._metrics(category, None)
         return dict(self._results)
 
     def compute_category(self, category: str, image_scores: Any | None = None) -> dict[str, float | None]:
         """Computes the metrics of one category and records them in :attr:`results`.
 
-        With ``sync_on_compute`` (the default) and an initialised process group, the category's
-        states of every rank are gathered first, so every rank must call this for the category.
-
         Args:
             category: Category name.
             image_scores: Optional ``[N]`` scores replacing the stored image scores, e.g. after a
-                per-category rescaling; must have one score per stored image, in update order
-                (under DDP: rank order).
+                per-category rescaling; must have one score per stored image, in update order.
 
         Returns:
             The seven metrics of :data:`METRIC_NAMES`, fractions in ``[0, 1]`` or ``None`` if absent.
@@ -265,14 +242,7 @@ class Evaluator(Metric):
             ValueError: For an unknown category or an override of the wrong length.
         """
         self._check_known(category)
-        if category not in self._released:
-            # Join once and keep only the joined arrays, so a second compute re-uses them.
-            for name in _CAT_STATES:
-                parts = self._get(category, name)
-                if isinstance(parts, list) and len(parts) > 1:
-                    self._set(category, name, [torch.cat(parts)])
-        with self.sync_context(should_sync=self.sync_on_compute, should_unsync=True):
-            out = self._metrics(category, image_scores)
+        out = self._metrics(category, image_scores)
         self._results[category] = out
         return out
 
@@ -309,9 +279,9 @@ class Evaluator(Metric):
         ):
             # Views of the states: sorting the split (in ranking_metrics) sorts them in place once.
             split = ScoreSplit(
-                negatives=self._joined(category, "negatives", np.float32),
-                positives=self._joined(category, "positives", np.float32),
-                region_sizes=self._joined(category, "region_sizes", np.int32),
+                negatives=self._joined(category, "negatives"),
+                positives=self._joined(category, "positives"),
+                region_sizes=self._joined(category, "region_sizes"),
                 num_regions=self._count(category, "num_regions"),
             )
             if split.positives.size and split.negatives.size:
@@ -345,11 +315,9 @@ class Evaluator(Metric):
     def stored_nbytes(self) -> int:
         """Bytes held by the stored pixel data and image scores of all categories."""
         total = 0
-        for category in self._prefixes:
+        for category in self._data:
             for name in _CAT_STATES:
-                value = self._get(category, name)
-                parts = value if isinstance(value, list) else [value]
-                total += sum(part.numel() * part.element_size() for part in parts)
+                total += sum(part.nbytes for part in self._get(category, name))
         return total
 
     def macro_mean(self) -> dict[str, float | None]:

@@ -93,10 +93,8 @@ class Job:
         self.decisions = CategoryDecisions(ThresholdSettings.from_config(self.cfg.threshold))
         prepared = prepare_job(self.cfg, datamodule, sources, self.output_dir, self.names["method"], self.fit)
         self.logger = build_logger(self.cfg, self.names)
-        # The evaluation path hands it whole categories on rank 0 (after set-level post-processing),
-        # so there is nothing for torchmetrics to gather.
-        aupro = self.cfg.metrics.aupro
-        evaluator = Evaluator(aupro=aupro, sync_on_compute=False)
+        # The evaluation path hands it whole categories on rank 0 (after set-level post-processing).
+        evaluator = Evaluator(aupro=self.cfg.metrics.aupro)
         trainer, scoring, extra_callbacks = self._trainer(prepared, evaluator)
         trained = self._fit(trainer, prepared.method, datamodule)
         if self.untrained(prepared.method):
