@@ -60,35 +60,81 @@ def check_image_file(
             raise DataError(f"cannot read {what} {path}: {error}") from error
 
 
+#: How many unusable files one error names; the others are counted ("and N more").
+LISTED_FILES = 10
+
+
+def _check_samples_into(
+    samples: Iterable[Sample], max_pixels: int | None, key: str, problems: dict[str, DataError]
+) -> int:
+    """Check every image and mask of ``samples``, collecting each file's problem instead of stopping at
+    the first; returns how many files were checked."""
+    checked = 0
+    for sample in samples:
+        files = [(sample.path, "image")]
+        if sample.mask_path:
+            # A mask folder (several masks of one image) is checked file by file.
+            files += [(mask, "mask") for mask in mask_files(sample.mask_path)]
+        for path, what in files:
+            checked += 1
+            try:
+                check_image_file(path, max_pixels, what=what, key=key)
+            except DataError as error:
+                problems.setdefault(str(path), error)
+    return checked
+
+
+def raise_file_problems(problems: dict[str, DataError]) -> None:
+    """Raise one :class:`DataError` for the collected problems: a single file's own message, or the
+    count with the first :data:`LISTED_FILES` messages, so a folder of bad files is fixed in one pass."""
+    if not problems:
+        return
+    errors = list(problems.values())
+    if len(errors) == 1:
+        raise errors[0]
+    # PIL's reason repeats the path the message already names.
+    listed = "; ".join(
+        str(error).replace(f" '{path}'", "") for path, error in list(problems.items())[:LISTED_FILES]
+    )
+    more = f"; and {len(errors) - LISTED_FILES} more" if len(errors) > LISTED_FILES else ""
+    raise DataError(f"{len(errors)} files cannot be used: {listed}{more}") from errors[0]
+
+
 def check_samples(
     samples: Iterable[Sample],
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     key: str = MAX_IMAGE_PIXELS_KEY,
 ) -> int:
-    """Check every image and mask of ``samples``; returns how many files were checked."""
-    checked = 0
-    for sample in samples:
-        check_image_file(sample.path, max_pixels, key=key)
-        checked += 1
-        if sample.mask_path:
-            # A mask folder (several masks of one image) is checked file by file.
-            for mask in mask_files(sample.mask_path):
-                check_image_file(mask, max_pixels, what="mask", key=key)
-                checked += 1
+    """Check every image and mask of ``samples``; returns how many files were checked.
+
+    Raises:
+        DataError: naming every file that is missing, unreadable, truncated or too large (the first
+            :data:`LISTED_FILES` of them, and how many more).
+    """
+    problems: dict[str, DataError] = {}
+    checked = _check_samples_into(samples, max_pixels, key, problems)
+    raise_file_problems(problems)
     return checked
 
 
 def preflight(datamodule, categories: list[str], references: dict[str, list[Sample]]) -> int:
     """Check every file a job reads: test images and masks, references, auxiliary training data.
 
-    Each dataset's files are held to its own ``max_image_pixels`` (``data.`` / ``train_data.``).
+    Each dataset's files are held to its own ``max_image_pixels`` (``data.`` / ``train_data.``). All
+    files are checked before one error names every bad one (see :func:`raise_file_problems`).
     """
     checked = 0
+    problems: dict[str, DataError] = {}
     limit = datamodule.source.max_image_pixels
     for category in categories:
-        checked += check_samples(datamodule.source.samples(category, "test"), limit)
-        checked += check_samples(references.get(category, []), limit)
+        checked += _check_samples_into(
+            datamodule.source.samples(category, "test"), limit, MAX_IMAGE_PIXELS_KEY, problems
+        )
+        checked += _check_samples_into(references.get(category, []), limit, MAX_IMAGE_PIXELS_KEY, problems)
     if datamodule.train_source is not None:
         limit = datamodule.train_source.max_image_pixels
-        checked += check_samples(datamodule.train_samples(), limit, key="train_data.max_image_pixels")
+        checked += _check_samples_into(
+            datamodule.train_samples(), limit, "train_data.max_image_pixels", problems
+        )
+    raise_file_problems(problems)
     return checked
