@@ -40,6 +40,7 @@ from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data import DataError
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
 from anomaly_vlm.methods.ops import resolve_stages
+from anomaly_vlm.wording import counted
 
 #: Aggregation degrees of LNAMD in the release.
 REFERENCE_R_LIST: tuple[int, ...] = (1, 3, 5)
@@ -123,9 +124,39 @@ def check_set_size(count: int, topmin_min: float = 0.0, topmin_max: float = 0.3)
         needed = minimum_set_size(topmin_min, topmin_max)
         raise MuScError(
             "MuSc is transductive: it scores each image against the other images of its category, so it "
-            f"needs a set of at least {needed} images (per subset with divide_num > 1); got {count}, whose "
-            f"{max(count - 1, 0)} reference(s) leave the averaged interval [{topmin_min}, {topmin_max}) empty"
+            f"needs at least {needed} images scored together (per subset with divide_num > 1); "
+            f"{_why_too_few(count, topmin_min, topmin_max)}"
         )
+
+
+def _why_too_few(count: int, topmin_min: float, topmin_max: float) -> str:
+    """Why mutual scoring over ``count`` images averages nothing, in the user's terms."""
+    if count == 0:
+        return "got no image"
+    if count == 1:
+        return "got 1 image, which has no other image to be scored against"
+    others = count - 1
+    k_min, k_max = interval_bounds(others, topmin_min, topmin_max)
+    if k_max > others:
+        return (
+            f"got {count} images: method.topmin_max={topmin_max} averages the {k_max} smallest distances of "
+            f"a patch to the other images, but each image has only {counted(others, 'other image')}"
+        )
+
+    def rank(value: float, k: int) -> str:  # the release truncates fractions of the other images' count
+        return f"int({others} × {value}) = {k}" if value < 1 else str(k)
+
+    if k_min == 0:
+        averaged = f"the smallest {rank(topmin_max, k_max)} (method.topmin_max={topmin_max})"
+    else:
+        averaged = (
+            f"those ranked {rank(topmin_min, k_min)} to {rank(topmin_max, k_max)} "
+            f"(method.topmin_min={topmin_min}, method.topmin_max={topmin_max})"
+        )
+    return (
+        f"got {count} images: of the {counted(others, 'distance')} of a patch to the other images, MSM "
+        f"averages {averaged}, which is none"
+    )
 
 
 def mutual_scores(

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 
 from anomaly_vlm.methods.contract import FrozenFeatureExtractor
 from anomaly_vlm.methods.musc import MuSc, MuScError, lnamd, mutual_scores, rscin
-from anomaly_vlm.methods.musc.torch_model import IMAGE_EMBEDDING, divide_subsets, interval_bounds, tokens_key
+from anomaly_vlm.methods.musc.torch_model import (
+    IMAGE_EMBEDDING,
+    check_set_size,
+    divide_subsets,
+    interval_bounds,
+    tokens_key,
+)
 
 
 def _tokens(batch: int, side: int, channels: int, seed: int = 0) -> torch.Tensor:
@@ -96,6 +102,35 @@ def test_too_few_images_for_the_interval_is_a_clear_error():
     mutual_scores(torch.randn(5, 4, 3))  # 4 references: int(4 * 0.3) = 1 distance averaged
     with pytest.raises(MuScError, match="at least 5 images"):
         mutual_scores(torch.randn(4, 4, 3))
+
+
+@pytest.mark.parametrize(
+    ("count", "options", "says"),
+    [
+        (
+            1,
+            {},
+            "needs at least 5 images scored together (per subset with divide_num > 1); got 1 image, which "
+            "has no other image to be scored against",
+        ),
+        (
+            4,
+            {},
+            "got 4 images: of the 3 distances of a patch to the other images, MSM averages the smallest "
+            "int(3 × 0.3) = 0 (method.topmin_max=0.3), which is none",
+        ),
+        (
+            4,
+            {"topmin_max": 6},
+            "method.topmin_max=6 averages the 6 smallest distances of a patch to the other "
+            "images, but each image has only 3 other images",
+        ),
+    ],
+)
+def test_too_small_a_set_is_explained_in_images_and_options(count, options, says):
+    with pytest.raises(MuScError) as raised:
+        check_set_size(count, **options)
+    assert says in str(raised.value) and "interval" not in str(raised.value)
 
 
 def test_rscin_smooths_min_max_scores_over_the_k_most_similar_images():
