@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -25,12 +27,68 @@ TITLES = {
 }
 
 
+def layout(figure) -> None:
+    """Lay out a figure: figures with a legend outside their axes use constrained layout, which makes room
+    for it (tight layout cannot, and warns "Tight layout not applied"); the others tight layout."""
+    if figure.get_layout_engine() is None:
+        figure.tight_layout()
+
+
 def save_figure(figure, target: Path) -> Path:
     """Lay out, write as PNG and release a figure (figures are not garbage-collected by pyplot)."""
-    figure.tight_layout()
+    layout(figure)
     figure.savefig(target, dpi=120)
     plt.close(figure)
     return target
+
+
+#: Qualitative colours: the ten saturated tab20 hues, then their ten light ones, so the first 20 series
+#: never share a colour (matplotlib's default cycle repeats after ten).
+_TAB20 = plt.get_cmap("tab20").colors
+COLOURS = tuple(matplotlib.colors.to_hex(c) for c in (*_TAB20[0::2], *_TAB20[1::2]))
+#: 13 markers (coprime with the 20 colours): colour and marker together repeat only after 260 series.
+MARKERS = ("o", "s", "D", "^", "v", "<", ">", "p", "P", "*", "h", "X", "d")
+HATCHES = ("//", "..", "xx", "\\\\", "oo", "--")
+
+
+def series_styles(labels: list[str]) -> dict[str, tuple[str, str]]:
+    """``label -> (colour, marker)``, one pair per distinct label, assigned in sorted label order (so the
+    series of one method, whose labels start alike, sit together and a label's style does not depend on
+    the order the rows came in)."""
+    return {
+        label: (COLOURS[index % len(COLOURS)], MARKERS[index % len(MARKERS)])
+        for index, label in enumerate(sorted(set(labels)))
+    }
+
+
+_POINTS_PER_CHARACTER = 0.6  # average glyph width of the legend font, in units of its size
+
+
+def figure_legend(figure, handles: list, labels: list[str], fontsize: float = 7) -> None:
+    """One legend for all panels, below them, in as many columns as the figure's width holds.
+
+    Labels longer than the width are wrapped, and the figure grows by the legend's height, so the axes keep
+    their size (the figure must use constrained layout: ``layout="constrained"``).
+    """
+    if not handles:
+        return
+    width_pt = figure.get_figwidth() * 72 * 0.95
+    marker_pt = 3.5 * fontsize  # handle and padding of one entry
+    max_chars = max(10, int((width_pt - marker_pt) / (_POINTS_PER_CHARACTER * fontsize)))
+    wrapped = [textwrap.fill(label, max_chars) for label in labels]
+    longest = max(len(line) for label in wrapped for line in label.splitlines())
+    columns = max(
+        1, min(len(wrapped), int(width_pt // (longest * _POINTS_PER_CHARACTER * fontsize + marker_pt)))
+    )
+    per_column = math.ceil(len(wrapped) / columns)
+    lines = max(
+        sum(label.count("\n") + 1 for label in wrapped[start : start + per_column])
+        for start in range(0, len(wrapped), per_column)
+    )
+    figure.set_figheight(figure.get_figheight() + lines * fontsize * 1.45 / 72 + 0.2)
+    figure.legend(
+        handles, wrapped, loc="outside lower center", ncols=columns, fontsize=fontsize, frameon=False
+    )
 
 
 #: Dimensions of a configuration beyond its method (with training data), shots and backbone: named in a
@@ -84,15 +142,32 @@ def per_category_bars(dataset: str, groups: list[Group], metric: str, target: Pa
         return None
     width = 0.8 / len(series)
     positions = np.arange(len(categories))
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.7 * len(categories) * max(1, len(series)) ** 0.5 + 3), 4))
+    styles = series_styles([label for label, _, _ in series])
+    figure, axis = plt.subplots(
+        figsize=(max(6.0, 0.7 * len(categories) * max(1, len(series)) ** 0.5 + 3), 4), layout="constrained"
+    )
+    bars = []
     for index, (label, means, stds) in enumerate(series):
-        axis.bar(positions + index * width - 0.4 + width / 2, means, width, yerr=stds, label=label, capsize=2)
+        colour, _ = styles[label]
+        # Past the distinct colours, a hatch tells the series apart.
+        hatch = None if sorted(styles).index(label) < len(COLOURS) else HATCHES[index % len(HATCHES)]
+        bars.append(
+            axis.bar(
+                positions + index * width - 0.4 + width / 2,
+                means,
+                width,
+                yerr=stds,
+                capsize=2,
+                color=colour,
+                hatch=hatch,
+            )
+        )
     axis.set_xticks(positions, categories, rotation=45, ha="right")
     axis.set_ylabel(f"{TITLES[metric]} (%)")
     axis.set_ylim(0, 100)
     axis.set_title(f"{dataset}: {TITLES[metric]} per category")
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars stay visible
     axis.grid(axis="y", alpha=0.3)
+    figure_legend(figure, bars, [label for label, _, _ in series])  # below: bars stay visible
     return save_figure(figure, target)
 
 
@@ -118,8 +193,10 @@ def accuracy_vs_latency_figure(rows: list[dict], dataset: str, metric: str = "im
     if not points:
         return None
     figure, axis = plt.subplots(figsize=(6, 4))
+    styles = series_styles([label for _, _, label in points])
     for latency, value, label in points:
-        axis.scatter(latency, value, s=30)
+        colour, marker = styles[label]
+        axis.scatter(latency, value, s=30, color=colour, marker=marker)
         axis.annotate(label, (latency, value), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axis.set_xscale("log")
     latencies = [point[0] for point in points]
@@ -148,9 +225,10 @@ def metric_vs_shots(
     published: list[dict],
     target: Path,
     metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc"),
+    styles: dict[str, tuple[str, str]] | None = None,
 ) -> Path | None:
     """Zero- vs few-shot: one line per configuration (all but shots) over shots; published dashed."""
-    figure = metric_vs_shots_figure(dataset, rows, published, metrics)
+    figure = metric_vs_shots_figure(dataset, rows, published, metrics, styles)
     return None if figure is None else save_figure(figure, target)
 
 
@@ -159,42 +237,47 @@ def metric_vs_shots_figure(
     rows: list[dict],
     published: list[dict],
     metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc"),
+    styles: dict[str, tuple[str, str]] | None = None,
 ):
-    """The metric-vs-shots figure (None without rows); the legend sits below the axes, off the points."""
+    """The metric-vs-shots figure (None without rows): one legend for the panels, below them, so it never
+    covers a point; every series has its own colour and marker (``styles``, default
+    :func:`series_styles` of the rows)."""
     lines: dict[str, list[dict]] = {}
     for row, label in zip(rows, config_labels(rows, with_shots=False), strict=True):
         lines.setdefault(label, []).append(row)
     if not lines:
         return None
-    figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    styles = styles or series_styles(list(lines))
+    figure, axes = plt.subplots(
+        1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False, layout="constrained"
+    )
+    legend: dict[str, object] = {}
     for axis, metric in zip(axes[0], metrics, strict=True):
-        for label, line_rows in lines.items():
+        papers: set[str] = set()
+        for label, line_rows in sorted(lines.items()):
             line_rows = sorted(line_rows, key=lambda r: r["shots"])
             shots = [r["shots"] for r in line_rows if r[metric]["mean"] is not None]
             means = [r[metric]["mean"] for r in line_rows if r[metric]["mean"] is not None]
             stds = [r[metric]["std"] or 0.0 for r in line_rows if r[metric]["mean"] is not None]
             if not shots:
                 continue
-            drawn = axis.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label=f"ours: {label}")
+            colour, marker = styles[label]
+            drawn = axis.errorbar(shots, means, yerr=stds, marker=marker, color=colour, capsize=3)
+            legend.setdefault(f"ours: {label}", drawn)
             method = line_rows[0]["method"]
             paper = [(s, published_value(published, method, dataset, s, metric)[0]) for s in (0, 1, 2, 4, 8)]
             paper = [(s, v) for s, v in paper if v is not None]
-            if paper:
-                axis.plot(
-                    *zip(*paper, strict=True),
-                    linestyle="--",
-                    marker="x",
-                    color=drawn[0].get_color(),
-                    label=f"paper: {method}",
-                )
+            if paper and method not in papers:  # once per method, in the colour of its first series
+                papers.add(method)
+                (dashed,) = axis.plot(*zip(*paper, strict=True), linestyle="--", marker="x", color=colour)
+                legend.setdefault(f"paper: {method}", dashed)
         all_shots = sorted({row["shots"] for row in rows})
         axis.set_xticks(all_shots)
         axis.set_xlabel("shots (normal reference images)")
         axis.set_ylabel(f"{TITLES[metric]} (%)")
         axis.set_title(f"{dataset}: {TITLES[metric]} vs shots")
         axis.grid(alpha=0.3)
-        # Below the axes: inside, the legend sat on the points of the highest-scoring line.
-        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
+    figure_legend(figure, list(legend.values()), list(legend))
     return figure
 
 

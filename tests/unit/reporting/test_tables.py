@@ -229,36 +229,6 @@ def test_latency_axis_labels_do_not_overlap(latencies) -> None:
     plots.plt.close(figure)
 
 
-def test_shots_legend_stays_off_the_points() -> None:
-    from anomaly_vlm.reporting import plots
-
-    rows = [
-        {
-            "method": method,
-            "method_label": method,
-            "backbone": "b",
-            "prompts": "p",
-            "shots": shots,
-            "image_auroc": {"mean": base + shots, "std": 0.5},
-            "pixel_auroc": {"mean": base + shots, "std": 0.5},
-        }
-        for method, base in (("winclip", 90.0), ("clip", 60.0))
-        for shots in (0, 1, 2, 4)
-    ]
-    figure = plots.metric_vs_shots_figure("mvtec", rows, tables.load_published())
-    figure.tight_layout()
-    figure.canvas.draw()
-    renderer = figure.canvas.get_renderer()
-    for axis in figure.axes:
-        legend = axis.get_legend().get_window_extent(renderer)
-        assert legend.y1 <= axis.get_window_extent(renderer).y0  # entirely below the plotting area
-        for line in axis.get_lines():
-            for x, y in axis.transData.transform(line.get_xydata()):
-                assert not (legend.x0 <= x <= legend.x1 and legend.y0 <= y <= legend.y1)
-        assert legend.y0 >= 0  # and not cut off by the figure edge
-    plots.plt.close(figure)
-
-
 def test_plot_labels_name_every_dimension_that_varies():
     from anomaly_vlm.reporting.plots import config_labels
 
