@@ -471,15 +471,11 @@ def build_datamodule(
 ) -> tuple[AnomalyDataModule, tuple]:
     """The labelled datamodule and its sources ``(train_source, source)``; only trained methods get
     train_data (when ``fit``, the published protocol's if none is given)."""
+    check_labelled_data(cfg, names["data"])
     use_protocol_training_data(cfg, names, fit)
     source = build(cfg.data)
     if cfg.data.get("name"):
         names["data"] = str(cfg.data.name)  # e.g. data=meta_json data.name=mpdd: tables per dataset
-    if not source.labelled:
-        raise DataError(
-            f"data={names['data'] or source.name} holds unlabelled images, which have no metrics to test: "
-            "score them with `python evaluate.py mode=predict data.path=...`"
-        )
     train_source = None
     synthesizer = None
     if cfg.train_data:
@@ -499,6 +495,21 @@ def build_datamodule(
             names["train_data"] = None
     datamodule = build(cfg.datamodule, source=source, train_source=train_source, train_synthesis=synthesizer)
     return datamodule, (train_source, source)
+
+
+def check_labelled_data(cfg: DictConfig, data_name: str | None) -> None:
+    """Testing needs labels: unlabelled images (``data=images``) are scored by ``evaluate.py mode=predict``.
+
+    Decided from the data class, before its own keys (``data.path``) are asked for.
+    """
+    source_class = get_class(cfg.data._target_)
+    if getattr(source_class, "labelled", True):
+        return
+    name = data_name or getattr(source_class, "name", source_class.__name__)
+    raise DataError(
+        f"data={name} holds unlabelled images, which have no metrics to test: score them with "
+        "`python evaluate.py mode=predict data.path=...`"
+    )
 
 
 #: Keys of a ``train_data`` config that configure synthesized defects, not the dataset

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from anomaly_vlm.tasks.building import (
     build,
     check_backbone_depths,
+    check_labelled_data,
     check_shots_supported,
     check_training_data,
     split_synthesis,
@@ -46,6 +47,8 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 def check_job(cfg: DictConfig, fit: bool) -> None:
     """The checks of one composed job that need neither data nor a model."""
     choices = cfg.hydra.runtime.choices
+    if cfg.get("mode") != "predict":
+        check_labelled_data(cfg, choices.get("data"))
     check_shots_supported(cfg.method, cfg.shots, choices.get("method"))
     if fit:
         check_training_data(cfg, fit, choices.get("method"), choices.get("data"))

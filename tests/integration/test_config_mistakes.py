@@ -62,3 +62,13 @@ def test_the_headline_command_trains_on_the_published_partner(tmp_path):
     assert _error_lines(result) == [
         f"error: dataset root does not exist: {tmp_path / 'data' / 'mvtec'} (set data.root or DATA_ROOT)"
     ]
+
+
+def test_unlabelled_images_in_train_py_name_mode_predict_first(tmp_path):
+    result = _entry(
+        "train.py", "experiment=demo", "data=images", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert _error_lines(result) == [
+        "error: data=images holds unlabelled images, which have no metrics to test: score them with "
+        "`python evaluate.py mode=predict data.path=...`"
+    ]
