@@ -70,6 +70,9 @@ class TrainConfig:
     save_predictions: bool = False
     #: Write ``detectors/<category>/`` (config, text embeddings, references, trained parameters, thresholds).
     save_detector: bool = False
+    #: ``accept``: also save (and, with ``mode=predict detector=``, serve) a detector whose scores depend on
+    #: the other images scored with it (transductive MuSc); ``refuse``: stop with an error instead.
+    detector_set_dependence: str = "refuse"
     #: Heatmap overlay PNGs per category.
     num_overlays: int = 0
     #: Jobs that would train identical parameters share one training (``cache_dir/trained``).

@@ -13,6 +13,7 @@ The metric evaluator knows nothing of thresholds; these sit beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import zlib
@@ -20,6 +21,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import lightning as L
 import numpy as np
+import torch
 
 from anomaly_vlm.callbacks.scoring import CategoryResult
 from anomaly_vlm.data.batch import Sample
@@ -33,6 +35,7 @@ from anomaly_vlm.decisions.thresholds import (
     mask_metrics,
     normal_fpr_threshold,
 )
+from anomaly_vlm.methods.contract import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +152,33 @@ class HeldOutSource(DatasetSource):
         return False
 
 
+def _method(trainer: L.Trainer | None):
+    """The method a trainer scores with (None without a trainer)."""
+    return getattr(trainer, "lightning_module", None) if trainer is not None else None
+
+
+def normal_fpr_thresholds(
+    prediction: Prediction, target_fpr: float, heldout: Prediction | None = None
+) -> CategoryThresholds:
+    """``normal_fpr`` image and pixel thresholds of a held-out prediction (``heldout``: kept with them)."""
+    return CategoryThresholds(
+        image=normal_fpr_threshold(prediction.image_score.double().numpy(), target_fpr),
+        pixel=normal_fpr_threshold(prediction.anomaly_map.numpy(), target_fpr),
+        method="normal_fpr",
+        source="heldout_normal",
+        optimistic=False,
+        num_images=len(prediction),
+        target_fpr=target_fpr,
+        heldout=heldout,
+    )
+
+
 class HeldOutThresholds:
-    """Chooses each category's ``normal_fpr`` image and pixel thresholds from its held-out normals."""
+    """Chooses each category's ``normal_fpr`` image and pixel thresholds from its held-out normals.
+
+    For a method whose set-level step normalises with statistics of the scored set (APRIL-GAN few-shot),
+    the held-out prediction is kept with the thresholds, to be chosen again on the test set's scale.
+    """
 
     images_wanted = 0
 
@@ -160,14 +188,10 @@ class HeldOutThresholds:
 
     def consume(self, result: CategoryResult, trainer: L.Trainer) -> None:
         prediction = result.prediction
-        self.thresholds[result.category] = CategoryThresholds(
-            image=normal_fpr_threshold(prediction.image_score.double().numpy(), self.target_fpr),
-            pixel=normal_fpr_threshold(prediction.anomaly_map.numpy(), self.target_fpr),
-            method="normal_fpr",
-            source="heldout_normal",
-            optimistic=False,
-            num_images=len(result),
-            target_fpr=self.target_fpr,
+        method = _method(trainer)
+        keep = method is not None and bool(method.set_statistics(prediction))
+        self.thresholds[result.category] = normal_fpr_thresholds(
+            prediction, self.target_fpr, prediction if keep else None
         )
         log.info(
             "%s: thresholds from %d held-out normal images: %s",
@@ -201,14 +225,28 @@ class CategoryDecisions:
         """The ``fixed`` thresholds as given."""
         return CategoryThresholds(self.settings.image, self.settings.pixel, "fixed", "given")
 
-    def category_thresholds(self, result: CategoryResult) -> CategoryThresholds | None:
+    def category_thresholds(self, result: CategoryResult, method=None) -> CategoryThresholds | None:
         """The thresholds for ``result``'s category: given, fixed, or F1-optimal on the result itself
-        (None: ``normal_fpr`` for a category without held-out normal images)."""
+        (None: ``normal_fpr`` for a category without held-out normal images).
+
+        ``method``: the method that scored ``result``. When its image scores are normalised with
+        statistics of the scored set, the held-out images were normalised over their own set: their
+        ``normal_fpr`` thresholds are chosen again with the test set's statistics, the scale of the test
+        scores they decide (and of a detector saved from the run, which freezes those statistics).
+        """
         settings = self.settings
         if settings.method == "fixed":
             return self.category_thresholds_fixed()
         if settings.method == "normal_fpr":
-            return self.thresholds.get(result.category)  # None: no held-out normals (warned then)
+            chosen = self.thresholds.get(result.category)  # None: no held-out normals (warned then)
+            if chosen is None or chosen.heldout is None or method is None:
+                return chosen
+            statistics = method.set_statistics(result.prediction)
+            if not statistics:
+                return dataclasses.replace(chosen, heldout=None)
+            with torch.no_grad():
+                rescaled = method.postprocess_set(chosen.heldout, statistics)
+            return normal_fpr_thresholds(rescaled, float(chosen.target_fpr))
         labels = result.labels.numpy()
         if (labels < 0).any():
             raise ThresholdError(
@@ -228,7 +266,7 @@ class CategoryDecisions:
         )
 
     def consume(self, result: CategoryResult, trainer: L.Trainer) -> None:
-        chosen = self.category_thresholds(result)
+        chosen = self.category_thresholds(result, _method(trainer))
         metrics: dict[str, float | None] = dict.fromkeys(DECISION_METRICS)
         if chosen is None:
             self.results[result.category] = metrics  # no thresholds for this category: no decisions

@@ -93,6 +93,10 @@ class CategoryThresholds:
         optimistic: chosen on the very images the decision metrics are computed on.
         num_images: images they were chosen on (0 for ``fixed``).
         target_fpr: the target of ``normal_fpr`` (None otherwise).
+        heldout: the held-out prediction they were chosen on, kept (in memory, never written) when the
+            method's image scores are normalised with statistics of the scored set, so that they can be
+            chosen again on the scale of the test set's statistics (see
+            :class:`~anomaly_vlm.decisions.consumers.CategoryDecisions`).
     """
 
     image: float
@@ -102,13 +106,19 @@ class CategoryThresholds:
     optimistic: bool = False
     num_images: int = 0
     target_fpr: float | None = None
+    heldout: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name != "heldout"
+        }
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> CategoryThresholds:
-        return cls(**{field.name: values.get(field.name) for field in dataclasses.fields(cls)})
+        names = [field.name for field in dataclasses.fields(cls) if field.name != "heldout"]
+        return cls(**{name: values.get(name) for name in names})
 
 
 def normal_fpr_threshold(normal_scores: Any, target_fpr: float) -> float:

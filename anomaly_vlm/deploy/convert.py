@@ -1,4 +1,4 @@
-"""``python -m anomaly_vlm.deploy.convert detector=<folder> [trust_pickle=true]``: format 1 -> 2, in place.
+"""``python -m anomaly_vlm.deploy.convert detector=<folder> [trust_pickle=true]``: format 1 -> now, in place.
 
 Format-1 detectors kept their state as a pickle (``state.pt``). Conversion first reads it the safe way
 (``weights_only``: tensors, flags and lists only), which is all a genuine format-1 state holds, so a
@@ -23,7 +23,10 @@ USAGE = "python -m anomaly_vlm.deploy.convert detector=<folder> [trust_pickle=tr
 
 
 def convert_detector(path: str | Path, trust_pickle: bool = False) -> bool:
-    """Rewrite a format-1 detector folder as format 2; False when it already is.
+    """Rewrite a format-1 detector folder in the current format (no pickle); False when it has none.
+
+    A format-1 detector holds no frozen set statistics: one whose scores depend on the batch (APRIL-GAN
+    few-shot) then loads only with ``set_dependence="accept"``; saving it again freezes them.
 
     Raises:
         DetectorError: not a detector, or a state that holds more than data and ``trust_pickle`` is off.

@@ -7,10 +7,17 @@ Layout of ``<run dir>/detectors/<category>/``:
   and the SHA-256 of every other file of the folder;
 * ``config.yaml`` -- the composed, resolved config of the run that saved it;
 * ``state.safetensors`` + ``state.json`` -- the method's category state: text embeddings, reference
-  memory, trained parameters (see :mod:`anomaly_vlm.deploy.state`).
+  memory, trained parameters (see :mod:`anomaly_vlm.deploy.state`), and the frozen set statistics.
 
 ``Detector.load(path).predict(images_or_paths)`` rebuilds the method from the config, checks the
 backbone's weights against the digest, restores the state and scores: the same numbers as the run.
+
+An image scores the same alone or in any batch. A method whose set-level step normalises over the
+images scored together (APRIL-GAN few-shot: min-max of the map maxima) has the statistics of the set
+its run scored (the category's test images) frozen into the detector, so the detector reproduces the
+run's scores and scores any new image on that scale. A method whose scores are a property of the set
+(transductive MuSc) cannot be frozen: its detector is saved and loaded only with
+``detector_set_dependence=accept`` (Python: ``set_dependence="accept"``).
 
 Opening a detector someone sent never runs their code: no file is unpickled, every file is checked
 against its recorded SHA-256 before it is read, JSON and YAML are read within size and nesting limits,
@@ -41,14 +48,18 @@ from anomaly_vlm.deploy.state import (
     category_state,
     load_category_state,
     read_category_state,
+    split_set_statistics,
+    with_set_statistics,
     write_category_state,
 )
+from anomaly_vlm.methods import contract
 from anomaly_vlm.methods.contract import Prediction
 from anomaly_vlm.untrusted import UntrustedFileError, read_json, read_yaml_config, sha256_file, verify_sha256
 
 #: Version of the folder layout; a detector written by a newer version is refused. Format 1 kept the
-#: state in a pickle (``state.pt``); format 2 holds no pickle and records a checksum of every file.
-DETECTOR_FORMAT = 2
+#: state in a pickle (``state.pt``); format 2 holds no pickle and records a checksum of every file;
+#: format 3 adds the frozen set statistics (a format-2 reader would score such a detector per batch).
+DETECTOR_FORMAT = 3
 DETECTOR_FILE = "detector.json"
 CONFIG_FILE = "config.yaml"
 DETECTOR_DIR = "detectors"
@@ -62,8 +73,41 @@ BUILT_GROUPS = {
 }
 
 
+#: ``detector_set_dependence`` values: save/load a detector whose scores depend on the other images of the
+#: call (``accept``), or refuse to (``refuse``, the default).
+SET_DEPENDENCE_CHOICES = ("refuse", "accept")
+
+
 class DetectorError(ValueError):
     """A detector folder that cannot be loaded (missing, newer or unsafe format, tampered, other weights)."""
+
+
+def check_set_dependence(value: str, key: str = "detector_set_dependence") -> str:
+    """``value`` if it is in :data:`SET_DEPENDENCE_CHOICES`; else a :class:`DetectorError` naming ``key``."""
+    if value not in SET_DEPENDENCE_CHOICES:
+        raise DetectorError(f"{key}={value!r} must be one of {list(SET_DEPENDENCE_CHOICES)}")
+    return value
+
+
+def _set_dependent_refusal(what: str, method_name: str, reason: str) -> DetectorError:
+    return DetectorError(
+        f"{what}: method {method_name}: {reason}, so the same image would score differently depending on "
+        "the other images scored with it. Add detector_set_dependence=accept (Python: "
+        "set_dependence='accept') to accept that"
+    )
+
+
+def check_detector_method(method_class: type, set_dependence: str, method_name: str | None = None) -> None:
+    """Before any weights load: refuse ``save_detector=true`` for a method whose scores are a property of
+    the scored set (a transductive method class) unless ``set_dependence`` is ``accept``.
+
+    Set dependence that only shows on the built model is checked again when each detector is saved.
+    """
+    check_set_dependence(set_dependence)
+    transductive = getattr(method_class, "transductive", False)
+    if transductive is True and set_dependence != "accept":
+        name = method_name or getattr(method_class, "method_name", method_class.__name__)
+        raise _set_dependent_refusal("save_detector=true", name, contract.TRANSDUCTIVE_DEPENDENCE)
 
 
 @dataclasses.dataclass
@@ -71,7 +115,8 @@ class DetectorOutput:
     """What :meth:`Detector.predict` returns for N images.
 
     Attributes:
-        image_score: ``[N]`` scores (after the method's set-level step over the N images).
+        image_score: ``[N]`` scores, each image's own whatever else is in the call (a detector loaded
+            with ``set_dependence="accept"``: the method's set-level step over the N images).
         anomaly_map: ``[N, H, W]`` maps at the model input size.
         decision: per image ``ok``/``defect`` (None without thresholds).
         defect_area: per image fraction of map pixels above the pixel threshold (None without one).
@@ -105,16 +150,43 @@ def save_detector(
     config: dict,
     thresholds: CategoryThresholds | None,
     method_name: str | None,
+    scored: Prediction | None = None,
+    set_dependence: str = "refuse",
 ) -> Path:
-    """Write the detector of ``category`` (the method must be set up for it) into ``folder``."""
+    """Write the detector of ``category`` (the method must be set up for it) into ``folder``.
+
+    Args:
+        folder: the detector folder.
+        method: the method, set up for ``category``.
+        category: its name.
+        config: the resolved run config.
+        thresholds: the category's thresholds, on the scale of the scores (None: no decisions).
+        method_name: the ``method=`` value.
+        scored: the prediction of the images the run scored for the category; the statistics of the
+            method's set-level step over them are frozen into the detector (needed by such a method).
+        set_dependence: ``accept`` saves a method whose scores still depend on the images scored
+            together (transductive, or statistics that cannot be frozen); ``refuse`` raises.
+
+    Raises:
+        DetectorError: a set-dependent method and ``set_dependence="refuse"``.
+    """
+    check_set_dependence(set_dependence)
+    name = method_name or getattr(method, "method_name", type(method).__name__)
+    statistics = None if scored is None else method.set_statistics(scored)
+    reason = contract.set_dependence(method.model, frozen=bool(statistics))
+    if reason is not None and set_dependence != "accept":
+        raise _set_dependent_refusal(f"save_detector ({category})", name, reason)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written = write_category_state(category_state(method), folder)
+    state = category_state(method)
+    if statistics:
+        state = with_set_statistics(state, statistics)
+    written = write_category_state(state, folder)
     (folder / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     backbone = method.backbone
     meta = {
         "format": DETECTOR_FORMAT,
-        "method": method_name or getattr(method, "method_name", type(method).__name__),
+        "method": name,
         "category": category,
         "shots": int(getattr(method, "shots", 0) or 0),
         "backbone": {
@@ -128,6 +200,14 @@ def save_detector(
             "range": "[0, 1]",
         },
         "thresholds": None if thresholds is None else thresholds.to_dict(),
+        # Frozen from the images the run scored, so those score as in the run and any other on that scale.
+        "set_statistics": (
+            {"names": sorted(statistics), "scored_images": len(scored), "values": _plain(statistics)}
+            if statistics
+            else None
+        ),
+        # Why its scores still depend on the images scored together (saved with set_dependence=accept).
+        "set_dependence": reason,
         "versions": _versions(),
         "files": {name: sha256_file(folder / name) for name in [CONFIG_FILE, *written]},
     }
@@ -135,8 +215,19 @@ def save_detector(
     return folder
 
 
+def _plain(statistics: dict[str, Tensor]) -> dict[str, Any]:
+    """The statistics as JSON numbers or lists, for people reading ``detector.json`` (the state file
+    holds the exact tensors)."""
+    return {name: value.detach().cpu().double().tolist() for name, value in statistics.items()}
+
+
 class Detector:
-    """A loaded detector. Build it with :meth:`load`."""
+    """A loaded detector. Build it with :meth:`load`.
+
+    Attributes:
+        set_dependence: why its scores depend on the other images of a call (loaded with
+            ``set_dependence="accept"``); None: each image scores the same alone or in any batch.
+    """
 
     def __init__(self, method: Any, meta: dict, config: DictConfig, path: Path) -> None:
         self.method = method
@@ -145,6 +236,7 @@ class Detector:
         self.path = path
         thresholds = meta.get("thresholds")
         self.thresholds = None if thresholds is None else CategoryThresholds.from_dict(thresholds)
+        self.set_dependence: str | None = method.set_dependence
 
     @property
     def category(self) -> str:
@@ -230,6 +322,7 @@ class Detector:
         device: str | torch.device = "cpu",
         backbone_overrides: dict | None = None,
         trust_pickle: bool = False,
+        set_dependence: str = "refuse",
     ):
         """Rebuild the method from the saved config, check the backbone weights, restore the state.
 
@@ -242,11 +335,15 @@ class Detector:
                 runs whatever code the file names, so pass it only for files you made yourself or whose
                 source you trust as you would trust a program from it; better, convert them once with
                 ``python -m anomaly_vlm.deploy.convert detector=<folder>``.
+            set_dependence: ``accept`` also loads a detector whose scores depend on the other images of
+                a call (a transductive method such as MuSc, or one saved before set statistics were
+                frozen); ``refuse`` (default) raises.
 
         Raises:
             DetectorError: missing folder, newer or (without ``trust_pickle``) pickled format, a file that
                 does not match its checksum, a config that builds anything but this package's backbone,
-                prompt and method classes, or backbone weights whose digest differs.
+                prompt and method classes, backbone weights whose digest differs, or (without
+                ``set_dependence="accept"``) scores that depend on the other images of a call.
         """
         from hydra.utils import instantiate
 
@@ -255,10 +352,17 @@ class Detector:
             # back into configs.
             return instantiate(node, _partial_=True)(**kwargs)
 
+        check_set_dependence(set_dependence, key="set_dependence")
         folder = Path(path).expanduser()
         meta = cls.read_meta(folder)
+        saved_dependence = meta.get("set_dependence")
+        if saved_dependence and set_dependence != "accept":
+            raise _set_dependent_refusal(f"detector={path}", str(meta.get("method")), str(saved_dependence))
         config = cls.read_config(folder, meta)
-        state = cls.read_state(folder, meta, trust_pickle=trust_pickle)
+        try:
+            state, statistics = split_set_statistics(cls.read_state(folder, meta, trust_pickle=trust_pickle))
+        except ValueError as error:
+            raise DetectorError(f"detector={folder}: {error}") from None
         if backbone_overrides:
             config.backbone = OmegaConf.merge(config.backbone, backbone_overrides)
         backbone = build(config.backbone)
@@ -285,6 +389,11 @@ class Detector:
         method.to(device).eval()
         method.prepare_saved_category(str(meta["category"]))
         load_category_state(method, state)
+        if statistics:
+            method.freeze_set_statistics(statistics)
+        reason = method.set_dependence
+        if reason is not None and set_dependence != "accept":
+            raise _set_dependent_refusal(f"detector={path}", str(meta.get("method")), reason)
         return cls(method, meta, config, folder)
 
     def load_images(self, images_or_paths: Sequence[str | Path] | Tensor) -> Tensor:
@@ -387,7 +496,9 @@ class DetectorSaver:
     """Writes ``<run dir>/detectors/<category>/`` for each finished test category (``save_detector=true``).
 
     Runs after :class:`~anomaly_vlm.decisions.consumers.CategoryDecisions`, whose thresholds it stores;
-    the method is still set up for the category when its result arrives.
+    the method is still set up for the category when its result arrives, and the category's scored test
+    set gives the set statistics that are frozen into the detector. ``config``'s
+    ``detector_set_dependence`` decides whether a set-dependent method is saved.
     """
 
     images_wanted = 0
@@ -408,4 +519,6 @@ class DetectorSaver:
             self.config,
             thresholds,
             self.method_name,
+            scored=result.prediction,
+            set_dependence=str(self.config.get("detector_set_dependence") or "refuse"),
         )

@@ -101,6 +101,36 @@ def backbone_digest(backbone: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+#: State entries that hold the frozen set statistics of the method's set-level step (``<prefix><name>``),
+#: stored beside the method's state and given back to it with ``freeze_set_statistics``.
+SET_STATISTICS_PREFIX = "set_statistics:"
+
+
+def with_set_statistics(state: dict[str, object], statistics: dict[str, Tensor]) -> dict[str, object]:
+    """``state`` plus the set statistics to freeze (CPU copies), as entries of the state file."""
+    extra = {
+        f"{SET_STATISTICS_PREFIX}{name}": value.detach().cpu().clone() for name, value in statistics.items()
+    }
+    return {**state, **extra}
+
+
+def split_set_statistics(state: dict[str, object]) -> tuple[dict[str, object], dict[str, Tensor]]:
+    """(the method's state, the frozen set statistics) of a state read back from a detector.
+
+    Raises:
+        ValueError: a set statistic that is not a tensor.
+    """
+    method_state, statistics = {}, {}
+    for key, value in state.items():
+        if key.startswith(SET_STATISTICS_PREFIX):
+            if not isinstance(value, Tensor):
+                raise ValueError(f"state entry {key!r} is not a tensor")
+            statistics[key[len(SET_STATISTICS_PREFIX) :]] = value
+        else:
+            method_state[key] = value
+    return method_state, statistics
+
+
 # ----- the state on disk: tensors in safetensors, the structure in a small JSON index (no pickle) -----
 #: Tensors of the state, by entry name (``<key>`` or ``<key>#<i>`` for the i-th tensor of a list).
 STATE_TENSORS_FILE = "state.safetensors"

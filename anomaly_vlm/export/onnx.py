@@ -175,7 +175,8 @@ def export_onnx(
     if int(opset) not in OPSETS:
         raise ExportError(f"opset={opset} is not supported (choose {OPSETS.start}..{OPSETS.stop - 1})")
     if not isinstance(detector, Detector):
-        detector = Detector.load(detector)
+        # export_module refuses a set-dependent method itself, saying why a graph cannot serve it.
+        detector = Detector.load(detector, set_dependence="accept")
     method = detector.method
     precision = getattr(method.backbone, "precision", "fp32")
     if precision != "fp32":

@@ -144,9 +144,30 @@ class AnomalyMethod(L.LightningModule):
     def score_set(self, features: FrozenFeatures) -> Prediction:
         return self.model.score_set(features)
 
-    def postprocess_set(self, prediction: Prediction) -> Prediction:
-        """The method's set-level step over a whole category's prediction (identity by default)."""
-        return contract.postprocess_set(self.model, prediction)
+    def postprocess_set(
+        self, prediction: Prediction, statistics: dict[str, Tensor] | None = None
+    ) -> Prediction:
+        """The method's set-level step over a whole category's prediction (identity by default).
+
+        ``statistics``: set statistics (:meth:`set_statistics`) to use instead of the prediction's own.
+        """
+        return contract.postprocess_set(self.model, prediction, statistics)
+
+    def set_statistics(self, prediction: Prediction) -> dict[str, Tensor] | None:
+        """The statistics of a scored set that the set-level step uses (see
+        :func:`~anomaly_vlm.methods.contract.set_statistics`; None: not declared, so not freezable)."""
+        return contract.set_statistics(self.model, prediction)
+
+    def freeze_set_statistics(self, statistics: dict[str, Tensor] | None) -> None:
+        """Score every later set with ``statistics`` (None: each set's own); a model without a declared
+        set-level step has nothing to freeze."""
+        if contract.declares_set_statistics(self.model):
+            self.model.freeze_set_statistics(statistics)
+
+    @property
+    def set_dependence(self) -> str | None:
+        """Why an image's score depends on the other images scored with it now (None: it does not)."""
+        return contract.set_dependence(self.model)
 
     def export_module(self) -> nn.Module:
         """The torch model's export graph for the current category (see

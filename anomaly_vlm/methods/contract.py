@@ -17,11 +17,26 @@ over the test set) is a declared set-level post-processing, ``postprocess_set(pr
 the one evaluation path applies once a category's predictions are complete, for test and predict
 alike. Methods never keep per-batch state on the module for it.
 
+Such a step makes an image's score depend on the other images scored with it. A saved detector must
+not: a model whose step only needs a few numbers of the set declares them, so they can be frozen:
+
+* ``set_statistics(prediction) -> dict[str, Tensor]``: the statistics of a scored set that its step
+  uses (``{}`` when it uses none, e.g. APRIL-GAN zero-shot);
+* ``postprocess_set(prediction, statistics=None)``: with ``statistics``, uses those instead of the
+  set's own;
+* ``freeze_set_statistics(statistics)`` (None: unfreeze): from then on the step uses the frozen ones,
+  so every image scores the same alone or in any batch (a loaded detector and its export graph);
+* ``uses_set_statistics``: whether the step currently uses any (APRIL-GAN: with a few-shot memory).
+
+:func:`set_dependence` says why a model's scores still depend on the set (a transductive model, a set
+step without declared statistics, or statistics not frozen); a detector of such a method is saved and
+served only when the user accepts it.
+
 Export (ONNX) is a capability too: a model that can score a batch as one static graph declares
 ``export_module()``, returning a module ``normalised images [B, 3, S, S] -> (image_score [B],
 anomaly_map [B, S, S])`` with its category state baked in (usually a :class:`ScoringGraph`). A model
-without it, a transductive one, or one that sets ``export_unsupported`` to a reason, is refused by
-:func:`export_module` with that reason.
+without it, a transductive one, one whose scores depend on the batch (:func:`set_dependence`), or one
+that sets ``export_unsupported`` to a reason, is refused by :func:`export_module` with that reason.
 """
 
 from __future__ import annotations
@@ -154,10 +169,72 @@ def is_transductive(model: object) -> bool:
     return bool(getattr(model, "transductive", False)) and callable(getattr(model, "score_set", None))
 
 
-def postprocess_set(model: object, prediction: Prediction) -> Prediction:
-    """Apply ``model.postprocess_set`` when the model declares one; otherwise the identity."""
+def postprocess_set(
+    model: object, prediction: Prediction, statistics: Mapping[str, Tensor] | None = None
+) -> Prediction:
+    """Apply ``model.postprocess_set`` when the model declares one; otherwise the identity.
+
+    ``statistics``: set statistics to use instead of those of ``prediction`` (see :func:`set_statistics`).
+    """
     step = getattr(model, "postprocess_set", None)
-    return prediction if step is None else step(prediction)
+    if step is None:
+        return prediction
+    return step(prediction) if statistics is None else step(prediction, statistics=statistics)
+
+
+def declares_set_statistics(model: object) -> bool:
+    """Whether ``model`` declares the statistics its set-level step uses (so they can be frozen)."""
+    return callable(getattr(model, "set_statistics", None)) and callable(
+        getattr(model, "freeze_set_statistics", None)
+    )
+
+
+def set_statistics(model: object, prediction: Prediction) -> dict[str, Tensor] | None:
+    """The statistics of the scored set ``prediction`` that ``model``'s set-level step uses.
+
+    ``{}`` for a model without a set-level step (or one that uses none now); None for a model whose step
+    declares no statistics, so it cannot be frozen.
+    """
+    if getattr(model, "postprocess_set", None) is None:
+        return {}
+    if not declares_set_statistics(model):
+        return None
+    return {name: value.detach() for name, value in model.set_statistics(prediction).items()}
+
+
+#: :func:`set_dependence` of a transductive model.
+TRANSDUCTIVE_DEPENDENCE = (
+    "it is transductive: it scores each image against the other images scored with it, so its scores are "
+    "a property of the set"
+)
+
+
+def set_dependence(model: object, frozen: bool | None = None) -> str | None:
+    """Why an image's score on ``model`` depends on the other images scored with it; None when it does not.
+
+    Args:
+        model: a method's torch model, set up for its category.
+        frozen: whether its set statistics are (or are about to be) frozen; None asks the model.
+    """
+    if is_transductive(model):
+        return TRANSDUCTIVE_DEPENDENCE
+    if getattr(model, "postprocess_set", None) is None:
+        return None
+    if not declares_set_statistics(model):
+        return (
+            "its set-level step (postprocess_set) works over the images scored together and declares no "
+            "set statistics that could be frozen"
+        )
+    if not getattr(model, "uses_set_statistics", True):
+        return None
+    if frozen is None:
+        frozen = getattr(model, "frozen_set_statistics", None) is not None
+    if frozen:
+        return None
+    return (
+        "its image score is normalised over the images scored together and this detector holds no frozen "
+        "set statistics"
+    )
 
 
 class NotExportableError(ValueError):
@@ -168,10 +245,10 @@ class ScoringGraph(nn.Module):
     """``normalised images -> (image_score, anomaly_map)`` of an inductive model, for export.
 
     Runs ``frozen_features(pixels, normalized=True, **feature_options)``, the model's ``score`` and its
-    set-level step over the batch (:func:`postprocess_set`, as :meth:`Detector.score
+    set-level step (:func:`postprocess_set` with the frozen set statistics, as :meth:`Detector.score
     <anomaly_vlm.deploy.Detector.score>` applies it), so a graph traced from it computes exactly what the
-    saved detector computes. Category state (text classifier, memories, trained parameters) is read from
-    the model at trace time and becomes constants of the graph.
+    saved detector computes. Category state (text classifier, memories, trained parameters, frozen set
+    statistics) is read from the model at trace time and becomes constants of the graph.
 
     Args:
         model: the method's torch model, set up for its category.
@@ -208,6 +285,13 @@ def export_module(model: object, method_name: str | None = None) -> nn.Module:
         raise NotExportableError(
             f"method {name} cannot be exported: it is transductive (it scores each image against the "
             "other test images of its category), so no graph scores an image on its own"
+        )
+    dependence = set_dependence(model)
+    if dependence is not None:
+        # A graph's batch would be the set: the same image would score differently in another batch.
+        raise NotExportableError(
+            f"method {name} cannot be exported: {dependence}; a detector saved by this version freezes "
+            "them (save it again)"
         )
     build = getattr(model, "export_module", None)
     if not callable(build):

@@ -20,7 +20,7 @@ from anomaly_vlm.data.source import DatasetSource
 from anomaly_vlm.decisions.consumers import CategoryDecisions
 from anomaly_vlm.decisions.outputs import DecisionWriter
 from anomaly_vlm.decisions.thresholds import ThresholdSettings
-from anomaly_vlm.deploy.detector import Detector
+from anomaly_vlm.deploy.detector import Detector, check_set_dependence
 
 
 def predict_with_detector(
@@ -37,7 +37,8 @@ def predict_with_detector(
     decision writer (its ``thresholds`` and ``decisions``; ``shots`` is set on it for the run record).
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    detector = Detector.load(str(cfg.detector), device=device)
+    accept = check_set_dependence(str(cfg.detector_set_dependence))
+    detector = Detector.load(str(cfg.detector), device=device, set_dependence=accept)
     thresholds = detector.thresholds
     if settings.method == "fixed":
         thresholds = CategoryDecisions(settings).category_thresholds_fixed()

@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_vlm import compat
@@ -25,8 +25,9 @@ from anomaly_vlm.callbacks import CategoryEvaluation, CategoryScoring, Efficienc
 from anomaly_vlm.callbacks.efficiency import flops_per_image
 from anomaly_vlm.decisions import ThresholdSettings
 from anomaly_vlm.decisions.consumers import CategoryDecisions
-from anomaly_vlm.deploy.detector import DetectorSaver
+from anomaly_vlm.deploy.detector import DetectorSaver, check_detector_method
 from anomaly_vlm.loggers import wandb as wandb_helpers
+from anomaly_vlm.methods.contract import declares_set_statistics
 from anomaly_vlm.metrics import Evaluator
 from anomaly_vlm.reporting.console import print_metrics_table
 from anomaly_vlm.reporting.results import RESULTS_FILE, build_results, write_json_atomic
@@ -88,6 +89,9 @@ class Job:
 
     def run(self) -> float | None:
         """Set up, fit, test; rank 0 writes ``results.json``. Returns the mean image AUROC."""
+        if self.cfg.save_detector:  # before any weights load
+            method_class = get_class(self.cfg.method._target_)
+            check_detector_method(method_class, self.cfg.detector_set_dependence, self.names["method"])
         L.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
         datamodule, sources = build_datamodule(self.cfg, self.names, self.fit)
         self.decisions = CategoryDecisions(ThresholdSettings.from_config(self.cfg.threshold))
@@ -103,7 +107,10 @@ class Job:
             self.names["train_data"] = None
         if self.decisions.settings.method == "normal_fpr":
             model = getattr(prepared.method, "model", None)
-            if prepared.method.transductive or (prepared.shots and hasattr(model, "postprocess_set")):
+            freezable = declares_set_statistics(model)  # thresholds chosen again on the test set's scale
+            if prepared.method.transductive or (
+                prepared.shots and hasattr(model, "postprocess_set") and not freezable
+            ):
                 # Scores normalised over the scored set: the held-out set has its own scale.
                 self.decisions.caveat = (
                     "image scores are normalised over the scored set; held-out thresholds transfer "

@@ -29,6 +29,7 @@ from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
 from anomaly_vlm.methods.ops import resolve_stages
 
+
 class AprilGAN(nn.Module):
     """Frozen CLIP + one trainable linear projection per stage + optional few-shot memory.
 
@@ -189,12 +190,51 @@ class AprilGAN(nn.Module):
         extras = {"text_probability": text_probability, "map_max": anomaly_map.flatten(1).amax(dim=1)}
         return Prediction(text_probability, anomaly_map, extras)
 
-    def postprocess_set(self, prediction: Prediction) -> Prediction:
+    # ----- the set-level few-shot score ------------------------------------------------------------
+    #: Set statistics frozen by a saved detector (None: each scored set's own, as in the reference code).
+    frozen_set_statistics: dict[str, Tensor] | None = None
+
+    @property
+    def uses_set_statistics(self) -> bool:
+        """Only the few-shot image score is normalised over the set."""
+        return self.has_memory
+
+    def set_statistics(self, prediction: Prediction) -> dict[str, Tensor]:
+        """The min and max of the map maxima over a scored set, which the few-shot image score min-max
+        normalises with (``{}`` for a zero-shot or empty prediction)."""
+        maxima = prediction.extras.get("map_max")
+        if maxima is None or not len(maxima):
+            return {}
+        maxima = maxima.float()
+        return {"map_max_min": maxima.min(), "map_max_max": maxima.max()}
+
+    def freeze_set_statistics(self, statistics: dict[str, Tensor] | None) -> None:
+        """Score every later set with these statistics (a saved detector: those of the set its run
+        scored), so an image scores the same alone or in any batch; None: each set's own again."""
+        if statistics is None:
+            vars(self).pop("frozen_set_statistics", None)  # back to the class default, and out of the state
+            return
+        missing = {"map_max_min", "map_max_max"} - set(statistics)
+        if statistics and missing:
+            raise ValueError(f"APRIL-GAN set statistics lack {sorted(missing)}")
+        device = self.text_classifier.device
+        self.frozen_set_statistics = {
+            name: value.detach().float().to(device) for name, value in statistics.items()
+        }
+
+    def postprocess_set(
+        self, prediction: Prediction, statistics: dict[str, Tensor] | None = None
+    ) -> Prediction:
         """Few-shot image score of a whole category: ``0.5 * (text + minmax(map maxima))``.
 
         The min-max runs over the category's test set, as in the reference test script. A category
         whose map maxima are all equal gets a zero normalised term (the reference would divide by 0).
         Zero-shot predictions (no ``map_max``) are returned unchanged.
+
+        Args:
+            prediction: the set's prediction from :meth:`score`.
+            statistics: the min and max of :meth:`set_statistics` to normalise with instead of the set's
+                own; default the frozen ones (:meth:`freeze_set_statistics`), else the set's own.
         """
         if "map_max" not in prediction.extras:
             return prediction
@@ -202,10 +242,20 @@ class AprilGAN(nn.Module):
         maxima = prediction.extras["map_max"].float()
         if not len(maxima):
             return Prediction(text, prediction.anomaly_map, prediction.extras)
+        if statistics is None:
+            statistics = self.frozen_set_statistics
+        if statistics is None:
+            statistics = self.set_statistics(prediction)
+        if "map_max_min" not in statistics or "map_max_max" not in statistics:
+            raise ValueError(
+                f"APRIL-GAN few-shot scores need map_max_min and map_max_max, not {sorted(statistics)}"
+            )
+        low = statistics["map_max_min"].to(maxima)
+        high = statistics["map_max_max"].to(maxima)
         # Without a data-dependent branch, so that an exported graph computes the same step.
-        span = maxima.max() - maxima.min()
+        span = high - low
         positive = span > 0
-        normalised = (maxima - maxima.min()) / torch.where(positive, span, torch.ones_like(span))
+        normalised = (maxima - low) / torch.where(positive, span, torch.ones_like(span))
         normalised = torch.where(positive, normalised, torch.zeros_like(normalised))
         return Prediction(0.5 * (text + normalised), prediction.anomaly_map, prediction.extras)
 
@@ -215,8 +265,8 @@ class AprilGAN(nn.Module):
 
     def export_module(self) -> ScoringGraph:
         """The export graph: normalised images -> (image score, map) with the text classifier, the
-        projections and the few-shot memory baked in. With a memory, the image score is the set-level
-        score over the batch given to the graph, as :meth:`postprocess_set` computes it."""
+        projections, the few-shot memory and the frozen set statistics baked in (a model with a memory
+        and no frozen statistics is refused by :func:`~anomaly_vlm.methods.contract.export_module`)."""
         return ScoringGraph(self)
 
 

@@ -15,7 +15,7 @@ import anomaly_vlm
 from anomaly_vlm.deploy import DetectorError
 from anomaly_vlm.deploy.convert import convert_detector
 from anomaly_vlm.deploy.convert import main as convert_main
-from anomaly_vlm.deploy.detector import CONFIG_FILE, DETECTOR_FILE
+from anomaly_vlm.deploy.detector import CONFIG_FILE, DETECTOR_FILE, DETECTOR_FORMAT
 from anomaly_vlm.deploy.state import LEGACY_STATE_FILE, STATE_INDEX_FILE, STATE_TENSORS_FILE, read_category_state
 from anomaly_vlm.tasks.errors import CheckpointError, report_user_errors
 from anomaly_vlm.tasks.runner import run
@@ -67,7 +67,7 @@ def test_saved_detector_holds_no_pickle_and_records_checksums(detector):
     files = sorted(path.name for path in detector.iterdir())
     assert files == sorted([CONFIG_FILE, DETECTOR_FILE, STATE_INDEX_FILE, STATE_TENSORS_FILE])
     meta = json.loads((detector / DETECTOR_FILE).read_text())
-    assert meta["format"] == 2
+    assert meta["format"] == DETECTOR_FORMAT
     assert set(meta["files"]) == {CONFIG_FILE, STATE_INDEX_FILE, STATE_TENSORS_FILE}
     assert all(meta["files"][name] == sha256_file(detector / name) for name in meta["files"])
 
@@ -121,7 +121,7 @@ def test_an_old_genuine_detector_converts_to_the_same_numbers(detector):
     converted = anomaly_vlm.Detector.load(detector).predict(_images())
     assert torch.equal(converted.image_score, trusted.image_score)
     assert torch.equal(converted.anomaly_map, trusted.anomaly_map)
-    assert convert_detector(detector) is False  # already format 2
+    assert convert_detector(detector) is False  # already without pickle
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])

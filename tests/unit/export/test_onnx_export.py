@@ -62,7 +62,12 @@ def make_detector(root: Path, method_name: str, shots: int, *extra: str, backbon
     cfg = compose_config(root / "run", method_name, shots, *extra, backbone=backbone)
     method = build_method(cfg, shots)
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    return save_detector(root / f"{method_name}-{shots}", method, "widget", config, None, method_name)
+    # The set a run would have scored: its set statistics (APRIL-GAN few-shot) are frozen into the detector.
+    size = method.backbone.image_size
+    scored = method.predict_images(torch.rand(5, 3, size, size, generator=torch.Generator().manual_seed(2)))
+    accept = "accept" if method.transductive else "refuse"
+    folder = root / f"{method_name}-{shots}"
+    return save_detector(folder, method, "widget", config, None, method_name, scored, set_dependence=accept)
 
 
 def run_onnx(path: Path, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +101,7 @@ def test_command_line_writes_the_graph_with_its_metadata(tmp_path, capsys):
     assert main([f"detector={folder}", "format=onnx", f"out={out}"]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "onnxruntime vs PyTorch max |delta|" in printed
-    # One image (traced with two): the batch axis is dynamic, the set-level step included.
+    # One image (traced with two): the batch axis is dynamic, the set-level step frozen in the graph.
     detector = Detector.load(folder)
     images = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
     expected = detector.score(images)
