@@ -40,7 +40,8 @@ class CategoryResult:
         masks: ``[N, H, W]`` bool ground truth, or None when the category has no masks.
         prediction: the final prediction (after ``score_set`` and ``postprocess_set``), float32 on CPU.
         images: position in the category -> ``[H, W, 3]`` uint8 image, for the images the consumers
-            asked to draw (see :attr:`CategoryConsumer.images_wanted`), in drawing order.
+            asked to draw (see :attr:`CategoryConsumer.images_wanted`), in drawing order
+            (:func:`drawing_order`).
     """
 
     category: str
@@ -58,8 +59,8 @@ class CategoryResult:
 class CategoryConsumer(Protocol):
     """What receives a finished category (metrics, written predictions, heatmaps)."""
 
-    #: Images per category it draws: None = every image, 0 = none. They are picked in test order,
-    #: anomalous images first within each batch.
+    #: Images per category it draws: None = every image, 0 = none. They are picked by
+    #: :func:`drawing_order`: anomalous images first, one of each defect type in turn.
     images_wanted: int | None
 
     def consume(self, result: CategoryResult, trainer: L.Trainer) -> None: ...
@@ -75,7 +76,36 @@ class _Shard:
     masks: list[Tensor | None] = dataclasses.field(default_factory=list)
     predictions: list[Prediction] = dataclasses.field(default_factory=list)
     features: list[FrozenFeatures] = dataclasses.field(default_factory=list)
-    images: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)
+    #: (position in the shard, defect type, label, image) of the images kept to draw, in drawing order.
+    images: list[tuple[int, str, int, np.ndarray]] = dataclasses.field(default_factory=list)
+
+
+def drawing_order(defect_types: Sequence[str], labels: Sequence[int]) -> list[int]:
+    """The positions of a category's images in the order they are drawn as overlays.
+
+    Anomalous images first, one of each defect type in turn (types alphabetically, images in test order
+    within a type), so a few overlays show the category's different defects rather than the first
+    defect folder only; then the other images in test order.
+    """
+    taken: dict[str, int] = {}
+    keys = []
+    for position, (kind, label) in enumerate(zip(defect_types, labels, strict=True)):
+        if int(label) == 1:
+            turn = taken.get(kind, 0)
+            taken[kind] = turn + 1
+            keys.append((0, turn, kind, position))
+        else:
+            keys.append((1, 0, "", position))
+    return [key[-1] for key in sorted(keys)]
+
+
+def _first_to_draw(
+    entries: list[tuple[int, str, int, np.ndarray]], budget: int | None
+) -> list[tuple[int, str, int, np.ndarray]]:
+    """The first ``budget`` of ``entries`` (position-sorted or not) in :func:`drawing_order`."""
+    entries = sorted(entries, key=lambda entry: entry[0])
+    order = drawing_order([entry[1] for entry in entries], [entry[2] for entry in entries])
+    return [entries[index] for index in order[:budget]]
 
 
 def _to_uint8(image: Tensor) -> np.ndarray:
@@ -137,7 +167,7 @@ class CategoryScoring(L.Callback):
                 f"a test batch of category '{self._category}' holds images of {sorted(set(batch.category))}"
             )
         shard = self._shard
-        self._keep_images(batch.image, batch.label, len(shard.paths))
+        self._keep_images(batch.image, batch.label, batch.defect_type, len(shard.paths))
         shard.paths += list(batch.path)
         shard.defect_types += list(batch.defect_type)
         shard.labels.append(batch.label.detach().cpu())
@@ -147,13 +177,23 @@ class CategoryScoring(L.Callback):
         else:
             shard.features.append({name: value.detach().cpu() for name, value in scored.features.items()})
 
-    def _keep_images(self, images: Tensor, labels: Tensor, offset: int) -> None:
+    def _keep_images(self, images: Tensor, labels: Tensor, defect_types: Sequence[str], offset: int) -> None:
         budget = self._image_budget
-        remaining = len(images) if budget is None else budget - len(self._shard.images)
-        # Anomalous images are the informative ones; take them first within each batch.
-        order = sorted(range(len(images)), key=lambda i: -int(labels[i]))
-        for index in order[: max(remaining, 0)]:
-            self._shard.images.append((offset + index, _to_uint8(images[index])))
+        if budget == 0:
+            return
+        if budget is None:  # every image
+            self._shard.images += [
+                (offset + i, defect_types[i], int(labels[i]), _to_uint8(images[i]))
+                for i in range(len(images))
+            ]
+            return
+        batch = [(offset + i, defect_types[i], int(labels[i]), images[i]) for i in range(len(images))]
+        # At most ``budget`` images are held: an image dropped here comes after ``budget`` others in the
+        # drawing order, and later images only ever add to those ahead of it.
+        kept = _first_to_draw(self._shard.images + batch, budget)
+        self._shard.images = [
+            entry if isinstance(entry[3], np.ndarray) else (*entry[:3], _to_uint8(entry[3])) for entry in kept
+        ]
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         shards = self._gather(trainer)
@@ -174,11 +214,11 @@ class CategoryScoring(L.Callback):
         return gathered if trainer.is_global_zero else None
 
     def _finish(self, pl_module: Any, shards: list[_Shard]) -> CategoryResult:
-        paths, defect_types, images, offset = [], [], {}, 0
+        paths, defect_types, images, offset = [], [], [], 0
         for shard in shards:
             paths += shard.paths
             defect_types += shard.defect_types
-            images.update({offset + index: image for index, image in shard.images})
+            images += [(offset + index, *rest) for index, *rest in shard.images]
             offset += len(shard.paths)
         masks = [mask for shard in shards for mask in shard.masks]
         features = [part for shard in shards for part in shard.features]
@@ -194,8 +234,8 @@ class CategoryScoring(L.Callback):
             raise RuntimeError(
                 f"category '{self._category}': {len(prediction)} predictions for {len(paths)} images"
             )
-        budget = self._image_budget
-        kept = list(images.items()) if budget is None else list(images.items())[:budget]
+        # Under DDP each rank kept its own first images to draw; the union is ordered once more.
+        kept = {entry[0]: entry[3] for entry in _first_to_draw(images, self._image_budget)}
         return CategoryResult(
             category=self._category,
             paths=paths,
@@ -203,7 +243,7 @@ class CategoryScoring(L.Callback):
             labels=torch.cat([label for shard in shards for label in shard.labels]),
             masks=None if any(mask is None for mask in masks) else torch.cat(masks),
             prediction=prediction,
-            images=dict(kept),
+            images=kept,
         )
 
 

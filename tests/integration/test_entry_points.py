@@ -80,6 +80,8 @@ def test_overlays_are_written(demo_run):
     for category in ("disc", "nut"):
         pngs = list((run_dir / "overlays" / category).glob("*.png"))
         assert len(pngs) == 2
+        # <defect>_<image>.png: two defect kinds of the category, not the first defect folder twice
+        assert len({png.name.split("_")[0] for png in pngs}) == 2
 
 
 def test_finished_result_is_never_overwritten(demo_run, run_entry_point):

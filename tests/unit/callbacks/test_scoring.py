@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_vlm.callbacks import CategoryEvaluation, CategoryResult, CategoryScoring
+from anomaly_vlm.callbacks.scoring import drawing_order
 from anomaly_vlm.data import AnomalyDataModule
 from anomaly_vlm.data.synthetic import SyntheticAD
 from anomaly_vlm.methods.base import AnomalyMethod
@@ -122,6 +123,41 @@ def test_transductive_method_scores_each_whole_category_once(tiny_backbone, data
         assert next(iter(result.images.values())).shape == (128, 128, 3)
     assert set(evaluator.results) == set(datamodule.categories)
     assert len(list((tmp_path / "overlays").rglob("*.png"))) == len(datamodule.categories)
+
+
+def test_drawing_order_takes_one_image_of_each_defect_type_in_turn_anomalous_first():
+    kinds = ["good", "hole", "hole", "hole", "scratch", "scratch", "good", "stain"]
+    labels = [0, 1, 1, 1, 1, 1, 0, 1]
+    assert drawing_order(kinds, labels) == [1, 4, 7, 2, 5, 3, 0, 6]
+    assert drawing_order(["x", "y"], [-1, -1]) == [0, 1]  # unlabelled: test order
+
+
+class _Wants:
+    def __init__(self, count: int) -> None:
+        self.images_wanted = count
+        self.results: list[CategoryResult] = []
+
+    def consume(self, result: CategoryResult, trainer: L.Trainer) -> None:
+        self.results.append(result)
+
+
+def test_the_images_to_draw_cover_the_defect_types_across_batches(tiny_backbone, tmp_path):
+    source = SyntheticAD(
+        tmp_path / "data", categories=["disc"], num_train=1, num_test_good=2, num_test_per_defect=3
+    )
+    datamodule = AnomalyDataModule(source, 128, batch_size=2)  # the defect folders span several batches
+    wants, evaluator = _Wants(3), Evaluator()
+    scoring = CategoryScoring([wants, CategoryEvaluation(evaluator, tmp_path / "run", num_overlays=3)])
+    score_categories(_trainer([scoring]), _Mutual(tiny_backbone), datamodule, scoring, {})
+    (result,) = wants.results
+    drawn = [result.defect_types[index] for index in result.images]
+    kinds = {sample.defect_type for sample in source.samples("disc", "test") if sample.label == 1}
+    assert len(kinds) == 3 and sorted(drawn) == sorted(kinds)  # one of each, no normal image
+    assert list(result.images) == drawing_order(result.defect_types, result.labels.tolist())[:3]
+    written = sorted(
+        path.name.split("_")[0] for path in (tmp_path / "run" / "overlays" / "disc").glob("*.png")
+    )
+    assert written == sorted(drawn)
 
 
 def test_scoring_needs_a_declared_category(tiny_backbone, datamodule):
