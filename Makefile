@@ -18,10 +18,14 @@ TEST_ALL_WORKERS ?= 1
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_%-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 
-# Re-installs only when pyproject.toml changes; a second `make install` is a no-op.
+# Re-installs only when pyproject.toml changes; a second `make install` is a no-op. On a terminal pip shows
+# what it collects and its download progress; where the output goes to a log (CI) it stays quiet.
+PIP_PROGRESS = $(shell test -t 2 || echo --quiet)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev,export]"
+	@echo "Installing anomaly_vlm and its pinned dependencies into $(VENV): PyTorch with its CUDA libraries is" \
+		"several GB, so a first install takes a few minutes; later make targets skip this step."
+	$(PY) -m pip install $(PIP_PROGRESS) -e ".[dev,export]"
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the package with pinned dependencies
