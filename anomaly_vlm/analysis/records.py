@@ -7,6 +7,7 @@ figures can name the ``results.json`` files it was computed from (:attr:`Record.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 from collections.abc import Iterable, Sequence
@@ -17,6 +18,8 @@ from typing import Any
 
 from anomaly_vlm.reporting.results import read_results
 from anomaly_vlm.reporting.tables import config_fields, find_result_files
+
+log = logging.getLogger(__name__)
 
 #: Dimensions read from the top level of ``results.json`` (everything else is a dotted config key).
 TOP_LEVEL = (
@@ -152,16 +155,37 @@ class Record:
 
 def load_records(folders: Iterable[str | Path]) -> list[Record]:
     """Every complete ``results.json`` below the folders (missing folders are skipped: a sweep that has
-    not run yet has none)."""
-    records = []
+    not run yet has none), each file once.
+
+    Two results of one configuration and replicate are one run computed twice: the newer is kept, and
+    the dropped one is logged as a warning naming both files.
+    """
+    records: dict[str, Record] = {}
+    seen: set[Path] = set()
     for folder in folders:
         if not Path(folder).exists():
             continue
         for path in find_result_files([folder]):
+            if Path(path).resolve() in seen:
+                continue
+            seen.add(Path(path).resolve())
             run = read_results(path)
-            if run is not None:
-                records.append(Record(Path(path), run))
-    return records
+            if run is None:
+                continue
+            record = Record(Path(path), run)
+            identity = dump([record.fields(), [record.value(name) for name in REPLICATE_KEYS]])
+            kept = records.get(identity)
+            if kept is not None:
+                newer = kept if str(kept.run.get("created", "")) >= str(run.get("created", "")) else record
+                log.warning(
+                    "duplicate results of one run: %s and %s; kept %s (the newer), dropped the other",
+                    kept.source,
+                    record.source,
+                    newer.source,
+                )
+                record = newer
+            records[identity] = record
+    return list(records.values())
 
 
 def dump(value: Any) -> str:

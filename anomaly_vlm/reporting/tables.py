@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import statistics
 import sys
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from anomaly_vlm.metrics import METRIC_NAMES
@@ -30,6 +31,8 @@ from anomaly_vlm.reporting.console import METRIC_HEADERS
 from anomaly_vlm.reporting.identity import config_fields, flatten_config
 from anomaly_vlm.reporting.results import RESULTS_FILE, read_results
 from anomaly_vlm.reporting.runs import Group, load_published, published_value, replicate_of
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Group",
@@ -104,6 +107,27 @@ def latest_sweeps(output_root: str | Path = "outputs") -> list[Path]:
     return latest
 
 
+def _looks_like_path(value: Any) -> bool:
+    return isinstance(value, str) and ("/" in value or "\\" in value)
+
+
+def readable_values(values: list[Any]) -> list[str]:
+    """Values as a row label shows them: paths by the shortest trailing part that still tells them apart
+    (``…/line_a/parts``), everything else as it is."""
+    if not values or not all(_looks_like_path(value) for value in values):
+        return [str(value) for value in values]
+    parts = [PurePath(value).parts for value in values]
+    distinct = len(set(values))
+    for count in range(1, max(len(p) for p in parts) + 1):
+        tails = [p[-count:] for p in parts]
+        if len(set(tails)) == distinct:
+            return [
+                value if len(p) <= count else "…/" + "/".join(tail)
+                for value, p, tail in zip(values, parts, tails, strict=True)
+            ]
+    return [str(value) for value in values]
+
+
 def _variants(runs: list[tuple[tuple, dict]]) -> list[str]:
     """Per run, the config values that differ between runs of the same named configuration.
 
@@ -118,24 +142,43 @@ def _variants(runs: list[tuple[tuple, dict]]) -> list[str]:
     for indices in by_key.values():
         keys = sorted({name for i in indices for name in fields[i]})
         differing = [name for name in keys if len({fields[i].get(name) for i in indices}) > 1]
-        for i in indices:
-            variants[i] = ", ".join(f"{name}={json.loads(fields[i].get(name, 'null'))}" for name in differing)
+        shown = {
+            name: readable_values([json.loads(fields[i].get(name, "null")) for i in indices])
+            for name in differing
+        }
+        for position, i in enumerate(indices):
+            variants[i] = ", ".join(f"{name}={shown[name][position]}" for name in differing)
     return variants
+
+
+def _read(files: list[Path]) -> list[tuple[Path, dict]]:
+    """The complete results among ``files``, each file once (nested result folders list files twice)."""
+    seen: set[Path] = set()
+    runs = []
+    for path in files:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        run = read_results(path)
+        if run is not None:
+            runs.append((Path(path), run))
+    return runs
 
 
 def collect(files: list[Path]) -> list[Group]:
     """Group complete results by configuration; a replicate seen twice keeps its newest result.
 
-    Runs whose configs differ in anything but the replicate seeds and output settings are separate
-    configurations (rows), labelled with the differing values.
+    Runs whose configs differ in anything but the replicate seeds and the keys that cannot change a
+    number (:mod:`anomaly_vlm.reporting.identity`) are separate configurations (rows), labelled with the
+    differing values. A result dropped because another of the same configuration and replicate is newer
+    is logged as a warning naming both files.
     """
     groups: dict[tuple, Group] = {}
-    newest: dict[tuple, dict] = {}
+    newest: dict[tuple, tuple[Path, dict]] = {}
     keyed: list[tuple[tuple, dict]] = []
-    for path in files:
-        run = read_results(path)
-        if run is None:
-            continue
+    paths: list[Path] = []
+    for path, run in _read(files):
         key = (
             run.get("dataset") or "unknown",
             run.get("method") or "unknown",
@@ -147,13 +190,18 @@ def collect(files: list[Path]) -> list[Group]:
             run.get("aupro") or "exact",
         )
         keyed.append((key, run))
-    for (key, run), variant in zip(keyed, _variants(keyed), strict=True):
+        paths.append(path)
+    for (key, run), variant, path in zip(keyed, _variants(keyed), paths, strict=True):
         key = (*key, variant)
         seed_key = (*key, replicate_of(run))
-        if seed_key in newest and str(newest[seed_key].get("created", "")) >= str(run.get("created", "")):
-            continue
-        newest[seed_key] = run
-    for seed_key, run in newest.items():
+        if seed_key in newest:
+            kept_path, kept = newest[seed_key]
+            if str(kept.get("created", "")) >= str(run.get("created", "")):
+                _report_duplicate(seed_key, path, kept_path, kept=kept_path)
+                continue
+            _report_duplicate(seed_key, kept_path, path, kept=path)
+        newest[seed_key] = (path, run)
+    for seed_key, (_, run) in newest.items():
         key = seed_key[:-1]
         if key not in groups:
             groups[key] = Group(*key)
@@ -162,6 +210,22 @@ def collect(files: list[Path]) -> list[Group]:
     return sorted(
         groups.values(),
         key=lambda g: (g.dataset, g.transductive, g.method, g.backbone, g.prompts, g.variant, g.shots),
+    )
+
+
+def _report_duplicate(seed_key: tuple, first: Path, second: Path, kept: Path) -> None:
+    dataset, method, _, _, shots, *_, variant, (seed, reference_seed) = seed_key
+    what = f"{method} on {dataset}, shots={shots}, seed={seed}"
+    if reference_seed is not None:
+        what += f", reference_seed={reference_seed}"
+    if variant:
+        what += f" [{variant}]"
+    log.warning(
+        "duplicate results of one run (%s): %s and %s; kept %s (the newer), dropped the other",
+        what,
+        first,
+        second,
+        kept,
     )
 
 
@@ -470,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)  # e.g. dropped duplicates
     results = args.results or latest_sweeps(args.outputs)
     if not results:
         parser.error(f"no sweep folders with results under '{args.outputs}/*/multiruns'; pass --results")
