@@ -31,6 +31,8 @@ from anomaly_vlm.analysis.records import (  # noqa: E402
     format_value,
     group_by,
     label_of,
+    metric_variant,
+    split_variants,
     varying_keys,
 )
 from anomaly_vlm.reporting.plots import TITLES  # noqa: E402
@@ -57,12 +59,15 @@ EFFICIENCY_SCALE = {"flops_per_image": 1e-9, "total_parameters": 1e-6}
 
 
 def metric_title(metric: str) -> str:
-    return TITLES.get(metric) or EFFICIENCY_TITLES.get(metric, metric)
+    """``pixel AUROC``; a variant-dependent metric with its variant: ``pixel AUPRO (official)``."""
+    base, variant = metric_variant(metric)
+    title = TITLES.get(base) or EFFICIENCY_TITLES.get(base, base)
+    return f"{title} ({variant})" if variant else title
 
 
 def axis_title(metric: str) -> str:
     """The y-axis title: metrics in percent, efficiency figures in their own unit."""
-    return f"{TITLES[metric]} (%)" if metric in TITLES else metric_title(metric)
+    return f"{metric_title(metric)} (%)" if metric_variant(metric)[0] in TITLES else metric_title(metric)
 
 
 @dataclass
@@ -116,6 +121,18 @@ def _save(figure, target: Path, provenance: Provenance, dimensions: list[str]) -
     return FigureOutput(target, meta, provenance.title, dimensions)
 
 
+def one_variant(records: Sequence[Record], metric: str) -> str:
+    """The metric of a one-metric figure, with its variant (``pixel_aupro@exact``) where it has variants.
+
+    Raises:
+        ValueError: the records computed several variants of it; draw one figure per variant.
+    """
+    (name, *others) = split_variants(records, [metric])
+    if others:
+        raise ValueError(f"{metric} of several variants ({name}, {', '.join(others)}): one figure each")
+    return name
+
+
 def _std_text(n: int, replicate: str) -> str:
     return f"mean ± std over {replicate}" if n > 1 else "single run"
 
@@ -159,6 +176,7 @@ def line_figure(
     records = list(records)
     if not records:
         return None
+    metrics = split_variants(records, metrics)  # a panel per AUPRO variant
     x_keys = list(x_keys or [x])
     series_keys = series_dimensions(records, x_keys, legend)
     provenance = Provenance(title)
@@ -262,6 +280,7 @@ def bar_figure(
     records = [r for r in records if categories_of(r)]
     if not records:
         return None
+    metrics = split_variants(records, metrics)  # a panel per AUPRO variant
     series_keys = series_dimensions(records, category_keys, legend)
     groups = group_by(records, series_keys)
     provenance = Provenance(title)
@@ -322,6 +341,7 @@ def heatmap_figure(
     records = list(records)
     if not records:
         return None
+    metric = one_variant(records, metric)
     panels_keys = series_dimensions(
         records, ["train_data.categories", "data.categories", "train_dataset", "dataset"], panel_keys
     )
@@ -400,6 +420,7 @@ def pareto_figure(
     records = list(records)
     if not records:
         return None
+    metric = one_variant(records, metric)
     series_keys = series_dimensions(records, [], legend)
     provenance = Provenance(title)
     # Two panels per row, one legend for all beside the last: per-panel legends squeezed the axes.

@@ -54,6 +54,37 @@ DIMENSION_LABELS = {
 }
 
 
+#: Metrics whose value depends on a variant the run chose (``metrics.aupro``, recorded as ``aupro``): two
+#: variants are never averaged, put in one column or drawn in one panel. ``pixel_aupro@official`` is the
+#: metric of the runs that computed that variant (:func:`split_variants`).
+VARIANT_METRICS = {"pixel_aupro": "aupro"}
+VARIANT_SEPARATOR = "@"
+
+
+def aupro_variant(run: dict) -> str:
+    """The AUPRO variant a run computed (``exact`` for results written before it was recorded)."""
+    return str(run.get("aupro") or config_value(run.get("config") or {}, "metrics.aupro") or "exact")
+
+
+def split_variants(records: Sequence[Record], metrics: Sequence[str]) -> list[str]:
+    """``metrics`` with each variant-dependent metric replaced by one per variant among the records
+    (``pixel_aupro`` -> ``pixel_aupro@exact``, ``pixel_aupro@official``): a column or panel each."""
+    split: list[str] = []
+    for metric in metrics:
+        if metric not in VARIANT_METRICS or VARIANT_SEPARATOR in metric:
+            split.append(metric)
+            continue
+        variants = sorted({record.variant(metric) for record in records}, key=lambda v: (v != "exact", v))
+        split += [f"{metric}{VARIANT_SEPARATOR}{variant}" for variant in variants or ["exact"]]
+    return split
+
+
+def metric_variant(metric: str) -> tuple[str, str | None]:
+    """``("pixel_aupro", "official")`` for ``pixel_aupro@official``; ``(metric, None)`` otherwise."""
+    base, _, variant = metric.partition(VARIANT_SEPARATOR)
+    return base, variant or None
+
+
 def label_of(key: str) -> str:
     """The readable name of a dimension (the key itself when it has none)."""
     return DIMENSION_LABELS.get(key, key)
@@ -125,8 +156,18 @@ class Record:
         value = (self.run.get("efficiency") or {}).get(key)
         return None if value is None else float(value)
 
+    def variant(self, metric: str) -> str | None:
+        """The variant of a variant-dependent metric this run computed (e.g. its AUPRO), else None."""
+        return aupro_variant(self.run) if metric in VARIANT_METRICS else None
+
     def measure(self, name: str) -> float | None:
-        """A metric in percent, or an efficiency figure (``ms_per_image``, ...) as recorded."""
+        """A metric in percent, or an efficiency figure (``ms_per_image``, ...) as recorded.
+
+        ``pixel_aupro@official`` is the AUPRO of a run that computed the official variant, None for others.
+        """
+        base, variant = metric_variant(name)
+        if variant is not None:
+            return self.metric(base) if self.variant(base) == variant else None
         if name in ((self.run.get("metrics") or {}).get("mean") or {}):
             return self.metric(name)
         return self.efficiency(name)

@@ -13,6 +13,8 @@ from anomaly_vlm.analysis.records import (
     complete_dimensions,
     configurations,
     label_of,
+    metric_variant,
+    split_variants,
 )
 from anomaly_vlm.reporting.console import METRIC_HEADERS
 from anomaly_vlm.reporting.tables import markdown_table
@@ -37,6 +39,13 @@ class Table:
     sources: list[list[str]]
     csv: Path
     markdown: Path
+
+
+def metric_header(metric: str) -> str:
+    """``I-AUROC``; a variant-dependent metric with its variant: ``P-AUPRO (official)``."""
+    base, variant = metric_variant(metric)
+    header = METRIC_HEADERS.get(base, base)
+    return f"{header} ({variant})" if variant else header
 
 
 def _cell_text(cell: Cell, metric: str) -> str:
@@ -66,10 +75,11 @@ def write_table(
     if not records:
         return None
     keys = [*keys, *complete_dimensions(records, keys)]
+    metrics = split_variants(records, metrics)  # a column per AUPRO variant, its name in the header
     cells = list(configurations(records).values())
     if sort_key is not None:
         cells.sort(key=lambda cell: sort_key(cell.records[0]))
-    header = [label_of(key) for key in keys] + [METRIC_HEADERS.get(m, m) for m in metrics] + ["runs"]
+    header = [label_of(key) for key in keys] + [metric_header(m) for m in metrics] + ["runs"]
     csv_header = [*keys]
     for metric in metrics:
         csv_header += [f"{metric}_mean", f"{metric}_std"]

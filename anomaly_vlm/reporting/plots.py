@@ -123,8 +123,14 @@ def _group_config(group: Group) -> dict:
     }
 
 
-def per_category_bars(dataset: str, groups: list[Group], metric: str, target: Path) -> Path | None:
-    """Grouped bars: categories on x, one bar (mean over seeds, std as error bar) per configuration."""
+def per_category_bars(
+    dataset: str, groups: list[Group], metric: str, target: Path, variant: str | None = None
+) -> Path | None:
+    """Grouped bars: categories on x, one bar (mean over seeds, std as error bar) per configuration.
+
+    ``variant`` names the AUPRO variant all ``groups`` computed, in the titles.
+    """
+    title = f"{TITLES[metric]} ({variant})" if variant else TITLES[metric]
     categories: list[str] = []
     for group in groups:
         categories += [c for c in group.categories if c not in categories]
@@ -163,9 +169,9 @@ def per_category_bars(dataset: str, groups: list[Group], metric: str, target: Pa
             )
         )
     axis.set_xticks(positions, categories, rotation=45, ha="right")
-    axis.set_ylabel(f"{TITLES[metric]} (%)")
+    axis.set_ylabel(f"{title} (%)")
     axis.set_ylim(0, 100)
-    axis.set_title(f"{dataset}: {TITLES[metric]} per category")
+    axis.set_title(f"{dataset}: {title} per category")
     axis.grid(axis="y", alpha=0.3)
     figure_legend(figure, bars, [label for label, _, _ in series])  # below: bars stay visible
     return save_figure(figure, target)
@@ -290,7 +296,15 @@ def make_plots(
     written = [
         per_category_bars(dataset, groups, m, folder / f"{dataset}_per_category_{m}.png")
         for m in METRIC_NAMES
+        if m != "pixel_aupro"
     ]
+    # AUPRO: one chart per variant (the two are never drawn on one axis), the variant in its title.
+    variants = sorted({group.aupro for group in groups}, key=lambda v: (v != "exact", v))
+    for variant in variants:
+        stem = "pixel_aupro" if len(variants) == 1 else f"pixel_aupro_{variant}"
+        chosen = [group for group in groups if group.aupro == variant]
+        target = folder / f"{dataset}_per_category_{stem}.png"
+        written.append(per_category_bars(dataset, chosen, "pixel_aupro", target, variant))
     written.append(accuracy_vs_latency(dataset, rows, folder / f"{dataset}_accuracy_vs_latency.png"))
     written.append(metric_vs_shots(dataset, rows, published, folder / f"{dataset}_metric_vs_shots.png"))
     return [path for path in written if path is not None]

@@ -342,15 +342,42 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+#: The metric whose value depends on the variant a run computed (``metrics.aupro``).
+AUPRO_METRIC = "pixel_aupro"
+
+
+def aupro_variants(variants: list[str]) -> list[str]:
+    """The AUPRO variants among rows, ``exact`` first."""
+    return sorted(set(variants), key=lambda variant: (variant != "exact", variant))
+
+
+def metric_columns(variants: list[str]) -> list[tuple[str, str | None]]:
+    """``(metric, variant)`` per displayed column: AUPRO gets one column per variant among the rows (two
+    variants are never one column), every other metric one column (variant None)."""
+    columns: list[tuple[str, str | None]] = []
+    for metric in METRIC_NAMES:
+        if metric == AUPRO_METRIC:
+            columns += [(metric, variant) for variant in aupro_variants(variants) or ["exact"]]
+        else:
+            columns.append((metric, None))
+    return columns
+
+
+def column_header(metric: str, variant: str | None) -> str:
+    """``I-AUROC``, or ``P-AUPRO (official)``: the AUPRO header always names its variant."""
+    return f"{METRIC_HEADERS[metric]} ({variant})" if variant else METRIC_HEADERS[metric]
+
+
 def write_summary(dataset: str, groups: list[Group], published: list[dict], out: Path) -> list[dict]:
     rows = summary_rows(groups, published)
-    header = ["method", "backbone / prompts", "shots", *(METRIC_HEADERS[m] for m in METRIC_NAMES)]
+    columns = metric_columns([row["aupro"] for row in rows])
+    header = ["method", "backbone / prompts", "shots", *(column_header(m, v) for m, v in columns)]
     display = [
         [
             row["method_label"],
             f"{row['backbone']} / {row['prompts']}",
             row["shots_label"],
-            *(display_cell(row[m]) for m in METRIC_NAMES),
+            *(display_cell(row[m]) if v in (None, row["aupro"]) else "—" for m, v in columns),
         ]
         for row in rows
     ]
@@ -363,8 +390,9 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
     note += "."
     if any(row["aupro"] != "exact" for row in rows):
         note += (
-            " AUPRO is MVTec's exact one unless the row says [AUPRO: official] (the 200-threshold variant"
-            " of the APRIL-GAN / AnomalyCLIP evaluation code, which their papers report)."
+            " P-AUPRO (exact) is MVTec's AUPRO, P-AUPRO (official) the 200-threshold variant of the"
+            " APRIL-GAN / AnomalyCLIP evaluation code, which their papers report; a row has a value in the"
+            " column of the variant it computed."
         )
     md = [f"# {dataset}\n", note + "\n", markdown_table(header, display)]
     if sources:
@@ -402,7 +430,8 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
 
 
 def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
-    header = ["method", "backbone / prompts", "shots", "category", *(METRIC_HEADERS[m] for m in METRIC_NAMES)]
+    head = ["method", "backbone / prompts", "shots", "category"]
+    columns = metric_columns([group.aupro for group in groups])
     md = [f"# {dataset}: per category\n", "Mean ± std over seeds (percent).\n"]
     all_rows: list[list[str]] = []
     with (out / f"{dataset}_per_category.csv").open("w", newline="") as handle:
@@ -413,6 +442,7 @@ def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
                 "backbone",
                 "prompts",
                 "shots",
+                "aupro",
                 "category",
                 *(f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")),
             ]
@@ -421,7 +451,10 @@ def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
             rows = []
             for category in [*group.categories, None]:
                 name = category or "mean"
-                cells = [ours_cell(group.metric_values(m, category)) for m in METRIC_NAMES]
+                cells = [
+                    ours_cell(group.metric_values(m, category)) if v in (None, group.aupro) else "—"
+                    for m, v in columns
+                ]
                 rows.append(
                     [
                         group.method_label,
@@ -438,14 +471,19 @@ def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
                         group.backbone,
                         group.prompts,
                         group.shots,
+                        group.aupro,
                         name,
                         *(x for mean, std in stats for x in (_fmt(mean), _fmt(std))),
                     ]
                 )
+            # A block holds one configuration, so one AUPRO variant: its column alone, named.
+            own = [i for i, (_, v) in enumerate(columns) if v in (None, group.aupro)]
+            block_header = ["category", *(column_header(*columns[i]) for i in own)]
             md.append(f"\n## {group.label} | shots={group.shots_label}\n")
-            md.append(markdown_table(header[3:], [row[3:] for row in rows]))
+            md.append(markdown_table(block_header, [[row[3], *(row[4 + i] for i in own)] for row in rows]))
             all_rows += rows
     (out / f"{dataset}_per_category.md").write_text("\n".join(md))
+    header = [*head, *(column_header(m, v) for m, v in columns)]
     (out / f"{dataset}_per_category.tex").write_text(
         latex_table(header, all_rows, f"{dataset}: per-category results, mean ± std over seeds (percent).")
     )

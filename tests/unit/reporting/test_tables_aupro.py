@@ -23,4 +23,4 @@ def test_aupro_variant_splits_rows_and_is_labelled(tmp_path: Path) -> None:
     assert sorted(row["aupro"] for row in rows) == ["exact", "official"]
     assert len({row["pixel_aupro_mean"] for row in rows}) == 2
     markdown = (out / "mvtec_summary.md").read_text()
-    assert "aprillab [AUPRO: official]" in markdown and "[AUPRO: official]" in markdown.split("|", 1)[0]
+    assert "aprillab [AUPRO: official]" in markdown and "P-AUPRO (official)" in markdown.split("|", 1)[0]
