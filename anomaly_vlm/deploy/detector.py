@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
@@ -120,14 +119,14 @@ class DetectorOutput:
         anomaly_map: ``[N, H, W]`` maps at the model input size.
         decision: per image ``ok``/``defect`` (None without thresholds).
         defect_area: per image fraction of map pixels above the pixel threshold (None without one).
-        masks: ``[N, H, W]`` bool defect masks (None without a pixel threshold).
+        masks: ``[N, H, W]`` bool tensor of the defect masks (None without a pixel threshold).
     """
 
     image_score: Tensor
     anomaly_map: Tensor
     decision: list[str] | None
     defect_area: list[float | None] | None
-    masks: np.ndarray | None
+    masks: Tensor | None
 
 
 def _versions() -> dict[str, str]:
@@ -396,17 +395,63 @@ class Detector:
             raise _set_dependent_refusal(f"detector={path}", str(meta.get("method")), reason)
         return cls(method, meta, config, folder)
 
-    def load_images(self, images_or_paths: Sequence[str | Path] | Tensor) -> Tensor:
-        """``[N, 3, S, S]`` images in ``[0, 1]``: a tensor as given, or files loaded as in the run."""
+    def load_images(self, images_or_paths: str | Path | Sequence[str | Path] | Tensor) -> Tensor:
+        """``[N, 3, S, S]`` images in ``[0, 1]`` (``S`` = :attr:`image_size`): a tensor as given (checked),
+        or image files (one path or several) loaded and resized as in the run; none gives ``N = 0``.
+
+        Raises:
+            DetectorError: a tensor that is not ``[N, 3, S, S]`` floating point.
+        """
         if isinstance(images_or_paths, Tensor):
-            return images_or_paths
+            return self.check_images(images_or_paths)
+        if isinstance(images_or_paths, str | Path):
+            images_or_paths = [images_or_paths]
+        paths = list(images_or_paths)
+        if not paths:
+            return torch.empty(0, 3, self.image_size, self.image_size)
         from anomaly_vlm.data.image_io import load_image
 
-        return torch.stack([load_image(str(path), self.image_size) for path in images_or_paths])
+        return torch.stack([load_image(str(path), self.image_size) for path in paths])
+
+    def check_images(self, images: Tensor) -> Tensor:
+        """``images`` if they are what the detector scores: ``[N, 3, S, S]`` floats in ``[0, 1]``.
+
+        Raises:
+            DetectorError: saying what it expects, in the caller's terms (``detector.image_size``).
+        """
+        size = self.image_size
+        expected = (
+            f"this detector scores images as a float tensor [N, 3, {size}, {size}] in [0, 1] "
+            f"(N images, RGB, {size} = detector.image_size), or a list of image files, which it resizes"
+        )
+        shape = list(images.shape)
+        if images.ndim != 4 or shape[1] != 3 or shape[2:] != [size, size]:
+            hint = ""
+            if images.ndim == 3 and shape[0] == 3:
+                hint = "; for one image pass images[None]"
+            elif images.ndim == 4 and shape[1] == 3:
+                hint = (
+                    f"; resize them to {size}x{size} first (e.g. torch.nn.functional.interpolate(images, "
+                    f"size=({size}, {size}), mode='bicubic')) or pass the files"
+                )
+            elif images.ndim == 4 and shape[-1] == 3:
+                hint = "; channels last: pass images.permute(0, 3, 1, 2)"
+            raise DetectorError(f"{expected}; got shape {shape}{hint}")
+        if not images.is_floating_point():
+            raise DetectorError(f"{expected}; got {images.dtype} values (e.g. images.float() / 255)")
+        return images
+
+    def _empty(self) -> Prediction:
+        size = self.image_size
+        return Prediction(torch.empty(0), torch.empty(0, size, size))
 
     @torch.no_grad()
     def score(self, images: Tensor) -> Prediction:
-        """The method's prediction for ``[N, 3, S, S]`` images scored as one set (set step included)."""
+        """The method's prediction for ``[N, 3, S, S]`` images (set step included; each image's own
+        score, unless the detector was loaded with ``set_dependence="accept"``). ``N = 0``: empty."""
+        images = self.check_images(images)
+        if not len(images):
+            return self._empty()
         device = next(self.method.parameters()).device
         prediction = self.method.predict_images(images.to(device))
         return self.method.postprocess_set(prediction).detach().to("cpu")
@@ -416,6 +461,8 @@ class Detector:
         """Score image files in batches as one set: features per batch, then the method's set step."""
         from anomaly_vlm.methods.contract import concat_features, is_transductive
 
+        if not len(paths):
+            return self._empty()
         device = next(self.method.parameters()).device
         parts, features = [], []
         for start in range(0, len(paths), batch_size):
@@ -432,8 +479,19 @@ class Detector:
             prediction = Prediction.concat(parts)
         return self.method.postprocess_set(prediction).detach().to("cpu")
 
-    def predict(self, images_or_paths: Sequence[str | Path] | Tensor) -> DetectorOutput:
-        """Scores, maps and (with thresholds) decisions of images or image files."""
+    def predict(self, images_or_paths: str | Path | Sequence[str | Path] | Tensor) -> DetectorOutput:
+        """Scores, maps and (with thresholds) decisions of images or image files.
+
+        Args:
+            images_or_paths: a ``[N, 3, S, S]`` float tensor in ``[0, 1]`` (``S`` = :attr:`image_size`),
+                or image files (one path or a list), loaded and resized as in the run.
+
+        Returns:
+            Torch tensors throughout (``masks`` a bool tensor); no images give empty outputs (N = 0).
+
+        Raises:
+            DetectorError: a tensor of another shape or dtype (the message says what is expected).
+        """
         prediction = self.score(self.load_images(images_or_paths))
         scores = prediction.image_score.double().numpy()
         maps = prediction.anomaly_map.float().numpy()
@@ -443,7 +501,9 @@ class Detector:
             decision = [item.decision for item in decided]
             area = [item.defect_area for item in decided]
             if self.thresholds.pixel is not None:
-                masks = np.stack([item.mask for item in decided])
+                masks = torch.zeros(prediction.anomaly_map.shape, dtype=torch.bool)
+                for index, item in enumerate(decided):
+                    masks[index] = torch.from_numpy(item.mask)
         return DetectorOutput(prediction.image_score, prediction.anomaly_map, decision, area, masks)
 
 

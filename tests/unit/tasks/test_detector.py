@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +119,63 @@ def test_predict_with_a_detector_matches_the_run(saved_run, tmp_path):
         assert row["decision"] == ("defect" if float(row["score"]) > thresholds["image"] else "ok")
         assert row["defect_area"] != ""
     assert len(list((pred / "masks").glob("*.png"))) == len(rows)
+
+
+# ----- the Python API ------------------------------------------------------------------------------------
+def test_no_images_give_empty_outputs(saved_run):
+    detector = anomaly_vlm.Detector.load(saved_run("winclip") / "detectors" / "widget")
+    size = detector.image_size
+    for nothing in ([], torch.empty(0, 3, size, size)):
+        output = detector.predict(nothing)
+        assert output.image_score.shape == (0,) and output.anomaly_map.shape == (0, size, size)
+        assert output.decision == [] and output.defect_area == []
+        assert output.masks.shape == (0, size, size) and output.masks.dtype == torch.bool
+
+
+def test_masks_are_a_bool_tensor_like_the_scores_and_maps(saved_run):
+    detector = anomaly_vlm.Detector.load(saved_run("winclip") / "detectors" / "widget")
+    output = detector.predict(torch.rand(2, 3, detector.image_size, detector.image_size))
+    assert isinstance(output.masks, torch.Tensor) and output.masks.dtype == torch.bool
+    assert torch.equal(output.masks, output.anomaly_map > detector.thresholds.pixel)
+
+
+def test_one_path_is_one_image(saved_run):
+    out = saved_run("winclip")
+    with (out / "predictions" / "scores.csv").open() as handle:
+        path = next(row["path"] for row in csv.DictReader(handle) if row["category"] == "widget")
+    detector = anomaly_vlm.Detector.load(out / "detectors" / "widget")
+    assert torch.equal(detector.predict(path).image_score, detector.predict([Path(path)]).image_score)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "hint"),
+    [
+        ((2, 3, 64, 64), torch.float32, "resize them to 128x128 first"),
+        ((3, 128, 128), torch.float32, "for one image pass images[None]"),
+        ((2, 128, 128, 3), torch.float32, "channels last"),
+        ((2, 3, 128, 128), torch.uint8, "got torch.uint8 values (e.g. images.float() / 255)"),
+    ],
+)
+def test_a_tensor_the_detector_cannot_score_says_what_it_expects(saved_run, shape, dtype, hint):
+    detector = anomaly_vlm.Detector.load(saved_run("winclip") / "detectors" / "widget")
+    with pytest.raises(DetectorError) as raised:
+        detector.predict(torch.zeros(shape, dtype=dtype))
+    message = str(raised.value)
+    assert "[N, 3, 128, 128] in [0, 1]" in message and "128 = detector.image_size" in message
+    assert hint in message and "data.image_size" not in message and "backbone.image_size" not in message
+
+
+def test_compose_builds_the_run_config_in_a_fresh_interpreter(tmp_path):
+    # Fresh: the schema must be registered by compose itself, and ``import anomaly_vlm`` stays light.
+    code = (
+        "import sys, anomaly_vlm\n"
+        "assert 'hydra' not in sys.modules and 'torch' not in sys.modules\n"
+        "cfg = anomaly_vlm.compose(['backbone=tiny', 'method=aprillab', 'shots=2'])\n"
+        "print(cfg.shots, cfg.method._target_, cfg.backbone.image_size)\n"
+        "print(anomaly_vlm.compose(['mode=predict'], config_name='evaluate').mode)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "anomaly_vlm.methods.aprillab.AprilGANModule", "128", "predict"]
+    with pytest.raises(FileNotFoundError, match="no train.yaml in"):
+        anomaly_vlm.compose([], config_dir=tmp_path)
