@@ -20,9 +20,11 @@ Hydra copies the launcher's resolver cache into every job config).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -145,6 +147,85 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+#: What Hydra writes into a job folder before the job starts: ``.hydra/`` with these files, and the job log.
+HYDRA_JOB_FILES = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
+HYDRA_SUBDIR = ".hydra"
+
+
+def _is_empty_tree(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but empty folders (no file, no link, at any depth)."""
+    for entry in folder.iterdir():
+        if entry.is_symlink() or not entry.is_dir() or not _is_empty_tree(entry):
+            return False
+    return True
+
+
+def holds_only_hydra_files(folder: Path, log_name: str, log_may_hold_lines: bool) -> bool:
+    """Whether a job folder holds nothing the job wrote: Hydra's ``.hydra/`` files, the job log
+    ``log_name`` (empty unless ``log_may_hold_lines``) and empty folders, nothing else and no link."""
+    for entry in folder.iterdir():
+        if entry.is_symlink():
+            return False
+        if entry.name == HYDRA_SUBDIR and entry.is_dir():
+            if not all(
+                f.name in HYDRA_JOB_FILES and f.is_file() and not f.is_symlink() for f in entry.iterdir()
+            ):
+                return False
+        elif entry.name == log_name and entry.is_file():
+            if entry.stat().st_size and not log_may_hold_lines:
+                return False
+        elif not (entry.is_dir() and _is_empty_tree(entry)):
+            return False
+    return True
+
+
+def _close_file_logs_in(folder: Path) -> None:
+    """Close and detach the logging file handlers writing into ``folder`` (Hydra's job log)."""
+    loggers = [
+        logging.getLogger(),
+        *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict)),
+    ]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            filename = getattr(handler, "baseFilename", None)
+            if filename and Path(filename).parent.resolve() == folder:
+                handler.close()
+                logger.removeHandler(handler)
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            _remove_empty_tree(entry)
+    folder.rmdir()  # refuses (OSError) if anything appeared meanwhile
+
+
+def remove_untouched_job_folder(folder: str | os.PathLike, log_name: str, log_may_hold_lines: bool) -> bool:
+    """Remove the folder of a job that wrote nothing into it; returns whether it was removed.
+
+    A multirun job's folder is made by Hydra before the job runs. When the job is skipped (a repeated
+    zero-shot draw) or fails before writing anything, the folder would stay behind holding only Hydra's
+    bookkeeping. It is removed only when :func:`holds_only_hydra_files`, and only the files checked are
+    deleted (one by one; folders with ``rmdir``), so a file written meanwhile is never lost.
+    """
+    folder = Path(folder)
+    try:
+        if (
+            not folder.is_dir()
+            or folder.is_symlink()
+            or not holds_only_hydra_files(folder, log_name, log_may_hold_lines)
+        ):
+            return False
+        _close_file_logs_in(folder.resolve())
+        for name in HYDRA_JOB_FILES:
+            (folder / HYDRA_SUBDIR / name).unlink(missing_ok=True)
+        (folder / log_name).unlink(missing_ok=True)
+        _remove_empty_tree(folder)
+    except OSError:
+        return False  # something appeared, or the file system refused: keep what is left
+    return True
 
 
 class ResolverCallback(Callback):
