@@ -16,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from anomaly_vlm.reporting.identity import uses_prompts
 from anomaly_vlm.reporting.results import read_results
 from anomaly_vlm.reporting.tables import config_fields, find_result_files
 
@@ -99,6 +100,10 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def _under_prompts(key: str) -> bool:
+    return key == "prompts" or key.startswith("prompts.")
+
+
 def config_value(config: dict, key: str) -> Any:
     """The value of a dotted key in a nested config (None when absent)."""
     node: Any = config
@@ -128,12 +133,17 @@ class Record:
 
     def value(self, key: str) -> Any:
         """A dimension: a top-level field (``method``, ``shots``, ...) or a dotted config key."""
+        if _under_prompts(key) and not uses_prompts(self.run):
+            return None
         if key in TOP_LEVEL or key in REPLICATE_KEYS:
             return self.run.get(key)
         return config_value(self.run.get("config") or {}, key)
 
     def has(self, key: str) -> bool:
-        """Whether the run has the dimension at all (a config key of another method has none)."""
+        """Whether the run has the dimension at all (a config key of another method has none, nor has a
+        method that reads no prompt set a ``prompts`` dimension)."""
+        if _under_prompts(key) and not uses_prompts(self.run):
+            return False
         if key in TOP_LEVEL or key in REPLICATE_KEYS:
             return True
         node: Any = self.run.get("config") or {}
@@ -180,7 +190,7 @@ class Record:
     def _fields(self) -> dict[str, str]:
         flat = config_fields(self.run)
         for key in TOP_LEVEL:
-            flat[key] = json.dumps(self.run.get(key), sort_keys=True, default=str)
+            flat[key] = json.dumps(self.value(key), sort_keys=True, default=str)
         return flat
 
     def provenance(self) -> dict[str, Any]:

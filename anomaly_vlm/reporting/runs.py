@@ -30,6 +30,10 @@ def published_value(
     return None, None
 
 
+#: The prompt set shown for a method that reads none (``"uses_prompts": false`` in results.json, e.g. MuSc).
+NO_PROMPTS = "—"
+
+
 # ----- groups of runs --------------------------------------------------------------------------------------
 @dataclass
 class Group:

@@ -28,9 +28,9 @@ from typing import Any
 
 from anomaly_vlm.metrics import METRIC_NAMES
 from anomaly_vlm.reporting.console import METRIC_HEADERS
-from anomaly_vlm.reporting.identity import config_fields, flatten_config
+from anomaly_vlm.reporting.identity import config_fields, flatten_config, uses_prompts
 from anomaly_vlm.reporting.results import RESULTS_FILE, read_results
-from anomaly_vlm.reporting.runs import Group, load_published, published_value, replicate_of
+from anomaly_vlm.reporting.runs import NO_PROMPTS, Group, load_published, published_value, replicate_of
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def collect(files: list[Path]) -> list[Group]:
             run.get("dataset") or "unknown",
             run.get("method") or "unknown",
             run.get("backbone") or "unknown",
-            run.get("prompts") or "unknown",
+            (run.get("prompts") or "unknown") if uses_prompts(run) else NO_PROMPTS,
             int(run.get("shots") or 0),
             run.get("train_dataset"),
             bool(run.get("untrained", False)),
@@ -338,6 +338,11 @@ def latex_table(header: list[str], rows: list[list[str]], caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _csv_value(value: Any) -> Any:
+    """A CSV cell: absent values (None, no prompt set) are empty."""
+    return "" if value is None or value == NO_PROMPTS else value
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -370,14 +375,14 @@ def column_header(metric: str, variant: str | None) -> str:
 
 def write_summary(dataset: str, groups: list[Group], published: list[dict], out: Path) -> list[dict]:
     rows = summary_rows(groups, published)
-    columns = metric_columns([row["aupro"] for row in rows])
-    header = ["method", "backbone / prompts", "shots", *(column_header(m, v) for m, v in columns)]
+    shown = metric_columns([row["aupro"] for row in rows])
+    header = ["method", "backbone / prompts", "shots", *(column_header(m, v) for m, v in shown)]
     display = [
         [
             row["method_label"],
             f"{row['backbone']} / {row['prompts']}",
             row["shots_label"],
-            *(display_cell(row[m]) if v in (None, row["aupro"]) else "—" for m, v in columns),
+            *(display_cell(row[m]) if v in (None, row["aupro"]) else "—" for m, v in shown),
         ]
         for row in rows
     ]
@@ -419,7 +424,7 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
         columns += [key for key, _, _ in EFFICIENCY_FIELDS]
         writer.writerow([*columns, "transductive"])
         for row in rows:
-            line = [row[c] if row[c] is not None else "" for c in columns[:9]]
+            line = [_csv_value(row[c]) for c in columns[:9]]
             for metric in METRIC_NAMES:
                 cell = row[metric]
                 line += [_fmt(cell["mean"]), _fmt(cell["std"]), _fmt(cell["published"]), _fmt(cell["delta"])]
@@ -469,7 +474,7 @@ def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:
                     [
                         group.method,
                         group.backbone,
-                        group.prompts,
+                        _csv_value(group.prompts),
                         group.shots,
                         group.aupro,
                         name,
@@ -512,7 +517,7 @@ def write_efficiency(dataset: str, rows: list[dict], out: Path) -> None:
                 [
                     row["method"],
                     row["backbone"],
-                    row["prompts"],
+                    _csv_value(row["prompts"]),
                     row["shots"],
                     *(_fmt(row[key], 4) for key, _, _ in EFFICIENCY_FIELDS),
                 ]

@@ -65,6 +65,9 @@ class MuScModule(AnomalyMethod):
     #: marked, never ranked silently with methods that score each image on its own. A class attribute,
     #: so the protocol is known from the config before anything is built.
     transductive = True
+    #: Reads no prompt set (``prompts`` is accepted and ignored): results.json records it, so tables show no
+    #: prompt set for its rows and a prompt sweep never splits them.
+    uses_prompts = False
 
     def __init__(
         self,
