@@ -13,12 +13,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "anomaly_vlm"
 
 #: Lower layers never import higher ones; a package may import its own modules and any lower layer.
 LAYERS: dict[str, int] = {
+    # how counts read in messages ("1 image", "2 images"): below the utilities, which use it
+    "wording": -1,
     # utilities: know nothing of the rest
     "runtime": 0,
     "compat": 0,
     "resolvers": 0,
     "untrusted": 0,  # reading handed-over files: size/depth-limited JSON, checksums, pickle-free loads
-    "wording": 0,  # how counts read in messages ("1 image", "2 images")
     "cache": 0,  # content-addressed feature store (data digests files with it)
     # the typed schema of the run config (registers the resolvers it interpolates)
     "config": 1,
