@@ -253,9 +253,33 @@ def run(cfg: DictConfig, fit: bool) -> float | None:
     quiet_lightning()
     skip, value = skip_reason(cfg)
     if skip:
+        discard_untouched_job_folder(cfg, log_may_hold_lines=True)  # a repeated zero-shot draw's folder
         return value
-    with Job(cfg, fit) as job:
-        return job.run()
+    try:
+        with Job(cfg, fit) as job:
+            return job.run()
+    except BaseException:
+        discard_untouched_job_folder(cfg, log_may_hold_lines=False)
+        raise
+
+
+#: Set (to anything but 0) in the processes of the ranks other than the first of a distributed job.
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def discard_untouched_job_folder(cfg: DictConfig, log_may_hold_lines: bool) -> None:
+    """In a multirun, remove the folder Hydra made for this job when the job wrote nothing into it
+    (skipped, or failed before writing anything); a failed job's log with lines in it is kept."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from anomaly_vlm.resolvers import remove_untouched_job_folder
+
+    if not in_multirun() or any(os.environ.get(name, "0") != "0" for name in _RANK_VARIABLES):
+        return
+    log_name = f"{HydraConfig.get().job.name}.log"
+    remove_untouched_job_folder(Path(cfg.paths.output_dir), log_name, log_may_hold_lines)
 
 
 @report_user_errors
