@@ -72,18 +72,32 @@ class AnomalyMethod(L.LightningModule):
     #: by the scoring path), so few-shot memories come from the cache too; None bypasses it.
     reference_digests: Sequence[str | None] | None = None
 
+    @classmethod
+    def shots_problem(cls, shots: int, name: str | None = None) -> str | None:
+        """Why this method cannot run with ``shots`` reference images (None when it can).
+
+        The one statement of the rule: the config check asks it before anything is built, the
+        constructor again for Python callers.
+        """
+        name = name or cls.method_name
+        if shots < 0:
+            return f"shots={shots} is negative"
+        if shots and not cls.supports_few_shot:
+            return f"method '{name}' is zero-shot only; shots={shots} is not supported (use shots=0)"
+        if not shots and cls.requires_few_shot:
+            return (
+                f"method '{name}' is few-shot only: it learns from the normal reference images of each "
+                "category; shots=0 is not supported (use shots=1, 2 or 4)"
+            )
+        return None
+
     def __init__(
         self, model: nn.Module, prompts: PromptSet, shots: int = 0, text_cache_dir: str | None = None
     ):
         super().__init__()
-        if shots < 0:
-            raise ValueError(f"shots={shots} is negative")
-        if shots and not self.supports_few_shot:
-            raise ValueError(
-                f"method '{self.method_name}' is zero-shot only; got shots={shots} (use shots=0)"
-            )
-        if not shots and self.requires_few_shot:
-            raise ValueError(f"method '{self.method_name}' is few-shot only; got shots=0 (use shots >= 1)")
+        problem = self.shots_problem(shots)
+        if problem:
+            raise ValueError(problem)
         self.model = model
         self.prompts = prompts
         self.shots = int(shots)

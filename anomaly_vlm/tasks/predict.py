@@ -41,18 +41,19 @@ from anomaly_vlm.decisions.consumers import CategoryDecisions
 from anomaly_vlm.decisions.outputs import MASK_DIR, DecisionWriter
 from anomaly_vlm.reporting.overlays import colorize, overlay_panel
 from anomaly_vlm.reporting.results import write_json_atomic
-from anomaly_vlm.tasks.building import (
-    build,
-    clear_stale_artefacts,
+from anomaly_vlm.tasks.categories import score_categories
+from anomaly_vlm.tasks.config_checks import check_config, raise_first
+from anomaly_vlm.tasks.construction import (
     feature_cache_report,
     group_choices,
     prepare_job,
     print_feature_cache_summary,
     quiet_lightning,
 )
-from anomaly_vlm.tasks.categories import score_categories
 from anomaly_vlm.tasks.errors import FinishedPredictionError
 from anomaly_vlm.tasks.heldout import heldout_thresholds
+from anomaly_vlm.tasks.instantiate import build
+from anomaly_vlm.tasks.outputs import clear_stale_artefacts
 from anomaly_vlm.wording import counted
 
 log = logging.getLogger(__name__)
@@ -209,9 +210,11 @@ def predict(cfg: DictConfig) -> None:
         decisions = predict_with_detector(cfg, settings, source, heatmaps, output_dir / MASK_DIR, name_of)
         thresholds, shots, categories = decisions.thresholds, decisions.shots, list(decisions.thresholds)
     else:
+        names = group_choices(cfg)
+        raise_first(check_config(cfg, names, fit=False))
         datamodule: AnomalyDataModule = build(cfg.datamodule, source=source)
         categories = datamodule.categories
-        job = prepare_job(cfg, datamodule, (source,), output_dir, group_choices(cfg)["method"], fit=False)
+        job = prepare_job(cfg, datamodule, (source,), output_dir, names["method"], fit=False)
         method, shots = job.method, job.shots
 
         thresholds = prediction_thresholds(cfg, settings, method, datamodule, job.references)

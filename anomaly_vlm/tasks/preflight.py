@@ -104,7 +104,10 @@ def check(overrides: list[str]) -> list[str]:
     from omegaconf import OmegaConf
 
     from anomaly_vlm.backbones.weights import resolve_weights
-    from anomaly_vlm.tasks.building import build, split_synthesis, use_protocol_training_data
+    from anomaly_vlm.tasks.config_checks import check_config, raise_first
+    from anomaly_vlm.tasks.construction import NAMED_GROUPS
+    from anomaly_vlm.tasks.instantiate import build
+    from anomaly_vlm.tasks.training_data import split_synthesis, use_protocol_training_data
     from anomaly_vlm.wording import counted
 
     found = []
@@ -114,9 +117,9 @@ def check(overrides: list[str]) -> list[str]:
         choices = cfg.hydra.runtime.choices
         OmegaConf.set_struct(cfg, False)
         # A trainable method without train_data trains on the published partner of its test data.
-        use_protocol_training_data(
-            cfg, {"method": choices.get("method"), "data": choices.get("data")}, fit=True
-        )
+        names = {group: choices.get(group) for group in NAMED_GROUPS}
+        use_protocol_training_data(cfg, names, fit=True)
+        raise_first(check_config(cfg, names, fit=True))
         # paths.output_dir points at Hydra's runtime folder, which a preflight does not have.
         cfg.paths.output_dir = str(Path(str(cfg.paths.output_root)) / "preflight")
         for key in DATASET_GROUPS:

@@ -3,8 +3,9 @@
 Without this, ``python train.py -m method=clip,winclip,aprillab data=folder ...`` without ``train_data``
 runs the training-free jobs for hours and then stops at the first APRIL-GAN job. Registered as a Hydra
 callback (``conf/hydra/default.yaml``): on multirun start it expands the command-line sweep, composes
-each job's config and runs the checks that need no data and no model (config composes, shots, training
-data, block indices). Any failure prints one ``error:`` line per bad job and exits 1.
+each job's config and runs :func:`~anomaly_vlm.tasks.config_checks.check_config`, the checks that need no
+data and no model, as every single job does. Every problem of every job is printed as one ``error:`` line,
+then it exits 1.
 """
 
 from __future__ import annotations
@@ -20,16 +21,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from anomaly_vlm.tasks.building import (
-    build,
-    check_backbone_depths,
-    check_labelled_data,
-    check_shots_supported,
-    check_training_data,
-    split_synthesis,
-    trains_on_auxiliary_data,
-)
+from anomaly_vlm.tasks.config_checks import check_config
+from anomaly_vlm.tasks.construction import NAMED_GROUPS
 from anomaly_vlm.tasks.errors import USER_ERRORS
+from anomaly_vlm.tasks.training_data import use_protocol_training_data
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
@@ -44,19 +39,12 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
-def check_job(cfg: DictConfig, fit: bool) -> None:
-    """The checks of one composed job that need neither data nor a model."""
+def check_job(cfg: DictConfig, fit: bool) -> list[Exception]:
+    """The problems of one composed job that need neither data nor a model (:func:`check_config`)."""
     choices = cfg.hydra.runtime.choices
-    if cfg.get("mode") != "predict":
-        check_labelled_data(cfg, choices.get("data"))
-    check_shots_supported(cfg.method, cfg.shots, choices.get("method"))
-    if fit:
-        check_training_data(cfg, fit, choices.get("method"), choices.get("data"))
-        if cfg.train_data and trains_on_auxiliary_data(cfg):
-            _, synthesis = split_synthesis(cfg.train_data)
-            if synthesis is not None:
-                build(synthesis)  # bad train_data.synthesis options fail the sweep before any job
-    check_backbone_depths(cfg, choices.get("backbone"))
+    names = {group: choices.get(group) for group in NAMED_GROUPS}
+    use_protocol_training_data(cfg, names, fit)
+    return check_config(cfg, names, fit)
 
 
 def bad_jobs(config_name: str, jobs: list[list[str]], fit: bool) -> list[str]:
@@ -66,9 +54,10 @@ def bad_jobs(config_name: str, jobs: list[list[str]], fit: bool) -> list[str]:
     for job in jobs:
         try:
             cfg = loader.load_configuration(config_name=config_name, overrides=job, run_mode=RunMode.RUN)
-            check_job(cfg, fit)
+            found = check_job(cfg, fit)
         except (*USER_ERRORS, HydraException, ValueError) as error:
-            problems.append(f"{' '.join(job)}: {error}")
+            found = [error]
+        problems.extend(f"{' '.join(job)}: {problem}" for problem in found)
     return problems
 
 

@@ -23,7 +23,7 @@ from anomaly_vlm.callbacks import CategoryResult, CategoryScoring
 from anomaly_vlm.data import AnomalyDataModule
 from anomaly_vlm.data.synthetic import SyntheticAD
 from anomaly_vlm.methods.contract import FrozenFeatureExtractor
-from anomaly_vlm.tasks.building import build
+from anomaly_vlm.tasks.instantiate import build
 from anomaly_vlm.tasks.categories import score_categories
 from anomaly_vlm.tasks.predict import HeatmapWriter
 

@@ -12,9 +12,9 @@ from omegaconf import open_dict
 from PIL import Image
 
 from anomaly_vlm.data.synthesis.textures import skimage_photo
-from anomaly_vlm.tasks.building import split_synthesis
 from anomaly_vlm.tasks.errors import ConfigError
 from anomaly_vlm.tasks.runner import run
+from anomaly_vlm.tasks.training_data import split_synthesis
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 NORMAL_IMAGES = 4

@@ -20,7 +20,7 @@ from anomaly_vlm.export.__main__ import main
 from anomaly_vlm.export.onnx import _tracing_friendly, normalize
 from anomaly_vlm.methods.contract import NotExportableError, Prediction, export_module
 from anomaly_vlm.methods.export_ops import resize_matrices, resize_with_matrices
-from anomaly_vlm.tasks.building import build
+from anomaly_vlm.tasks.instantiate import build
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

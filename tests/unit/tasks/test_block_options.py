@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from PIL import Image
 
-from anomaly_vlm.tasks.building import check_backbone_depths
+from anomaly_vlm.tasks.config_checks import check_backbone_depths
 from anomaly_vlm.tasks.errors import ConfigError
 from anomaly_vlm.tasks.runner import run
 

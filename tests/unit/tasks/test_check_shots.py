@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from anomaly_vlm.config import TrainConfig
 from anomaly_vlm.data.sampling import ShotsError
-from anomaly_vlm.tasks.building import check_shots_supported
+from anomaly_vlm.tasks.config_checks import check_shots_supported
 
 
 def test_zero_shot_only_method_refuses_shots() -> None:
@@ -28,7 +28,7 @@ def test_unknown_target_fails_clearly() -> None:
 
 def test_trained_method_without_auxiliary_data_is_rejected_before_building() -> None:
     from anomaly_vlm.data import DataError
-    from anomaly_vlm.tasks.building import check_training_data
+    from anomaly_vlm.tasks.config_checks import check_training_data
 
     schema = OmegaConf.structured(TrainConfig)
     cfg = OmegaConf.merge(

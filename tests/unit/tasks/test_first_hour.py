@@ -15,8 +15,9 @@ from PIL import Image
 
 from anomaly_vlm.callbacks.efficiency import EfficiencyProbe
 from anomaly_vlm.data import DataError
-from anomaly_vlm.tasks.building import build, guard_finished_run
 from anomaly_vlm.tasks.errors import USER_ERRORS, CheckpointError, ConfigError
+from anomaly_vlm.tasks.instantiate import build
+from anomaly_vlm.tasks.outputs import guard_finished_run
 from anomaly_vlm.tasks.predict import heatmap_name, label_progress_as_predicting
 from anomaly_vlm.tasks.runner import run
 

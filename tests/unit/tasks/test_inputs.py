@@ -14,7 +14,7 @@ from anomaly_vlm.data import DataError
 from anomaly_vlm.data.sampling import ShotsError
 from anomaly_vlm.prompts import PromptSet
 from anomaly_vlm.tasks import evaluate
-from anomaly_vlm.tasks.building import with_class_names
+from anomaly_vlm.tasks.construction import with_class_names
 from anomaly_vlm.tasks.errors import CheckpointError, FinishedRunError, MissingValueError, report_user_errors
 from anomaly_vlm.tasks.runner import run
 
@@ -95,8 +95,13 @@ def test_folder_run_reports_pixel_metrics_only_where_masks_exist(tmp_path, folde
 
 
 def test_shots_are_checked_before_weights_load(tmp_path, folder_data, no_weights):
+    # winclip takes references: the only problem of this config is the data's (clip would be refused for
+    # shots=5 first, a config problem).
     with pytest.raises(ShotsError, match="shots=5 but category 'gadget' has only 3 normal training images"):
-        run(config(tmp_path / "a", "data=folder", f"data.root={folder_data}", "shots=5"), fit=False)
+        run(
+            config(tmp_path / "a", "data=folder", f"data.root={folder_data}", "method=winclip", "shots=5"),
+            fit=False,
+        )
     with pytest.raises(ShotsError, match="shots=-1 is negative"):
         run(config(tmp_path / "b", "data=folder", f"data.root={folder_data}", "shots=-1"), fit=False)
 
@@ -185,7 +190,14 @@ def test_predict_on_one_image_says_one_image(tmp_path, folder_data, capsys):
 
 
 def test_predict_few_shot_needs_reference_dir(tmp_path, folder_data, no_weights, capsys):
-    cfg = config(tmp_path / "p", "mode=predict", f"data.path={folder_data}", "shots=1", name="evaluate")
+    cfg = config(
+        tmp_path / "p",
+        "mode=predict",
+        f"data.path={folder_data}",
+        "method=winclip",
+        "shots=1",
+        name="evaluate",
+    )
     with pytest.raises(SystemExit):
         evaluate(cfg)
     assert "set data.reference_dir" in capsys.readouterr().err
@@ -202,7 +214,7 @@ def test_with_class_names_merges_and_data_wins():
 def test_few_shot_on_a_zero_shot_method_is_rejected_before_building():
     from omegaconf import OmegaConf
 
-    from anomaly_vlm.tasks.building import check_shots_supported
+    from anomaly_vlm.tasks.config_checks import check_shots_supported
 
     node = OmegaConf.create({"_target_": "anomaly_vlm.methods.clip.CLIPBaselineModule"})
     with pytest.raises(ShotsError, match="method 'clip' is zero-shot only; shots=2"):

@@ -15,8 +15,9 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from anomaly_vlm.data import DataError
-from anomaly_vlm.tasks.building import check_training_data, use_protocol_training_data
+from anomaly_vlm.tasks.config_checks import check_training_data
 from anomaly_vlm.tasks.sweep_check import check_job
+from anomaly_vlm.tasks.training_data import use_protocol_training_data
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 METHODS = sorted(path.stem for path in (CONF / "method").glob("*.yaml"))
@@ -44,7 +45,7 @@ def test_the_methods_that_train_on_auxiliary_data_are_covered():
 def test_training_data_defaults_to_the_published_partner(method, data, partner, caplog):
     cfg = _compose(f"method={method}", f"data={data}")
     names = {"method": method, "data": data, "train_data": None}
-    with caplog.at_level(logging.INFO, logger="anomaly_vlm.tasks.building"):
+    with caplog.at_level(logging.INFO, logger="anomaly_vlm.tasks.training_data"):
         assert use_protocol_training_data(cfg, names, fit=True) == partner
     explicit = _compose(f"method={method}", f"data={data}", f"train_data={partner}")
     assert OmegaConf.to_container(cfg.train_data) == OmegaConf.to_container(explicit.train_data)
@@ -84,6 +85,7 @@ def test_test_data_without_a_partner_still_asks_and_lists_the_values():
 
 
 def test_the_sweep_check_accepts_the_headline_command_and_refuses_data_without_partner():
-    check_job(_compose("method=aprillab", "shots=4", hydra=True), fit=True)
-    with pytest.raises(DataError, match="data=folder has no published partner"):
-        check_job(_compose("method=anomalyclip", "data=folder", hydra=True), fit=True)
+    assert check_job(_compose("method=aprillab", "shots=4", hydra=True), fit=True) == []
+    problems = check_job(_compose("method=anomalyclip", "data=folder", hydra=True), fit=True)
+    assert [type(problem) for problem in problems] == [DataError]
+    assert "data=folder has no published partner" in str(problems[0])

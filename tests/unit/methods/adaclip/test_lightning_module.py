@@ -38,7 +38,7 @@ def _module(backbone: FrozenCLIP, **kwargs) -> AdaCLIPModule:
 
 
 def test_few_shot_and_learnable_prompt_sets_are_rejected(backbone: FrozenCLIP) -> None:
-    with pytest.raises(ValueError, match=r"method 'adaclip' is zero-shot only; got shots=1"):
+    with pytest.raises(ValueError, match=r"method 'adaclip' is zero-shot only; shots=1 is not supported"):
         _module(backbone, shots=1)
     with pytest.raises(ValueError, match="prompts=adaclip"):
         _module(backbone, prompts=LearnablePromptSet("anomalyclip_learned", deep_prompt_depth=4))

@@ -31,7 +31,7 @@ def _module(backbone: FrozenCLIP, **kwargs) -> AnomalyCLIPModule:
 
 def test_few_shot_is_rejected_clearly(backbone: FrozenCLIP) -> None:
     with pytest.raises(
-        ValueError, match=r"method 'anomalyclip' is zero-shot only; got shots=2 \(use shots=0\)"
+        ValueError, match=r"method 'anomalyclip' is zero-shot only; shots=2 is not supported \(use shots=0\)"
     ):
         _module(backbone, shots=2)
 
