@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_vlm import compat
@@ -25,7 +25,7 @@ from anomaly_vlm.callbacks import CategoryEvaluation, CategoryScoring, Efficienc
 from anomaly_vlm.callbacks.efficiency import flops_per_image
 from anomaly_vlm.decisions import ThresholdSettings
 from anomaly_vlm.decisions.consumers import CategoryDecisions
-from anomaly_vlm.deploy.detector import DetectorSaver, check_detector_method
+from anomaly_vlm.deploy.detector import DetectorSaver
 from anomaly_vlm.loggers import wandb as wandb_helpers
 from anomaly_vlm.methods.contract import declares_set_statistics
 from anomaly_vlm.metrics import Evaluator
@@ -33,25 +33,25 @@ from anomaly_vlm.reporting.console import print_metrics_table
 from anomaly_vlm.reporting.results import RESULTS_FILE, build_results, write_json_atomic
 from anomaly_vlm.runtime import in_multirun
 from anomaly_vlm.tasks import ddp, resume
-from anomaly_vlm.tasks.building import (
-    OVERLAY_DIR,
+from anomaly_vlm.tasks.categories import score_categories
+from anomaly_vlm.tasks.config_checks import check_config, raise_first
+from anomaly_vlm.tasks.construction import (
     PreparedJob,
-    build,
     build_datamodule,
     build_logger,
     feature_cache_report,
     group_choices,
-    guard_finished_run,
-    is_repeated_zero_shot_draw,
     prepare_job,
     print_feature_cache_summary,
     quiet_lightning,
 )
-from anomaly_vlm.tasks.categories import score_categories
 from anomaly_vlm.tasks.errors import report_user_errors
 from anomaly_vlm.tasks.heldout import heldout_thresholds
+from anomaly_vlm.tasks.instantiate import build
+from anomaly_vlm.tasks.outputs import OVERLAY_DIR, guard_finished_run, is_repeated_zero_shot_draw
 from anomaly_vlm.tasks.predict import predict
 from anomaly_vlm.tasks.training import fit_or_resume
+from anomaly_vlm.tasks.training_data import use_protocol_training_data
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,9 @@ class Job:
             torch.cuda.empty_cache()
 
     def run(self) -> float | None:
-        """Set up, fit, test; rank 0 writes ``results.json``. Returns the mean image AUROC."""
-        if self.cfg.save_detector:  # before any weights load
-            method_class = get_class(self.cfg.method._target_)
-            check_detector_method(method_class, self.cfg.detector_set_dependence, self.names["method"])
+        """Check, set up, fit, test; rank 0 writes ``results.json``. Returns the mean image AUROC."""
+        use_protocol_training_data(self.cfg, self.names, self.fit)
+        raise_first(check_config(self.cfg, self.names, self.fit))  # before any data or weights load
         L.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
         datamodule, sources = build_datamodule(self.cfg, self.names, self.fit)
         self.decisions = CategoryDecisions(ThresholdSettings.from_config(self.cfg.threshold))
