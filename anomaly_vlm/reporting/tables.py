@@ -167,7 +167,13 @@ def _read(files: list[Path]) -> list[tuple[Path, dict]]:
 
 
 def collect(files: list[Path]) -> list[Group]:
-    """Group complete results by configuration; a replicate seen twice keeps its newest result.
+    """Group the complete results among ``files`` by configuration (:func:`collect_runs`)."""
+    return collect_runs(_read(files))
+
+
+def collect_runs(runs: list[tuple[Path, dict]]) -> list[Group]:
+    """Group complete results (``(path, results)``) by configuration; a replicate seen twice keeps its
+    newest result.
 
     Runs whose configs differ in anything but the replicate seeds and the keys that cannot change a
     number (:mod:`anomaly_vlm.reporting.identity`) are separate configurations (rows), labelled with the
@@ -178,7 +184,7 @@ def collect(files: list[Path]) -> list[Group]:
     newest: dict[tuple, tuple[Path, dict]] = {}
     keyed: list[tuple[tuple, dict]] = []
     paths: list[Path] = []
-    for path, run in _read(files):
+    for path, run in runs:
         key = (
             run.get("dataset") or "unknown",
             run.get("method") or "unknown",
@@ -525,9 +531,21 @@ def write_efficiency(dataset: str, rows: list[dict], out: Path) -> None:
 
 
 def make_tables(
-    results: list[str | Path], out: str | Path, published_path: str | Path | None = None, plots: bool = True
+    results: list[str | Path],
+    out: str | Path,
+    published_path: str | Path | None = None,
+    plots: bool = True,
+    read_counts: dict[str, tuple[int, int]] | None = None,
 ) -> list[Path]:
     """Write every table (and plot) for the results below ``results`` into ``out``.
+
+    Args:
+        results: folders (or results.json files).
+        out: the folder for the tables and plots.
+        published_path: published numbers JSON (default: the packaged one).
+        plots: also draw the plots.
+        read_counts: filled with ``folder -> (complete, skipped)``: the complete results.json found below
+            each folder, and the others (a job still running or failed, a file that cannot be read).
 
     Returns:
         The files written.
@@ -535,8 +553,21 @@ def make_tables(
     Raises:
         FileNotFoundError: a results folder does not exist, or none holds a complete results.json.
     """
-    files = find_result_files(list(results))
-    groups = collect(files)
+    # Each file is read once, also when nested folders both list it; each folder counts its own.
+    cache: dict[Path, dict | None] = {}
+    runs: list[tuple[Path, dict]] = []
+    for folder in results:
+        found = find_result_files([folder])
+        for path in found:
+            key = Path(path).resolve()
+            if key not in cache:
+                cache[key] = read_results(path)
+                if cache[key] is not None:
+                    runs.append((Path(path), cache[key]))
+        if read_counts is not None:
+            complete = sum(cache[Path(path).resolve()] is not None for path in found)
+            read_counts[str(folder)] = (complete, len(found) - complete)
+    groups = collect_runs(runs)
     if not groups:
         raise FileNotFoundError(
             f"no complete {RESULTS_FILE} below {[str(r) for r in results]}; run a sweep first "
@@ -581,12 +612,17 @@ def main(argv: list[str] | None = None) -> int:
     results = args.results or latest_sweeps(args.outputs)
     if not results:
         parser.error(f"no sweep folders with results under '{args.outputs}/*/multiruns'; pass --results")
+    counts: dict[str, tuple[int, int]] = {}
     try:
-        written = make_tables(results, args.out, args.published, plots=not args.no_plots)
+        written = make_tables(results, args.out, args.published, plots=not args.no_plots, read_counts=counts)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"tables from {len(results)} folder(s) -> {args.out}")
+    print(f"read {len(counts)} folder(s):")
+    for folder, (complete, skipped) in counts.items():
+        line = f"  {folder}: {complete} result{'' if complete == 1 else 's'}"
+        print(line + (f" ({skipped} incomplete or unreadable, skipped)" if skipped else ""))
+    print(f"tables -> {args.out}")
     for path in written:
         print(f"  {path}")
     return 0

@@ -267,3 +267,13 @@ def test_transductive_runs_are_marked_and_listed_apart_from_inductive_ones(tmp_p
     assert tables.published_value(entries, "musc", "mvtec", 0, "image_auroc")[0] == 97.8
     assert tables.published_value(entries, "musc", "visa", 0, "pixel_aupro")[0] == 92.7
     assert all(e.get("transductive") for e in entries if e["method"] == "musc")
+
+
+def test_cli_names_every_folder_it_read_and_its_results(sweep: Path, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other"
+    fake_result(other, "clip", "mvtec", 0, 0, 0.7)
+    assert tables.main(["--results", str(sweep), str(other), "--out", str(tmp_path / "r"), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    # the sweep holds 6 complete results and one unfinished job
+    assert f"{sweep}: 6 results (1 incomplete or unreadable, skipped)" in out
+    assert f"{other}: 1 result\n" in out
