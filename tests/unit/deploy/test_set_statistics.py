@@ -13,7 +13,7 @@ from anomaly_vlm.deploy import DetectorError
 from anomaly_vlm.deploy.detector import save_detector
 from anomaly_vlm.deploy.state import SET_STATISTICS_PREFIX
 from anomaly_vlm.methods.contract import NotExportableError, Prediction, export_module
-from anomaly_vlm.tasks.building import build
+from anomaly_vlm.tasks.instantiate import build
 from anomaly_vlm.tasks.runner import run
 
 from ..tasks.test_inputs import config, make_dataset
