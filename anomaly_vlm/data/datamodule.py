@@ -5,14 +5,14 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from anomaly_vlm.data.batch import Sample, collate_samples
 from anomaly_vlm.data.dataset import AnomalyImageDataset
 from anomaly_vlm.data.distributed import ContiguousShardSampler, rank_and_world
 from anomaly_vlm.data.image_io import DataError, load_image
 from anomaly_vlm.data.mosaic import MosaicDataset
-from anomaly_vlm.data.sampling import draw_references
+from anomaly_vlm.data.sampling import ShuffledOrder, draw_references
 from anomaly_vlm.data.source import DatasetSource
 from anomaly_vlm.data.synthesis import AnomalySynthesizer, EpochSampler, SynthesizedAnomalies
 
@@ -38,6 +38,11 @@ class AnomalyDataModule(L.LightningDataModule):
         train_synthesis: makes defects (with masks) on the normal training images
             (``train_data.synthesize_anomalies=true``), so a training set of normal images only works;
             None trains on the dataset's own defects, which it must then have.
+        seed: with the epoch, the seed of the training order and of the mosaics (``${seed}``).
+
+    The training data of an epoch (order, mosaics, synthesized defects) is a function of the seeds and
+    the epoch alone, not of the global random generators, the loader's workers or earlier epochs; the
+    only position to restore when an interrupted training resumes is the epoch (:meth:`state_dict`).
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class AnomalyDataModule(L.LightningDataModule):
         train_batch_size: int = 8,
         train_mosaic_probability: float = 0.0,
         train_synthesis: AnomalySynthesizer | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.source = source
@@ -62,6 +68,9 @@ class AnomalyDataModule(L.LightningDataModule):
         self.train_batch_size = train_batch_size
         self.train_mosaic_probability = float(train_mosaic_probability)
         self.train_synthesis = train_synthesis
+        self.seed = int(seed)
+        self._train_sampler: EpochSampler | None = None
+        self._next_train_epoch = 0
 
     @property
     def categories(self) -> list[str]:
@@ -149,17 +158,30 @@ class AnomalyDataModule(L.LightningDataModule):
             max_image_pixels=self.train_source.max_image_pixels,
         )
         if self.train_mosaic_probability > 0:
-            dataset = MosaicDataset(dataset, self.train_mosaic_probability)
+            dataset = MosaicDataset(dataset, self.train_mosaic_probability, seed=self.seed)
+        if self.train_synthesis is not None:
+            dataset = SynthesizedAnomalies(dataset, self.train_synthesis)
         rank, world = rank_and_world()
         if world > 1:
             # trainer=ddp turns Lightning's sampler injection off (test shards must not be padded).
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True)
+            order = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         else:
-            sampler = RandomSampler(dataset) if self.train_synthesis is not None else None
-        if self.train_synthesis is not None:
-            # Synthesized defects are drawn per (epoch, item): the sampler carries the epoch to the workers.
-            dataset = SynthesizedAnomalies(dataset, self.train_synthesis)
-            sampler = EpochSampler(sampler)
-        if sampler is not None:
-            return self._loader(dataset, self.train_batch_size, sampler=sampler)
-        return self._loader(dataset, self.train_batch_size, shuffle=True)
+            order = ShuffledOrder(len(dataset), self.seed)
+        # Items that draw per epoch (mosaics, synthesized defects) get (epoch, index) keys.
+        sampler = EpochSampler(order, keyed=getattr(dataset, "takes_epoch", False))
+        # A reloaded loader goes on where the last one stopped; the first starts at the restored epoch.
+        previous = self._train_sampler
+        sampler.set_epoch(previous.epoch if previous is not None else self._next_train_epoch)
+        self._train_sampler = sampler
+        return self._loader(dataset, self.train_batch_size, sampler=sampler)
+
+    def state_dict(self) -> dict[str, int]:
+        """The training position saved with each checkpoint: the epoch the training sampler runs next."""
+        if self._train_sampler is None:
+            return {}
+        return {"train_epoch": int(self._train_sampler.epoch)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Continue the training data at the checkpoint's epoch (a resumed training)."""
+        self._next_train_epoch = int(state_dict.get("train_epoch", 0))
+        self._train_sampler = None

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from anomaly_vlm.data.dataset import AnomalyImageDataset
+from anomaly_vlm.data.sampling import epoch_key
+
+#: Last entry of the seed of a mosaic's draws (``[seed, epoch, index, MOSAIC_STREAM]``), apart from the
+#: synthesized defects' streams of the same item.
+MOSAIC_STREAM = 2
 
 
 class MosaicDataset(Dataset):
@@ -23,18 +29,27 @@ class MosaicDataset(Dataset):
     shrunk to ``S`` (antialiased bicubic for images, bilinear + 0.5 threshold for masks), where the
     release pasted the files at their native size and resized once.
 
+    Whether an item becomes a mosaic, and its tiles, are drawn from ``(seed, epoch, index)`` alone (keys
+    are ``(epoch, index)`` from :class:`~anomaly_vlm.data.synthesis.EpochSampler`; a plain index is
+    epoch 0), so they do not depend on the loader's workers or on where an interrupted training resumed.
+
     Args:
         dataset: the training dataset (must return masks).
         probability: chance of a mosaic per item (released value 0.2, MVTec-trained models only).
+        seed: with the epoch and the item, the seed of the draws.
     """
 
-    def __init__(self, dataset: AnomalyImageDataset, probability: float = 0.2) -> None:
+    #: Keys are ``(epoch, index)``.
+    takes_epoch = True
+
+    def __init__(self, dataset: AnomalyImageDataset, probability: float = 0.2, seed: int = 0) -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"mosaic probability must be in [0, 1], got {probability}")
         if not dataset.with_masks:
             raise ValueError("the mosaic augmentation needs a dataset with masks")
         self.dataset = dataset
         self.probability = float(probability)
+        self.seed = int(seed)
         groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for index, sample in enumerate(dataset.samples):
             groups[sample.category][sample.defect_type].append(index)
@@ -43,16 +58,18 @@ class MosaicDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _draw_tile(self, category: str) -> int:
+    def _draw_tile(self, category: str, rng: np.random.Generator) -> int:
         types = sorted(self.groups[category])
-        members = self.groups[category][types[int(torch.randint(len(types), ()).item())]]
-        return members[int(torch.randint(len(members), ()).item())]
+        members = self.groups[category][types[int(rng.integers(len(types)))]]
+        return members[int(rng.integers(len(members)))]
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = epoch_key(key)
         item = self.dataset[index]
-        if self.probability == 0.0 or float(torch.rand(())) >= self.probability:
+        rng = np.random.default_rng([self.seed, epoch, index, MOSAIC_STREAM])
+        if self.probability == 0.0 or rng.random() >= self.probability:
             return item
-        tiles = [self.dataset[self._draw_tile(item["category"])] for _ in range(4)]
+        tiles = [self.dataset[self._draw_tile(item["category"], rng)] for _ in range(4)]
         size = self.dataset.image_size
         image = torch.cat(
             [

@@ -1,15 +1,22 @@
-"""Few-shot reference draws: k normal training images per category, seeded, without replacement."""
+"""Few-shot reference draws (k normal training images per category, seeded, without replacement) and the
+order of the training items (a seeded shuffle per epoch)."""
 
 from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Sampler
 
 from anomaly_vlm.data.batch import Sample
 from anomaly_vlm.wording import counted
+
+#: Last entry of the seed of the training order's draws (``[seed, epoch, 0, ORDER_STREAM]``); the
+#: synthesized defects and the mosaics draw from other streams of the same seed.
+ORDER_STREAM = 3
 
 
 class ShotsError(ValueError):
@@ -47,3 +54,42 @@ def write_reference_log(path: Path, draws: dict[str, list[Sample]], shots: int, 
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))
+
+
+def epoch_key(key: int | tuple[int, int]) -> tuple[int, int]:
+    """``(epoch, index)`` of a training dataset key (see :class:`~anomaly_vlm.data.synthesis.EpochSampler`);
+    a plain index is epoch 0."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return 0, int(key)
+
+
+class ShuffledOrder(Sampler[int]):
+    """A new random order of ``range(length)`` every epoch, a function of ``(seed, epoch)`` alone.
+
+    Not drawn from the global torch generator (as a plain ``RandomSampler`` is): the order of an epoch
+    is then the same whether the loader runs in this process or in workers, and whether the training
+    ran from the start or resumed at this epoch.
+
+    Args:
+        length: how many items.
+        seed: with the epoch, the seed of the order.
+    """
+
+    def __init__(self, length: int, seed: int = 0) -> None:
+        self.length = int(length)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the next pass (Lightning calls it before every training epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch
+        self.epoch += 1  # iterated without set_epoch, each pass is the next epoch
+        order = np.random.default_rng([self.seed, epoch, 0, ORDER_STREAM]).permutation(self.length)
+        return iter(order.tolist())

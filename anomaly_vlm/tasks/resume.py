@@ -4,9 +4,11 @@ A job is finished when its folder holds a complete ``results.json`` (see
 :func:`anomaly_vlm.reporting.results.read_results`). Sweep and job folders are deterministic
 (:mod:`anomaly_vlm.resolvers`), so the same command finds the same folders again.
 
-Trainable jobs checkpoint every epoch into ``checkpoints/last.ckpt`` (trainable parameters, optimizer
-and loop state; never the frozen backbone). After training, ``checkpoints/trained.ckpt`` holds the
-final trainable parameters; a job killed while testing reloads it instead of training again.
+Trainable jobs checkpoint every epoch into ``checkpoints/last.ckpt`` (trainable parameters, optimizer,
+scheduler and loop state, random generator states and the training data's position; never the frozen
+backbone), so a resumed training ends with the parameters of an uninterrupted one, bit for bit. After
+training, ``checkpoints/trained.ckpt`` holds the final trainable parameters; a job killed while testing
+reloads it instead of training again.
 
 Jobs that would train identical parameters (the reference draws of a few-shot sweep) share them through
 ``<cache_dir>/trained/<fingerprint>.ckpt``: the first job trains, the others load (``reuse_trained``).
@@ -30,6 +32,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_vlm.callbacks.random_state import RandomStateCheckpoint
 from anomaly_vlm.reporting.results import RESULTS_FILE, read_results, run_git
 from anomaly_vlm.runtime import in_multirun
 from anomaly_vlm.tasks.errors import FinishedRunError
@@ -63,16 +66,23 @@ def finished_result(output_dir: Path, overwrite: bool) -> dict | None:
     )
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(RandomStateCheckpoint):
     """Writes ``checkpoints/last.ckpt`` at the end of every training epoch, atomically.
 
     Lightning's ``ModelCheckpoint`` writes ``last.ckpt`` only alongside a top-k checkpoint; this keeps
     exactly one file. The checkpoint holds what ``AnomalyMethod.on_save_checkpoint`` keeps (trainable
-    parameters and metadata) plus optimizer and loop state, so ``fit(ckpt_path=...)`` continues with the
-    next epoch.
+    parameters and metadata) plus everything that decides the rest of training, so ``fit(ckpt_path=...)``
+    continues with the next epoch exactly as an uninterrupted run would:
+
+    * optimizer, learning-rate scheduler and loop state (Lightning's own; it steps epoch-interval
+      schedulers at the epoch's last batch, so before this file is written);
+    * the random generator states of every process (:class:`RandomStateCheckpoint`);
+    * the datamodule's training position (the next epoch of its sampler, which fixes the order, the
+      mosaics and the synthesized defects: :meth:`AnomalyDataModule.state_dict`).
     """
 
     def __init__(self, output_dir: Path) -> None:
+        super().__init__()
         self.path = Path(output_dir) / LAST_CHECKPOINT
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset, Sampler
 
 from anomaly_vlm.data.dataset import AnomalyImageDataset
 from anomaly_vlm.data.image_io import load_image
+from anomaly_vlm.data.sampling import epoch_key
 from anomaly_vlm.data.synthesis.synthesizer import AnomalySynthesizer
 
 
@@ -17,30 +18,36 @@ class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` keys so an item's random draws depend on the epoch, not on loader state.
 
     Lightning calls ``set_epoch`` before every training epoch (also when it resumes one); iterated
-    without it, each pass counts as the next epoch. ``set_epoch`` reaches the wrapped sampler too (a
-    ``DistributedSampler`` reshuffles by it).
+    without it, each pass counts as the next epoch. Every pass hands its epoch to the wrapped sampler
+    too (a ``DistributedSampler`` or :class:`~anomaly_vlm.data.sampling.ShuffledOrder` reshuffles by it).
+
+    ``epoch`` is always the epoch of the next pass, which is what a resumed training restores: a loader
+    with workers asks for its first indices when it is created, before Lightning's ``set_epoch``.
 
     Args:
         sampler: the order of the indices (random, or a rank's shard under DDP).
+        keyed: yield ``(epoch, index)`` keys (for datasets whose items draw per epoch: mosaics,
+            synthesized defects); False yields the plain indices.
     """
 
-    def __init__(self, sampler: Sampler) -> None:
+    def __init__(self, sampler: Sampler, keyed: bool = True) -> None:
         self.sampler = sampler
+        self.keyed = keyed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-        if callable(getattr(self.sampler, "set_epoch", None)):
-            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int]] | Iterator[int]:
         epoch = self.epoch
         self.epoch += 1
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
         for index in self.sampler:
-            yield epoch, int(index)
+            yield (epoch, int(index)) if self.keyed else int(index)
 
 
 class SynthesizedAnomalies(Dataset):
@@ -54,6 +61,9 @@ class SynthesizedAnomalies(Dataset):
         dataset: training items with masks (an :class:`AnomalyImageDataset`, or a mosaic of one).
         synthesizer: makes the defects.
     """
+
+    #: Keys are ``(epoch, index)`` (:class:`EpochSampler`); a plain index is epoch 0.
+    takes_epoch = True
 
     def __init__(self, dataset: Dataset, synthesizer: AnomalySynthesizer) -> None:
         base = getattr(dataset, "dataset", dataset)
@@ -88,8 +98,8 @@ class SynthesizedAnomalies(Dataset):
         return donor
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        item = self.dataset[index]
+        epoch, index = epoch_key(key)
+        item = self.dataset[(epoch, index) if getattr(self.dataset, "takes_epoch", False) else index]
         if item["label"] != 0:
             return item
         image = item["image"].permute(1, 2, 0).numpy()

@@ -216,7 +216,7 @@ def test_epoch_sampler_carries_the_epoch_and_forwards_set_epoch():
     assert list(sampler) == [(0, 2), (0, 0), (0, 1)]
     assert [epoch for epoch, _ in sampler] == [1, 1, 1]  # a second pass is the next epoch
     sampler.set_epoch(7)
-    assert list(sampler) == [(7, 2), (7, 0), (7, 1)] and sampler.sampler.epochs == [7]
+    assert list(sampler) == [(7, 2), (7, 0), (7, 1)] and sampler.sampler.epochs == [0, 1, 7]
     assert len(sampler) == 3
 
 
