@@ -66,6 +66,14 @@ class AnomalyMethod(L.LightningModule):
     #: Constructor options (``method.<key>``) that name backbone blocks; null values take the method's
     #: default for the backbone's depth and are not checked.
     block_options: ClassVar[Mapping[str, BlockOption]] = {}
+    #: The block option (a key of :attr:`block_options`) that chooses the blocks the method taps, read by
+    #: the layer analysis; None for a method without one.
+    tap_option: ClassVar[str | None] = None
+    #: What the published setting taps: ``"scaled"`` (the default blocks, scaled to the backbone depth) or
+    #: ``"last"`` (the last block alone).
+    published_taps: ClassVar[str] = "scaled"
+    #: Reads a text prompt set (False: tables show none for it).
+    uses_prompts: ClassVar[bool] = True
     #: Disk cache of frozen features (:mod:`anomaly_vlm.cache`), set by the runner; None computes them.
     feature_cache: FeatureCache | None = None
     #: File digests of the reference images handed to the next ``setup_category`` (set around that call

@@ -42,6 +42,7 @@ class AdaCLIPModule(AnomalyMethod):
         "layers": BlockOption(),
         "prompt_depth": BlockOption(many=False, encoders=("vision", "text")),
     }
+    tap_option = "layers"
 
     def __init__(
         self,

@@ -39,6 +39,8 @@ class AnomalyCLIPModule(AnomalyMethod):
     supports_few_shot = False
     trains_on_auxiliary_data = True
     block_options = {"layers": BlockOption(), "dpam_start": BlockOption(many=False)}
+    tap_option = "layers"
+    published_taps = "last"
 
     def __init__(
         self,

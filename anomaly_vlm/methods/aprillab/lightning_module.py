@@ -52,6 +52,7 @@ class AprilGANModule(AnomalyMethod):
     supports_few_shot = True
     trains_on_auxiliary_data = True
     block_options = {"stages": BlockOption(), "few_shot_stages": BlockOption()}
+    tap_option = "stages"
 
     def __init__(
         self,

@@ -61,6 +61,7 @@ class MuScModule(AnomalyMethod):
     method_name = "musc"
     supports_few_shot = False
     block_options = {"layers": BlockOption()}
+    tap_option = "layers"
     #: Scores a category's test images against each other (the torch model says the same): results are
     #: marked, never ranked silently with methods that score each image on its own. A class attribute,
     #: so the protocol is known from the config before anything is built.
