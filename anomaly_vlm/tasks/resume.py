@@ -115,7 +115,8 @@ TRAINED_CACHE_FOLDER = "trained"
 
 #: Config keys (dotted paths) that never change the trained parameters. Everything else in the config
 #: counts, so a key added later is training-relevant until someone lists it here (a stale checkpoint
-#: is never reused by mistake; at worst a training runs again).
+#: is never reused by mistake; at worst a training runs again). Every key of the shipped configs is
+#: classified, here or in :data:`TRAINING_KEYS` (tests/unit/tasks/test_fingerprint.py checks it).
 NOT_TRAINING_KEYS: tuple[str, ...] = (
     # what is evaluated, and how the results are reported
     "task_name",
@@ -125,8 +126,13 @@ NOT_TRAINING_KEYS: tuple[str, ...] = (
     "reference_draws",
     "data",  # the evaluated dataset; its class_names do count (see TRAINING_EXCEPTIONS)
     "ckpt_path",
+    "detector",
+    "threshold",  # decisions are fitted after training, on scores
+    "metrics",
     "save_predictions",
     "save_heatmaps",
+    "save_detector",
+    "detector_set_dependence",
     "num_overlays",
     "overwrite",
     "reuse_trained",
@@ -137,10 +143,14 @@ NOT_TRAINING_KEYS: tuple[str, ...] = (
     "logger",
     "callbacks",
     "datamodule.batch_size",  # the test loader
+    # the training data of an epoch is a function of (seed, epoch), wherever the loader runs
     "datamodule.num_workers",
     # a limit on input files refuses files; what is read within it trains the same parameters
     "train_data.max_image_pixels",
     "train_data.synthesis.max_image_pixels",
+    # where the backbone's weights are read from, not which weights
+    "backbone.cache_dir",
+    "method.progress",  # a progress bar
     # exact (float32) cached features are the features; only a rounding dtype changes what is learned
     "feature_cache.enabled",
     "feature_cache.dir",
@@ -155,6 +165,33 @@ NOT_TRAINING_KEYS: tuple[str, ...] = (
     "trainer.log_every_n_steps",
     "trainer.enable_checkpointing",
     "trainer.num_sanity_val_steps",
+)
+#: Config keys that do change the trained parameters (documentation of a decision: the fingerprint
+#: counts every key not in :data:`NOT_TRAINING_KEYS`). A group listed whole counts with all its keys
+#: except those excluded above; ``datamodule``, ``trainer`` and ``feature_cache`` mix both kinds, so
+#: each of their keys is listed on one side.
+TRAINING_KEYS: tuple[str, ...] = (
+    "seed",  # initialisation, training order, mosaics, synthesized defects
+    "backbone",
+    "prompts",
+    "method",
+    "train_data",
+    "datamodule._target_",
+    "datamodule.image_size",
+    "datamodule.train_split",
+    "datamodule.train_batch_size",
+    "datamodule.train_mosaic_probability",
+    "datamodule.seed",
+    "feature_cache._target_",
+    "feature_cache.dtype",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.strategy",
+    "trainer.precision",
+    "trainer.max_epochs",
+    "trainer.limit_train_batches",
+    "trainer.sync_batchnorm",
+    "trainer.use_distributed_sampler",
 )
 #: Keys below an excluded key that still count: the class names of the evaluated data enter the
 #: prompts of training-time text features.
@@ -196,7 +233,9 @@ def _without_excluded(node: DictConfig, prefix: str) -> dict[str, Any]:
             continue
         if OmegaConf.is_missing(node, key):
             out[key] = "???"
-        elif any(excluded.startswith(f"{dotted}.") for excluded in NOT_TRAINING_KEYS):
+        elif OmegaConf.is_dict(node[key]) and any(
+            excluded.startswith(f"{dotted}.") for excluded in NOT_TRAINING_KEYS
+        ):
             out[key] = _without_excluded(node[key], f"{dotted}.")
         else:
             out[key] = _plain(node[key])
