@@ -22,9 +22,16 @@ SWEEP = (
 )
 
 
+def _own_cache(tmp_path) -> str:
+    """A cache folder of this test alone: the shared trained parameters live in ``<cache>/trained``, and
+    a training another test already published there would be loaded instead of trained."""
+    return f"paths.cache_dir={tmp_path / 'cache'}"
+
+
 def test_reference_draws_share_one_training(run_entry_point, tmp_path):
-    result = run_entry_point("train.py", *SWEEP, f"hydra.sweep.dir={tmp_path}")
-    payloads = [json.loads(path.read_text()) for path in sorted(tmp_path.rglob("results.json"))]
+    sweep = tmp_path / "sweep"
+    result = run_entry_point("train.py", *SWEEP, f"hydra.sweep.dir={sweep}", _own_cache(tmp_path))
+    payloads = [json.loads(path.read_text()) for path in sorted(sweep.rglob("results.json"))]
     assert len(payloads) == 2
     first, second = sorted(payloads, key=lambda payload: payload["config"]["reference_seed"])
     assert first["trained_checkpoint"].endswith("checkpoints/trained.ckpt")
@@ -49,20 +56,22 @@ def test_neutral_keys_are_the_hydra_exclude_keys():
 @pytest.mark.slow
 def test_parallel_joblib_jobs_train_the_shared_parameters_once(run_entry_point, tmp_path):
     """Two jobs launched at once by joblib: one trains, the other waits for its lock and loads."""
-    sweep = [item for item in SWEEP if not item.startswith("reference_seed")]
+    overrides = [item for item in SWEEP if not item.startswith("reference_seed")]
+    sweep = tmp_path / "sweep"
     run_entry_point(
         "train.py",
-        *sweep,
+        *overrides,
         "reference_seed=0,2",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
+        _own_cache(tmp_path),
         timeout=900,
     )
-    payloads = [json.loads(path.read_text()) for path in sorted(tmp_path.rglob("results.json"))]
+    payloads = [json.loads(path.read_text()) for path in sorted(sweep.rglob("results.json"))]
     assert len(payloads) == 2
     checkpoints = sorted(payload["trained_checkpoint"] for payload in payloads)
     trained_here = [path for path in checkpoints if path.endswith("checkpoints/trained.ckpt")]
     assert len(trained_here) == 1, checkpoints  # exactly one job trained
     assert any("/trained/" in path for path in checkpoints)
-    assert len(list(tmp_path.rglob("checkpoints/last.ckpt"))) == 1  # only the training job ran epochs
+    assert len(list(sweep.rglob("checkpoints/last.ckpt"))) == 1  # only the training job ran epochs
