@@ -7,7 +7,7 @@ size, MVTec AD / VisA under ``DATA_ROOT``). Everything but the sweeps is the sam
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from anomaly_vlm.analysis.figures import (
 from anomaly_vlm.analysis.records import Record, format_value
 from anomaly_vlm.analysis.sweeps import Sweep
 from anomaly_vlm.analysis.tables import Table, write_table
+from anomaly_vlm.methods.catalog import MethodInfo, method_info, method_names
 from anomaly_vlm.reporting.runs import load_published, published_value
 
 SCALES = ("tiny", "published")
@@ -36,34 +37,6 @@ TINY_TEST = "data.categories=[disc]"
 TINY_TRAIN = "train_data.categories=[brick,grass,gravel]"
 TINY_COMMON = ("logger=none", "num_overlays=0", "datamodule.num_workers=0", TINY_TEST)
 
-#: Per method and scale, the overrides of its standard setting.
-METHOD_SETUPS: dict[str, dict[str, tuple[str, ...]]] = {
-    "clip": {
-        "tiny": ("experiment=demo", "method=clip", *TINY_COMMON),
-        "published": ("method=clip", "data=mvtec"),
-    },
-    "winclip": {
-        "tiny": ("experiment=demo", "method=winclip", *TINY_COMMON),
-        "published": ("experiment=winclip_mvtec",),
-    },
-    "aprillab": {
-        "tiny": ("experiment=aprillab_synthetic", "trainer.max_epochs=1", TINY_TRAIN, *TINY_COMMON),
-        "published": ("experiment=aprillab_mvtec",),
-    },
-    "anomalyclip": {
-        "tiny": ("experiment=anomalyclip_synthetic", "trainer.max_epochs=1", TINY_TRAIN, *TINY_COMMON),
-        "published": ("experiment=anomalyclip_mvtec",),
-    },
-    "musc": {
-        "tiny": ("experiment=musc_synthetic", *TINY_COMMON),
-        "published": ("experiment=musc_mvtec",),
-    },
-    "promptad": {
-        "tiny": ("experiment=promptad_synthetic", *TINY_COMMON),
-        "published": ("experiment=promptad_mvtec",),
-    },
-}
-
 #: Vision blocks of the backbones the methods use at each scale (tiny: 8; ViT-L-14-336: 24).
 DEPTH = {"tiny": 8, "published": 24}
 
@@ -74,7 +47,29 @@ ZERO_SHOT = ("shots=0", "reference_seed=0")
 
 
 def setup(method: str, scale: str) -> tuple[str, ...]:
-    return METHOD_SETUPS[method][scale]
+    """The overrides of a method's standard setting at a scale, from its catalog entry.
+
+    Tiny: its ``<method>_synthetic`` experiment (else the demo's data with ``method=<method>``), one epoch on
+    three synthetic categories when it trains. Published: its ``<method>_mvtec`` experiment (else MVTec AD
+    with the method's defaults).
+    """
+    info = method_info(method)
+    if scale == "tiny":
+        if f"{method}_synthetic" in info.experiments:
+            base: tuple[str, ...] = (f"experiment={method}_synthetic",)
+        else:
+            base = ("experiment=demo", f"method={method}")
+        if info.trains:
+            base = (*base, "trainer.max_epochs=1", TINY_TRAIN)
+        return (*base, *TINY_COMMON)
+    if f"{method}_mvtec" in info.experiments:
+        return (f"experiment={method}_mvtec",)
+    return (f"method={method}", "data=mvtec")
+
+
+def methods_where(keep: Callable[[MethodInfo], bool]) -> tuple[str, ...]:
+    """The methods whose catalog entry passes ``keep``, by name."""
+    return tuple(name for name in method_names() if keep(method_info(name)))
 
 
 def sweep_list(values: Sequence[object]) -> str:
@@ -128,9 +123,8 @@ def _env(scale: str) -> dict[str, str]:
 
 
 # ----- layers ----------------------------------------------------------------------------------------------
-#: Per multi-layer method: the config key of its tap blocks and whether its published combination is a
-#: list of several blocks (``null`` = the method default) or the last block alone (AnomalyCLIP: [24]).
-TAP_KEYS = {"aprillab": "method.stages", "anomalyclip": "method.layers", "musc": "method.layers"}
+#: Per multi-layer method (its class names a ``tap_option``): the config key of its tap blocks.
+TAP_KEYS = {name: f"method.{method_info(name).tap_option}" for name in methods_where(lambda m: m.tap_option)}
 
 
 def layer_blocks(scale: str) -> list[int]:
@@ -156,7 +150,9 @@ class LayersAnalysis(Analysis):
         blocks = [[block] for block in layer_blocks(scale)]
         sweeps = []
         for method, key in TAP_KEYS.items():
-            combination = [] if method == "anomalyclip" else [None]
+            # The published combination: the default blocks (null), or the last block alone (a point of
+            # the single-block line already).
+            combination = [] if method_info(method).published_taps == "last" else [None]
             sweeps.append(
                 Sweep(
                     f"layers-{method}",
@@ -213,8 +209,8 @@ class LayersAnalysis(Analysis):
 
 
 # ----- shots ------------------------------------------------------------------------------------------------
-SHOT_METHODS = ("winclip", "aprillab", "promptad")
-FEW_SHOT_ONLY = ("promptad",)
+SHOT_METHODS = methods_where(lambda m: m.few_shot)
+FEW_SHOT_ONLY = methods_where(lambda m: not m.zero_shot)
 SHOTS = (1, 2, 4, 8)
 #: Reference draws per few-shot setting (tiny: two, enough for a spread band on a CPU).
 DRAWS = {"tiny": (0, 1), "published": (0, 1, 2)}
@@ -305,14 +301,13 @@ SIZES = {
     "tiny": {16: (64, 96, 128)},
     "published": {16: (240, 336, 448, 512), 14: (224, 336, 448, 518)},
 }
-PATCH = {"clip": 16, "winclip": 16, "promptad": 16, "aprillab": 14, "anomalyclip": 14, "musc": 14}
 #: Latency is measured on the model, so no job reads features from the cache.
 UNCACHED = "feature_cache.enabled=false"
 
 
 def sizes_for(method: str, scale: str) -> tuple[int, ...]:
     table = SIZES[scale]
-    return table.get(PATCH[method], next(iter(table.values())))
+    return table.get(method_info(method).patch_size, next(iter(table.values())))
 
 
 class ResolutionAnalysis(Analysis):
@@ -367,7 +362,8 @@ class ResolutionAnalysis(Analysis):
         return section
 
 
-EFFICIENCY_METHODS = ("anomalyclip", "promptad")
+#: Every method the resolution sweeps leave out, at its own size.
+EFFICIENCY_METHODS = methods_where(lambda m: m.name not in RESOLUTION_METHODS)
 #: Published scale: the training-free baselines on other backbones too (each at its native size).
 BACKBONES = ("vit_b16", "vit_b16_plus_240", "vit_l14_336")
 
@@ -537,7 +533,7 @@ class PromptsAnalysis(Analysis):
 
 
 # ----- cross-domain ---------------------------------------------------------------------------------------
-CROSS_METHODS = ("aprillab", "anomalyclip")
+CROSS_METHODS = methods_where(lambda m: m.trains)
 #: The suite: tiny = synthetic categories as domains (a texture and an object); published = datasets.
 DOMAINS = {"tiny": ("brick", "nut"), "published": ("mvtec", "visa", "mpdd", "btad")}
 

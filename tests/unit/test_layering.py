@@ -32,8 +32,9 @@ LAYERS: dict[str, int] = {
     "reporting": 2,
     # methods: backbone + prompts + typed batches
     "methods": 3,
-    # analyses over many runs' results.json (runs train.py in a subprocess, so it imports no task)
-    "analysis": 3,
+    # analyses over many runs' results.json (runs train.py in a subprocess, so it imports no task); it
+    # reads the method catalog
+    "analysis": 4,
     # what runs around a method: the evaluation path, efficiency probe, loggers
     "callbacks": 4,
     "loggers": 4,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from anomaly_vlm.analysis.analyses import CrossDomainAnalysis, ShotsAnalysis
 from anomaly_vlm.analysis.run import main
+from anomaly_vlm.analysis.sweeps import sweep_folder
+from anomaly_vlm.wording import counted
 
 
 def test_no_results_name_the_command_that_runs_the_sweeps(results, tmp_path, capsys):
@@ -10,7 +13,8 @@ def test_no_results_name_the_command_that_runs_the_sweeps(results, tmp_path, cap
     status = main(["shots", "--scale", "tiny", "--no-run", "--out", str(out), "--outputs", str(results.root)])
     assert status == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    folder = results.root / "train" / "multiruns" / "analysis-tiny-shots-winclip-zero"
+    first = ShotsAnalysis().sweeps("tiny")[0]  # the sweeps follow the method catalog
+    folder = sweep_folder(first, "tiny", results.root)
     assert len(errors) == 1 and errors[0].startswith(
         f"error: analysis 'shots' (tiny) has no results in {folder} and "
     )
@@ -41,7 +45,7 @@ def test_analyses_with_results_are_drawn_and_the_missing_ones_still_fail(results
     assert not (out / "tiny" / "shots").exists()
 
 
-def test_two_sweep_folders_name_one_more_in_the_singular(results, tmp_path, capsys):
+def test_the_other_sweep_folders_are_counted(results, tmp_path, capsys):
     argv = [
         "crossdomain",
         "--scale",
@@ -53,4 +57,5 @@ def test_two_sweep_folders_name_one_more_in_the_singular(results, tmp_path, caps
         str(results.root),
     ]
     assert main(argv) == 1
-    assert " and 1 more sweep folder: " in capsys.readouterr().err
+    others = len(CrossDomainAnalysis().sweeps("tiny")) - 1
+    assert f" and {counted(others, 'more sweep folder')}: " in capsys.readouterr().err
