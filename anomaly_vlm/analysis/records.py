@@ -16,26 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from anomaly_vlm.reporting.identity import uses_prompts
-from anomaly_vlm.reporting.results import read_results
-from anomaly_vlm.reporting.tables import config_fields, find_result_files
+from anomaly_vlm.reporting.collection import REPLICATE_KEYS, TOP_LEVEL, read_runs
+from anomaly_vlm.reporting.identity import config_fields, uses_prompts
 
 log = logging.getLogger(__name__)
-
-#: Dimensions read from the top level of ``results.json`` (everything else is a dotted config key).
-TOP_LEVEL = (
-    "method",
-    "backbone",
-    "prompts",
-    "dataset",
-    "train_dataset",
-    "shots",
-    "transductive",
-    "untrained",
-)
-
-#: Replicates: averaged over (mean ± std), never a dimension of a figure.
-REPLICATE_KEYS = ("seed", "reference_seed")
 
 #: Readable names of the dimensions the analyses plot.
 DIMENSION_LABELS = {
@@ -205,38 +189,10 @@ class Record:
 
 
 def load_records(folders: Iterable[str | Path]) -> list[Record]:
-    """Every complete ``results.json`` below the folders (missing folders are skipped: a sweep that has
-    not run yet has none), each file once.
-
-    Two results of one configuration and replicate are one run computed twice: the newer is kept, and
-    the dropped one is logged as a warning naming both files.
-    """
-    records: dict[str, Record] = {}
-    seen: set[Path] = set()
-    for folder in folders:
-        if not Path(folder).exists():
-            continue
-        for path in find_result_files([folder]):
-            if Path(path).resolve() in seen:
-                continue
-            seen.add(Path(path).resolve())
-            run = read_results(path)
-            if run is None:
-                continue
-            record = Record(Path(path), run)
-            identity = dump([record.fields(), [record.value(name) for name in REPLICATE_KEYS]])
-            kept = records.get(identity)
-            if kept is not None:
-                newer = kept if str(kept.run.get("created", "")) >= str(run.get("created", "")) else record
-                log.warning(
-                    "duplicate results of one run: %s and %s; kept %s (the newer), dropped the other",
-                    kept.source,
-                    record.source,
-                    newer.source,
-                )
-                record = newer
-            records[identity] = record
-    return list(records.values())
+    """Every finished run below the folders, one record per run
+    (:func:`~anomaly_vlm.reporting.collection.read_runs`; missing folders are skipped: a sweep that has
+    not run yet has none)."""
+    return [Record(path, run) for path, run in read_runs(folders, missing_ok=True).runs]
 
 
 def dump(value: Any) -> str:

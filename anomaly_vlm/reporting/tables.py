@@ -27,10 +27,11 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from anomaly_vlm.metrics import METRIC_NAMES
+from anomaly_vlm.reporting.collection import read_runs
 from anomaly_vlm.reporting.console import METRIC_HEADERS
 from anomaly_vlm.reporting.identity import config_fields, flatten_config, uses_prompts
-from anomaly_vlm.reporting.results import RESULTS_FILE, read_results
-from anomaly_vlm.reporting.runs import NO_PROMPTS, Group, load_published, published_value, replicate_of
+from anomaly_vlm.reporting.results import RESULTS_FILE
+from anomaly_vlm.reporting.runs import NO_PROMPTS, Group, load_published, published_value
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ __all__ = [
     "load_published",
     "make_tables",
     "published_value",
-    "replicate_of",
 ]
 
 EFFICIENCY_FIELDS = (
@@ -78,20 +78,6 @@ TRANSDUCTIVE_NOTE = (
 
 
 # ----- collecting results ---------------------------------------------------------------------------------
-def find_result_files(folders: list[str | Path]) -> list[Path]:
-    """Every ``results.json`` below the given folders (or the files themselves)."""
-    files: list[Path] = []
-    for folder in folders:
-        folder = Path(folder)
-        if folder.is_file():
-            files.append(folder)
-        elif folder.is_dir():
-            files.extend(sorted(folder.rglob(RESULTS_FILE)))
-        else:
-            raise FileNotFoundError(f"results folder does not exist: {folder}")
-    return files
-
-
 def latest_sweeps(output_root: str | Path = "outputs") -> list[Path]:
     """The most recently finished sweep folder of each task (``<root>/<task>/multiruns/<sweep>``)."""
     latest: list[Path] = []
@@ -151,64 +137,39 @@ def _variants(runs: list[tuple[tuple, dict]]) -> list[str]:
     return variants
 
 
-def _read(files: list[Path]) -> list[tuple[Path, dict]]:
-    """The complete results among ``files``, each file once (nested result folders list files twice)."""
-    seen: set[Path] = set()
-    runs = []
-    for path in files:
-        resolved = Path(path).resolve()
-        if resolved in seen:
-            continue
-        seen.add(resolved)
-        run = read_results(path)
-        if run is not None:
-            runs.append((Path(path), run))
-    return runs
-
-
-def collect(files: list[Path]) -> list[Group]:
-    """Group the complete results among ``files`` by configuration (:func:`collect_runs`)."""
-    return collect_runs(_read(files))
+def collect(folders: list[str | Path]) -> list[Group]:
+    """Group the finished runs below ``folders`` (or of the files given) by configuration."""
+    return collect_runs(read_runs(folders).runs)
 
 
 def collect_runs(runs: list[tuple[Path, dict]]) -> list[Group]:
-    """Group complete results (``(path, results)``) by configuration; a replicate seen twice keeps its
-    newest result.
+    """Group finished runs by configuration.
+
+    ``runs``: ``(path, results)``, one per run (:func:`~anomaly_vlm.reporting.collection.read_runs`).
 
     Runs whose configs differ in anything but the replicate seeds and the keys that cannot change a
     number (:mod:`anomaly_vlm.reporting.identity`) are separate configurations (rows), labelled with the
-    differing values. A result dropped because another of the same configuration and replicate is newer
-    is logged as a warning naming both files.
+    differing values.
     """
     groups: dict[tuple, Group] = {}
-    newest: dict[tuple, tuple[Path, dict]] = {}
-    keyed: list[tuple[tuple, dict]] = []
-    paths: list[Path] = []
-    for path, run in runs:
-        key = (
-            run.get("dataset") or "unknown",
-            run.get("method") or "unknown",
-            run.get("backbone") or "unknown",
-            (run.get("prompts") or "unknown") if uses_prompts(run) else NO_PROMPTS,
-            int(run.get("shots") or 0),
-            run.get("train_dataset"),
-            bool(run.get("untrained", False)),
-            run.get("aupro") or "exact",
+    keyed = [
+        (
+            (
+                run.get("dataset") or "unknown",
+                run.get("method") or "unknown",
+                run.get("backbone") or "unknown",
+                (run.get("prompts") or "unknown") if uses_prompts(run) else NO_PROMPTS,
+                int(run.get("shots") or 0),
+                run.get("train_dataset"),
+                bool(run.get("untrained", False)),
+                run.get("aupro") or "exact",
+            ),
+            run,
         )
-        keyed.append((key, run))
-        paths.append(path)
-    for (key, run), variant, path in zip(keyed, _variants(keyed), paths, strict=True):
+        for _, run in runs
+    ]
+    for (key, run), variant in zip(keyed, _variants(keyed), strict=True):
         key = (*key, variant)
-        seed_key = (*key, replicate_of(run))
-        if seed_key in newest:
-            kept_path, kept = newest[seed_key]
-            if str(kept.get("created", "")) >= str(run.get("created", "")):
-                _report_duplicate(seed_key, path, kept_path, kept=kept_path)
-                continue
-            _report_duplicate(seed_key, kept_path, path, kept=path)
-        newest[seed_key] = (path, run)
-    for seed_key, (_, run) in newest.items():
-        key = seed_key[:-1]
         if key not in groups:
             groups[key] = Group(*key)
         groups[key].runs.append(run)
@@ -216,22 +177,6 @@ def collect_runs(runs: list[tuple[Path, dict]]) -> list[Group]:
     return sorted(
         groups.values(),
         key=lambda g: (g.dataset, g.transductive, g.method, g.backbone, g.prompts, g.variant, g.shots),
-    )
-
-
-def _report_duplicate(seed_key: tuple, first: Path, second: Path, kept: Path) -> None:
-    dataset, method, _, _, shots, *_, variant, (seed, reference_seed) = seed_key
-    what = f"{method} on {dataset}, shots={shots}, seed={seed}"
-    if reference_seed is not None:
-        what += f", reference_seed={reference_seed}"
-    if variant:
-        what += f" [{variant}]"
-    log.warning(
-        "duplicate results of one run (%s): %s and %s; kept %s (the newer), dropped the other",
-        what,
-        first,
-        second,
-        kept,
     )
 
 
@@ -553,21 +498,10 @@ def make_tables(
     Raises:
         FileNotFoundError: a results folder does not exist, or none holds a complete results.json.
     """
-    # Each file is read once, also when nested folders both list it; each folder counts its own.
-    cache: dict[Path, dict | None] = {}
-    runs: list[tuple[Path, dict]] = []
-    for folder in results:
-        found = find_result_files([folder])
-        for path in found:
-            key = Path(path).resolve()
-            if key not in cache:
-                cache[key] = read_results(path)
-                if cache[key] is not None:
-                    runs.append((Path(path), cache[key]))
-        if read_counts is not None:
-            complete = sum(cache[Path(path).resolve()] is not None for path in found)
-            read_counts[str(folder)] = (complete, len(found) - complete)
-    groups = collect_runs(runs)
+    collection = read_runs(results)
+    if read_counts is not None:
+        read_counts.update(collection.counts)
+    groups = collect_runs(collection.runs)
     if not groups:
         raise FileNotFoundError(
             f"no complete {RESULTS_FILE} below {[str(r) for r in results]}; run a sweep first "

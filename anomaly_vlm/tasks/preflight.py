@@ -3,7 +3,8 @@
 ``python -m anomaly_vlm.tasks.preflight experiment=winclip_mvtec [more overrides]`` composes the train
 config with the given overrides and checks, in seconds and without building a model, that
 
-* the config composes (e.g. the experiment file exists in ``conf/experiment``);
+* the config composes (e.g. the experiment file exists in ``conf/experiment``) and passes the checks
+  every run makes before it builds anything (:func:`~anomaly_vlm.tasks.config_checks.check_config`);
 * the evaluated dataset (``data``) and the auxiliary training dataset (``train_data``, if any; for a
   method that trains without one, the published protocol's partner of ``data``) are where the config
   says, with their categories -- for a sweep, every dataset it would read: swept ``data``/``train_data``

@@ -102,7 +102,11 @@ def test_zeroshot_suite_trains_once_and_tables_group_per_dataset(run_entry_point
 
 
 def test_preflight_checks_every_dataset_of_a_suite(data_root, capsys):
-    common = ["experiment=anomalyclip_zeroshot_suite", "backbone=tiny", f"paths.data_dir={data_root}"]
+    # The tiny backbone has 8 vision and 4 text blocks: the suite's published layers=[24] and prompt depth 9
+    # would be refused by the config check.
+    common = ["experiment=anomalyclip_zeroshot_suite", "backbone=tiny", "method.layers=[8]"]
+    common += ["prompts.deep_prompt_depth=4"]
+    common += [f"paths.data_dir={data_root}"]
     common += ["train_data=meta_json", f"train_data.root={data_root / 'converted'}"]
     assert preflight_main([*common, "data=btad,mpdd,mvtec_loco"]) == 0
     out = capsys.readouterr().out

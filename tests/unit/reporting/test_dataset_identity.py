@@ -54,7 +54,7 @@ def test_a_benchmark_in_two_places_is_one_dataset_and_the_dropped_duplicate_is_r
     old = _result(tmp_path / "a", MVTEC, "/disk1/mvtec", "mvtec", 0.9, "2026-01-01")
     new = _result(tmp_path / "b", MVTEC, "/disk2/mvtec", "mvtec", 0.6, "2026-01-02")
     with caplog.at_level(logging.WARNING):
-        (group,) = tables.collect(tables.find_result_files([tmp_path]))
+        (group,) = tables.collect([tmp_path])
     assert group.metric_values("image_auroc") == [60.0]
     (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert str(old) in warning and str(new) in warning and f"kept {new}" in warning
@@ -63,5 +63,5 @@ def test_a_benchmark_in_two_places_is_one_dataset_and_the_dropped_duplicate_is_r
 def test_the_same_file_read_twice_is_no_duplicate(tmp_path: Path, caplog) -> None:
     _result(tmp_path / "a", MVTEC, "/disk1/mvtec", "mvtec", 0.9, "2026-01-01")
     with caplog.at_level(logging.WARNING):
-        (group,) = tables.collect(tables.find_result_files([tmp_path, tmp_path / "a"]))
+        (group,) = tables.collect([tmp_path, tmp_path / "a"])
     assert len(group.runs) == 1 and not caplog.records

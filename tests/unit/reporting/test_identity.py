@@ -107,7 +107,7 @@ def test_train_evaluate_and_demo_runs_differing_in_neutral_keys_are_one_row(demo
     ]
     for seed, config in enumerate([train, demo_config, demo, *others]):
         _result(tmp_path / f"run{seed}", config, seed=seed)
-    (group,) = tables.collect(tables.find_result_files([tmp_path]))
+    (group,) = tables.collect([tmp_path])
     assert group.method_label == "clip" and len(group.seeds) == 9
 
 
@@ -118,5 +118,5 @@ def test_train_evaluate_and_demo_runs_differing_in_neutral_keys_are_one_row(demo
 def test_keys_that_change_numbers_split_rows(demo_config, tmp_path, key, value) -> None:
     _result(tmp_path / "a", demo_config)
     _result(tmp_path / "b", _set(demo_config, key, value))
-    groups = tables.collect(tables.find_result_files([tmp_path]))
+    groups = tables.collect([tmp_path])
     assert len(groups) == 2 and any(key in group.method_label for group in groups)

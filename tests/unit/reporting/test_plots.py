@@ -95,7 +95,7 @@ def test_bars_and_latency_of_a_dozen_labelled_configurations_plot_without_warnin
         payload = json.loads(path.read_text())
         payload["config"] = {"data": {"categories": None}, "method": {"option": "y" * 40 + str(index)}}
         path.write_text(json.dumps(payload))
-    groups = tables.collect(tables.find_result_files([tmp_path / "runs"]))
+    groups = tables.collect([tmp_path / "runs"])
     rows = tables.summary_rows(groups, [])
     assert len(groups) == 12
     with warnings.catch_warnings():

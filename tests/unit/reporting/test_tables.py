@@ -100,7 +100,7 @@ def test_summary_has_mean_std_published_and_delta(sweep: Path, tmp_path: Path) -
 def test_newest_result_of_a_seed_wins_and_latest_sweep(sweep: Path, tmp_path: Path) -> None:
     other = sweep.parent / "later"
     fake_result(other, "winclip", "mvtec", 0, 0, 0.50, created="2027-01-01T00:00:00")
-    groups = tables.collect(tables.find_result_files([sweep, other]))
+    groups = tables.collect([sweep, other])
     zero = next(g for g in groups if g.shots == 0)
     assert len(zero.runs) == 3 and min(zero.metric_values("image_auroc")) == pytest.approx(49.0)
     assert tables.latest_sweeps(tmp_path / "outputs") == [other]
@@ -124,7 +124,7 @@ def test_reference_draws_are_replicates_even_with_one_training_seed(tmp_path: Pa
     root = tmp_path / "draws"
     for draw in (0, 1, 2):
         fake_result(root / f"r{draw}", "aprillab", "mvtec", 4, 111, 0.9 + 0.01 * draw, reference_seed=draw)
-    (group,) = tables.collect(tables.find_result_files([root]))
+    (group,) = tables.collect([root])
     assert group.seeds == [(111, 0), (111, 1), (111, 2)]
     assert len(group.metric_values("image_auroc")) == 3
 
@@ -153,7 +153,7 @@ def test_sweeps_that_differ_in_config_are_separate_rows(tmp_path: Path) -> None:
         _with_config(a, data={"categories": None}, trainer={"max_epochs": 1})
         b = fake_result(tmp_path / "b", "winclip", "mvtec", 0, seed, 0.8)
         _with_config(b, data={"categories": ["bottle"]}, trainer={"max_epochs": 1})
-    groups = tables.collect(tables.find_result_files([tmp_path / "a", tmp_path / "b"]))
+    groups = tables.collect([tmp_path / "a", tmp_path / "b"])
     assert len(groups) == 2 and all(len(group.runs) == 2 for group in groups)  # seeds are replicates
     labels = sorted(group.method_label for group in groups)
     assert labels == ["winclip [data.categories=None]", "winclip [data.categories=['bottle']]"]
@@ -162,7 +162,7 @@ def test_sweeps_that_differ_in_config_are_separate_rows(tmp_path: Path) -> None:
 def test_untrained_runs_are_labelled_and_never_replace_trained_ones(tmp_path: Path) -> None:
     fake_result(tmp_path / "t", "aprillab", "mvtec", 0, 0, 0.9, train_dataset="visa")
     fake_result(tmp_path / "u", "aprillab", "mvtec", 0, 0, 0.5, untrained=True)
-    groups = tables.collect(tables.find_result_files([tmp_path]))
+    groups = tables.collect([tmp_path])
     assert sorted(group.method_label for group in groups) == [
         "aprillab (trained on visa)",
         "aprillab (untrained)",
