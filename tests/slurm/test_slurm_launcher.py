@@ -21,6 +21,7 @@ import torch
 pytestmark = pytest.mark.slurm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+HELPERS = Path(__file__).resolve().parent / "helpers"
 TINY = [
     "+data.num_train=2",
     "+data.num_test_good=2",
@@ -61,9 +62,9 @@ def _command(cluster, tmp_path: Path, sweep_name: str, *overrides: str) -> tuple
         *overrides,
     ]
     # What the jobs inherit through sbatch (it exports the submitting environment): this checkout's
-    # package, offline switches and a private cache shared by the jobs.
+    # package and the test callbacks, offline switches and a private cache shared by the jobs.
     environment = cluster.env(
-        PYTHONPATH=str(REPO_ROOT),
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(HELPERS)]),
         HF_HUB_OFFLINE="1",
         WANDB_MODE="disabled",
         ANOMALY_VLM_CACHE=str(tmp_path / "cache"),
@@ -210,6 +211,9 @@ def test_reference_draws_share_one_training_across_slurm_jobs(slurm_cluster, tmp
 
 
 def test_cancelled_job_resumes_from_its_last_checkpoint(slurm_cluster, tmp_path):
+    """The job is cancelled while it waits at the start of its second epoch (a file barrier), so the
+    cancel always lands after the first epoch's checkpoint and before training can finish."""
+    arrived, release = tmp_path / "barrier.arrived", tmp_path / "barrier.release"
     overrides = [
         *_launcher(slurm_cluster),
         "experiment=aprillab_synthetic",
@@ -217,6 +221,10 @@ def test_cancelled_job_resumes_from_its_last_checkpoint(slurm_cluster, tmp_path)
         *TINY_TRAINING,
         "trainer.max_epochs=4",
         "reference_seed=0",
+        "+callbacks.barrier._target_=epoch_barrier.EpochBarrier",
+        "+callbacks.barrier.epoch=1",
+        f"+callbacks.barrier.arrived={arrived}",
+        f"+callbacks.barrier.release={release}",
     ]
     command, environment = _command(slurm_cluster, tmp_path, "resume", *overrides)
     sweep_dir = tmp_path / "out/train/multiruns/resume"
@@ -231,14 +239,9 @@ def test_cancelled_job_resumes_from_its_last_checkpoint(slurm_cluster, tmp_path)
     )
     try:
         deadline = time.monotonic() + 600
-        last = None
-        while time.monotonic() < deadline and launcher.poll() is None:
-            found = list(sweep_dir.glob("*/checkpoints/last.ckpt"))
-            if found:
-                last = found[0]
-                break
+        while time.monotonic() < deadline and launcher.poll() is None and not arrived.exists():
             time.sleep(0.2)
-        assert last is not None, "no epoch finished before the deadline"
+        assert arrived.exists(), "the job did not reach its second epoch before the deadline"
         (job_id,) = [job for job in slurm_cluster.jobs() if (sweep_dir / ".submitit" / job).is_dir()]
         slurm_cluster.command("scancel", job_id)
         assert slurm_cluster.wait_idle(60), "the cancelled job did not end"
@@ -252,12 +255,13 @@ def test_cancelled_job_resumes_from_its_last_checkpoint(slurm_cluster, tmp_path)
         except subprocess.TimeoutExpired:
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.communicate()
+    (last,) = sweep_dir.glob("*/checkpoints/last.ckpt")
     job_dir = last.parent.parent
-    assert not (job_dir / "checkpoints/trained.ckpt").exists(), "training finished before the cancel"
+    assert not (job_dir / "checkpoints/trained.ckpt").exists()
     assert not (job_dir / "results.json").exists()
-    epochs_done = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
-    assert 1 <= epochs_done < 4
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0  # one epoch done
 
+    release.touch()  # the resubmitted job passes the barrier
     result = _sweep(slurm_cluster, tmp_path, "resume", *overrides)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (payload,) = _results(sweep_dir)
