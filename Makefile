@@ -54,10 +54,19 @@ format: $(STAMP)  ## ruff format + import sort
 	$(PY) -m ruff check --fix --select I .
 	$(PY) -m ruff format .
 
+# Parity harnesses and benchmarks: `python -m bench.parity <method>` and `python -m bench.perf <benchmark>`
+# (bench/parity/, bench/perf/), run from the repository root. JSON=<file> also writes the report as JSON.
+# PARITY_ARGS passes options to a harness (`python -m bench.parity <method> --help` lists them).
+JSON ?=
+PARITY_ARGS ?=
+JSON_ARG = $(if $(JSON),--json "$(JSON)")
+PARITY = HF_HUB_OFFLINE=1 $(PY) -m bench.parity
+PERF = HF_HUB_OFFLINE=1 $(PY) -m bench.perf
+
 bench: bench-metrics bench-winclip  ## all benchmarks
 
 bench-metrics: $(STAMP)  ## metrics at MVTec scale
-	$(PY) bench/bench_metrics.py
+	$(PERF) metrics $(JSON_ARG)
 
 # anomalib's WinCLIP (the peer implementation) in a side environment: its [clip] extra with
 # open_clip_torch 2.24.0 (anomalib's window path gives identical windows with open_clip >= 2.26.1).
@@ -74,7 +83,7 @@ $(PARITY_STAMP):
 parity-venv: $(PARITY_STAMP)  ## side env with anomalib[clip] + open_clip 2.24 (for parity/bench)
 
 parity-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP vs anomalib: max |delta| of scores and maps, 0- and 2-shot
-	cd bench && PARITY_PYTHON=$(abspath $(PARITY_PY)) $(abspath $(PY)) parity_winclip.py
+	PARITY_PYTHON=$(abspath $(PARITY_PY)) $(PARITY) winclip $(JSON_ARG) $(PARITY_ARGS)
 
 # The official APRIL-GAN / AnomalyCLIP code, imported from a checkout given at run time (never vendored):
 # same random weights (a narrow ViT-L-14-336 with 24 blocks, at 518 px) and inputs on both sides.
@@ -83,49 +92,40 @@ APRILGAN_DIR ?=
 ANOMALYCLIP_DIR ?=
 
 parity-aprillab: $(STAMP)  ## APRIL-GAN vs its official code: make parity-aprillab APRILGAN_DIR=<checkout>
-	@if [ -z "$(APRILGAN_DIR)" ]; then echo "APRILGAN_DIR is not set. Get the official code with"; \
-		echo "  git clone https://github.com/ByChelsea/VAND-APRIL-GAN"; \
-		echo "then: make parity-aprillab APRILGAN_DIR=<that folder>"; exit 2; fi
-	cd bench && $(abspath $(PY)) parity_aprillab.py --official "$(abspath $(APRILGAN_DIR))"
+	$(PARITY) aprillab --official "$(APRILGAN_DIR)" $(JSON_ARG) $(PARITY_ARGS)
 
 parity-anomalyclip: $(STAMP)  ## AnomalyCLIP vs its official code: make parity-anomalyclip ANOMALYCLIP_DIR=<checkout>
-	@if [ -z "$(ANOMALYCLIP_DIR)" ]; then echo "ANOMALYCLIP_DIR is not set. Get the official code with"; \
-		echo "  git clone https://github.com/zqhang/AnomalyCLIP"; \
-		echo "then: make parity-anomalyclip ANOMALYCLIP_DIR=<that folder>"; exit 2; fi
-	cd bench && $(abspath $(PY)) parity_anomalyclip.py --official "$(abspath $(ANOMALYCLIP_DIR))"
+	$(PARITY) anomalyclip --official "$(ANOMALYCLIP_DIR)" $(JSON_ARG) $(PARITY_ARGS)
 
 # The official AdaCLIP code, imported from a checkout given at run time (never vendored): same random weights
 # (a narrow ViT-L-14-336, plain GELU, 24 blocks, at 518 px) and parameters on both sides. PARITY_ARGS passes
 # options, e.g. --no-fp16-rounding.
 ADACLIP_DIR ?=
 parity-adaclip: $(STAMP)  ## AdaCLIP vs its official code: make parity-adaclip ADACLIP_DIR=<checkout>
-	@if [ -z "$(ADACLIP_DIR)" ]; then echo "ADACLIP_DIR is not set. Get the official code with"; \
-		echo "  git clone https://github.com/caoyunkang/AdaCLIP"; \
-		echo "then: make parity-adaclip ADACLIP_DIR=<that folder>"; exit 2; fi
-	cd bench && HF_HUB_OFFLINE=1 $(abspath $(PY)) parity_adaclip.py --official "$(abspath $(ADACLIP_DIR))" $(PARITY_ARGS)
+	$(PARITY) adaclip --official "$(ADACLIP_DIR)" $(JSON_ARG) $(PARITY_ARGS)
 
 bench-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP forward time vs anomalib's (same weights and inputs), 0- and 4-shot
-	cd bench && PARITY_PYTHON=$(abspath $(PARITY_PY)) $(abspath $(PY)) bench_winclip.py
+	PARITY_PYTHON=$(abspath $(PARITY_PY)) $(PERF) winclip $(JSON_ARG)
 
 # MuSc's official release, imported from a checkout at run time (never vendored): MUSC_DIR=<clone of xrli-U/MuSc>.
 MUSC_DIR ?=
-PARITY_ARGS ?=
 parity-musc: $(STAMP)  ## MuSc vs its release (MUSC_DIR=...): max |delta| of per-layer maps, maps, scores
-	MUSC_DIR=$(MUSC_DIR) HF_HUB_OFFLINE=1 $(PY) bench/parity_musc.py $(PARITY_ARGS)
+	$(PARITY) musc --official "$(MUSC_DIR)" $(JSON_ARG) $(PARITY_ARGS)
 
 # The official PromptAD code is imported from PROMPTAD_DIR at run time (git clone https://github.com/FuNz-0/PromptAD).
 PROMPTAD_DIR ?=
 PARITY_PRECISION ?= fp32
 parity-promptad: $(STAMP)  ## PromptAD vs its official code: features, loss, gradients, scores, maps (PROMPTAD_DIR=...)
-	HF_HUB_OFFLINE=1 $(PY) bench/parity_promptad.py --promptad-dir "$(PROMPTAD_DIR)" --precision $(PARITY_PRECISION)
+	$(PARITY) promptad --official "$(PROMPTAD_DIR)" --precision $(PARITY_PRECISION) $(JSON_ARG) $(PARITY_ARGS)
 
+BENCH_CACHE_ARGS ?=
 bench-cache: $(STAMP)  ## feature cache: 12-job WinCLIP sweep and APRIL-GAN ViT-L training, with vs without
-	$(PY) bench/bench_cache.py $(BENCH_CACHE_ARGS)
+	$(PERF) cache $(JSON_ARG) $(BENCH_CACHE_ARGS)
 
 # Random-weight detectors (tiny CLIP and ViT-B-16-plus-240; add l14 for ViT-L-14-336): export, parity, times.
 BENCH_EXPORT_ARGS ?=
 bench-export: $(STAMP)  ## ONNX export: onnxruntime vs PyTorch per-image time and max |delta| (BENCH_EXPORT_ARGS=...)
-	HF_HUB_OFFLINE=1 $(PY) bench/bench_export.py $(BENCH_EXPORT_ARGS)
+	$(PERF) export $(JSON_ARG) $(BENCH_EXPORT_ARGS)
 
 weights: $(STAMP)  ## download the weights of every backbone config (needs network)
 	$(PY) -m anomaly_vlm.backbones.download

@@ -249,6 +249,8 @@ class BenchReport:
         environment: Python, torch and machine (see :func:`environment`); a benchmark adds what its
             figures depend on (threads, device).
         date: When it ran.
+        status: The command's exit status: 0, or non-zero when the run failed or its check did not
+            hold (e.g. outputs that differ), in which case ``results`` may be partial.
     """
 
     benchmark: str
@@ -256,6 +258,7 @@ class BenchReport:
     results: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=environment)
     date: str = field(default_factory=now)
+    status: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -264,6 +267,7 @@ class BenchReport:
             "settings": plain(self.settings),
             "environment": plain(self.environment),
             "date": self.date,
+            "status": self.status,
             "results": plain(self.results),
         }
 
@@ -275,6 +279,7 @@ class BenchReport:
             results=data.get("results", {}),
             environment=data.get("environment", {}),
             date=data.get("date", ""),
+            status=data.get("status", 0),
         )
 
     def write_json(self, path: str | Path) -> None:

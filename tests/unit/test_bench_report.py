@@ -85,11 +85,11 @@ def test_parity_report_json_round_trip(tmp_path, capsys):
 
 
 def test_bench_report_json_round_trip(tmp_path):
-    report = BenchReport("metrics", settings={"images": 16, "work": tmp_path})
+    report = BenchReport("metrics", settings={"images": 16, "work": tmp_path}, status=1)
     report.results.update(wall_s=np.float32(1.5), counts=[np.int64(10), 20], agree=True)
     path = tmp_path / "metrics.json"
     report.write_json(path)
     loaded = BenchReport.read_json(path)
     assert loaded.results == {"wall_s": 1.5, "counts": [10, 20], "agree": True}
     assert loaded.settings == {"images": 16, "work": str(tmp_path)}
-    assert loaded.environment["torch"] and loaded.benchmark == "metrics"
+    assert loaded.environment["torch"] and loaded.benchmark == "metrics" and loaded.status == 1

@@ -3,6 +3,7 @@
 Both implementations get the same random ``ViT-B-16-plus-240`` weights (a state dict written once to a
 temporary folder) and the same already-normalised 240 x 240 inputs. anomalib runs in its own
 environment (``make parity-venv``), driven line by line through ``winclip_anomalib_runner.py``.
+Used by ``python -m bench.parity winclip`` and ``python -m bench.perf winclip``.
 """
 
 from __future__ import annotations
@@ -15,27 +16,48 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from anomaly_vlm.backbones.clip import FrozenCLIP  # noqa: E402
-from anomaly_vlm.methods.winclip import WinCLIPModel  # noqa: E402
-from anomaly_vlm.prompts import PromptSet, TextEmbeddingCache  # noqa: E402
+from anomaly_vlm.backbones.clip import FrozenCLIP
+from anomaly_vlm.methods.winclip import WinCLIPModel
+from anomaly_vlm.prompts import PromptSet, TextEmbeddingCache
+from bench import REPO_ROOT
 
 RUNNER = Path(__file__).with_name("winclip_anomalib_runner.py")
 CLASS_NAME = "bottle"
 
 
 def default_peer_python() -> str:
-    return os.environ.get("PARITY_PYTHON", str(ROOT / ".venv-parity" / "bin" / "python"))
+    return os.environ.get("PARITY_PYTHON", str(REPO_ROOT / ".venv-parity" / "bin" / "python"))
+
+
+class PeerInterpreter:
+    """The official side of the WinCLIP check: the interpreter of the environment holding anomalib."""
+
+    metavar = "PYTHON"
+    help = (
+        "interpreter of the environment with anomalib[clip] and open_clip_torch 2.24 "
+        "(default: $PARITY_PYTHON, else .venv-parity/bin/python, made by `make parity-venv`)"
+    )
+
+    def resolve(self, value: str | None, method: str) -> tuple[str, dict[str, Any]]:
+        """The interpreter to run anomalib with; exits 2 when it does not exist."""
+        python = value or default_peer_python()
+        if not Path(python).exists():
+            print(
+                f"error: peer interpreter {python} not found; run `make parity-venv` "
+                "(or pass --official PYTHON, or set PARITY_PYTHON)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        return python, {"python": python}
 
 
 def load_prompts() -> PromptSet:
-    node = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "prompts" / "winclip_cpe.yaml"))
+    node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "prompts" / "winclip_cpe.yaml"))
     node.pop("_target_")
     return PromptSet(**node)
 

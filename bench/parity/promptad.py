@@ -1,8 +1,11 @@
-"""Numerical parity of our PromptAD with the official code (``make parity-promptad PROMPTAD_DIR=...``).
+"""Numerical parity of our PromptAD with the official code (FuNz-0/PromptAD).
 
-The official code (FuNz-0/PromptAD) is imported from ``--promptad-dir`` / ``$PROMPTAD_DIR`` at run time,
-never vendored. Both sides get the same random weights of a shrunk ViT-B-16-plus-240-like CLIP with the
-official depth (12 vision and 12 text blocks, 240 px, 15x15 grid; narrower layers), the same initial
+``python -m bench.parity promptad --official <checkout of FuNz-0/PromptAD>``
+(``make parity-promptad PROMPTAD_DIR=<checkout>``)
+
+The official code is imported from ``--official`` / ``$PROMPTAD_DIR`` at run time, never vendored. Both
+sides get the same random weights of a shrunk ViT-B-16-plus-240-like CLIP with the official depth (12
+vision and 12 text blocks, 240 px, 15x15 grid; narrower layers), the same initial
 prompt vectors and the same images. Compared, as max |delta|:
 
 - the four image features (CLS, V-V patches, the two memory blocks) and the text features of the prompts;
@@ -17,7 +20,7 @@ sides to the same precision, and the official model factory returns the shared r
 downloading weights; in fp32 the release's misspelt ``logit_scalef`` is aliased to ``logit_scale``
 (its fp32 branch cannot run otherwise). Packages its training scripts import only for logging and plots
 (loguru, pandas, seaborn) are stubbed while they are imported, when absent.
-Exits 1 when a figure misses 1e-4, 2 without the official code.
+Exits 1 when a figure misses 1e-4 or a prompt token id differs, 2 without the official code.
 """
 
 from __future__ import annotations
@@ -25,25 +28,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import math
-import os
-import sys
 import tempfile
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from anomaly_vlm.backbones.clip import FrozenCLIP
+from anomaly_vlm.methods.promptad.torch_model import PromptADModel
+from anomaly_vlm.prompts.promptad import PromptADPromptSet
+from bench import REPO_ROOT
+from bench.parity.official import OfficialCode, logging_stub, official_imports
+from bench.report import ParityReport
 
-from anomaly_vlm.backbones.clip import FrozenCLIP  # noqa: E402
-from anomaly_vlm.methods.promptad.torch_model import PromptADModel  # noqa: E402
-from anomaly_vlm.prompts.promptad import PromptADPromptSet  # noqa: E402
-
+OFFICIAL = OfficialCode("https://github.com/FuNz-0/PromptAD", "PROMPTAD_DIR", "PromptAD/model.py")
 TARGET = 1e-4
 MODEL_NAME = "promptad-parity-vit"
 #: ViT-B-16-plus-240 has width 896 / 14 heads and a 640-wide text tower; depths, patch and input size kept.
@@ -54,35 +54,12 @@ ARCHITECTURE = {
 }
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-HOW_TO_GET = (
-    "PromptAD's official code is needed: git clone https://github.com/FuNz-0/PromptAD and run\n"
-    "  make parity-promptad PROMPTAD_DIR=path/to/PromptAD\n"
-    "(or python bench/parity_promptad.py --promptad-dir path/to/PromptAD)"
-)
-
-
-@contextlib.contextmanager
-def stub_missing(*names: str):
-    """Empty stand-ins, while the official scripts are imported, for packages they use only for logging,
-    CSV files and plots. Removed afterwards: other libraries probe ``sys.modules`` for them (e.g. pandas)."""
-    stubbed = []
-    for name in names:
-        try:
-            __import__(name)
-        except ImportError:
-            module = types.ModuleType(name)
-            module.logger = logging.getLogger(f"official.{name}")
-            sys.modules[name] = module
-            stubbed.append(name)
-    try:
-        yield
-    finally:
-        for name in stubbed:
-            sys.modules.pop(name, None)
+#: Packages the official training scripts import only for logging, CSV files and plots.
+LOGGING_PACKAGES = ("loguru", "pandas", "seaborn")
 
 
 def load_prompt_set() -> PromptADPromptSet:
-    data = yaml.safe_load((ROOT / "conf" / "prompts" / "promptad.yaml").read_text())
+    data = yaml.safe_load((REPO_ROOT / "conf" / "prompts" / "promptad.yaml").read_text())
     data.pop("_target_")
     return PromptADPromptSet(**data)
 
@@ -98,6 +75,13 @@ def delta(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 def relative(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     scale = theirs.detach().double().abs().max().item()
     return delta(ours, theirs) / max(scale, 1e-30)
+
+
+def token_delta(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """max |Δ| of two token id tensors (0 when identical); infinite when their shapes differ."""
+    if ours.shape != theirs.shape:
+        return math.inf
+    return delta(ours, theirs)
 
 
 @contextlib.contextmanager
@@ -118,31 +102,22 @@ def record_backward(parameters: dict[str, torch.nn.Parameter], records: list):
         torch.Tensor.backward = original
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--promptad-dir", default=os.environ.get("PROMPTAD_DIR"), help="official checkout")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="both sides")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shots", type=int, default=2)
     parser.add_argument("--queries", type=int, default=2)
     parser.add_argument("--category", default="bottle")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
-    if not args.promptad_dir or not (Path(args.promptad_dir) / "PromptAD" / "model.py").is_file():
-        print(f"no official PromptAD checkout at {args.promptad_dir!r}.\n{HOW_TO_GET}", file=sys.stderr)
-        return 2
-    official_root = str(Path(args.promptad_dir).resolve())
-    sys.path.insert(0, official_root)
-    cwd = os.getcwd()
-    os.chdir(official_root)  # its tokenizer and scripts resolve files relative to the checkout
-    with stub_missing("loguru", "pandas", "seaborn"):
+
+
+def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
+    # Its tokenizer and scripts resolve files relative to the checkout: imported from inside it.
+    stubs = {name: logging_stub(name) for name in LOGGING_PACKAGES}
+    with official_imports(folder, chdir=True, stubs=stubs):
         import train_cls  # type: ignore[import-not-found]
         import train_seg  # type: ignore[import-not-found]
         from PromptAD import CLIPAD  # type: ignore[import-not-found]
         from PromptAD import model as official_model  # type: ignore[import-not-found]
-    os.chdir(cwd)
     import open_clip
 
     device = torch.device(args.device)
@@ -234,8 +209,8 @@ def main() -> int:
 
     # Prompt tokens and image features.
     learner = ours.new_learner(args.category, "image")
-    same_tokens = all(
-        torch.equal(
+    token_deltas = [
+        token_delta(
             getattr(learner, f"{mine}_ids").cpu(), getattr(theirs["image"], f"tokenized_{their}").cpu()
         )
         for mine, their in (
@@ -243,8 +218,9 @@ def main() -> int:
             ("handcrafted", "abnormal_prompts_handle"),
             ("learned", "abnormal_prompts_learned"),
         )
-    )
-    print(f"prompt token ids identical: {same_tokens}")
+    ]
+    same_tokens = max(token_deltas) == 0
+    report.note(f"prompt token ids identical: {same_tokens}")
     with torch.no_grad():
         their_features = theirs["image"].encode_image(normalize(as_float(references)).to(device))
         theirs["pixel"].encode_image(normalize(as_float(references[:1])).to(device))  # its lazy surgery
@@ -323,7 +299,7 @@ def main() -> int:
         figures[f"grad/{branch} anomaly context (relative)"] = relative(
             learner.anomaly_context.grad, their_grads["abnormal_ctx"]
         )
-        print(f"{branch:5s} loss ours {losses['loss'].item():.6f} official {their_loss.item():.6f}")
+        report.note(f"{branch:5s} loss ours {losses['loss'].item():.6f} official {their_loss.item():.6f}")
     ours.fit_category(args.category, ours.reference_features(as_float(references).to(device)))
     for branch in ("image", "pixel"):
         stepped = theirs[branch].prompt_learner
@@ -345,29 +321,16 @@ def main() -> int:
         our_scores, our_maps = ours.score_full(ours.frozen_features(as_float(queries).to(device)))
     figures["image scores"] = delta(our_scores, torch.from_numpy(np.asarray(their_scores, dtype=np.float64)))
     figures["maps (400 px, blurred)"] = delta(our_maps, torch.from_numpy(their_maps))
-    print(
+    report.note(
         f"image scores ours {our_scores.cpu().numpy().round(5)} official {np.asarray(their_scores).round(5)}"
     )
-    print(f"maps {our_maps.min():.4f}..{our_maps.max():.4f}")
+    report.note(f"maps {our_maps.min():.4f}..{our_maps.max():.4f}")
 
-    print(
+    report.note(
         f"\nPromptAD parity ({args.precision}, {device}, {args.shots} shots, {args.queries} queries, "
         f"'{args.category}'):"
     )
+    # The token ids must agree exactly; every other figure within TARGET (relative where its name says so).
+    report.add("prompt token ids", max(token_deltas), 0.0)
     for name, value in figures.items():
-        print(f"  {name:42s} max|d| = {value:.2e}")
-    worst = max(figures.values())
-    ok = worst <= TARGET and same_tokens
-    print(f"{'PASS' if ok else 'FAIL'}: worst {worst:.2e} (target <= {TARGET:.0e})")
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {"precision": args.precision, "device": str(device), "figures": figures, "worst": worst},
-                indent=1,
-            )
-        )
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        report.add(name, value, TARGET, "rel" if "(relative)" in name else "abs")

@@ -8,16 +8,15 @@ same random images: PyTorch ``Detector.score`` and onnxruntime ``InferenceSessio
 normalisation is outside the timed region on both sides), median of ``--repeats`` runs after one
 warm-up, at batch 1 (per image) and at ``--batch``, each side with ``--threads`` threads.
 
-Usage:
-    .venv/bin/python bench/bench_export.py [--cases tiny,b16plus] [--methods winclip:1,clip] [--repeats 5]
-        [--batch 4] [--threads 1]
+Usage (``make bench-export BENCH_EXPORT_ARGS=...``):
+    python -m bench.perf export [--cases tiny,b16plus] [--methods winclip:1,clip] [--repeats 5]
+        [--batch 4] [--threads 1] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,14 +25,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from anomaly_vlm.deploy import Detector  # noqa: E402
-from anomaly_vlm.deploy.detector import save_detector  # noqa: E402
-from anomaly_vlm.export import INPUT_NAME, OUTPUT_NAMES, export_onnx  # noqa: E402
-from anomaly_vlm.export.onnx import normalize  # noqa: E402
-from anomaly_vlm.tasks.building import build  # noqa: E402
+import anomaly_vlm.config  # noqa: F401  (registers the typed schema that conf/train.yaml composes)
+from anomaly_vlm.deploy import Detector
+from anomaly_vlm.deploy.detector import save_detector
+from anomaly_vlm.export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+from anomaly_vlm.export.onnx import normalize
+from anomaly_vlm.tasks.instantiate import build
+from bench import REPO_ROOT
+from bench.report import BenchReport
 
 TINY_ANOMALYCLIP = ("method.layers=[8]", "prompts.deep_prompt_depth=4")
 #: case group -> (backbone config, extra backbone overrides, [(method, shots, extra overrides)])
@@ -74,7 +73,7 @@ def make_detector(root: Path, backbone: str, backbone_extra, method_name: str, s
         f"paths.output_dir={root}",
         f"paths.cache_dir={root / 'cache'}",
     ]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     method = build(
         cfg.method, backbone=build(cfg.backbone), prompts=build(cfg.prompts), shots=shots, text_cache_dir=None
@@ -89,7 +88,9 @@ def make_detector(root: Path, backbone: str, backbone_extra, method_name: str, s
     method.eval().setup_category("widget", references)
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     folder = root / f"{backbone}-{method_name}-{shots}"
-    return save_detector(folder, method, "widget", config, None, method_name)
+    # A scored set: APRIL-GAN's few-shot set statistics are frozen from it into the detector.
+    scored = method.predict_images(torch.rand(5, 3, size, size, generator=generator))
+    return save_detector(folder, method, "widget", config, None, method_name, scored)
 
 
 def median_seconds(function, repeats: int) -> float:
@@ -129,16 +130,19 @@ def bench_case(folder: Path, repeats: int, batch: int, threads: int) -> dict:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", default="tiny,b16plus", help=f"comma-separated of {sorted(CASES)}")
     parser.add_argument("--methods", default=None, help="method[:shots] subset, e.g. winclip:1,clip")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default=None, help="folder for the detectors (default: a temporary one)")
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace, report: BenchReport) -> int:
     torch.set_num_threads(args.threads)
+    report.environment["torch_threads"] = args.threads
+    rows = report.results.setdefault("cases", [])
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-export-"))
     header = (
         f"| backbone | method | shots | graph MB | max abs delta score / map | PyTorch ms/img (b1) | "
@@ -156,6 +160,7 @@ def main() -> None:
                 continue
             folder = make_detector(work, backbone, backbone_extra, method_name, shots, extra)
             row = bench_case(folder, args.repeats, args.batch, args.threads)
+            rows.append({"backbone": backbone, "method": method_name, "shots": shots, **row})
             line = (
                 f"| {backbone} | {method_name} | {shots} | {row['mb']:.0f} | "
                 f"{row['score_delta']:.1e} / {row['map_delta']:.1e} | {row['torch_ms_b1']:.1f} | "
@@ -166,7 +171,4 @@ def main() -> None:
             lines.append(line)
     print(f"\n{args.threads} threads, median of {args.repeats} runs, onnxruntime CPU, float32\n")
     print("\n".join(lines))
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,6 +1,6 @@
 """Peak memory and time of MuSc's whole-category scoring against the number of images.
 
-``python bench/bench_musc_memory.py --backbone tiny --counts 10,20,40,80`` (CPU or GPU) or
+``python -m bench.perf musc-memory --backbone tiny --counts 10,20,40,80`` (CPU or GPU) or
 ``--backbone vit-l`` (ViT-L-14-336 with random weights at 518 px, the published setting; GPU advised).
 
 Per image count N it prints: the size of the category's accumulated frozen features (what the
@@ -19,6 +19,9 @@ import sys
 import time
 
 import torch
+
+from bench import REPO_ROOT
+from bench.report import BenchReport
 
 BACKBONES = {
     "tiny": {"model": "anomaly-vlm-tiny", "image_size": 128},
@@ -82,23 +85,27 @@ def measure(backbone_name: str, count: int, device: str, divide_num: int, batch_
     return result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default="tiny")
     parser.add_argument("--counts", default="10,20,40,80")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--divide-num", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one count
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace, report: BenchReport) -> int:
     if args.one is not None:
         print(json.dumps(measure(args.backbone, args.one, args.device, args.divide_num, args.batch_size)))
         return 0
+    rows = report.results.setdefault("counts", [])
     for count in (int(c) for c in args.counts.split(",")):
         # A fresh process per count, so the CPU peak of one count does not hide the next one's.
         command = [
             sys.executable,
-            __file__,
+            "-m",
+            "bench.perf",
+            "musc-memory",
             "--backbone",
             args.backbone,
             "--device",
@@ -110,13 +117,11 @@ def main() -> int:
             "--one",
             str(count),
         ]
-        completed = subprocess.run(command, capture_output=True, text=True)
+        completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
         if completed.returncode:
             print(completed.stderr[-2000:], file=sys.stderr)
             return completed.returncode
-        print(completed.stdout.strip().splitlines()[-1], flush=True)
+        line = completed.stdout.strip().splitlines()[-1]
+        print(line, flush=True)
+        rows.append(json.loads(line))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,7 @@
 """Numerical parity of our AdaCLIP (``method=adaclip``) with the official code (caoyunkang/AdaCLIP).
 
-``make parity-adaclip ADACLIP_DIR=<checkout of caoyunkang/AdaCLIP>``
+``python -m bench.parity adaclip --official <checkout of caoyunkang/AdaCLIP>``
+(``make parity-adaclip ADACLIP_DIR=<checkout>``)
 
 Both sides get the same random weights of a shrunk ViT-L-14-336 with plain GELU (24 vision blocks, taps
 6/12/18/24, 12 text blocks, narrow widths, ``embed_dim`` equal to the text width as the official prompt
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import tempfile
 import time
@@ -48,26 +48,25 @@ import warnings
 from pathlib import Path
 
 import torch
-from official_parity import (
-    TARGET_REL,
-    Report,
-    blob_masks,
-    max_abs,
-    max_rel,
-    official_folder,
-    official_imports,
-    register_config,
-    small_vit_l14_336,
-    smooth_images,
-)
 from omegaconf import OmegaConf
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.adaclip import AdaCLIPModule
 from anomaly_vlm.prompts import PromptSet
+from bench import REPO_ROOT
+from bench.parity.official import (
+    OfficialCode,
+    blob_masks,
+    max_abs,
+    max_rel,
+    official_imports,
+    register_config,
+    small_vit_l14_336,
+    smooth_images,
+)
+from bench.report import TARGET_REL, ParityReport
 
-ROOT = Path(__file__).resolve().parents[1]
-URL = "https://github.com/caoyunkang/AdaCLIP"
+OFFICIAL = OfficialCode("https://github.com/caoyunkang/AdaCLIP", "ADACLIP_DIR", "method/adaclip.py")
 MODEL = "parity-adaclip-ViT-L-14-336-small"
 LAYERS = [6, 12, 18, 24]
 SIZE = 518
@@ -109,7 +108,10 @@ def use_open_clip_bpe_if_lfs_pointer(simple_tokenizer) -> None:
         return
     copy = Path(open_clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
     if hashlib.sha256(copy.read_bytes()).hexdigest() != BPE_SHA256:
-        print(f"error: {bundled} is a Git LFS pointer and open_clip's copy differs; run git lfs pull there")
+        print(
+            f"error: {bundled} is a Git LFS pointer and open_clip's copy differs; run git lfs pull there",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     print(f"  ({bundled.name} of the checkout is a Git LFS pointer; using open_clip's identical copy)")
     simple_tokenizer.SimpleTokenizer.__init__.__defaults__ = (str(copy),)
@@ -147,10 +149,10 @@ def half_is_identity(enabled: bool):
 
 
 def load_settings() -> tuple[dict, PromptSet, dict]:
-    backbone = OmegaConf.load(ROOT / "conf" / "backbone" / "vit_l14_336_adaclip.yaml")
-    prompts = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "prompts" / "adaclip.yaml"))
+    backbone = OmegaConf.load(REPO_ROOT / "conf" / "backbone" / "vit_l14_336_adaclip.yaml")
+    prompts = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "prompts" / "adaclip.yaml"))
     prompts.pop("_target_")
-    method = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "method" / "adaclip.yaml"))["method"]
+    method = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "method" / "adaclip.yaml"))["method"]
     method.pop("_target_")
     settings = {
         "quick_gelu": bool(backbone.quick_gelu),
@@ -223,11 +225,7 @@ def copy_parameters(theirs, ours) -> list[tuple[str, torch.nn.Parameter, torch.n
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--official", default=os.environ.get("ADACLIP_DIR"), help="AdaCLIP checkout")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=2, help="test images (one forward each, as test.py)")
     parser.add_argument("--width", type=int, default=128, help="vision width (multiple of 64)")
     parser.add_argument("--text-width", type=int, default=64, help="text width = embed_dim (multiple of 64)")
@@ -236,8 +234,9 @@ def main() -> int:
         action="store_true",
         help="turn the .half() casts of the prompts off on both sides",
     )
-    args = parser.parse_args()
-    folder = official_folder(args.official, "ADACLIP_DIR", URL, "method/adaclip.py")
+
+
+def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
     official = import_official(folder)
@@ -246,7 +245,6 @@ def main() -> int:
     settings, prompt_set, method = load_settings()
     rounding = not args.no_fp16_rounding
     method["prompt_fp16"] = rounding
-    report = Report()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         config = small_vit_l14_336(
@@ -257,7 +255,7 @@ def main() -> int:
         state = {key: value.clone() for key, value in native.clip.state_dict().items()}
         torch.save(state, tmp / "weights.pt")
         backbone = FrozenCLIP(MODEL, str(tmp / "weights.pt"), image_size=SIZE, **settings)
-        print(
+        report.note(
             f"shrunk ViT-L-14-336 (plain GELU): 24 blocks, width {args.width}, text width {args.text_width}, "
             f"{SIZE} px, grid {backbone.grid_size}; pos-embed {settings['pos_embed_interpolation']}"
             f"{' with antialias' if settings['pos_embed_antialias'] else ''}; prompt tokens "
@@ -271,8 +269,8 @@ def main() -> int:
         official["resize_pos_embed"](their_state, clip)
         missing, unexpected = clip.load_state_dict(their_state, strict=False)
         if [key for key in missing if "attn_mask" not in key] or unexpected:
-            print(f"error: state dicts disagree: missing {missing}, unexpected {unexpected}")
-            return 2
+            print(f"error: state dicts disagree: missing {missing}, unexpected {unexpected}", file=sys.stderr)
+            raise SystemExit(2)
         clip.eval().requires_grad_(
             False
         )  # frozen, as in the official optimiser (only the prompt side trains)
@@ -355,7 +353,7 @@ def main() -> int:
             report.add(f"training map, block {layer}", max_abs(ours_tap.detach(), maps[index].detach()))
         our_loss = ours.loss(features, masks, labels, [text])["loss"]
         our_loss.backward()
-        print(f"  (training loss: ours {float(our_loss):.6f}, official {float(their_loss):.6f})")
+        report.note(f"  (training loss: ours {float(our_loss):.6f}, official {float(their_loss):.6f})")
         report.add("training loss", abs(float(our_loss) - float(their_loss)))
         for name, (mine, index), official_parameter, rounded in parameters:
             grad = mine.grad if index is None else mine.grad[index]
@@ -365,9 +363,4 @@ def main() -> int:
                 report.add(f"gradient {name} (unused: zero)", float(grad.abs().max()), EXACT)
                 continue
             report.add(f"gradient {name}", max_rel(grad, official_parameter.grad), target, "rel")
-    print(f"  ({time.perf_counter() - started:.0f} s)")
-    return report.verdict()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    report.note(f"  ({time.perf_counter() - started:.0f} s)")

@@ -1,6 +1,7 @@
 """Numerical parity of our AnomalyCLIP (``method=anomalyclip``) with the official code (zqhang/AnomalyCLIP).
 
-``make parity-anomalyclip ANOMALYCLIP_DIR=<checkout of zqhang/AnomalyCLIP>``
+``python -m bench.parity anomalyclip --official <checkout of zqhang/AnomalyCLIP>``
+(``make parity-anomalyclip ANOMALYCLIP_DIR=<checkout>``)
 
 Both sides get the same random weights of a shrunk ViT-L-14-336 with QuickGELU (24 vision blocks, DPAM
 on blocks 6-24 as ``DPAM_layer = 20``, 12 text blocks, narrow widths) at 518 px, so the 24 -> 37
@@ -27,35 +28,35 @@ through float16, and so the gradient that reaches them).
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from official_parity import (
-    TARGET_REL,
-    Report,
-    blob_masks,
-    cpu_device_moves,
-    max_abs,
-    max_rel,
-    official_aupro_line,
-    official_folder,
-    official_imports,
-    register_config,
-    small_vit_l14_336,
-    smooth_images,
-)
 from omegaconf import OmegaConf
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.anomalyclip import AnomalyCLIPModule
 from anomaly_vlm.prompts.learnable import LearnablePromptSet
+from bench import REPO_ROOT
+from bench.parity.official import (
+    OfficialCode,
+    blob_masks,
+    cpu_device_moves,
+    max_abs,
+    max_rel,
+    official_aupro_line,
+    official_imports,
+    register_config,
+    small_vit_l14_336,
+    smooth_images,
+)
+from bench.report import TARGET_REL, ParityReport
 
-ROOT = Path(__file__).resolve().parents[1]
-URL = "https://github.com/zqhang/AnomalyCLIP"
+OFFICIAL = OfficialCode(
+    "https://github.com/zqhang/AnomalyCLIP", "ANOMALYCLIP_DIR", "AnomalyCLIP_lib/AnomalyCLIP.py"
+)
 MODEL = "parity-ViT-L-14-336-small"
 LAYERS = [6, 12, 18, 24]
 SIZE = 518
@@ -82,10 +83,14 @@ def import_official(folder: Path) -> dict:
 
 
 def load_settings() -> tuple[dict, LearnablePromptSet, dict]:
-    backbone = OmegaConf.load(ROOT / "conf" / "backbone" / "vit_l14_336_quickgelu.yaml")
-    prompts = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "prompts" / "anomalyclip_learned.yaml"))
+    backbone = OmegaConf.load(REPO_ROOT / "conf" / "backbone" / "vit_l14_336_quickgelu.yaml")
+    prompts = OmegaConf.to_container(
+        OmegaConf.load(REPO_ROOT / "conf" / "prompts" / "anomalyclip_learned.yaml")
+    )
     prompts.pop("_target_")
-    method = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "method" / "anomalyclip.yaml"))["method"]
+    method = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "method" / "anomalyclip.yaml"))[
+        "method"
+    ]
     settings = {
         "quick_gelu": bool(backbone.quick_gelu),
         "pos_embed_interpolation": str(backbone.pos_embed_interpolation),
@@ -113,22 +118,18 @@ def official_layer_maps(official, patch_features, text) -> list[torch.Tensor]:
     return maps
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--official", default=os.environ.get("ANOMALYCLIP_DIR"), help="AnomalyCLIP checkout")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--width", type=int, default=128, help="vision and text width (multiple of 64)")
-    args = parser.parse_args()
-    folder = official_folder(args.official, "ANOMALYCLIP_DIR", URL, "AnomalyCLIP_lib/AnomalyCLIP.py")
+
+
+def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     official = import_official(folder)
     from scipy.ndimage import gaussian_filter
 
     settings, prompt_set, method = load_settings()
-    report = Report()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         config = small_vit_l14_336(args.width, text_width=args.width, text_layers=12, embed_dim=96)
@@ -137,7 +138,7 @@ def main() -> int:
         state = {key: value.clone() for key, value in native.clip.state_dict().items()}
         torch.save(state, tmp / "weights.pt")
         backbone = FrozenCLIP(MODEL, str(tmp / "weights.pt"), image_size=SIZE, **settings)
-        print(
+        report.note(
             f"shrunk ViT-L-14-336 (QuickGELU): 24 blocks, width {args.width}, {SIZE} px, grid "
             f"{backbone.grid_size}; ours resizes pos-embed {settings['pos_embed_interpolation']}"
             f"{' with antialias' if settings['pos_embed_antialias'] else ''}; deep prompts "
@@ -230,7 +231,7 @@ def main() -> int:
         module.zero_grad()
         our_loss = module.model.loss(images, masks, labels)["loss"]
         our_loss.backward()
-        print(f"  (training loss: ours {float(our_loss):.6f}, official {float(their_loss):.6f})")
+        report.note(f"  (training loss: ours {float(our_loss):.6f}, official {float(their_loss):.6f})")
         report.add("training loss (glocal)", abs(float(our_loss) - float(their_loss)))
         pairs = [
             ("context vectors, normal", encoder.context_normal.grad, learner.ctx_pos.grad[0, 0], TARGET_REL),
@@ -257,8 +258,3 @@ def main() -> int:
         official_aupro_line(
             report, official["cal_pro_score"], their_maps.numpy(), masks.numpy(), "final maps"
         )
-    return report.verdict()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,13 +9,13 @@ the other, so the ratios compare like with like:
    sweep; max |delta| over every metric of every job against the uncached sweep.
 2. APRIL-GAN training: ``experiment=aprillab_synthetic`` with ViT-L-14-336 at 518 px (random weights),
    3 epochs on a few training images, without and with a cold cache. Training wall time (``fit``
-   alone, from ``fit_timer.FitTimer``) and max |delta| of the trained parameters.
+   alone, from ``bench.perf.fit_timer.FitTimer``) and max |delta| of the trained parameters.
 
 Disk use per image is read from the cache folders afterwards (per backbone and method).
 Each run gets its own cache folder (text embeddings included), so both sides pay the same start-up.
 
-Usage:
-    .venv/bin/python bench/bench_cache.py [--part winclip|aprillab|all] [--work DIR] [--train-images N]
+Usage (``make bench-cache BENCH_CACHE_ARGS=...``):
+    python -m bench.perf cache [--part winclip|aprillab|all] [--work DIR] [--train-images N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from anomaly_vlm.cache.__main__ import namespace_usage  # noqa: E402
-from anomaly_vlm.cache.feature_cache import FeatureCache  # noqa: E402
-from anomaly_vlm.data.synthetic import SyntheticAD  # noqa: E402
+from anomaly_vlm.cache.__main__ import namespace_usage
+from anomaly_vlm.cache.feature_cache import FeatureCache
+from anomaly_vlm.data.synthetic import SyntheticAD
+from bench import REPO_ROOT
+from bench.report import BenchReport
 
 CATEGORY = "disc"
 TRAIN_CATEGORY = "grass"
@@ -56,17 +55,13 @@ def synthetic_overrides(
 
 
 def run_train(overrides: list[str], label: str) -> float:
-    """Run ``train.py`` with ``overrides``; returns the wall time in seconds."""
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "disabled",
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "bench"), os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [sys.executable, str(REPO / "train.py"), *overrides]
+    """Run ``train.py`` with ``overrides``; returns the wall time in seconds (``train.py`` runs from the
+    repository root, where ``bench`` is importable for the fit timer)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    command = [sys.executable, str(REPO_ROOT / "train.py"), *overrides]
     print(f"[{label}] {' '.join(command[2:])}", flush=True)
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"[{label}] failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
@@ -211,7 +206,7 @@ def bench_aprillab(work: Path, args: argparse.Namespace) -> dict:
             f"paths.cache_dir={folder / 'cache'}",
             f"feature_cache.dir={folder / 'features'}",
             f"hydra.run.dir={folder / 'run'}",
-            "+callbacks.fit_timer._target_=fit_timer.FitTimer",
+            "+callbacks.fit_timer._target_=bench.perf.fit_timer.FitTimer",
             f"+callbacks.fit_timer.path={folder / 'fit.json'}",
         ]
         times[name] = run_train(overrides, f"aprillab {name}")
@@ -238,8 +233,7 @@ def bench_aprillab(work: Path, args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part", choices=["winclip", "aprillab", "all"], default="all")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--test-good", type=int, default=1, help="normal test images of the category")
@@ -254,7 +248,10 @@ def main() -> None:
         help="APRIL-GAN: run the cached training first; on a machine whose load falls over time this "
         "errs against the cache (the uncached run gets the quieter machine)",
     )
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace, bench_report: BenchReport) -> int:
+    bench_report.environment["torch_threads"] = torch.get_num_threads()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_cache_"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"scratch folder: {work}; torch threads: {torch.get_num_threads()}")
@@ -267,7 +264,5 @@ def main() -> None:
         print(json.dumps(report["aprillab_training"], indent=2))
     (work / "bench_cache.json").write_text(json.dumps(report, indent=2))
     print(f"figures: {work / 'bench_cache.json'}")
-
-
-if __name__ == "__main__":
-    main()
+    bench_report.results.update(report)
+    return 0

@@ -1,7 +1,8 @@
 """A callback that records the wall time of ``fit`` and of each training epoch into a JSON file.
 
-Used by ``bench_cache.py`` through ``+callbacks.fit_timer._target_=fit_timer.FitTimer`` with ``bench/``
-on ``PYTHONPATH``, so the benchmark times training alone, not model building or testing.
+Used by ``python -m bench.perf cache`` through ``+callbacks.fit_timer._target_=bench.perf.fit_timer.FitTimer``
+(``train.py`` runs from the repository root, where ``bench`` is importable), so the benchmark times training
+alone, not model building or testing.
 """
 
 from __future__ import annotations

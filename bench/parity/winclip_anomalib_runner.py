@@ -1,4 +1,4 @@
-"""Serve anomalib's WinCLIP (the peer implementation) to ``parity_winclip.py`` / ``bench_winclip.py``.
+"""Serve anomalib's WinCLIP (the peer implementation) to ``bench.parity.winclip`` / ``bench.perf.winclip``.
 
 Runs inside the side environment made by ``make parity-venv`` (anomalib with its ``[clip]`` extra and
 ``open_clip_torch==2.24.0``; newer open_clip releases break anomalib's window path). It reads one JSON
@@ -52,7 +52,12 @@ def main() -> None:
         name = command["cmd"]
         if name == "load":
             model, keys = build(command["weights"], command["class_name"])
-            reply.update(keys, open_clip=version("open_clip_torch"), torch=torch.__version__)
+            reply.update(
+                keys,
+                anomalib=version("anomalib"),
+                open_clip=version("open_clip_torch"),
+                torch=torch.__version__,
+            )
             if command.get("text_out"):
                 torch.save(model.text_embeddings, command["text_out"])
         elif name == "references":

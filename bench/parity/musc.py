@@ -1,4 +1,7 @@
-"""Numerical parity of our MuSc with the official release (``make parity-musc MUSC_DIR=<checkout>``).
+"""Numerical parity of our MuSc with the official release (xrli-U/MuSc).
+
+``python -m bench.parity musc --official <checkout of xrli-U/MuSc>``
+(``make parity-musc MUSC_DIR=<checkout>``)
 
 The official code is imported from the folder given at run time (never copied into this repository).
 Both sides get the same random weights of a shrunk ViT-L-14-336 (the official depth 24, taps
@@ -18,24 +21,20 @@ import contextlib
 import importlib
 import json
 import os
-import sys
 import tempfile
-import types
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import yaml
 
-TARGET = 1e-4
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from bench import REPO_ROOT
+from bench.parity.official import OfficialCode, official_imports
+from bench.report import ParityReport
+
+OFFICIAL = OfficialCode("https://github.com/xrli-U/MuSc", "MUSC_DIR", "models/musc.py")
 MODEL = "musc-parity-vit-l-14-336"
 TAPS = (6, 12, 18, 24)
-GET_IT = (
-    "error: the official MuSc code is needed: clone https://github.com/xrli-U/MuSc (MIT) and run\n"
-    "  make parity-musc MUSC_DIR=<path of the clone>\n"
-    "(or set MUSC_DIR in the environment)."
-)
 
 
 def shrunk_config(width: int) -> dict:
@@ -60,23 +59,13 @@ def smooth_images(count: int, size: int, seed: int) -> torch.Tensor:
     return images.clamp(0, 1)
 
 
-@contextlib.contextmanager
-def official_imports(folder: Path):
-    """Make the release importable as it expects (run from its root), undone on exit."""
-    previous_cwd, previous_path = os.getcwd(), list(sys.path)
-    stubbed = []
-    if importlib.util.find_spec("openpyxl") is None:  # only its Excel export uses it
-        sys.modules["openpyxl"] = types.SimpleNamespace(Workbook=None)
-        stubbed.append("openpyxl")
-    os.chdir(folder)
-    sys.path[:0] = [str(folder), str(folder / "models" / "backbone")]
-    try:
-        yield
-    finally:
-        os.chdir(previous_cwd)
-        sys.path[:] = previous_path
-        for name in stubbed:
-            sys.modules.pop(name, None)
+def release_imports(folder: Path):
+    """The release importable as it expects: run from its root, ``models/backbone`` on ``sys.path`` (its
+    ``models/musc.py`` appends that folder relative to the working directory), ``openpyxl`` (used only by
+    its Excel export) stubbed when absent."""
+    return official_imports(
+        folder, extra_paths=("models/backbone",), chdir=True, stubs={"openpyxl": {"Workbook": None}}
+    )
 
 
 class Recorder:
@@ -196,20 +185,18 @@ def _visit_order(items, divide_num, mvtec_module):
     return visited
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--musc-dir", default=os.environ.get("MUSC_DIR"), help="official MuSc checkout")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=12, help="images of the category (>= 9 for VisA's k)")
     parser.add_argument("--image-size", type=int, default=518)
     parser.add_argument("--width", type=int, default=256, help="ViT width of the shrunk architecture")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides in fp32, TF32 off)")
-    args = parser.parse_args()
-    if not args.musc_dir or not (Path(args.musc_dir) / "models" / "musc.py").is_file():
-        print(GET_IT, file=sys.stderr)
-        return 2
-    folder = Path(args.musc_dir).resolve()
+
+
+def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
+    report.note(
+        f"MuSc parity: {args.images} images at {args.image_size} px, shrunk ViT-L-14-336 (24 blocks, width "
+        f"{args.width}, taps {list(TAPS)}), positional embedding resized 24->{args.image_size // 14}"
+    )
     torch.set_grad_enabled(False)
     if args.device != "cpu":
         # The release wraps its GPU passes in fp16 autocast; parity is checked in fp32 on both sides, so
@@ -244,7 +231,7 @@ def main() -> int:
         ).to(args.device)
         ours = MuSc(backbone, layers=TAPS, r_list=(1, 3, 5), rscin_k=(1, 2, 3))
 
-        with official_imports(folder):
+        with release_imports(folder):
             musc_module = importlib.import_module("models.musc")
             mvtec_module = importlib.import_module("datasets.mvtec")
             official_clip = importlib.import_module("models.backbone.open_clip")
@@ -260,8 +247,7 @@ def main() -> int:
         images = smooth_images(args.images, args.image_size, seed=1)
         normalised = backbone.normalize(images.to(args.device)).cpu()
         kinds = ["good"] * (args.images - 6) + ["crack"] * 4 + ["hole"] * 2
-        rows: list[tuple[str, float]] = []
-        with official_imports(folder):
+        with release_imports(folder):
             official = run_official(
                 musc_module, mvtec_module, theirs, normalised, kinds, 1, "mvtec_ad", work, args.device
             )
@@ -275,46 +261,36 @@ def main() -> int:
         order = official["order"]
         official_taps = [torch.cat([t[1][i] for t in official["taps"]]) for i in range(len(TAPS))]
         for index, layer in enumerate(TAPS):
-            rows.append(
-                (
-                    f"tokens block {layer}",
-                    (features[tokens_key(layer)][order] - official_taps[index]).abs().max().item(),
-                )
+            report.add(
+                f"tokens block {layer}",
+                (features[tokens_key(layer)][order] - official_taps[index]).abs().max().item(),
             )
         pooled = torch.cat([t[0] for t in official["taps"]])
         embedding_ours = F.normalize(features[IMAGE_EMBEDDING][order], dim=-1)
-        rows.append(
-            ("image embedding (unit)", (embedding_ours - F.normalize(pooled, dim=-1)).abs().max().item())
+        report.add(
+            "image embedding (unit)", (embedding_ours - F.normalize(pooled, dim=-1)).abs().max().item()
         )
 
         details: dict = {}
         prediction = ours.score_set(features, groups=kinds, details=details)
         calls = iter(official["msm"])
-        worst_part = 0.0
         for r in (1, 3, 5):
             for layer in TAPS:
                 theirs_part = next(calls)
                 delta = (details["parts"][(r, layer)][order] - theirs_part).abs().max().item()
-                worst_part = max(worst_part, delta)
-                rows.append((f"patch scores r={r} block {layer}", delta))
-        rows.append(("final maps", (details["maps64"][order] - official["maps"]).abs().max().item()))
-        rows.append(
-            (
-                "final maps (float32 output)",
-                (prediction.anomaly_map.double()[order] - official["maps"]).abs().max().item(),
-            )
+                report.add(f"patch scores r={r} block {layer}", delta)
+        report.add("final maps", (details["maps64"][order] - official["maps"]).abs().max().item())
+        report.add(
+            "final maps (float32 output)",
+            (prediction.anomaly_map.double()[order] - official["maps"]).abs().max().item(),
         )
-        rows.append(
-            (
-                "image scores before RsCIN",
-                (details["raw_image_score"][order] - official["raw_scores"]).abs().max().item(),
-            )
+        report.add(
+            "image scores before RsCIN",
+            (details["raw_image_score"][order] - official["raw_scores"]).abs().max().item(),
         )
-        rows.append(
-            (
-                "image scores after RsCIN k=[1,2,3]",
-                (prediction.image_score.double()[order] - official["scores"]).abs().max().item(),
-            )
+        report.add(
+            "image scores after RsCIN k=[1,2,3]",
+            (prediction.image_score.double()[order] - official["scores"]).abs().max().item(),
         )
         visa_theirs = torch.as_tensor(
             official["rscin"](official["raw_scores"].numpy(), official["class_tokens"], k_list=[1, 8, 9])
@@ -322,14 +298,12 @@ def main() -> int:
         visa_ours = rscin(
             details["raw_image_score"], F.normalize(features[IMAGE_EMBEDDING].float(), dim=-1), (1, 8, 9)
         )
-        rows.append(
-            (
-                "image scores after RsCIN k=[1,8,9]",
-                (visa_ours.double()[order] - visa_theirs.double()).abs().max().item(),
-            )
+        report.add(
+            "image scores after RsCIN k=[1,8,9]",
+            (visa_ours.double()[order] - visa_theirs.double()).abs().max().item(),
         )
 
-        with official_imports(folder):
+        with release_imports(folder):
             split = run_official(
                 musc_module, mvtec_module, theirs, normalised, kinds, 2, "mvtec_ad", work, args.device
             )
@@ -337,32 +311,15 @@ def main() -> int:
         split_details: dict = {}
         split_prediction = ours_split.score_set(features, groups=kinds, details=split_details)
         order = split["order"]
-        rows.append(
-            ("divide_num=2 final maps", (split_details["maps64"][order] - split["maps"]).abs().max().item())
+        report.add(
+            "divide_num=2 final maps", (split_details["maps64"][order] - split["maps"]).abs().max().item()
         )
-        rows.append(
-            (
-                "divide_num=2 image scores after RsCIN",
-                (split_prediction.image_score.double()[order] - split["scores"]).abs().max().item(),
-            )
+        report.add(
+            "divide_num=2 image scores after RsCIN",
+            (split_prediction.image_score.double()[order] - split["scores"]).abs().max().item(),
         )
 
-    print(
-        f"MuSc parity: {args.images} images at {args.image_size} px, shrunk ViT-L-14-336 (24 blocks, width "
-        f"{args.width}, taps {list(TAPS)}), positional embedding resized 24->{args.image_size // 14}"
-    )
-    worst = 0.0
-    for label, delta in rows:
-        worst = max(worst, delta)
-        print(f"  {label:40s} max|d| = {delta:.2e}")
-    print(
+    report.note(
         f"  (maps {details['maps64'].min():.4f}..{details['maps64'].max():.4f}, scores after RsCIN "
         f"{prediction.image_score.min():.4f}..{prediction.image_score.max():.4f})"
     )
-    verdict = "PASS" if worst <= TARGET else "FAIL"
-    print(f"{verdict}: worst max|d| = {worst:.2e} (target <= {TARGET:.0e})")
-    return 0 if worst <= TARGET else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,29 +11,24 @@ one torchmetrics ``binary_roc`` per ground-truth region (over the background plu
 per-region TPRs averaged on the global FPR grid and integrated up to the FPR limit. It prints both
 times, their ratio and the largest difference of the two results.
 
-Usage:
-    .venv/bin/python bench/bench_metrics.py [--images 1725] [--size 256] [--categories 15]
-        [--compare 1] [--compare-images 16]
+Usage (``make bench-metrics``):
+    python -m bench.perf metrics [--images 1725] [--size 256] [--categories 15]
+        [--compare 1] [--compare-images 16] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-try:
-    from anomaly_vlm.metrics import METRIC_NAMES, Evaluator
-except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from anomaly_vlm.metrics import METRIC_NAMES, Evaluator
+from anomaly_vlm.metrics import METRIC_NAMES, Evaluator
+from bench.report import BenchReport
 
 
 def rss_mib() -> float:
@@ -89,8 +84,7 @@ def anomalib_style_pixel_metrics(maps: np.ndarray, masks: np.ndarray, fpr_limit:
     return {"pixel_auroc": pixel_auroc, "pixel_aupro": aupro}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=1725, help="total number of test images")
     parser.add_argument("--size", type=int, default=256, help="map/mask side length")
     parser.add_argument("--categories", type=int, default=15)
@@ -103,7 +97,10 @@ def main() -> None:
         "--compare", type=int, default=1, help="categories also computed anomalib-style (0: none; slow)"
     )
     parser.add_argument("--compare-images", type=int, default=16, help="images per compared category")
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace, report: BenchReport) -> int:
+    categories = report.results.setdefault("categories", [])
 
     rss_start = rss_mib()
     if not args.no_tracemalloc:
@@ -141,6 +138,9 @@ def main() -> None:
         t_gen, t_update, t_compute = t_gen + t1 - t0, t_update + t2 - t1, t_compute + t3 - t2
         if compared is not None:
             kept.append((name, *compared))
+        categories.append(
+            {"category": name, "images": int(n), "update_s": t2 - t1, "compute_s": t3 - t2, "metrics": result}
+        )
         print(
             f"{name}: {n:4d} images  update {t2 - t1:5.2f}s  compute {t3 - t2:5.2f}s  "
             + "  ".join(f"{k}={v:.4f}" for k, v in result.items()),
@@ -155,16 +155,29 @@ def main() -> None:
     )
     print(f"peak RSS (ru_maxrss) {rss_mib():.0f} MiB (after imports {rss_start:.0f} MiB)")
     print(f"max evaluator storage {max_stored / 2**20:.0f} MiB")
+    report.results.update(
+        wall_s=t_total,
+        generation_s=t_gen,
+        update_s=t_update,
+        compute_release_s=t_compute,
+        evaluator_s=t_update + t_compute,
+        peak_rss_mib=rss_mib(),
+        rss_after_imports_mib=rss_start,
+        max_evaluator_storage_mib=max_stored / 2**20,
+    )
     if not args.no_tracemalloc:
         _, peak = tracemalloc.get_traced_memory()
         print(f"tracemalloc peak {peak / 2**20:.0f} MiB (numpy + Python allocations since start)")
+        report.results["tracemalloc_peak_mib"] = peak / 2**20
     mean = ev.macro_mean()
     print("macro mean: " + "  ".join(f"{k}={mean[k]:.4f}" for k in METRIC_NAMES))
+    report.results["macro_mean"] = {k: mean[k] for k in METRIC_NAMES}
     if kept:
-        compare(kept, args.compare_images)
+        report.results["anomalib_style"] = compare(kept, args.compare_images)
+    return 0
 
 
-def compare(kept: list, images: int) -> None:
+def compare(kept: list, images: int) -> dict:
     """Time the anomalib-style pixel metrics against the evaluator on the first images of kept categories.
 
     The anomalib way costs one ROC over the whole background per region, so it runs on a subset.
@@ -197,7 +210,11 @@ def compare(kept: list, images: int) -> None:
         f"pixel AUROC + AUPRO: anomalib-style {theirs_total:.2f}s, evaluator (all seven metrics) "
         f"{ours_total:.2f}s: {theirs_total / ours_total:.1f}x faster; results agree to {worst:.1e}"
     )
-
-
-if __name__ == "__main__":
-    main()
+    return {
+        "categories": [name for name, _, _ in kept],
+        "images_per_category": images,
+        "anomalib_style_s": theirs_total,
+        "evaluator_s": ours_total,
+        "speedup": theirs_total / ours_total,
+        "max_difference": worst,
+    }

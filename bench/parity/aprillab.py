@@ -1,6 +1,7 @@
 """Numerical parity of our APRIL-GAN (``method=aprillab``) with the official VAND-APRIL-GAN code.
 
-``make parity-aprillab APRILGAN_DIR=<checkout of ByChelsea/VAND-APRIL-GAN>``
+``python -m bench.parity aprillab --official <checkout of ByChelsea/VAND-APRIL-GAN>``
+(``make parity-aprillab APRILGAN_DIR=<checkout>``)
 
 Both sides get the same random weights of a shrunk ViT-L-14-336 (24 blocks, taps 6/12/18/24, plain
 GELU, narrow widths) run at 518 px, so the 24 -> 37 positional-embedding resize is exercised: ours
@@ -23,7 +24,6 @@ its target (1e-4 absolute, gradients 1e-4 relative to their largest entry).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import warnings
@@ -32,29 +32,28 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from official_parity import (
-    TARGET_REL,
-    Report,
-    blob_masks,
-    cpu_device_moves,
-    max_abs,
-    max_rel,
-    official_aupro_line,
-    official_folder,
-    official_imports,
-    register_config,
-    small_vit_l14_336,
-    smooth_images,
-)
 from omegaconf import OmegaConf
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
 from anomaly_vlm.methods.aprillab import AprilGANModule
 from anomaly_vlm.prompts import PromptSet
+from bench import REPO_ROOT
+from bench.parity.official import (
+    OfficialCode,
+    blob_masks,
+    cpu_device_moves,
+    max_abs,
+    max_rel,
+    official_aupro_line,
+    official_imports,
+    register_config,
+    small_vit_l14_336,
+    smooth_images,
+)
+from bench.report import TARGET_REL, ParityReport
 
-ROOT = Path(__file__).resolve().parents[1]
-URL = "https://github.com/ByChelsea/VAND-APRIL-GAN"
+OFFICIAL = OfficialCode("https://github.com/ByChelsea/VAND-APRIL-GAN", "APRILGAN_DIR", "open_clip/model.py")
 MODEL = "parity-ViT-L-14-336-small"
 CLASS_NAME = "bottle"
 STAGES = [6, 12, 18, 24]
@@ -92,13 +91,13 @@ def import_official(folder: Path) -> dict:
 
 
 def load_prompts() -> PromptSet:
-    node = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "prompts" / "aprilgan.yaml"))
+    node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "prompts" / "aprilgan.yaml"))
     node.pop("_target_")
     return PromptSet(**node)
 
 
 def backbone_settings() -> dict:
-    node = OmegaConf.load(ROOT / "conf" / "backbone" / "vit_l14_336.yaml")
+    node = OmegaConf.load(REPO_ROOT / "conf" / "backbone" / "vit_l14_336.yaml")
     return {
         "quick_gelu": bool(node.quick_gelu),
         "pos_embed_interpolation": str(node.pos_embed_interpolation),
@@ -133,22 +132,18 @@ def memory_map_of_stage(model, layer_tokens: dict, index: int) -> torch.Tensor:
         model.memory, model.few_shot_stages = memory, stages
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--official", default=os.environ.get("APRILGAN_DIR"), help="VAND-APRIL-GAN checkout")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=3, help="query images (>= 3: few-shot min-max)")
     parser.add_argument("--shots", type=int, default=2)
     parser.add_argument("--width", type=int, default=128, help="vision width of the shrunk ViT-L-14-336")
-    args = parser.parse_args()
-    folder = official_folder(args.official, "APRILGAN_DIR", URL, "open_clip/model.py")
+
+
+def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     official = import_official(folder)
     oc = official["open_clip"]
     settings = backbone_settings()
-    report = Report()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -158,7 +153,7 @@ def main() -> int:
         state = {key: value.clone() for key, value in native.clip.state_dict().items()}
         torch.save(state, tmp / "weights.pt")
         backbone = FrozenCLIP(MODEL, str(tmp / "weights.pt"), image_size=SIZE, **settings)
-        print(
+        report.note(
             f"shrunk ViT-L-14-336: 24 blocks, width {args.width}, {SIZE} px, grid {backbone.grid_size}; "
             f"ours resizes pos-embed {settings['pos_embed_interpolation']}"
             f"{' with antialias' if settings['pos_embed_antialias'] else ''}"
@@ -294,8 +289,3 @@ def main() -> int:
         # ----- the papers' AUPRO on the same maps ----------------------------------------------------
         official_aupro_line(report, official["cal_pro_score"], zero_shot_map, masks.numpy(), "zero-shot maps")
         official_aupro_line(report, official["cal_pro_score"], their_few_map, masks.numpy(), "few-shot maps")
-    return report.verdict()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
