@@ -2,8 +2,8 @@
 
 from anomaly_vlm.data.batch import AnomalyBatch, Sample, collate_samples
 from anomaly_vlm.data.datamodule import AnomalyDataModule
+from anomaly_vlm.data.datasets import DatasetSource, MVTecLayout
 from anomaly_vlm.data.image_io import DataError
-from anomaly_vlm.data.source import DatasetSource, MVTecLayout
 
 __all__ = [
     "AnomalyBatch",

@@ -39,6 +39,29 @@ class DataError(RuntimeError):
     """A dataset file or folder is missing, unreadable or inconsistent."""
 
 
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The image files of a folder (any case of extension), sorted by path.
+
+    Hidden files are skipped, and with ``recursive`` also everything in hidden folders (``.thumbnails``,
+    ``.ipynb_checkpoints``), as no reader lists them. A folder that does not exist has no images.
+
+    Args:
+        folder: where to look.
+        recursive: also list the images of its subfolders.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        path
+        for path in candidates
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
 def check_max_pixels(value: object, key: str = MAX_IMAGE_PIXELS_KEY) -> int | None:
     """``data.max_image_pixels`` as a positive int, or None (no limit).
 
@@ -151,11 +174,7 @@ def mask_files(path: str | Path) -> list[Path]:
     path = Path(path)
     if not path.is_dir():
         return [path]
-    files = sorted(
-        item
-        for item in path.iterdir()
-        if item.is_file() and item.suffix.lower() in IMAGE_EXTENSIONS and not item.name.startswith(".")
-    )
+    files = list_images(path)
     if not files:
         raise DataError(f"mask folder holds no mask images: {path}")
     return files
@@ -167,6 +186,18 @@ def _binary(path: Path, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, 
     if binary.ndim == 3:
         binary = binary.any(axis=-1)
     return binary, mask.size
+
+
+def mask_is_empty(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> bool:
+    """Whether a mask file marks no pixel (KolektorSDD/KSDD2 ship an all-black mask for normal images).
+
+    A mask over ``max_pixels`` (``data.max_image_pixels``) is refused before decoding (:class:`DataError`).
+    """
+    with open_image(path, max_pixels, what="mask") as mask:
+        try:
+            return not np.asarray(mask.convert("L")).any()
+        except OSError as error:
+            raise DataError(f"cannot read mask {path}: {error}") from error
 
 
 def load_mask(

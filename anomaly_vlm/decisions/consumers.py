@@ -25,7 +25,7 @@ import torch
 
 from anomaly_vlm.callbacks.scoring import CategoryResult
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.source import DatasetSource
+from anomaly_vlm.data.datasets.base import DatasetSource
 from anomaly_vlm.decisions.thresholds import (
     CategoryThresholds,
     ThresholdError,

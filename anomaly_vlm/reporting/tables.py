@@ -63,8 +63,8 @@ FULL_CATEGORIES: dict[str, tuple[str, ...]] = {}
 def full_categories(dataset: str) -> tuple[str, ...] | None:
     """The complete category list of a benchmark dataset (None for other datasets)."""
     if not FULL_CATEGORIES:
-        from anomaly_vlm.data.mvtec import MVTEC_CATEGORIES
-        from anomaly_vlm.data.visa import VISA_CATEGORIES
+        from anomaly_vlm.data.datasets.mvtec import MVTEC_CATEGORIES
+        from anomaly_vlm.data.datasets.visa import VISA_CATEGORIES
 
         FULL_CATEGORIES.update(mvtec=MVTEC_CATEGORIES, visa=VISA_CATEGORIES)
     return FULL_CATEGORIES.get(dataset)

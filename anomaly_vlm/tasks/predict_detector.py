@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from anomaly_vlm.callbacks.scoring import CategoryResult
 from anomaly_vlm.data.checks import check_samples
+from anomaly_vlm.data.datasets.base import DatasetSource
 from anomaly_vlm.data.image_io import load_image
-from anomaly_vlm.data.source import DatasetSource
 from anomaly_vlm.decisions.consumers import CategoryDecisions
 from anomaly_vlm.decisions.outputs import DecisionWriter
 from anomaly_vlm.decisions.thresholds import ThresholdSettings

@@ -15,41 +15,22 @@ products have no names: the prompts use the folder names ``01``/``02``/``03``, a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-
-from anomaly_vlm.data.datasets._layout import BenchmarkLayout
-from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
+from anomaly_vlm.data.datasets.layout import RELEASE_MASK_SUFFIXES, MVTecLayout
 
 BTAD_CATEGORIES = ("01", "02", "03")
 
 
-class BTAD(BenchmarkLayout):
+class BTAD(MVTecLayout):
     """BTAD as downloaded (``ok``/``ko`` folders, BMP or PNG).
 
-    Args:
-        root: the ``BTech_Dataset_transformed`` folder.
-        categories: subset of ``01``, ``02``, ``03``; None means all present.
-        class_names: category -> words used in prompts.
-        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+    Options (``root``: the ``BTech_Dataset_transformed`` folder; ``categories``: a subset of ``01``,
+    ``02``, ``03``; ``class_names``, ``max_image_pixels``) as for every MVTec-style dataset
+    (:class:`~anomaly_vlm.data.datasets.layout.MVTecLayout`).
     """
 
     name = "btad"
-    dataset_title = "BTAD"
-
-    def __init__(
-        self,
-        root: str | Path,
-        categories: Sequence[str] | None = None,
-        class_names: Mapping[str, str] | None = None,
-        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-    ) -> None:
-        super().__init__(
-            root,
-            categories,
-            class_names,
-            known_categories=BTAD_CATEGORIES,
-            normal_folder="ok",
-            max_image_pixels=max_image_pixels,
-        )
+    title = "BTAD"
+    known_categories = BTAD_CATEGORIES
+    normal_folder = "ok"
+    mask_suffixes = RELEASE_MASK_SUFFIXES
+    pair_masks_by_position = True

@@ -14,13 +14,12 @@ as the official code does. Folder names are matched case-insensitively (``Test``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.datasets._layout import NORMAL, BenchmarkLayout, check_root, image_files
-from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
-from anomaly_vlm.data.source import Split
+from anomaly_vlm.data.datasets.base import NORMAL, Split
+from anomaly_vlm.data.datasets.layout import MVTecLayout
+from anomaly_vlm.data.image_io import DataError, list_images
 
 DAGM_CATEGORIES = tuple(f"Class{k}" for k in range(1, 11))
 
@@ -36,33 +35,20 @@ def _child(folder: Path, name: str) -> Path:
     return exact
 
 
-class DAGM(BenchmarkLayout):
-    """DAGM 2007 as downloaded.
+class DAGM(MVTecLayout):
+    """DAGM 2007 as downloaded: not MVTec's layout, so it lists its own samples.
 
-    Args:
-        root: the folder holding ``Class1`` ... ``Class10``.
-        categories: subset; None means every class present.
-        class_names: category -> words used in prompts.
-        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+    Options (``root``: the folder holding ``Class1`` ... ``Class10``; ``categories``, ``class_names``,
+    ``max_image_pixels``) as for every MVTec-style dataset
+    (:class:`~anomaly_vlm.data.datasets.layout.MVTecLayout`).
     """
 
     name = "dagm"
-    dataset_title = "DAGM 2007"
-
-    def __init__(
-        self,
-        root: str | Path,
-        categories: Sequence[str] | None = None,
-        class_names: Mapping[str, str] | None = None,
-        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-    ) -> None:
-        super().__init__(
-            root, categories, class_names, known_categories=DAGM_CATEGORIES, max_image_pixels=max_image_pixels
-        )
+    title = "DAGM 2007"
+    known_categories = DAGM_CATEGORIES
 
     def available_categories(self) -> list[str]:
-        check_root(self.root, self.dataset_title)
+        self._check_root()
         present = [c for c in DAGM_CATEGORIES if _child(self.root / c, "Test").is_dir()]
         if not present:
             raise DataError(f"DAGM 2007: no Class<k>/Test/ folder under {self.root}")
@@ -75,7 +61,7 @@ class DAGM(BenchmarkLayout):
         folder = _child(self.root / category, "Test" if split == "test" else "Train")
         labels = _child(folder, "Label")
         records = []
-        for image in image_files(folder):
+        for image in list_images(folder):
             candidates = [labels / f"{image.stem}_label{ext}" for ext in (".PNG", ".png")]
             mask = next((candidate for candidate in candidates if candidate.is_file()), None)
             if mask is None:

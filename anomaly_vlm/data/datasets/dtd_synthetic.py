@@ -10,11 +10,7 @@ and, failing that, by position as the script does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-
-from anomaly_vlm.data.datasets._layout import BenchmarkLayout
-from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
+from anomaly_vlm.data.datasets.layout import RELEASE_MASK_SUFFIXES, MVTecLayout
 
 DTD_CATEGORIES = (
     "Woven_001",
@@ -32,27 +28,16 @@ DTD_CATEGORIES = (
 )
 
 
-class DTDSynthetic(BenchmarkLayout):
+class DTDSynthetic(MVTecLayout):
     """DTD-Synthetic. Class names in prompts default to the folder names, as in the official code.
 
-    Args:
-        root: the folder holding the 12 texture folders.
-        categories: subset; None means all present.
-        class_names: category -> words used in prompts.
-        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+    Options (``root``: the folder holding the 12 texture folders; ``categories``, ``class_names``,
+    ``max_image_pixels``) as for every MVTec-style dataset
+    (:class:`~anomaly_vlm.data.datasets.layout.MVTecLayout`).
     """
 
     name = "dtd_synthetic"
-    dataset_title = "DTD-Synthetic"
-
-    def __init__(
-        self,
-        root: str | Path,
-        categories: Sequence[str] | None = None,
-        class_names: Mapping[str, str] | None = None,
-        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-    ) -> None:
-        super().__init__(
-            root, categories, class_names, known_categories=DTD_CATEGORIES, max_image_pixels=max_image_pixels
-        )
+    title = "DTD-Synthetic"
+    known_categories = DTD_CATEGORIES
+    mask_suffixes = RELEASE_MASK_SUFFIXES
+    pair_masks_by_position = True

@@ -22,16 +22,16 @@ from pathlib import Path
 from typing import Literal
 
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.datasets._layout import NORMAL, BenchmarkLayout, check_root, image_files, mask_is_empty
-from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
-from anomaly_vlm.data.source import Split
+from anomaly_vlm.data.datasets.base import NORMAL, Split
+from anomaly_vlm.data.datasets.layout import RELEASE_MASK_SUFFIXES, MVTecLayout
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError, list_images, mask_is_empty
 
 KSDD_CATEGORY = "electrical_commutators"
 KSDD_CLASS_NAME = "electrical commutators"
 Layout = Literal["auto", "release", "prepared"]
 
 
-class KolektorSDD(BenchmarkLayout):
+class KolektorSDD(MVTecLayout):
     """KolektorSDD, release or prepared layout.
 
     Args:
@@ -40,12 +40,16 @@ class KolektorSDD(BenchmarkLayout):
         class_names: category -> words used in prompts.
         layout: ``auto``, ``release`` or ``prepared``.
         max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+            :class:`~anomaly_vlm.data.datasets.base.DatasetSource`).
     """
 
     name = "ksdd"
-    dataset_title = "KolektorSDD"
+    title = "KolektorSDD"
+    known_categories = (KSDD_CATEGORY,)
     default_class_names = {KSDD_CATEGORY: KSDD_CLASS_NAME}
+    # The prepared layout, as AnomalyCLIP's conversion reads it.
+    mask_suffixes = RELEASE_MASK_SUFFIXES
+    pair_masks_by_position = True
 
     def __init__(
         self,
@@ -55,13 +59,7 @@ class KolektorSDD(BenchmarkLayout):
         layout: Layout = "auto",
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(
-            root,
-            categories,
-            class_names,
-            known_categories=(KSDD_CATEGORY,),
-            max_image_pixels=max_image_pixels,
-        )
+        super().__init__(root, categories, class_names, max_image_pixels)
         if layout not in ("auto", "release", "prepared"):
             raise DataError(f"data.layout={layout!r} is not one of 'auto', 'release', 'prepared'")
         self.requested_layout = layout
@@ -71,7 +69,7 @@ class KolektorSDD(BenchmarkLayout):
     def layout(self) -> str:
         """``release`` or ``prepared`` (detected once)."""
         if self._layout is None:
-            check_root(self.root, self.dataset_title)
+            self._check_root()
             if self.requested_layout != "auto":
                 self._layout = self.requested_layout
             elif (self.root / KSDD_CATEGORY / "test").is_dir():
@@ -102,7 +100,7 @@ class KolektorSDD(BenchmarkLayout):
         if key not in self._cache:
             records = []
             for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("kos")):
-                for image in image_files(folder):
+                for image in list_images(folder):
                     if image.stem.endswith("_label"):
                         continue
                     mask = folder / f"{image.stem}_label.bmp"

@@ -9,49 +9,29 @@ one category ``ksdd2`` is also its prompt name unless ``data.class_names`` gives
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.datasets._layout import NORMAL, BenchmarkLayout, check_root, image_files, mask_is_empty
-from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
-from anomaly_vlm.data.source import Split
+from anomaly_vlm.data.datasets.base import NORMAL, Split
+from anomaly_vlm.data.datasets.layout import MVTecLayout
+from anomaly_vlm.data.image_io import DataError, list_images, mask_is_empty
 
 KSDD2_CATEGORY = "ksdd2"
 MASK_SUFFIX = "_GT"
 
 
-class KolektorSDD2(BenchmarkLayout):
-    """KolektorSDD2 as downloaded.
+class KolektorSDD2(MVTecLayout):
+    """KolektorSDD2 as downloaded: not MVTec's layout, so it lists its own samples.
 
-    Args:
-        root: the folder holding ``train/`` and ``test/``.
-        categories: ``[ksdd2]`` or None.
-        class_names: category -> words used in prompts.
-        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+    Options (``root``: the folder holding ``train/`` and ``test/``; ``categories``: ``[ksdd2]`` or None;
+    ``class_names``, ``max_image_pixels``) as for every MVTec-style dataset
+    (:class:`~anomaly_vlm.data.datasets.layout.MVTecLayout`).
     """
 
     name = "ksdd2"
-    dataset_title = "KolektorSDD2"
-
-    def __init__(
-        self,
-        root: str | Path,
-        categories: Sequence[str] | None = None,
-        class_names: Mapping[str, str] | None = None,
-        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-    ) -> None:
-        super().__init__(
-            root,
-            categories,
-            class_names,
-            known_categories=(KSDD2_CATEGORY,),
-            max_image_pixels=max_image_pixels,
-        )
+    title = "KolektorSDD2"
+    known_categories = (KSDD2_CATEGORY,)
 
     def available_categories(self) -> list[str]:
-        check_root(self.root, self.dataset_title)
+        self._check_root()
         if not (self.root / "test").is_dir():
             raise DataError(
                 f"KolektorSDD2: {self.root / 'test'} not found (the release has train/ and test/)"
@@ -64,7 +44,7 @@ class KolektorSDD2(BenchmarkLayout):
             return self._cache[key]
         folder = self.root / split
         records = []
-        for image in image_files(folder):
+        for image in list_images(folder):
             if image.stem.endswith(MASK_SUFFIX):
                 continue
             mask = folder / f"{image.stem}{MASK_SUFFIX}.png"

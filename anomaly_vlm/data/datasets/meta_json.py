@@ -21,9 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.datasets._layout import NORMAL
+from anomaly_vlm.data.datasets.base import NORMAL, DatasetSource, Split
 from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
-from anomaly_vlm.data.source import DatasetSource, Split
 from anomaly_vlm.untrusted import UntrustedFileError, read_json
 
 ENTRY_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
@@ -42,7 +41,7 @@ class MetaJSON(DatasetSource):
         require_masks: an anomalous entry without a mask is an error (set for ``train_data=meta_json``:
             training on an anomalous image with an all-zero mask would teach the opposite).
         max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+            :class:`~anomaly_vlm.data.datasets.base.DatasetSource`).
     """
 
     name = "meta_json"

@@ -7,36 +7,20 @@ ground_truth/<defect>/<stem>_mask.png}``); the category list is the one of Anoma
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-
-from anomaly_vlm.data.datasets._layout import BenchmarkLayout
-from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
+from anomaly_vlm.data.datasets.layout import RELEASE_MASK_SUFFIXES, MVTecLayout
 
 MPDD_CATEGORIES = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
 
 
-class MPDD(BenchmarkLayout):
+class MPDD(MVTecLayout):
     """MPDD as downloaded. Class names in prompts default to the folder names, as in the official code.
 
-    Args:
-        root: the release folder holding the six category folders.
-        categories: subset; None means all present.
-        class_names: category -> words used in prompts.
-        max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+    Options (``root``, ``categories``, ``class_names``, ``max_image_pixels``) as for every MVTec-style
+    dataset (:class:`~anomaly_vlm.data.datasets.layout.MVTecLayout`).
     """
 
     name = "mpdd"
-    dataset_title = "MPDD"
-
-    def __init__(
-        self,
-        root: str | Path,
-        categories: Sequence[str] | None = None,
-        class_names: Mapping[str, str] | None = None,
-        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-    ) -> None:
-        super().__init__(
-            root, categories, class_names, known_categories=MPDD_CATEGORIES, max_image_pixels=max_image_pixels
-        )
+    title = "MPDD"
+    known_categories = MPDD_CATEGORIES
+    mask_suffixes = RELEASE_MASK_SUFFIXES
+    pair_masks_by_position = True

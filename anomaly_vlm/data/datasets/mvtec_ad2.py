@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from anomaly_vlm.data.datasets._layout import BenchmarkLayout
+from anomaly_vlm.data.datasets.layout import RELEASE_MASK_SUFFIXES, MVTecLayout
 from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
 
 MVTEC_AD2_CATEGORIES = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts")
@@ -27,7 +27,7 @@ PUBLIC_TEST = "test_public"
 PRIVATE_TESTS = ("test_private", "test_private_mixed")
 
 
-class MVTecAD2(BenchmarkLayout):
+class MVTecAD2(MVTecLayout):
     """MVTec AD 2, public test split.
 
     Args:
@@ -36,11 +36,16 @@ class MVTecAD2(BenchmarkLayout):
         class_names: category -> words used in prompts.
         test_split: must be ``test_public`` (the private splits have no ground truth).
         max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+            :class:`~anomaly_vlm.data.datasets.base.DatasetSource`).
     """
 
     name = "mvtec_ad2"
-    dataset_title = "MVTec AD 2"
+    title = "MVTec AD 2"
+    known_categories = MVTEC_AD2_CATEGORIES
+    test_folder = PUBLIC_TEST
+    ground_truth = f"{PUBLIC_TEST}/ground_truth"
+    mask_suffixes = RELEASE_MASK_SUFFIXES
+    pair_masks_by_position = True
 
     def __init__(
         self,
@@ -58,12 +63,4 @@ class MVTecAD2(BenchmarkLayout):
             )
         if test_split != PUBLIC_TEST:
             raise DataError(f"data.test_split={test_split!r} is not '{PUBLIC_TEST}'")
-        super().__init__(
-            root,
-            categories,
-            class_names,
-            known_categories=MVTEC_AD2_CATEGORIES,
-            test_folder=PUBLIC_TEST,
-            ground_truth=f"{PUBLIC_TEST}/ground_truth",
-            max_image_pixels=max_image_pixels,
-        )
+        super().__init__(root, categories, class_names, max_image_pixels)

@@ -24,16 +24,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.datasets._layout import NORMAL, BenchmarkLayout, image_files
+from anomaly_vlm.data.datasets.layout import MVTecLayout
 from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
-from anomaly_vlm.data.source import Split
 
 LOCO_CATEGORIES = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
 ANOMALY_FOLDERS = {"logical": "logical_anomalies", "structural": "structural_anomalies"}
 
 
-class MVTecLOCO(BenchmarkLayout):
+class MVTecLOCO(MVTecLayout):
     """MVTec LOCO AD with fused masks.
 
     Args:
@@ -42,11 +40,13 @@ class MVTecLOCO(BenchmarkLayout):
         class_names: category -> words used in prompts (default the folder names).
         anomaly_types: ``all`` (logical and structural), ``logical`` or ``structural``.
         max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+            :class:`~anomaly_vlm.data.datasets.base.DatasetSource`).
     """
 
     name = "mvtec_loco"
-    dataset_title = "MVTec LOCO AD"
+    title = "MVTec LOCO AD"
+    known_categories = LOCO_CATEGORIES
+    mask_folder_per_image = True
 
     def __init__(
         self,
@@ -60,31 +60,7 @@ class MVTecLOCO(BenchmarkLayout):
             raise DataError(
                 f"data.anomaly_types={anomaly_types!r} is not one of 'all', 'logical', 'structural'"
             )
-        super().__init__(
-            root, categories, class_names, known_categories=LOCO_CATEGORIES, max_image_pixels=max_image_pixels
-        )
+        super().__init__(root, categories, class_names, max_image_pixels)
         self.anomaly_types = anomaly_types
-
-    def samples(self, category: str, split: Split) -> list[Sample]:
-        key = (category, split)
-        if key in self._cache:
-            return self._cache[key]
-        base = self.root / category
-        normal_dir = base / ("test" if split == "test" else "train") / NORMAL
-        records = [Sample(str(image), category, 0, NORMAL, None) for image in image_files(normal_dir)]
-        if split == "test":
-            kinds = list(ANOMALY_FOLDERS) if self.anomaly_types == "all" else [self.anomaly_types]
-            for kind in kinds:
-                folder = ANOMALY_FOLDERS[kind]
-                for image in image_files(base / "test" / folder):
-                    masks = base / "ground_truth" / folder / image.stem
-                    if not image_files(masks):
-                        raise DataError(
-                            f"MVTec LOCO AD: anomalous test image {image} has no masks; "
-                            f"expected {masks}/000.png"
-                        )
-                    records.append(Sample(str(image), category, 1, folder, str(masks)))
-        if not records:
-            raise DataError(f"MVTec LOCO AD: no images under {normal_dir.parent}")
-        self._cache[key] = records
-        return records
+        kinds = list(ANOMALY_FOLDERS) if anomaly_types == "all" else [anomaly_types]
+        self.defect_folders = tuple(ANOMALY_FOLDERS[kind] for kind in kinds)

@@ -26,9 +26,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.datasets._layout import NORMAL, BenchmarkLayout, check_root
+from anomaly_vlm.data.datasets.base import NORMAL, Split
+from anomaly_vlm.data.datasets.layout import MVTecLayout
 from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
-from anomaly_vlm.data.source import Split
 from anomaly_vlm.untrusted import UntrustedFileError, read_json
 
 REALIAD_CATEGORIES = (
@@ -66,7 +66,7 @@ REALIAD_CATEGORIES = (
 ENTRY_KEYS = ("category", "anomaly_class", "image_path", "mask_path")
 
 
-class RealIAD(BenchmarkLayout):
+class RealIAD(MVTecLayout):
     """Real-IAD from its JSON split files.
 
     Args:
@@ -77,11 +77,12 @@ class RealIAD(BenchmarkLayout):
         image_dir: image folder below ``root`` (``realiad_1024``, ``realiad_512``, ...).
         view: keep only camera ``C<view>`` images (1..5); None keeps what the split file lists.
         max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+            :class:`~anomaly_vlm.data.datasets.base.DatasetSource`).
     """
 
     name = "realiad"
-    dataset_title = "Real-IAD"
+    title = "Real-IAD"
+    known_categories = REALIAD_CATEGORIES
 
     def __init__(
         self,
@@ -93,13 +94,7 @@ class RealIAD(BenchmarkLayout):
         view: int | None = None,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(
-            root,
-            categories,
-            class_names,
-            known_categories=REALIAD_CATEGORIES,
-            max_image_pixels=max_image_pixels,
-        )
+        super().__init__(root, categories, class_names, max_image_pixels)
         self.json_dir_name = json_dir
         self.image_dir = self.root / image_dir
         if view is not None and int(view) not in range(1, 6):
@@ -110,7 +105,7 @@ class RealIAD(BenchmarkLayout):
     @property
     def json_dir(self) -> Path:
         """The split folder (directly under the root, or nested under ``realiad_jsons/``)."""
-        check_root(self.root, self.dataset_title)
+        self._check_root()
         for candidate in (self.root / self.json_dir_name, self.root / "realiad_jsons" / self.json_dir_name):
             if candidate.is_dir() and any(candidate.glob("*.json")):
                 return candidate

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, DataError, _open, to_rgb
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError, _open, list_images, to_rgb
 from anomaly_vlm.data.links import warn_outside_links
 
 #: Real photos shipped inside scikit-image (no download): textures, materials, scenes, micrographs.
@@ -95,13 +95,8 @@ def resolve_textures(entries: Sequence[str] | None) -> list[list[str]]:
         if entry == OTHER_CATEGORIES:
             groups.append([OTHER_CATEGORIES])
         elif path.is_dir():
-            found = sorted(
-                str(file)
-                for file in path.rglob("*")
-                if file.is_file()
-                and file.suffix.lower() in IMAGE_EXTENSIONS
-                and not file.name.startswith(".")
-            )
+            # Sorted as text, the order texture draws have always indexed.
+            found = sorted(str(file) for file in list_images(path, recursive=True))
             if not found:
                 raise DataError(f"train_data.synthesis.textures: folder {path} holds no images")
             warn_outside_links(path, "texture folder")

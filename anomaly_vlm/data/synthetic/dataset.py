@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from anomaly_vlm.data.datasets.layout import MVTecLayout
 from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
-from anomaly_vlm.data.source import MVTecLayout
 from anomaly_vlm.data.synthetic.cache import default_synthetic_root
 from anomaly_vlm.data.synthetic.render import GENERATOR_VERSION, SYNTHETIC_CATEGORIES
 
@@ -26,7 +26,7 @@ class SyntheticAD(MVTecLayout):
         num_train, num_test_good, num_test_per_defect: images per split.
         class_names: category -> words used in prompts (see :class:`DatasetSource`).
         max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+            :class:`~anomaly_vlm.data.datasets.base.DatasetSource`).
     """
 
     name = "synthetic"
@@ -48,13 +48,7 @@ class SyntheticAD(MVTecLayout):
             f"v{GENERATOR_VERSION}-size{image_size}-seed{generator_seed}"
             f"-n{num_train}-{num_test_good}-{num_test_per_defect}"
         )
-        super().__init__(
-            base / variant,
-            categories,
-            require_masks=True,
-            class_names=class_names,
-            max_image_pixels=max_image_pixels,
-        )
+        super().__init__(base / variant, categories, class_names, max_image_pixels)
         self._generator_args = {
             "image_size": image_size,
             "num_train": num_train,

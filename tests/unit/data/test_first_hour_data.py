@@ -11,9 +11,9 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from anomaly_vlm.data import DataError
-from anomaly_vlm.data.folder import FolderDataset
+from anomaly_vlm.data.datasets.folder import FolderDataset
+from anomaly_vlm.data.datasets.mvtec import MVTecAD
 from anomaly_vlm.data.image_io import load_image, to_rgb
-from anomaly_vlm.data.mvtec import MVTecAD
 from anomaly_vlm.tasks.instantiate import build
 
 CONF = Path(__file__).resolve().parents[3] / "conf"

@@ -9,7 +9,7 @@ from PIL import Image
 from anomaly_vlm.data import DataError
 from anomaly_vlm.data.checks import check_image_file
 from anomaly_vlm.data.dataset import AnomalyImageDataset
-from anomaly_vlm.data.folder import FolderDataset
+from anomaly_vlm.data.datasets.folder import FolderDataset
 from anomaly_vlm.data.image_io import load_image
 
 RNG = np.random.default_rng(0)

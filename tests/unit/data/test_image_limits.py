@@ -15,7 +15,7 @@ from PIL import Image
 from anomaly_vlm.data import AnomalyDataModule, DataError
 from anomaly_vlm.data.checks import check_image_file, preflight
 from anomaly_vlm.data.dataset import AnomalyImageDataset
-from anomaly_vlm.data.folder import FolderDataset
+from anomaly_vlm.data.datasets.folder import FolderDataset
 from anomaly_vlm.data.image_io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     image_size_of,

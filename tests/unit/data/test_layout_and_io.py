@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 from anomaly_vlm.data import AnomalyBatch, AnomalyDataModule, DataError, MVTecLayout
+from anomaly_vlm.data.datasets.mvtec import MVTEC_CATEGORIES, MVTecAD
 from anomaly_vlm.data.image_io import load_image, load_mask
-from anomaly_vlm.data.mvtec import MVTEC_CATEGORIES, MVTecAD
 from anomaly_vlm.data.sampling import ShotsError, draw_references
 
 

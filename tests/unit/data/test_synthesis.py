@@ -11,7 +11,7 @@ from PIL import Image
 
 from anomaly_vlm.data import AnomalyDataModule, DataError
 from anomaly_vlm.data.dataset import AnomalyImageDataset
-from anomaly_vlm.data.folder import FolderDataset
+from anomaly_vlm.data.datasets.folder import FolderDataset
 from anomaly_vlm.data.synthesis import (
     AnomalySynthesizer,
     EpochSampler,

@@ -10,7 +10,7 @@ from PIL import Image
 
 from anomaly_vlm.data import DataError
 from anomaly_vlm.data.dataset import AnomalyImageDataset
-from anomaly_vlm.data.visa import SPLIT_CSV_COLUMNS, VISA_CATEGORIES, VisA
+from anomaly_vlm.data.datasets.visa import SPLIT_CSV_COLUMNS, VISA_CATEGORIES, VisA
 
 WIDTH, HEIGHT = 60, 40  # VisA images are wider than tall; the loader squashes them
 

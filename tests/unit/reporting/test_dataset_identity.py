@@ -9,8 +9,8 @@ from pathlib import Path
 from anomaly_vlm.reporting import tables
 from anomaly_vlm.reporting.results import write_json_atomic
 
-FOLDER = "anomaly_vlm.data.folder.FolderDataset"
-MVTEC = "anomaly_vlm.data.mvtec.MVTecAD"
+FOLDER = "anomaly_vlm.data.datasets.FolderDataset"
+MVTEC = "anomaly_vlm.data.datasets.MVTecAD"
 
 
 def _result(folder: Path, target: str, root: str, dataset: str, score: float, created: str) -> Path:

@@ -5,7 +5,7 @@ import os
 import shutil
 
 from anomaly_vlm.data import AnomalyDataModule
-from anomaly_vlm.data.folder import FolderDataset
+from anomaly_vlm.data.datasets.folder import FolderDataset
 from anomaly_vlm.decisions.consumers import HeldOutSource
 from anomaly_vlm.tasks.heldout import training_images
 from anomaly_vlm.tasks.runner import run

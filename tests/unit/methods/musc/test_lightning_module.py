@@ -14,14 +14,14 @@ PROMPTS = PromptSet("unused", ["flawless {}"], ["damaged {}"], ["a photo of a {}
 
 
 def test_rscin_list_follows_the_dataset_like_the_release():
-    assert default_rscin_k("anomaly_vlm.data.visa.VisA") == (1, 8, 9)
-    assert default_rscin_k("anomaly_vlm.data.mvtec.MVTecAD") == (1, 2, 3)
+    assert default_rscin_k("anomaly_vlm.data.datasets.VisA") == (1, 8, 9)
+    assert default_rscin_k("anomaly_vlm.data.datasets.MVTecAD") == (1, 2, 3)
     assert default_rscin_k("anomaly_vlm.data.synthetic.SyntheticAD") == (1, 2, 3)
     assert default_rscin_k(None) == (1, 2, 3)
 
 
 def test_module_is_zero_shot_transductive_and_untrained(tiny_backbone):
-    module = MuScModule(tiny_backbone, PROMPTS, dataset="anomaly_vlm.data.visa.VisA")
+    module = MuScModule(tiny_backbone, PROMPTS, dataset="anomaly_vlm.data.datasets.VisA")
     assert module.model.rscin_k == (1, 8, 9)
     assert MuScModule(tiny_backbone, PROMPTS, rscin_k=[]).model.rscin_k == ()
     assert module.transductive and module.model.transductive

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from anomaly_vlm.data.batch import Sample
-from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, DataError
-from anomaly_vlm.data.source import DatasetSource, Split, list_images
+from anomaly_vlm.data.datasets.base import DatasetSource, Split
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, DataError, list_images
 
 
 def _collect(path: Path, key: str, recursive: bool) -> list[Path]:
@@ -16,16 +16,7 @@ def _collect(path: Path, key: str, recursive: bool) -> list[Path]:
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise DataError(f"{key}: {path} is not an image file (extensions {list(IMAGE_EXTENSIONS)})")
         return [path]
-    if recursive:
-        found = sorted(
-            file
-            for file in path.rglob("*")
-            if file.is_file()
-            and file.suffix.lower() in IMAGE_EXTENSIONS
-            and not any(part.startswith(".") for part in file.relative_to(path).parts)
-        )
-    else:
-        found = list_images(path)
+    found = list_images(path, recursive=recursive)
     if not found:
         raise DataError(f"{key}: no images in {path} (extensions {list(IMAGE_EXTENSIONS)})")
     return found
@@ -43,7 +34,7 @@ class ImageFiles(DatasetSource):
         category: category / class name of the images; default the folder's name.
         recursive: also take images in subfolders of ``path``.
         max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+            :class:`~anomaly_vlm.data.datasets.base.DatasetSource`).
     """
 
     name = "images"

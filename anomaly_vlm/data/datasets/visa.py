@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Literal
 
 from anomaly_vlm.data.batch import Sample
+from anomaly_vlm.data.datasets.base import DatasetSource, Split
+from anomaly_vlm.data.datasets.layout import MVTecLayout
 from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError
-from anomaly_vlm.data.source import DatasetSource, MVTecLayout, Split
 
 VISA_CATEGORIES = (
     "candle",
@@ -56,14 +57,8 @@ Layout = Literal["auto", "raw", "prepared"]
 class _PreparedVisA(MVTecLayout):
     """The prepared layout: MVTec-like, masks named like their image (``_mask`` also accepted)."""
 
-    def _find_mask(self, category: str, defect: str, image: Path) -> Path | None:
-        folder = self.root / category / "ground_truth" / defect
-        for stem in (image.stem, f"{image.stem}_mask"):
-            for extension in (".png", image.suffix, ".bmp", ".tif", ".jpg"):
-                candidate = folder / f"{stem}{extension}"
-                if candidate.is_file():
-                    return candidate
-        return None
+    name = "visa"
+    mask_suffixes = ("", "_mask")
 
 
 class VisA(DatasetSource):
@@ -77,7 +72,7 @@ class VisA(DatasetSource):
         split_csv: the split file of the raw layout; relative paths are taken from ``root``.
         class_names: category -> words used in prompts (default: the category name).
         max_image_pixels: largest image or mask file, in pixels (``data.max_image_pixels``; see
-            :class:`~anomaly_vlm.data.source.DatasetSource`).
+            :class:`~anomaly_vlm.data.datasets.base.DatasetSource`).
     """
 
     name = "visa"
@@ -100,9 +95,7 @@ class VisA(DatasetSource):
         self.split_csv = split if split.is_absolute() else self.root / split
         self._layout: str | None = None
         self._rows: dict[str, list[dict[str, str]]] | None = None
-        self._prepared = _PreparedVisA(
-            self.root, None, require_masks=True, mask_suffix="", max_image_pixels=self.max_image_pixels
-        )
+        self._prepared = _PreparedVisA(self.root, max_image_pixels=self.max_image_pixels)
         self._cache: dict[tuple[str, str], list[Sample]] = {}
 
     # ----- layout ---------------------------------------------------------------------------------
