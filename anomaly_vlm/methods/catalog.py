@@ -84,7 +84,8 @@ def method_info(name: str) -> MethodInfo:
     module_name, _, class_name = target.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     model_cls = _torch_model_class(cls)
-    transductive = bool(getattr(model_cls, "transductive", False) or getattr(cls, "transductive", False))
+    # The model class states it (the wrapper's ``transductive`` is a property that asks its model).
+    transductive = getattr(model_cls, "transductive", False) is True
     backbone = _published_backbone(node)
     experiments = tuple(sorted(path.stem for path in (CONF_DIR / "experiment").glob(f"{name}_*.yaml")))
     return MethodInfo(

@@ -28,6 +28,9 @@ def test_known_facts():
     assert method_info("promptad").zero_shot is False and method_info("promptad").few_shot
     assert method_info("musc").transductive and not method_info("musc").uses_prompts
     assert method_info("musc").exportable is False
+    assert not method_info("winclip").transductive and not method_info("aprillab").transductive
+    assert method_info("clip").exportable and method_info("winclip").exportable
+    assert not method_info("anomalyclip").few_shot and method_info("anomalyclip").zero_shot
     assert method_info("aprillab").trains and method_info("aprillab").tap_option == "stages"
     assert method_info("anomalyclip").published_taps == "last"
     assert method_info("winclip").patch_size == 16 and method_info("aprillab").patch_size == 14
