@@ -48,7 +48,7 @@ def tiny_backbone():
 
 @pytest.fixture(scope="session")
 def synthetic_source(cache_dir):
-    from anomaly_vlm.data.synthetic import SyntheticAD
+    from anomaly_vlm.data.datasets import SyntheticAD
 
     return SyntheticAD(cache_dir / "synthetic")
 

@@ -10,11 +10,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from anomaly_vlm.data.batch import Sample, collate_samples
 from anomaly_vlm.data.dataset import AnomalyImageDataset
 from anomaly_vlm.data.datasets.base import DatasetSource
+from anomaly_vlm.data.defect_synthesis import AnomalySynthesizer, EpochSampler, SynthesizedAnomalies
 from anomaly_vlm.data.distributed import ContiguousShardSampler, rank_and_world
 from anomaly_vlm.data.image_io import DataError, load_image
 from anomaly_vlm.data.mosaic import MosaicDataset
 from anomaly_vlm.data.sampling import ShuffledOrder, draw_references
-from anomaly_vlm.data.synthesis import AnomalySynthesizer, EpochSampler, SynthesizedAnomalies
 
 
 class AnomalyDataModule(L.LightningDataModule):

@@ -30,7 +30,7 @@ class MosaicDataset(Dataset):
     release pasted the files at their native size and resized once.
 
     Whether an item becomes a mosaic, and its tiles, are drawn from ``(seed, epoch, index)`` alone (keys
-    are ``(epoch, index)`` from :class:`~anomaly_vlm.data.synthesis.EpochSampler`; a plain index is
+    are ``(epoch, index)`` from :class:`~anomaly_vlm.data.defect_synthesis.EpochSampler`; a plain index is
     epoch 0), so they do not depend on the loader's workers or on where an interrupted training resumed.
 
     Args:

@@ -57,8 +57,8 @@ def write_reference_log(path: Path, draws: dict[str, list[Sample]], shots: int, 
 
 
 def epoch_key(key: int | tuple[int, int]) -> tuple[int, int]:
-    """``(epoch, index)`` of a training dataset key (see :class:`~anomaly_vlm.data.synthesis.EpochSampler`);
-    a plain index is epoch 0."""
+    """``(epoch, index)`` of a training dataset key (see
+    :class:`~anomaly_vlm.data.defect_synthesis.EpochSampler`); a plain index is epoch 0."""
     if isinstance(key, tuple):
         return int(key[0]), int(key[1])
     return 0, int(key)

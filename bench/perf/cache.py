@@ -33,7 +33,7 @@ import torch
 
 from anomaly_vlm.cache.__main__ import namespace_usage
 from anomaly_vlm.cache.feature_cache import FeatureCache
-from anomaly_vlm.data.synthetic import SyntheticAD
+from anomaly_vlm.data.datasets import SyntheticAD
 from bench import REPO_ROOT
 from bench.report import BenchReport
 

@@ -83,7 +83,7 @@ def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path) -> None:
 
 def test_class_names_are_ignored_by_learned_prompts(tmp_path: Path) -> None:
     """``data.class_names`` with a learned prompt set: one log line, never a crash (folder data)."""
-    from anomaly_vlm.data.synthetic import generate_synthetic_dataset
+    from anomaly_vlm.data.toy import generate_synthetic_dataset
 
     root = generate_synthetic_dataset(
         tmp_path / "folder", categories=["disc"], num_train=2, num_test_good=2, num_test_per_defect=1

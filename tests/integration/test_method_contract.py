@@ -21,10 +21,10 @@ from hydra.utils import get_class
 
 from anomaly_vlm.callbacks import CategoryResult, CategoryScoring
 from anomaly_vlm.data import AnomalyDataModule
-from anomaly_vlm.data.synthetic import SyntheticAD
+from anomaly_vlm.data.datasets import SyntheticAD
 from anomaly_vlm.methods.contract import FrozenFeatureExtractor
-from anomaly_vlm.tasks.instantiate import build
 from anomaly_vlm.tasks.categories import score_categories
+from anomaly_vlm.tasks.instantiate import build
 from anomaly_vlm.tasks.predict import HeatmapWriter
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

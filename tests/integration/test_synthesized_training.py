@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from PIL import Image
 
-from anomaly_vlm.data.synthesis.textures import skimage_photo
+from anomaly_vlm.data.defect_synthesis.textures import skimage_photo
 from anomaly_vlm.tasks.errors import ConfigError
 from anomaly_vlm.tasks.runner import run
 from anomaly_vlm.tasks.training_data import split_synthesis
@@ -51,7 +51,7 @@ def test_every_train_data_has_synthesis_off_and_the_dataset_never_sees_its_keys(
             cfg = compose("train", overrides=[f"train_data={name}", "seed=3"])
             node = cfg.train_data
             assert node.synthesize_anomalies is False, name
-            assert node.synthesis._target_ == "anomaly_vlm.data.synthesis.AnomalySynthesizer"
+            assert node.synthesis._target_ == "anomaly_vlm.data.defect_synthesis.AnomalySynthesizer"
             dataset, synthesis = split_synthesis(node)
             assert synthesis is None and "synthesis" not in dataset and "synthesize_anomalies" not in dataset
             assert "synthesis" in node  # the job's config is left whole

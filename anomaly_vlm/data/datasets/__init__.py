@@ -21,6 +21,7 @@ from anomaly_vlm.data.datasets.mvtec import MVTecAD
 from anomaly_vlm.data.datasets.mvtec_ad2 import MVTecAD2
 from anomaly_vlm.data.datasets.mvtec_loco import MVTecLOCO
 from anomaly_vlm.data.datasets.realiad import RealIAD
+from anomaly_vlm.data.datasets.toy import SyntheticAD
 from anomaly_vlm.data.datasets.visa import VisA
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "MetaJSON",
     "RealIAD",
     "Split",
+    "SyntheticAD",
     "VisA",
 ]

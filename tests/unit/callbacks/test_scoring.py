@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from anomaly_vlm.callbacks import CategoryEvaluation, CategoryResult, CategoryScoring
 from anomaly_vlm.callbacks.scoring import drawing_order
 from anomaly_vlm.data import AnomalyDataModule
-from anomaly_vlm.data.synthetic import SyntheticAD
+from anomaly_vlm.data.datasets import SyntheticAD
 from anomaly_vlm.methods.base import AnomalyMethod
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
 from anomaly_vlm.metrics import Evaluator

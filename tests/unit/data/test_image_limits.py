@@ -16,6 +16,8 @@ from anomaly_vlm.data import AnomalyDataModule, DataError
 from anomaly_vlm.data.checks import check_image_file, preflight
 from anomaly_vlm.data.dataset import AnomalyImageDataset
 from anomaly_vlm.data.datasets.folder import FolderDataset
+from anomaly_vlm.data.defect_synthesis import AnomalySynthesizer
+from anomaly_vlm.data.defect_synthesis.textures import load_texture
 from anomaly_vlm.data.image_io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     image_size_of,
@@ -23,8 +25,6 @@ from anomaly_vlm.data.image_io import (
     load_mask,
     open_image,
 )
-from anomaly_vlm.data.synthesis import AnomalySynthesizer
-from anomaly_vlm.data.synthesis.textures import load_texture
 
 
 def _save(path: Path, size: int = 16, mode: str = "RGB") -> Path:

@@ -23,7 +23,7 @@ def test_synthetic_source_lists_mvtec_layout(synthetic_source):
 
 
 def test_category_selection_is_validated(synthetic_source):
-    from anomaly_vlm.data.synthetic import SyntheticAD
+    from anomaly_vlm.data.datasets import SyntheticAD
 
     selected = SyntheticAD(synthetic_source.root.parent, categories=["nut", "brick"])
     assert selected.categories == ["nut", "brick"]

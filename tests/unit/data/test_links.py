@@ -14,8 +14,8 @@ from anomaly_vlm.data.datasets.folder import FolderDataset
 from anomaly_vlm.data.datasets.images import ImageFiles
 from anomaly_vlm.data.image_io import load_image
 from anomaly_vlm.data.links import open_new, outside_links
-from anomaly_vlm.data.synthetic import MANIFEST_NAME, generate_synthetic_dataset
-from anomaly_vlm.data.synthetic.cache import _LOCK_NAME, _PENDING_NAME, _write_json
+from anomaly_vlm.data.toy import MANIFEST_NAME, generate_synthetic_dataset
+from anomaly_vlm.data.toy.cache import _LOCK_NAME, _PENDING_NAME, _write_json
 
 LOGGER = "anomaly_vlm.data.links"
 

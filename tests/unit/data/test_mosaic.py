@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from anomaly_vlm.data import AnomalyDataModule
 from anomaly_vlm.data.dataset import AnomalyImageDataset
+from anomaly_vlm.data.datasets import SyntheticAD
 from anomaly_vlm.data.mosaic import MosaicDataset
-from anomaly_vlm.data.synthetic import SyntheticAD
 
 
 @pytest.fixture(scope="module")

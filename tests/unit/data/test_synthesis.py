@@ -12,14 +12,14 @@ from PIL import Image
 from anomaly_vlm.data import AnomalyDataModule, DataError
 from anomaly_vlm.data.dataset import AnomalyImageDataset
 from anomaly_vlm.data.datasets.folder import FolderDataset
-from anomaly_vlm.data.synthesis import (
+from anomaly_vlm.data.defect_synthesis import (
     AnomalySynthesizer,
     EpochSampler,
     SynthesizedAnomalies,
     perlin_noise,
     resolve_textures,
 )
-from anomaly_vlm.data.synthesis.textures import skimage_photo
+from anomaly_vlm.data.defect_synthesis.textures import skimage_photo
 
 SIZE = 64
 CHANGED = 0.5 / 255

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from anomaly_vlm.data import synthetic
-from anomaly_vlm.data.synthetic import (
+from anomaly_vlm.data import toy
+from anomaly_vlm.data.toy import (
     DEFECT_AREA_RANGE,
     DEFECT_TYPES,
     MANIFEST_NAME,
@@ -44,8 +44,8 @@ def default_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_public_constants() -> None:
     assert len(SYNTHETIC_CATEGORIES) >= 4
-    assert set(synthetic.TEXTURE_CATEGORIES) | set(synthetic.OBJECT_CATEGORIES) == set(SYNTHETIC_CATEGORIES)
-    assert synthetic.TEXTURE_CATEGORIES and synthetic.OBJECT_CATEGORIES
+    assert set(toy.TEXTURE_CATEGORIES) | set(toy.OBJECT_CATEGORIES) == set(SYNTHETIC_CATEGORIES)
+    assert toy.TEXTURE_CATEGORIES and toy.OBJECT_CATEGORIES
     assert len(DEFECT_TYPES) >= 3
 
 
@@ -91,7 +91,7 @@ def test_normal_images_vary(default_root: Path) -> None:
 
 def test_manifest_records_version_and_arguments(default_root: Path) -> None:
     manifest = json.loads((default_root / MANIFEST_NAME).read_text())
-    assert manifest["version"] == synthetic.GENERATOR_VERSION
+    assert manifest["version"] == toy.GENERATOR_VERSION
     assert manifest["args"] == {
         "categories": list(SYNTHETIC_CATEGORIES),
         "image_size": [128, 128],
@@ -108,14 +108,14 @@ def test_mask_marks_exactly_the_changed_pixels(category: str, defect: str) -> No
     cat_idx = SYNTHETIC_CATEGORIES.index(category)
     for index in range(3):
         rng = np.random.default_rng([7, cat_idx, 2 + DEFECT_TYPES.index(defect), index])
-        scene = synthetic._render_scene(category, rng, 96, 96)
-        image, mask = synthetic._apply_defect(defect, rng, scene)
+        scene = toy._render_scene(category, rng, 96, 96)
+        image, mask = toy._apply_defect(defect, rng, scene)
         changed = np.abs(image - scene.image).max(axis=-1)
         assert mask.any()
         assert (changed[mask] > 1e-3).mean() > 0.95
         # Soft stain edges fade out within a few pixels of the annotated region, never further.
         assert not changed[~ndimage.binary_dilation(mask, iterations=8)].any()
-        if category in synthetic.OBJECT_CATEGORIES:
+        if category in toy.OBJECT_CATEGORIES:
             assert scene.support[mask].min() >= 0.5  # defects stay on the object
 
 
@@ -124,8 +124,8 @@ def test_defect_strength_ranges_from_subtle_to_obvious() -> None:
     for category in SYNTHETIC_CATEGORIES:
         for index in range(4):
             rng = np.random.default_rng([0, SYNTHETIC_CATEGORIES.index(category), 3, index])
-            scene = synthetic._render_scene(category, rng, 96, 96)
-            image, mask = synthetic._apply_defect("stain", rng, scene)
+            scene = toy._render_scene(category, rng, 96, 96)
+            image, mask = toy._apply_defect("stain", rng, scene)
             contrasts.append(np.abs(image - scene.image)[mask].mean())
     assert min(contrasts) < 0.08 < 0.2 < max(contrasts)
 
@@ -165,7 +165,7 @@ def test_second_call_with_same_arguments_writes_nothing(tmp_path: Path, monkeypa
     def fail(*args, **kwargs):
         raise AssertionError("cache hit must not render")
 
-    monkeypatch.setattr(synthetic, "_write_category", fail)
+    monkeypatch.setattr(toy, "_write_category", fail)
     assert generate_synthetic_dataset(tmp_path / "data", categories=["brick", "disc"], **SMALL) == root
     assert _stamps(root) == before
 
@@ -194,19 +194,19 @@ def test_overwrite_regenerates_even_when_cached(tmp_path: Path) -> None:
 
 
 def test_crashed_generation_is_not_taken_as_complete(tmp_path: Path, monkeypatch) -> None:
-    real = synthetic._write_category
+    real = toy._write_category
 
     def crash_on_second(folder, category, *args):
         if category == "disc":
             raise RuntimeError("simulated crash")
         real(folder, category, *args)
 
-    monkeypatch.setattr(synthetic, "_write_category", crash_on_second)
+    monkeypatch.setattr(toy, "_write_category", crash_on_second)
     with pytest.raises(RuntimeError, match="simulated crash"):
         generate_synthetic_dataset(tmp_path, categories=["brick", "disc"], **SMALL)
     assert not (tmp_path / MANIFEST_NAME).exists()
     assert not (tmp_path / "brick").exists()  # nothing half-written is left in the layout
-    monkeypatch.setattr(synthetic, "_write_category", real)
+    monkeypatch.setattr(toy, "_write_category", real)
     generate_synthetic_dataset(tmp_path, categories=["brick", "disc"], **SMALL)
     assert (tmp_path / MANIFEST_NAME).exists()
     assert len(list((tmp_path / "disc/test/hole").iterdir())) == 2

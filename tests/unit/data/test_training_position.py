@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from anomaly_vlm.data import AnomalyDataModule
+from anomaly_vlm.data.datasets import SyntheticAD
+from anomaly_vlm.data.defect_synthesis import AnomalySynthesizer
 from anomaly_vlm.data.sampling import ShuffledOrder
-from anomaly_vlm.data.synthesis import AnomalySynthesizer
-from anomaly_vlm.data.synthetic import SyntheticAD
 
 SIZE = 64
 

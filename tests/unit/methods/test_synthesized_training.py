@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data import AnomalyDataModule, DataError
-from anomaly_vlm.data.synthesis import AnomalySynthesizer
-from anomaly_vlm.data.synthetic import SyntheticAD
+from anomaly_vlm.data.datasets import SyntheticAD
+from anomaly_vlm.data.defect_synthesis import AnomalySynthesizer
 from anomaly_vlm.methods.anomalyclip import AnomalyCLIPModule
 from anomaly_vlm.methods.aprillab import AprilGANModule
 from anomaly_vlm.metrics.functional import pixel_metrics

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from anomaly_vlm.backbones import FrozenCLIP
 from anomaly_vlm.data import AnomalyDataModule
-from anomaly_vlm.data.synthetic import SyntheticAD
+from anomaly_vlm.data.datasets import SyntheticAD
 from anomaly_vlm.methods.adaclip import AdaCLIPModule
 from anomaly_vlm.metrics.functional import image_metrics, pixel_metrics
 from anomaly_vlm.prompts import LearnablePromptSet, PromptSet

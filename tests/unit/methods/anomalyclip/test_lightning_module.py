@@ -11,7 +11,7 @@ import torch
 
 from anomaly_vlm.backbones import FrozenCLIP
 from anomaly_vlm.data import AnomalyDataModule
-from anomaly_vlm.data.synthetic import SyntheticAD
+from anomaly_vlm.data.datasets import SyntheticAD
 from anomaly_vlm.methods.anomalyclip import AnomalyCLIPModule
 from anomaly_vlm.metrics.functional import image_metrics, pixel_metrics
 from anomaly_vlm.prompts import LearnablePromptSet, PromptSet

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data import AnomalyDataModule
-from anomaly_vlm.data.synthetic import SyntheticAD
+from anomaly_vlm.data.datasets import SyntheticAD
 from anomaly_vlm.methods.aprillab import AprilGANModule
 from anomaly_vlm.prompts import PromptSet
 

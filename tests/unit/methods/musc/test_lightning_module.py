@@ -16,7 +16,7 @@ PROMPTS = PromptSet("unused", ["flawless {}"], ["damaged {}"], ["a photo of a {}
 def test_rscin_list_follows_the_dataset_like_the_release():
     assert default_rscin_k("anomaly_vlm.data.datasets.VisA") == (1, 8, 9)
     assert default_rscin_k("anomaly_vlm.data.datasets.MVTecAD") == (1, 2, 3)
-    assert default_rscin_k("anomaly_vlm.data.synthetic.SyntheticAD") == (1, 2, 3)
+    assert default_rscin_k("anomaly_vlm.data.datasets.SyntheticAD") == (1, 2, 3)
     assert default_rscin_k(None) == (1, 2, 3)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from anomaly_vlm.data.synthetic import render_sample
+from anomaly_vlm.data.toy import render_sample
 from anomaly_vlm.methods.contract import FrozenFeatureExtractor, Prediction
 from anomaly_vlm.methods.promptad.torch_model import PromptADModel, default_memory_blocks
 from anomaly_vlm.prompts.promptad import PromptADPromptSet

@@ -1,4 +1,4 @@
-"""The synthetic dataset as a dataset source (``data=synthetic``)."""
+"""The toy dataset (:mod:`anomaly_vlm.data.toy`) as a dataset source (``data=synthetic``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from pathlib import Path
 
 from anomaly_vlm.data.datasets.layout import MVTecLayout
 from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
-from anomaly_vlm.data.synthetic.cache import default_synthetic_root
-from anomaly_vlm.data.synthetic.render import GENERATOR_VERSION, SYNTHETIC_CATEGORIES
+from anomaly_vlm.data.toy import (
+    GENERATOR_VERSION,
+    SYNTHETIC_CATEGORIES,
+    default_synthetic_root,
+    generate_synthetic_dataset,
+)
 
 
 class SyntheticAD(MVTecLayout):
@@ -60,9 +64,6 @@ class SyntheticAD(MVTecLayout):
 
     def _ensure_generated(self) -> None:
         if not self._generated:
-            # The package imports this module, so its entry point is looked up when first needed.
-            from anomaly_vlm.data.synthetic import generate_synthetic_dataset
-
             generate_synthetic_dataset(self.root, SYNTHETIC_CATEGORIES, **self._generator_args)
             self._generated = True
 

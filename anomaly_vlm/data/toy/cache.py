@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from anomaly_vlm.data.links import open_new
-from anomaly_vlm.data.synthetic.render import SYNTHETIC_CATEGORIES
+from anomaly_vlm.data.toy.render import SYNTHETIC_CATEGORIES
 from anomaly_vlm.untrusted import read_json
 
 MANIFEST_NAME = ".synthetic.json"

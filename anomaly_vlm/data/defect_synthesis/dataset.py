@@ -9,9 +9,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from anomaly_vlm.data.dataset import AnomalyImageDataset
+from anomaly_vlm.data.defect_synthesis.synthesizer import AnomalySynthesizer
 from anomaly_vlm.data.image_io import load_image
 from anomaly_vlm.data.sampling import epoch_key
-from anomaly_vlm.data.synthesis.synthesizer import AnomalySynthesizer
 
 
 class EpochSampler(Sampler):

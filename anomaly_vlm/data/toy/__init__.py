@@ -1,4 +1,4 @@
-"""Procedurally generated anomaly-detection dataset in MVTec AD layout.
+"""The toy dataset: a procedurally generated anomaly-detection dataset in MVTec AD layout.
 
 The real benchmarks (MVTec AD, VisA) cannot be downloaded on the build machines, so the demo and
 the test-suite run on this small dataset instead. It is written to disk in exactly the MVTec AD
@@ -36,13 +36,13 @@ Generation is deterministic: every image draws from its own ``numpy.random.Gener
 with ``(seed, category index, split code, image index)``; the global RNG is never used. A
 category's images therefore do not depend on which other categories are generated with it.
 
-The package is split by role; every name is importable from the package itself:
+Its reader, the ``data=synthetic`` source, is :class:`~anomaly_vlm.data.datasets.toy.SyntheticAD`; it
+generates the files on first use. This package is split by role; every name is importable from it:
 
-* :mod:`~anomaly_vlm.data.synthetic.render` -- the renderer: categories, defects and the pixels
+* :mod:`~anomaly_vlm.data.toy.render` -- the renderer: categories, defects and the pixels
   of every image (:func:`render_sample`).
-* :mod:`~anomaly_vlm.data.synthetic.cache` -- the disk cache: where it lives, its manifest, the
+* :mod:`~anomaly_vlm.data.toy.cache` -- the disk cache: where it lives, its manifest, the
   file lock and the removal of stale output.
-* :mod:`~anomaly_vlm.data.synthetic.dataset` -- :class:`SyntheticAD`, the ``data=synthetic`` source.
 * this module -- :func:`generate_synthetic_dataset`, which renders into the locked cache.
 """
 
@@ -54,7 +54,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from anomaly_vlm.data.synthetic.cache import (
+from anomaly_vlm.data.toy.cache import (
     _PENDING_NAME,
     _TMP_PREFIX,
     MANIFEST_NAME,
@@ -64,8 +64,7 @@ from anomaly_vlm.data.synthetic.cache import (
     _write_json,
     default_synthetic_root,
 )
-from anomaly_vlm.data.synthetic.dataset import SyntheticAD
-from anomaly_vlm.data.synthetic.render import (
+from anomaly_vlm.data.toy.render import (
     DEFECT_AREA_RANGE,
     DEFECT_TYPES,
     GENERATOR_VERSION,
@@ -79,8 +78,8 @@ from anomaly_vlm.data.synthetic.render import (
 )
 
 # The scene and defect steps stay reachable here, where the single-module version had them.
-from anomaly_vlm.data.synthetic.render import _apply_defect as _apply_defect
-from anomaly_vlm.data.synthetic.render import _render_scene as _render_scene
+from anomaly_vlm.data.toy.render import _apply_defect as _apply_defect
+from anomaly_vlm.data.toy.render import _render_scene as _render_scene
 
 __all__ = [
     "DEFECT_AREA_RANGE",
@@ -90,7 +89,6 @@ __all__ = [
     "OBJECT_CATEGORIES",
     "SYNTHETIC_CATEGORIES",
     "TEXTURE_CATEGORIES",
-    "SyntheticAD",
     "default_synthetic_root",
     "generate_synthetic_dataset",
     "render_sample",

@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError, check_max_pixels
-from anomaly_vlm.data.synthesis.noise import perlin_noise
-from anomaly_vlm.data.synthesis.textures import (
+from anomaly_vlm.data.defect_synthesis.noise import perlin_noise
+from anomaly_vlm.data.defect_synthesis.textures import (
     OTHER_CATEGORIES,
     TEXTURE_LIMIT_KEY,
     load_texture,
     resolve_textures,
 )
+from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, DataError, check_max_pixels
 
 KINDS: tuple[str, ...] = ("cutpaste", "texture")
 
@@ -99,7 +99,7 @@ class AnomalySynthesizer:
         textures: texture sources of ``texture`` defects: image files, folders (e.g. DTD's images, as
             DRAEM used), names of scikit-image photos, ``other_categories`` (normal images of the other
             training categories); None = bundled scikit-image photos
-            (:data:`~anomaly_vlm.data.synthesis.textures.DEFAULT_TEXTURES`).
+            (:data:`~anomaly_vlm.data.defect_synthesis.textures.DEFAULT_TEXTURES`).
         patch_area: ``cutpaste`` patch area as a fraction of the image (CutPaste: 0.02-0.15).
         patch_aspect: ``cutpaste`` aspect-ratio range, drawn log-uniformly (CutPaste: 0.3-3.3).
         other_image: chance that a ``cutpaste`` patch comes from another normal image, not the same one.
