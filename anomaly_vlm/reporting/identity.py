@@ -121,13 +121,28 @@ def neutral(key: str, run: dict) -> bool:
     return True
 
 
+#: Classes that moved, from the ``_target_`` runs of older versions recorded to today's: a run from before
+#: a move and one after it are one configuration.
+MOVED_TARGETS: dict[str, str] = {
+    "anomaly_vlm.data.mvtec.MVTecAD": "anomaly_vlm.data.datasets.MVTecAD",
+    "anomaly_vlm.data.visa.VisA": "anomaly_vlm.data.datasets.VisA",
+    "anomaly_vlm.data.folder.FolderDataset": "anomaly_vlm.data.datasets.FolderDataset",
+    "anomaly_vlm.data.images.ImageFiles": "anomaly_vlm.data.datasets.ImageFiles",
+    "anomaly_vlm.data.synthetic.SyntheticAD": "anomaly_vlm.data.datasets.SyntheticAD",
+    "anomaly_vlm.data.synthesis.AnomalySynthesizer": "anomaly_vlm.data.defect_synthesis.AnomalySynthesizer",
+}
+
+
 def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
-    """``{"data.categories": "['a', 'b']", ...}``: every leaf of a run's config as text."""
+    """``{"data.categories": "['a', 'b']", ...}``: every leaf of a run's config as text (moved
+    ``_target_`` classes by today's path, :data:`MOVED_TARGETS`)."""
     if isinstance(config, dict):
         flat: dict[str, str] = {}
         for key, value in config.items():
             flat.update(flatten_config(value, f"{prefix}{key}."))
         return flat
+    if prefix.endswith("_target_.") and isinstance(config, str):
+        config = MOVED_TARGETS.get(config, config)
     return {prefix[:-1]: json.dumps(config, sort_keys=True, default=str)}
 
 

@@ -65,3 +65,11 @@ def test_the_same_file_read_twice_is_no_duplicate(tmp_path: Path, caplog) -> Non
     with caplog.at_level(logging.WARNING):
         (group,) = tables.collect([tmp_path, tmp_path / "a"])
     assert len(group.runs) == 1 and not caplog.records
+
+
+def test_a_run_from_before_the_readers_moved_is_the_same_configuration(tmp_path: Path) -> None:
+    # Older versions recorded the reader at its former path (anomaly_vlm/data/mvtec.py).
+    _result(tmp_path / "a", "anomaly_vlm.data.mvtec.MVTecAD", "/data/mvtec", "mvtec", 0.9, "2026-01-01")
+    _result(tmp_path / "b", MVTEC, "/data/mvtec", "mvtec", 0.6, "2026-01-02")
+    (group,) = tables.collect([tmp_path])
+    assert group.metric_values("image_auroc") == [60.0]
