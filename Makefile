@@ -11,7 +11,7 @@ TEST_WORKERS ?= 2
 TEST_ALL_WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench bench-metrics bench-winclip bench-cache bench-export parity-venv \
+.PHONY: help install demo test test-all lint format docs bench bench-metrics bench-winclip bench-cache bench-export parity-venv \
 	parity-winclip parity-aprillab parity-anomalyclip parity-adaclip parity-musc parity-promptad \
 	weights tables cache-info cache-clean clean
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	@echo "Installing anomaly_vlm and its pinned dependencies into $(VENV): PyTorch with its CUDA libraries is" \
 		"several GB, so a first install takes a few minutes; later make targets skip this step."
-	$(PY) -m pip install $(PIP_PROGRESS) -e ".[dev,export]"
+	$(PY) -m pip install $(PIP_PROGRESS) -e ".[dev,export,docs]"
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the package with pinned dependencies
@@ -46,6 +46,9 @@ test-all: $(STAMP)  ## every test, including slow real-architecture tests
 test-slurm: $(STAMP)  ## SLURM launcher sweeps on a throw-away single-node cluster (root; installs slurm-wlm, munge)
 	@$(PY) -c "import hydra_plugins.hydra_submitit_launcher" 2>/dev/null || $(PY) -m pip install --quiet -e ".[dev,slurm]"
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -rs -m slurm tests/slurm $(PYTEST_ARGS)
+
+docs: $(STAMP)  ## the documentation site into site/ (strict: a broken link, anchor or missing page fails)
+	HF_HUB_OFFLINE=1 NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check .

@@ -160,8 +160,10 @@ def test_no_method_imports_another_method():
         if len(parts) < 4 or parts[1] != "methods":
             continue
         for target in targets:
-            target_parts = target.split(".")
-            if len(target_parts) >= 3 and target_parts[1] == "methods" and target_parts[2] != parts[2]:
-                if (PACKAGE / "methods" / target_parts[2]).is_dir():
-                    wrong.append(f"{module} -> {target}")
+            other = target.split(".")
+            is_method = (
+                len(other) >= 3 and other[1] == "methods" and (PACKAGE / "methods" / other[2]).is_dir()
+            )
+            if is_method and other[2] != parts[2]:
+                wrong.append(f"{module} -> {target}")
     assert not wrong, "methods importing other methods:\n" + "\n".join(sorted(wrong))

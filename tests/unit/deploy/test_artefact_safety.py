@@ -16,7 +16,12 @@ from anomaly_vlm.deploy import DetectorError
 from anomaly_vlm.deploy.convert import convert_detector
 from anomaly_vlm.deploy.convert import main as convert_main
 from anomaly_vlm.deploy.detector import CONFIG_FILE, DETECTOR_FILE, DETECTOR_FORMAT
-from anomaly_vlm.deploy.state import LEGACY_STATE_FILE, STATE_INDEX_FILE, STATE_TENSORS_FILE, read_category_state
+from anomaly_vlm.deploy.state import (
+    LEGACY_STATE_FILE,
+    STATE_INDEX_FILE,
+    STATE_TENSORS_FILE,
+    read_category_state,
+)
 from anomaly_vlm.tasks.errors import CheckpointError, report_user_errors
 from anomaly_vlm.tasks.runner import run
 from anomaly_vlm.untrusted import sha256_file
@@ -147,7 +152,9 @@ def test_a_config_that_would_call_anything_else_is_refused(detector, tmp_path):
     assert hostile != text
     (detector / CONFIG_FILE).write_text(hostile)
     _reseal(detector)
-    with pytest.raises(DetectorError, match="method._target_ is 'os.system'; only anomaly_vlm.methods classes"):
+    with pytest.raises(
+        DetectorError, match="method._target_ is 'os.system'; only anomaly_vlm.methods classes"
+    ):
         anomaly_vlm.Detector.load(detector)
     assert not marker.exists()
 
@@ -176,7 +183,9 @@ def test_a_checkpoint_carrying_code_is_refused_with_one_line(saved, tmp_path, ca
     checkpoint = tmp_path / "evil.ckpt"
     torch.save({"anomaly_vlm": {"method": "clip"}, "state_dict": {}, "evil": Payload(marker)}, checkpoint)
     cfg = config(tmp_path / "run", "data=folder", f"data.root={saved[2]}", f"ckpt_path={checkpoint}")
-    with pytest.raises(CheckpointError, match=f"ckpt_path={checkpoint} holds posix.system, which is not data"):
+    with pytest.raises(
+        CheckpointError, match=f"ckpt_path={checkpoint} holds posix.system, which is not data"
+    ):
         run(cfg, fit=False)
     with pytest.raises(SystemExit):
         report_user_errors(lambda c: run(c, fit=False))(cfg)
