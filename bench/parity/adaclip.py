@@ -50,7 +50,6 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.adaclip import AdaCLIPModule
 from anomaly_vlm.prompts import PromptSet
 from bench import REPO_ROOT
@@ -60,7 +59,7 @@ from bench.parity.official import (
     max_abs,
     max_rel,
     official_imports,
-    register_config,
+    shrunk_backbone,
     small_vit_l14_336,
     smooth_images,
 )
@@ -250,11 +249,7 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         config = small_vit_l14_336(
             args.width, text_width=args.text_width, text_layers=12, embed_dim=args.text_width
         )
-        register_config(MODEL, config, tmp)
-        native = FrozenCLIP(MODEL, None, image_size=336, quick_gelu=settings["quick_gelu"], seed=0)
-        state = {key: value.clone() for key, value in native.clip.state_dict().items()}
-        torch.save(state, tmp / "weights.pt")
-        backbone = FrozenCLIP(MODEL, str(tmp / "weights.pt"), image_size=SIZE, **settings)
+        backbone, state = shrunk_backbone(MODEL, config, tmp, SIZE, settings)
         report.note(
             f"shrunk ViT-L-14-336 (plain GELU): 24 blocks, width {args.width}, text width {args.text_width}, "
             f"{SIZE} px, grid {backbone.grid_size}; pos-embed {settings['pos_embed_interpolation']}"

@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.anomalyclip import AnomalyCLIPModule
 from anomaly_vlm.prompts.learnable import LearnablePromptSet
 from bench import REPO_ROOT
@@ -48,7 +47,7 @@ from bench.parity.official import (
     max_rel,
     official_aupro_line,
     official_imports,
-    register_config,
+    shrunk_backbone,
     small_vit_l14_336,
     smooth_images,
 )
@@ -133,11 +132,7 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         config = small_vit_l14_336(args.width, text_width=args.width, text_layers=12, embed_dim=96)
-        register_config(MODEL, config, tmp)
-        native = FrozenCLIP(MODEL, None, image_size=336, quick_gelu=settings["quick_gelu"], seed=0)
-        state = {key: value.clone() for key, value in native.clip.state_dict().items()}
-        torch.save(state, tmp / "weights.pt")
-        backbone = FrozenCLIP(MODEL, str(tmp / "weights.pt"), image_size=SIZE, **settings)
+        backbone, _ = shrunk_backbone(MODEL, config, tmp, SIZE, settings)
         report.note(
             f"shrunk ViT-L-14-336 (QuickGELU): 24 blocks, width {args.width}, {SIZE} px, grid "
             f"{backbone.grid_size}; ours resizes pos-embed {settings['pos_embed_interpolation']}"

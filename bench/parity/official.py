@@ -203,6 +203,25 @@ def register_config(name: str, config: dict, folder: Path) -> None:
     open_clip.add_model_config(path)
 
 
+def shrunk_backbone(name: str, config: dict, folder: Path, image_size: int, settings: dict):
+    """Our backbone on random weights the official side can load too.
+
+    ``config`` is registered as ``name``; the model is built at its native 336 px with seed 0, its state
+    dict saved to ``folder/weights.pt`` (the file the official code loads) and loaded back at
+    ``image_size``, so the positional-embedding resize runs on load as in the official releases.
+
+    Returns:
+        ``(backbone, state)``: our :class:`~anomaly_vlm.backbones.FrozenCLIP` and the saved state dict.
+    """
+    from anomaly_vlm.backbones.clip import FrozenCLIP
+
+    register_config(name, config, folder)
+    native = FrozenCLIP(name, None, image_size=336, quick_gelu=settings["quick_gelu"], seed=0)
+    state = {key: value.clone() for key, value in native.clip.state_dict().items()}
+    torch.save(state, folder / "weights.pt")
+    return FrozenCLIP(name, str(folder / "weights.pt"), image_size=image_size, **settings), state
+
+
 def max_abs(a, b) -> float:
     a = torch.as_tensor(np.asarray(a) if not torch.is_tensor(a) else a).double()
     b = torch.as_tensor(np.asarray(b) if not torch.is_tensor(b) else b).double()
