@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -268,6 +269,10 @@ def _run_child(request: dict) -> None:
         traceback.print_exc()
         code = 1
     try:
+        # The interpreter's own exit order: threads' exit hooks first (executors such as joblib's loky shut
+        # their workers down there), then atexit (multiprocessing joins its children). atexit alone would
+        # wait forever on workers nobody told to stop.
+        threading._shutdown()
         atexit._run_exitfuncs()
     finally:
         sys.stdout.flush()
