@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
 #: Imported once by the server; each is what a train/evaluate/export process imports first.
@@ -223,6 +224,14 @@ def _run_child(request: dict) -> None:
     import signal
 
     os.setsid()  # its own process group: a timeout kills the job and everything it started
+    # What the server created is the server's to clean up: a child must not run its exit finalizers or
+    # the cleanups the server's imports registered. W&B's media folder (a TemporaryDirectory made when
+    # wandb is imported, removed by an atexit hook of its own) would vanish for every later child.
+    for finalizer in list(weakref.finalize._registry):
+        finalizer.atexit = False
+    wandb_media = sys.modules.get("wandb.sdk.data_types._private")
+    if wandb_media is not None:
+        atexit.unregister(wandb_media.MEDIA_TMP.cleanup)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     stdin = os.open(os.devnull, os.O_RDONLY)
