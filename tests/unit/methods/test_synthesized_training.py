@@ -7,8 +7,9 @@ nothing else; the defects are synthesized (CutPaste patches, Perlin texture blen
   never synthesized), are segmented better than by the untrained model -- the "train on your own normal
   images" use; a fast APRIL-GAN check runs by default, AnomalyCLIP (20 epochs) is ``slow``;
 * trained on three categories, the two held-out categories' defects are segmented better too (``slow``).
-  With random CLIP weights this transfer is small and varies with the synthesis seed (held-out pixel
-  AUROC 0.536 -> 0.656, 0.558, 0.555 for seeds 0, 1, 2), so the mean over three seeds is tested.
+  With random CLIP weights this transfer is small and varies with the seed of the synthesis and of the
+  training order (held-out pixel AUROC 0.536 -> 0.651, 0.411, 0.598, 0.635, 0.681 for seeds 0 to 4,
+  mean 0.595), so the mean over five seeds is tested.
 
 Fixed seeds make the runs deterministic; the margins were measured, then set well inside them.
 """
@@ -35,7 +36,9 @@ TRAIN = ["grass", "gravel", "nut"]
 TEST_SIZES = {"num_test_good": 3, "num_test_per_defect": 3}
 
 
-def _datamodule(root, train: list[str], test: list[str], num_train: int, synthesis) -> AnomalyDataModule:
+def _datamodule(
+    root, train: list[str], test: list[str], num_train: int, synthesis, seed: int = 0
+) -> AnomalyDataModule:
     sizes = {"num_train": num_train, **TEST_SIZES}
     return AnomalyDataModule(
         SyntheticAD(root, test, **sizes),
@@ -45,6 +48,7 @@ def _datamodule(root, train: list[str], test: list[str], num_train: int, synthes
         train_split="train",  # train/good: normal images only
         train_batch_size=8,
         train_synthesis=synthesis,
+        seed=seed,  # the training order
     )
 
 
@@ -128,8 +132,8 @@ def test_anomalyclip_trained_on_normal_images_segments_their_real_defects_better
 @pytest.mark.slow
 def test_aprillab_trained_on_synthesized_defects_segments_held_out_categories_better(tmp_path, one_thread):
     results = []
-    for seed in (0, 1, 2):
-        datamodule = _datamodule(tmp_path, TRAIN, OWN, 6, AnomalySynthesizer(seed=seed))
+    for seed in (0, 1, 2, 3, 4):
+        datamodule = _datamodule(tmp_path, TRAIN, OWN, 6, AnomalySynthesizer(seed=seed), seed=seed)
         results.append(_train(_aprillab(), datamodule, epochs=6))
     before = results[0][0]
     after = float(np.mean([trained for _, trained in results]))
