@@ -43,6 +43,8 @@ from anomaly_vlm.decisions.outputs import decide
 from anomaly_vlm.decisions.thresholds import CategoryThresholds
 from anomaly_vlm.deploy.state import (
     LEGACY_STATE_FILE,
+    STATE_INDEX_FILE,
+    STATE_TENSORS_FILE,
     backbone_digest,
     category_state,
     load_category_state,
@@ -62,6 +64,8 @@ DETECTOR_FORMAT = 3
 DETECTOR_FILE = "detector.json"
 CONFIG_FILE = "config.yaml"
 DETECTOR_DIR = "detectors"
+#: The files of a detector's category state (format 2 and later), read after their checksums match.
+STATE_FILES = (STATE_TENSORS_FILE, STATE_INDEX_FILE)
 #: A detector.json is a few kilobytes; anything near this is not one.
 MAX_DETECTOR_JSON_BYTES = 4 * 1024 * 1024
 #: The config groups a detector builds, and the package each one's ``_target_`` must be a class of.
@@ -275,8 +279,10 @@ class Detector:
         """
         files = meta.get("files")
         if meta["format"] >= 2:
-            if not isinstance(files, dict) or CONFIG_FILE not in files:
-                raise DetectorError(f"{folder / DETECTOR_FILE} lists no checksums of the detector's files")
+            # Every file that is read must be one whose checksum is recorded.
+            unlisted = sorted({CONFIG_FILE, *STATE_FILES} - set(files if isinstance(files, dict) else ()))
+            if unlisted:
+                raise DetectorError(f"{folder / DETECTOR_FILE} records no checksum of {', '.join(unlisted)}")
             try:
                 for name, expected in files.items():
                     if Path(name).name != name:

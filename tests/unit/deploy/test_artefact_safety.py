@@ -204,3 +204,11 @@ def test_backbone_weights_carrying_code_are_refused(tmp_path):
     with pytest.raises(UntrustedFileError, match="holds posix.system, which is not data"):
         load_weights(torch.nn.Linear(2, 2), weights)
     assert not marker.exists()
+
+
+def test_state_files_without_a_recorded_checksum_are_refused(detector):
+    meta = json.loads((detector / DETECTOR_FILE).read_text())
+    del meta["files"][STATE_TENSORS_FILE]  # a state that would be read unchecked
+    (detector / DETECTOR_FILE).write_text(json.dumps(meta))
+    with pytest.raises(DetectorError, match=f"records no checksum of {STATE_TENSORS_FILE}"):
+        anomaly_vlm.Detector.load(detector)
