@@ -194,11 +194,9 @@ def print_feature_cache_summary(method: AnomalyMethod) -> None:
         print(method.feature_cache.summary())
 
 
-def build_datamodule(
-    cfg: DictConfig, names: dict[str, str | None], fit: bool = False
-) -> tuple[AnomalyDataModule, tuple]:
+def build_datamodule(cfg: DictConfig, names: dict[str, str | None]) -> tuple[AnomalyDataModule, tuple]:
     """The labelled datamodule and its sources ``(train_source, source)``; only trained methods get
-    train_data (when ``fit``, the published protocol's if none is given)."""
+    train_data (chosen before, :func:`~anomaly_vlm.tasks.training_data.use_protocol_training_data`)."""
     source = build(cfg.data)
     if cfg.data.get("name"):
         names["data"] = str(cfg.data.name)  # e.g. data=meta_json data.name=mpdd: tables per dataset

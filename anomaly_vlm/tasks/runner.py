@@ -92,7 +92,7 @@ class Job:
         use_protocol_training_data(self.cfg, self.names, self.fit)
         raise_first(check_config(self.cfg, self.names, self.fit))  # before any data or weights load
         L.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
-        datamodule, sources = build_datamodule(self.cfg, self.names, self.fit)
+        datamodule, sources = build_datamodule(self.cfg, self.names)
         self.decisions = CategoryDecisions(ThresholdSettings.from_config(self.cfg.threshold))
         prepared = prepare_job(self.cfg, datamodule, sources, self.output_dir, self.names["method"], self.fit)
         self.logger = build_logger(self.cfg, self.names)

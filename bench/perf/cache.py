@@ -126,6 +126,11 @@ def disk_use(folder: Path) -> list[dict]:
     return rows
 
 
+def own_folders(folder: Path) -> list[str]:
+    """Overrides that give one measured run its own text and feature caches (nothing shared between sides)."""
+    return [f"paths.cache_dir={folder / 'cache'}", f"feature_cache.dir={folder / 'features'}"]
+
+
 def bench_winclip(work: Path, args: argparse.Namespace) -> dict:
     data_root = work / "synthetic"
     SyntheticAD(
@@ -155,13 +160,7 @@ def bench_winclip(work: Path, args: argparse.Namespace) -> dict:
     times, metrics = {}, {}
     for name, extra in runs.items():
         folder = work / f"winclip_{name}"
-        overrides = [
-            *common,
-            *extra,
-            f"paths.cache_dir={folder / 'cache'}",
-            f"feature_cache.dir={folder / 'features'}",
-            f"hydra.sweep.dir={folder / 'sweep'}",
-        ]
+        overrides = [*common, *extra, *own_folders(folder), f"hydra.sweep.dir={folder / 'sweep'}"]
         times[name] = run_train(overrides, f"winclip {name}")
         metrics[name] = job_metrics(folder / "sweep")
     return {
@@ -203,8 +202,7 @@ def bench_aprillab(work: Path, args: argparse.Namespace) -> dict:
         overrides = [
             *common,
             *extra,
-            f"paths.cache_dir={folder / 'cache'}",
-            f"feature_cache.dir={folder / 'features'}",
+            *own_folders(folder),
             f"hydra.run.dir={folder / 'run'}",
             "+callbacks.fit_timer._target_=bench.perf.fit_timer.FitTimer",
             f"+callbacks.fit_timer.path={folder / 'fit.json'}",
