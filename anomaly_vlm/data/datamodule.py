@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from anomaly_vlm.data.batch import Sample, collate_samples
+from anomaly_vlm.data.corruptions import corruption_from
 from anomaly_vlm.data.dataset import AnomalyImageDataset
 from anomaly_vlm.data.datasets.base import DatasetSource
 from anomaly_vlm.data.defect_synthesis import AnomalySynthesizer, EpochSampler, SynthesizedAnomalies
@@ -39,6 +40,10 @@ class AnomalyDataModule(L.LightningDataModule):
             (``train_data.synthesize_anomalies=true``), so a training set of normal images only works;
             None trains on the dataset's own defects, which it must then have.
         seed: with the epoch, the seed of the training order and of the mosaics (``${seed}``).
+        test_corruption: a corruption of :mod:`anomaly_vlm.data.corruptions` applied to the test images
+            (rotation, brightness_contrast, blur, jpeg, noise); None tests the clean images.
+        test_corruption_strength: its strength, 1 to 3.
+        test_corruption_seed: seeds each image's draws (the same for every method).
 
     The training data of an epoch (order, mosaics, synthesized defects) is a function of the seeds and
     the epoch alone, not of the global random generators, the loader's workers or earlier epochs; the
@@ -57,8 +62,14 @@ class AnomalyDataModule(L.LightningDataModule):
         train_mosaic_probability: float = 0.0,
         train_synthesis: AnomalySynthesizer | None = None,
         seed: int = 0,
+        test_corruption: str | None = None,
+        test_corruption_strength: int = 1,
+        test_corruption_seed: int = 0,
     ) -> None:
         super().__init__()
+        self.test_corruption = corruption_from(
+            test_corruption, test_corruption_strength, test_corruption_seed
+        )
         self.source = source
         self.image_size = int(image_size)
         self.batch_size = batch_size
@@ -98,6 +109,7 @@ class AnomalyDataModule(L.LightningDataModule):
             self.image_size,
             with_masks=self.source.has_masks(category),
             max_image_pixels=self.source.max_image_pixels,
+            corruption=self.test_corruption,
         )
         # Under DDP each rank tests a contiguous, unpadded shard (a single process gets everything).
         return self._loader(dataset, self.batch_size, sampler=ContiguousShardSampler(len(dataset)))

@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 
 from anomaly_vlm.cache.digest import file_digest
 from anomaly_vlm.data.batch import Sample
+from anomaly_vlm.data.corruptions import Corruption
 from anomaly_vlm.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, image_size_of, load_image, load_mask
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ class AnomalyImageDataset(Dataset):
         with_masks: read masks (normal images get an all-zero mask). False yields ``mask=None``.
         max_image_pixels: refuse an image or mask file with more pixels, before decoding it (the
             source's ``data.max_image_pixels``); None: no limit.
+        corruption: a test-time corruption applied to every image (and moved mask) at the input size;
+            the corrupted pixels are no file's pixels, so they bypass the feature cache.
     """
 
     def __init__(
@@ -31,8 +34,10 @@ class AnomalyImageDataset(Dataset):
         image_size: int,
         with_masks: bool = True,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        corruption: Corruption | None = None,
     ) -> None:
         self.samples = samples
+        self.corruption = corruption
         self.image_size = int(image_size)
         self.with_masks = with_masks
         self.max_image_pixels = max_image_pixels
@@ -59,6 +64,8 @@ class AnomalyImageDataset(Dataset):
                     )
             else:
                 mask = image.new_zeros(self.image_size, self.image_size)
+        if self.corruption is not None:
+            image, mask = self.corruption(image, mask, sample.path, sample.category)
         return {
             "image": image,
             "mask": mask,
@@ -67,5 +74,5 @@ class AnomalyImageDataset(Dataset):
             "path": sample.path,
             "defect_type": sample.defect_type,
             # The image is exactly the file's pixels, so its frozen features can be cached by content.
-            "digest": file_digest(sample.path),
+            "digest": file_digest(sample.path) if self.corruption is None else None,
         }

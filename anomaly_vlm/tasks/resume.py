@@ -145,6 +145,10 @@ NOT_TRAINING_KEYS: tuple[str, ...] = (
     "datamodule.batch_size",  # the test loader
     # the training data of an epoch is a function of (seed, epoch), wherever the loader runs
     "datamodule.num_workers",
+    # corruptions of the test images only
+    "datamodule.test_corruption",
+    "datamodule.test_corruption_strength",
+    "datamodule.test_corruption_seed",
     # a limit on input files refuses files; what is read within it trains the same parameters
     "train_data.max_image_pixels",
     "train_data.synthesis.max_image_pixels",
