@@ -62,7 +62,9 @@ class CategoryEvaluation:
             )
         metrics = self.evaluator.compute_category(category)
         if self.writer is not None:
-            self.writer.add(result.paths, [category] * len(result), labels, scores, maps, masks)
+            self.writer.add(
+                result.paths, [category] * len(result), labels, scores, maps, masks, result.defect_types
+            )
             self.writer.finish_category(category, scores)
         self.evaluator.release(category)
         self._save_overlays(result)

@@ -241,7 +241,7 @@ def skip_reason(cfg: DictConfig) -> tuple[bool, float | None]:
             cfg.reference_seed,
         )
         return True, None
-    finished = guard_finished_run(Path(cfg.paths.output_dir), cfg.overwrite)
+    finished = guard_finished_run(Path(cfg.paths.output_dir), cfg.overwrite, bool(cfg.save_predictions))
     if finished is not None:
         return True, (finished.get("metrics") or {}).get("mean", {}).get("image_auroc")
     return False, None
