@@ -25,13 +25,16 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	@echo "Installing anomaly_vlm and its pinned dependencies into $(VENV): PyTorch with its CUDA libraries is" \
 		"several GB, so a first install takes a few minutes; later make targets skip this step."
-	$(PY) -m pip install $(PIP_PROGRESS) -e ".[dev,export,docs]"
+	$(PY) -m pip install $(PIP_PROGRESS) -e ".[dev,export,docs,serve]"
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the package with pinned dependencies
 
-demo: $(STAMP)  ## offline demo: tiny CLIP on the synthetic dataset, overlays in the run folder
-	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) train.py experiment=demo
+# The run folder is $(OUTPUTS)/demo (replaced by each run); its detectors/<category>/ are what
+# `python -m anomaly_vlm.serve detector=$(OUTPUTS)/demo/detectors/disc` serves.
+demo: $(STAMP)  ## offline demo: tiny CLIP on the synthetic dataset, overlays and detectors in outputs/demo
+	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) train.py experiment=demo save_detector=true overwrite=true \
+		hydra.run.dir=$(OUTPUTS)/demo
 
 test: $(STAMP)  ## fast test suite (the CI command)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)

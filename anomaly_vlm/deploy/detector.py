@@ -328,6 +328,7 @@ class Detector:
         backbone_overrides: dict | None = None,
         trust_pickle: bool = False,
         set_dependence: str = "refuse",
+        backbone: Any = None,
     ):
         """Rebuild the method from the saved config, check the backbone weights, restore the state.
 
@@ -343,6 +344,8 @@ class Detector:
             set_dependence: ``accept`` also loads a detector whose scores depend on the other images of
                 a call (a transductive method such as MuSc, or one saved before set statistics were
                 frozen); ``refuse`` (default) raises.
+            backbone: a frozen backbone already built from the same backbone config (detectors served
+                together share one); its weights are checked against the digest like a built one's.
 
         Raises:
             DetectorError: missing folder, newer or (without ``trust_pickle``) pickled format, a file that
@@ -370,7 +373,8 @@ class Detector:
             raise DetectorError(f"detector={folder}: {error}") from None
         if backbone_overrides:
             config.backbone = OmegaConf.merge(config.backbone, backbone_overrides)
-        backbone = build(config.backbone)
+        if backbone is None:
+            backbone = build(config.backbone)
         digest = backbone_digest(backbone)
         if digest != meta["backbone"]["digest"]:
             raise DetectorError(

@@ -46,6 +46,8 @@ LAYERS: dict[str, int] = {
     "export": 7,
     # checks of the command line before Hydra starts (train.py, evaluate.py)
     "entry": 8,
+    # the inspection service over saved detectors (their ONNX graphs included)
+    "serve": 8,
 }
 
 
