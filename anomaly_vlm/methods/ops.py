@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anomaly_vlm.backbones.clip import FrozenCLIP
+from anomaly_vlm.backbones.clip import FrozenCLIP, value_value_attention
 
 
 def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
@@ -85,3 +85,68 @@ def resolve_stages(
             f"'{backbone.model_name}'"
         )
     return resolved
+
+
+#: First DPAM block of the official AnomalyCLIP and FAPrompt code: ``DAPM_replace(DPAM_layer=20)`` gives the
+#: last 19 of the 24 blocks of ViT-L/14 V-V attention, i.e. blocks 6..24 (1-based).
+REFERENCE_DPAM_START = 6
+
+
+def default_dpam_start(num_layers: int) -> int:
+    """First DPAM block (1-based) for a backbone of ``num_layers`` blocks.
+
+    The official code hard-codes blocks 6..24 of ViT-L/14 (the last 19 of 24). Other depths keep the same
+    fraction of undisturbed early blocks: ``1 + round(5 * num_layers / 24)`` (6 for 24 blocks, 3 for 8).
+    """
+    return 1 + int(round((REFERENCE_DPAM_START - 1) * num_layers / REFERENCE_DEPTH))
+
+
+@torch.no_grad()
+def encode_dpam(
+    backbone: FrozenCLIP,
+    images: Tensor,
+    layers: Sequence[int],
+    dpam: bool = True,
+    dpam_start: int = REFERENCE_DPAM_START,
+    global_ln_post: bool = False,
+    normalized: bool = False,
+) -> tuple[Tensor, dict[int, Tensor]]:
+    """The DPAM image encoder of AnomalyCLIP (and of FAPrompt, which builds on its code).
+
+    As ``DAPM_replace`` + ``AnomalyCLIP_forward`` of the official code: the DPAM stream starts as the
+    original stream's input to block ``s = dpam_start`` (``h_{s-1}``) and, for each block ``l >= s``, adds
+    ``VV_l(ln_1(x_l))`` where ``x_l`` is the ORIGINAL stream's input to block ``l``; it has no MLP. The
+    original stream runs the unmodified blocks. Nothing here is learned: the result is a frozen feature.
+
+    Args:
+        backbone: the frozen CLIP.
+        images: ``[B, 3, H, W]`` in ``[0, 1]`` (or normalised with ``normalized=True``).
+        layers: blocks (1-based) whose patch tokens are returned.
+        dpam: False taps the plain stream instead.
+        dpam_start: first DPAM block (1-based).
+        global_ln_post: apply ``ln_post`` to the CLS token before the projection (the official codes
+            do not: ``x_ori[0] @ proj``).
+        normalized: the images are already normalised.
+
+    Returns:
+        ``(global_embedding [B, D], {block: patch embeddings [B, N, D]})``: the original stream's CLS after
+        the last block ``@ proj``, and per tapped block the DPAM stream (the plain stream before DPAM
+        starts or with ``dpam`` off) ``-> ln_post -> proj``, CLS dropped; none normalised.
+    """
+    x = backbone.ln_pre(backbone.embed_patches(images, normalized=normalized))
+    wanted = set(layers)
+    taps: dict[int, Tensor] = {}
+    stream: Tensor | None = None
+    for index, block in enumerate(backbone.blocks, start=1):
+        if dpam and index >= dpam_start:
+            refined = value_value_attention(block, block.ln_1(x))
+            stream = x + refined if stream is None else stream + refined
+        x = backbone.run_block(block, x)
+        if index in wanted:
+            taps[index] = x if stream is None else stream
+    if global_ln_post:
+        global_embedding = backbone.ln_post(x[:, 0]) @ backbone.proj
+    else:
+        global_embedding = x[:, 0] @ backbone.proj
+    patches = {index: backbone.ln_post(tokens[:, 1:]) @ backbone.proj for index, tokens in taps.items()}
+    return global_embedding, patches

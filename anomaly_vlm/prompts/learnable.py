@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -172,24 +173,68 @@ class LearnablePromptEncoder(nn.Module):
 
     def forward(self) -> Tensor:
         """``[2, D]`` unit-norm text features (row 0 normal, row 1 anomalous)."""
-        clip = self.backbone.clip
-        transformer = clip.transformer
-        x = self.sentence_embeddings() + clip.positional_embedding.to(self.token_prefix.dtype)
-        seq_first = not getattr(transformer, "batch_first", True)
-        length = self.prompt_set.deep_prompt_length
-        for index, block in enumerate(transformer.resblocks, start=1):
-            if 2 <= index <= self.deep_prompt_depth:
-                deep = self.deep_prompts[index - 2].unsqueeze(0).expand(x.shape[0], -1, -1)
-                if self.prompt_set.deep_prompt_fp16:
-                    deep = deep.half()  # the official rounding; the cast back also rounds the gradient
-                deep = deep.to(x.dtype)
-                x = torch.cat([x[:, :1], deep, x[:, 1 + length :]], dim=1)
-            if seq_first:
-                x = block(x.transpose(0, 1), attn_mask=clip.attn_mask).transpose(0, 1)
-            else:
-                x = block(x, attn_mask=clip.attn_mask)
-        x = clip.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), self.token_ids.argmax(dim=-1)]
-        projection = clip.text_projection
-        x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
-        return F.normalize(x, dim=-1)
+        features = encode_deep_prompted_text(
+            self.backbone,
+            self.sentence_embeddings(),
+            self.token_ids,
+            list(self.deep_prompts),
+            fp16=self.prompt_set.deep_prompt_fp16,
+        )
+        return F.normalize(features, dim=-1)
+
+
+def encode_deep_prompted_text(
+    backbone: FrozenCLIP,
+    embeddings: Tensor,
+    token_ids: Tensor,
+    deep_prompts: Sequence[Tensor],
+    fp16: bool = True,
+    truncate: bool = False,
+) -> Tensor:
+    """Run input token embeddings through the frozen text tower with deep prompt tokens (not normalised).
+
+    As ``encode_text_learn`` of the AnomalyCLIP code base (shared by FAPrompt): ``embeddings`` ``[S, L, W]``
+    (learned context vectors already in place) plus the positional embedding; before text block ``i``
+    (1-based) for ``2 <= i <= len(deep_prompts) + 1`` the token positions ``1 .. n`` are overwritten with
+    ``deep_prompts[i - 2]`` (``[n, W]``, shared by all sentences); causal mask as CLIP; ``ln_final`` of the
+    EOT token (argmax of ``token_ids``) ``@ text_projection``. Differentiable with respect to
+    ``embeddings`` and ``deep_prompts``.
+
+    Args:
+        backbone: the frozen CLIP.
+        embeddings: ``[S, L, W]`` input token embeddings.
+        token_ids: ``[S, L]`` the token ids (their argmax is the EOT position).
+        deep_prompts: one ``[n, W]`` tensor per prompted block, for blocks 2, 3, ...
+        fp16: round the deep tokens through float16 where they are inserted, as the official code
+            (``.half()`` inside an otherwise float32 model); the cast back rounds each sentence's
+            gradient too.
+        truncate: run only the positions up to the last EOT token. With CLIP's causal mask nothing after
+            it reaches an EOT output, so this is exact up to float summation order and much faster for
+            short prompts.
+    """
+    clip = backbone.clip
+    transformer = clip.transformer
+    length = embeddings.shape[1]
+    if truncate:
+        length = int(token_ids.argmax(dim=-1).max()) + 1
+    mask = clip.attn_mask
+    if mask is not None and length != mask.shape[0]:
+        mask = mask[:length, :length]
+    x = embeddings[:, :length] + clip.positional_embedding[:length].to(embeddings.dtype)
+    seq_first = not getattr(transformer, "batch_first", True)
+    for index, block in enumerate(transformer.resblocks, start=1):
+        if 2 <= index <= len(deep_prompts) + 1:
+            deep = deep_prompts[index - 2]
+            deep = deep.unsqueeze(0).expand(x.shape[0], -1, -1)
+            if fp16:
+                deep = deep.half()  # the official rounding; the cast back also rounds the gradient
+            deep = deep.to(x.dtype)
+            x = torch.cat([x[:, :1], deep, x[:, 1 + deep.shape[1] :]], dim=1)
+        if seq_first:
+            x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+        else:
+            x = block(x, attn_mask=mask)
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), token_ids.argmax(dim=-1)]
+    projection = clip.text_projection
+    return projection(x) if isinstance(projection, nn.Linear) else x @ projection

@@ -18,21 +18,8 @@ from torch import Tensor, nn
 from anomaly_vlm.backbones.clip import FrozenCLIP, value_value_attention
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
 from anomaly_vlm.methods.losses import dice_loss, focal_loss
-from anomaly_vlm.methods.ops import gaussian_blur
+from anomaly_vlm.methods.ops import default_dpam_start, encode_dpam, gaussian_blur
 from anomaly_vlm.prompts.learnable import LearnablePromptEncoder, LearnablePromptSet
-
-#: Blocks refined by DPAM in the official code: ``DPAM_layer=20`` replaces the last 19 of 24 blocks.
-REFERENCE_DEPTH = 24
-REFERENCE_DPAM_START = 6
-
-
-def default_dpam_start(num_layers: int) -> int:
-    """First DPAM block (1-based) for a backbone of ``num_layers`` blocks.
-
-    The official code hard-codes blocks 6..24 of ViT-L/14 (the last 19 of 24). Other depths keep the same
-    fraction of undisturbed early blocks: ``1 + round(5 * num_layers / 24)`` (6 for 24 blocks, 3 for 8).
-    """
-    return 1 + int(round((REFERENCE_DPAM_START - 1) * num_layers / REFERENCE_DEPTH))
 
 
 @dataclass
@@ -150,23 +137,15 @@ class AnomalyCLIP(nn.Module):
         DPAM stream after block ``l`` -> ``ln_post`` -> ``proj``. Global feature = original stream's CLS
         after the last block ``@ proj`` (see ``global_ln_post``).
         """
-        backbone = self.backbone
-        x = backbone.ln_pre(backbone.embed_patches(images, normalized=normalized))
-        wanted = set(self.layers)
-        taps: dict[int, Tensor] = {}
-        stream: Tensor | None = None
-        for index, block in enumerate(backbone.blocks, start=1):
-            if self.dpam and index >= self.dpam_start:
-                refined = value_value_attention(block, block.ln_1(x))
-                stream = x + refined if stream is None else stream + refined
-            x = backbone.run_block(block, x)
-            if index in wanted:
-                taps[index] = x if stream is None else stream
-        if self.global_ln_post:
-            global_embedding = backbone.ln_post(x[:, 0]) @ backbone.proj
-        else:
-            global_embedding = x[:, 0] @ backbone.proj
-        patches = {index: backbone.ln_post(tokens[:, 1:]) @ backbone.proj for index, tokens in taps.items()}
+        global_embedding, patches = encode_dpam(
+            self.backbone,
+            images,
+            self.layers,
+            dpam=self.dpam,
+            dpam_start=self.dpam_start,
+            global_ln_post=self.global_ln_post,
+            normalized=normalized,
+        )
         return AnomalyCLIPFeatures(global_embedding=global_embedding, patch_embeddings=patches)
 
     # ----- text side ----------------------------------------------------------------------------
