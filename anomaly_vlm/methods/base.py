@@ -24,8 +24,14 @@ from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
 from anomaly_vlm.methods import contract
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoredBatch
+from anomaly_vlm.methods.official_weights import (
+    OfficialWeights,
+    flatten,
+    load_official_state,
+    not_this_release_message,
+)
 from anomaly_vlm.prompts import PromptSet, TextEmbeddingCache
-from anomaly_vlm.untrusted import lightning_checkpoint_types, load_torch_file
+from anomaly_vlm.untrusted import lightning_checkpoint_types, load_torch_file, sha256_file
 
 if TYPE_CHECKING:
     from anomaly_vlm.cache import FeatureCache
@@ -74,6 +80,15 @@ class AnomalyMethod(L.LightningModule):
     published_taps: ClassVar[str] = "scaled"
     #: Reads a text prompt set (False: tables show none for it).
     uses_prompts: ClassVar[bool] = True
+    #: How the authors' released weights look and map to this method's trainable parameters, so
+    #: ``ckpt_path=<their file>`` loads them (:mod:`anomaly_vlm.methods.official_weights`); None: no
+    #: released format is known.
+    official_weights: ClassVar[OfficialWeights | None] = None
+    #: Where the loaded trained parameters came from: ``"official"`` (the authors' release), ``"project"``
+    #: (a checkpoint of this project); None until :meth:`load_trainable_checkpoint` ran.
+    checkpoint_origin: str | None = None
+    #: SHA-256 of the file :meth:`load_trainable_checkpoint` read.
+    checkpoint_sha256: str | None = None
     #: Disk cache of frozen features (:mod:`anomaly_vlm.cache`), set by the runner; None computes them.
     feature_cache: FeatureCache | None = None
     #: File digests of the reference images handed to the next ``setup_category`` (set around that call
@@ -288,6 +303,9 @@ class AnomalyMethod(L.LightningModule):
         checkpoint = load_torch_file(path, what=f"ckpt_path={path}", allowed=lightning_checkpoint_types())
         if not isinstance(checkpoint, dict):
             raise ValueError(f"ckpt_path={path} is not a checkpoint (it holds a {type(checkpoint).__name__})")
+        if CHECKPOINT_KEY not in checkpoint:
+            self._load_official(checkpoint, path)
+            return
         self.check_checkpoint(checkpoint, source=f"ckpt_path={path}")
         state = checkpoint.get("state_dict", {})
         expected = set(self.trainable_state_dict())
@@ -298,3 +316,13 @@ class AnomalyMethod(L.LightningModule):
                 f"ckpt_path={path} does not fit this method: missing {missing}, unexpected {unexpected}"
             )
         self.load_state_dict(state, strict=False)
+        self.checkpoint_origin, self.checkpoint_sha256 = "project", sha256_file(path)
+
+    def _load_official(self, payload: dict[str, Any], path: str) -> None:
+        """Load the authors' release file ``path`` through :attr:`official_weights` (every shape checked)."""
+        source = f"ckpt_path={path}"
+        flat = flatten(payload)
+        if self.official_weights is None or not self.official_weights.recognises(flat):
+            raise ValueError(not_this_release_message(self, flat, source))
+        self.load_state_dict(load_official_state(self, payload, source), strict=False)
+        self.checkpoint_origin, self.checkpoint_sha256 = "official", sha256_file(path)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
+from anomaly_vlm.methods.adaclip.official_weights import AdaCLIPRelease
 from anomaly_vlm.methods.adaclip.torch_model import AdaCLIP, CategoryText
 from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
 from anomaly_vlm.prompts import PromptSet
@@ -36,6 +37,8 @@ class AdaCLIPModule(AnomalyMethod):
     """
 
     method_name = "adaclip"
+    #: ``ckpt_path=<the authors' release file>`` loads it (every key and shape checked).
+    official_weights = AdaCLIPRelease()
     supports_few_shot = False
     trains_on_auxiliary_data = True
     block_options = {

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
+from anomaly_vlm.methods.anomalyclip.official_weights import AnomalyCLIPRelease
 from anomaly_vlm.methods.anomalyclip.torch_model import AnomalyCLIP, AnomalyCLIPFeatures
 from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
 from anomaly_vlm.prompts.learnable import LearnablePromptSet
@@ -36,6 +37,8 @@ class AnomalyCLIPModule(AnomalyMethod):
     """
 
     method_name = "anomalyclip"
+    #: ``ckpt_path=<the authors' release file>`` loads it (every key and shape checked).
+    official_weights = AnomalyCLIPRelease()
     supports_few_shot = False
     trains_on_auxiliary_data = True
     block_options = {"layers": BlockOption(), "dpam_start": BlockOption(many=False)}

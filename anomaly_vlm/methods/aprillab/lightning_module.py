@@ -11,6 +11,7 @@ from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
+from anomaly_vlm.methods.aprillab.official_weights import AprilGANRelease
 from anomaly_vlm.methods.aprillab.torch_model import AprilGAN
 from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
 from anomaly_vlm.methods.losses import dice_loss, focal_loss
@@ -49,6 +50,8 @@ class AprilGANModule(AnomalyMethod):
     """
 
     method_name = "aprillab"
+    #: ``ckpt_path=<the authors' release file>`` loads it (every key and shape checked).
+    official_weights = AprilGANRelease()
     supports_few_shot = True
     trains_on_auxiliary_data = True
     block_options = {"stages": BlockOption(), "few_shot_stages": BlockOption()}
