@@ -32,6 +32,7 @@ TOP_LEVEL = (
     "shots",
     "transductive",
     "untrained",
+    "checkpoint_origin",
 )
 
 #: Replicates: runs that differ only in these are repetitions of one configuration (mean ± std).

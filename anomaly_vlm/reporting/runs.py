@@ -30,6 +30,11 @@ def published_value(
     return None, None
 
 
+#: How tables name rows that tested the authors' released weights (``checkpoint_origin: official``).
+AUTHORS_WEIGHTS = "authors' weights"
+#: How the three-way comparison names the parameters this project trained.
+TRAINED_HERE = "trained here"
+
 #: The prompt set shown for a method that reads none (``"uses_prompts": false`` in results.json, e.g. MuSc).
 NO_PROMPTS = "—"
 
@@ -47,6 +52,9 @@ class Group:
     train_dataset: str | None
     untrained: bool = False
     aupro: str = "exact"  # which AUPRO the runs computed (metrics.aupro); never averaged across variants
+    #: "official": the runs tested the authors' released weights (``ckpt_path=<their file>``), shown as
+    #: "authors' weights"; None: parameters trained by this project (or none).
+    checkpoint_origin: str | None = None
     variant: str = ""
     runs: list[dict] = field(default_factory=list)
 
@@ -60,13 +68,20 @@ class Group:
         untrained when a trainable method ran without trained parameters, with a non-exact AUPRO, and
         with the config values that set it apart from other rows of the same method (``variant``)."""
         label = self.method
-        if self.untrained:
+        if self.authors_weights:
+            label += f" ({AUTHORS_WEIGHTS})"
+        elif self.untrained:
             label += " (untrained)"
         elif self.train_dataset:
             label += f" (trained on {self.train_dataset})"
         if self.aupro != "exact":
             label += f" [AUPRO: {self.aupro}]"
         return f"{label} [{self.variant}]" if self.variant else label
+
+    @property
+    def authors_weights(self) -> bool:
+        """Whether the runs tested the authors' released weights rather than parameters trained here."""
+        return self.checkpoint_origin == "official"
 
     @property
     def seeds(self) -> list[tuple[int, int | None]]:

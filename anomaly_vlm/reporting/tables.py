@@ -31,7 +31,14 @@ from anomaly_vlm.reporting.collection import read_runs
 from anomaly_vlm.reporting.console import METRIC_HEADERS
 from anomaly_vlm.reporting.identity import config_fields, flatten_config, uses_prompts
 from anomaly_vlm.reporting.results import RESULTS_FILE
-from anomaly_vlm.reporting.runs import NO_PROMPTS, Group, load_published, published_value
+from anomaly_vlm.reporting.runs import (
+    AUTHORS_WEIGHTS,
+    NO_PROMPTS,
+    TRAINED_HERE,
+    Group,
+    load_published,
+    published_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +170,7 @@ def collect_runs(runs: list[tuple[Path, dict]]) -> list[Group]:
                 run.get("train_dataset"),
                 bool(run.get("untrained", False)),
                 run.get("aupro") or "exact",
+                "official" if run.get("checkpoint_origin") == "official" else None,
             ),
             run,
         )
@@ -235,6 +243,8 @@ def summary_rows(groups: list[Group], published: list[dict]) -> list[dict[str, A
             row[key] = None if mean is None else mean * scale
         row["transductive"] = group.transductive
         row["shots_label"] = group.shots_label
+        row["untrained"] = group.untrained
+        row["checkpoint_origin"] = group.checkpoint_origin
         rows.append(row)
     return rows
 
@@ -353,6 +363,9 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
     md = [f"# {dataset}\n", note + "\n", markdown_table(header, display)]
     if sources:
         md.append("\nPublished values: " + "; ".join(sources) + "\n")
+    comparison = weights_comparison(rows, shown)
+    if comparison:
+        md.append(comparison)
     if any(row["transductive"] for row in rows):
         md.append("\n" + TRANSDUCTIVE_NOTE + "\n")
     (out / f"{dataset}_summary.md").write_text("\n".join(md))
@@ -383,6 +396,52 @@ def write_summary(dataset: str, groups: list[Group], published: list[dict], out:
             line.append(row["transductive"])
             writer.writerow(line)
     return rows
+
+
+def weights_comparison(rows: list[dict], shown: list[tuple[str, str | None]]) -> str | None:
+    """Published, authors' weights and trained here side by side, per configuration and metric.
+
+    One block per configuration tested with the authors' released weights (``checkpoint_origin:
+    official``); "trained here" is the row of the same method, backbone, prompts, shots and AUPRO variant
+    whose parameters this project trained. None when no row used the authors' weights.
+    """
+    official = [row for row in rows if row["checkpoint_origin"] == "official"]
+    if not official:
+        return None
+
+    def same(row: dict) -> tuple:
+        return (row["method"], row["backbone"], row["prompts"], row["shots"], row["aupro"], row["partial"])
+
+    trained = {
+        same(row): row
+        for row in rows
+        if row["checkpoint_origin"] != "official" and not row["untrained"] and not row["variant"]
+    }
+    header = ["method", "backbone / prompts", "shots", "metric", "published", AUTHORS_WEIGHTS, TRAINED_HERE]
+    lines = []
+    for row in official:
+        here = trained.get(same(row))
+        for metric, variant in shown:
+            if variant not in (None, row["aupro"]):
+                continue
+            cells = [row[metric]["published"], row[metric]["mean"], here[metric]["mean"] if here else None]
+            if all(cell is None for cell in cells):
+                continue
+            lines.append(
+                [
+                    row["method"],
+                    f"{row['backbone']} / {row['prompts']}",
+                    row["shots_label"],
+                    column_header(metric, variant),
+                    *("—" if cell is None else f"{cell:.1f}" for cell in cells),
+                ]
+            )
+    intro = (
+        "\n## Published, authors' weights, trained here\n\n"
+        "The paper's number; the authors' released weights tested by this project (`ckpt_path=<their "
+        "file>`, `CKPT=official`); parameters this project trained itself. Percent, means over seeds.\n\n"
+    )
+    return intro + markdown_table(header, lines)
 
 
 def write_per_category(dataset: str, groups: list[Group], out: Path) -> None:

@@ -52,6 +52,7 @@ from anomaly_vlm.tasks.outputs import OVERLAY_DIR, guard_finished_run, is_repeat
 from anomaly_vlm.tasks.predict import predict
 from anomaly_vlm.tasks.training import fit_or_resume
 from anomaly_vlm.tasks.training_data import use_protocol_training_data
+from anomaly_vlm.untrusted import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ class Job:
             extra={
                 "aupro": evaluator.aupro,
                 "trained_checkpoint": str(trained) if trained else None,
+                **checkpoint_provenance(prepared.method, trained),
                 "untrained": bool(self.untrained(prepared.method)),
                 # Scored each test image against the other test images of its category (e.g. MuSc).
                 "transductive": bool(prepared.method.transductive),
@@ -230,6 +232,25 @@ class Job:
         print(f"results: {results_path}")
         print_feature_cache_summary(prepared.method)
         return mean.get("image_auroc")
+
+
+def checkpoint_provenance(method: Any, trained: Path | str | None) -> dict[str, str | None]:
+    """Where the tested trained parameters came from, for ``results.json``.
+
+    ``checkpoint_origin``: ``"official"`` for the authors' release file loaded with ``ckpt_path``
+    (tables label such rows "authors' weights"), ``"project"`` for parameters trained by this project
+    (here or in an earlier run), None without trained parameters. ``trained_checkpoint_sha256``: the
+    SHA-256 of that file.
+    """
+    if not trained:
+        return {"checkpoint_origin": None, "trained_checkpoint_sha256": None}
+    digest = getattr(method, "checkpoint_sha256", None)
+    if digest is None and Path(trained).is_file():
+        digest = sha256_file(trained)
+    return {
+        "checkpoint_origin": getattr(method, "checkpoint_origin", None) or "project",
+        "trained_checkpoint_sha256": digest,
+    }
 
 
 def skip_reason(cfg: DictConfig) -> tuple[bool, float | None]:
