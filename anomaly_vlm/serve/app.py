@@ -32,6 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from PIL import Image
 from pydantic import BaseModel
 
+from anomaly_vlm.data.image_io import DataError
 from anomaly_vlm.serve.batching import Batcher, Overloaded
 from anomaly_vlm.serve.images import GENERIC_TYPES, IMAGE_TYPES, ImageRejected, decode_image, safe_name
 from anomaly_vlm.serve.metrics import Metrics
@@ -377,6 +378,9 @@ def create_app(settings: ServeSettings, detectors: dict[str, ServedDetector] | N
                 results = await service.batchers[name].submit(tensors, deadline)
             except Overloaded as error:
                 raise _error(503, str(error)) from None
+            except (ValueError, DataError) as error:
+                # The method refuses this set (e.g. MuSc needs at least 5 images scored together).
+                raise _error(422, str(error)) from None
             body = {
                 "detector": name,
                 "runtime": detector.runtime,
