@@ -11,6 +11,7 @@ from torch import Tensor
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
 from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
+from anomaly_vlm.methods.faprompt.official_weights import FAPromptRelease
 from anomaly_vlm.methods.faprompt.torch_model import FAPrompt
 from anomaly_vlm.prompts.faprompt import FAPromptSet
 
@@ -39,6 +40,8 @@ class FAPromptModule(AnomalyMethod):
     supports_few_shot = False
     trains_on_auxiliary_data = True
     block_options = {"dpam_start": BlockOption(many=False)}
+    #: ``ckpt_path=<a file saved by the official train.py>`` loads (the authors released none).
+    official_weights = FAPromptRelease()
 
     def __init__(
         self,
