@@ -1,0 +1,191 @@
+"""AA-CLIP's Lightning wrapper: zero-shot only, two training stages, checkpoints of learned parameters, and
+it learns."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from anomaly_vlm.backbones import FrozenCLIP
+from anomaly_vlm.data import AnomalyDataModule
+from anomaly_vlm.data.datasets import SyntheticAD
+from anomaly_vlm.methods.aaclip import AAClipModule
+from anomaly_vlm.metrics.functional import image_metrics, pixel_metrics
+from anomaly_vlm.prompts import LearnablePromptSet, PromptSet
+
+CONF = Path(__file__).resolve().parents[4] / "conf"
+SMALL = PromptSet("aaclip_small", ["{}"], ["a damaged {}"], ["a photo of {}."])
+
+
+def _prompts() -> PromptSet:
+    values = OmegaConf.to_container(OmegaConf.load(CONF / "prompts" / "aaclip.yaml"))
+    values.pop("_target_")
+    return PromptSet(**values)
+
+
+@pytest.fixture(scope="module")
+def backbone() -> FrozenCLIP:
+    return FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=0)
+
+
+def _module(backbone: FrozenCLIP, **kwargs) -> AAClipModule:
+    torch.manual_seed(111)
+    return AAClipModule(backbone, kwargs.pop("prompts", _prompts()), **kwargs)
+
+
+def _trainer(max_epochs: int, callbacks=()) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+    )
+
+
+def test_few_shot_and_learnable_prompt_sets_are_rejected(backbone: FrozenCLIP) -> None:
+    with pytest.raises(ValueError, match=r"method 'aaclip' is zero-shot only; shots=1 is not supported"):
+        _module(backbone, shots=1)
+    with pytest.raises(ValueError, match="prompts=aaclip"):
+        _module(backbone, prompts=LearnablePromptSet("anomalyclip_learned", deep_prompt_depth=4))
+
+
+def test_checkpoint_holds_only_learned_parameters_and_refuses_other_shapes(
+    backbone: FrozenCLIP, tmp_path: Path
+) -> None:
+    module = _module(backbone)
+    width, text_width, embed = backbone.width, backbone.text_width, backbone.embed_dim
+    # 8 vision blocks -> adapters after 2 (6 of 24), 4 text blocks -> 1 (3 of 12), 4 levels.
+    expected = 2 * width * width + 4 * width * embed + width * embed + text_width * text_width
+    expected += text_width * embed
+    assert module.parameter_counts()["trainable"] == expected
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert all(name.startswith("model.") and "backbone" not in name for name in checkpoint["state_dict"])
+    meta = checkpoint["anomaly_vlm"]
+    assert meta["method"] == "aaclip" and meta["levels"] == [2, 4, 6, 8] and meta["image_adapt_until"] == 2
+    torch.save(checkpoint, tmp_path / "trained.ckpt")
+    other = _module(backbone)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            if parameter.requires_grad:
+                parameter.zero_()
+    other.load_trainable_checkpoint(str(tmp_path / "trained.ckpt"))
+    for name, tensor in module.trainable_state_dict().items():
+        torch.testing.assert_close(other.trainable_state_dict()[name], tensor)
+    with pytest.raises(ValueError, match="image_adapt_until: checkpoint has 2, this run has 3"):
+        _module(backbone, image_adapt_until=3).load_trainable_checkpoint(str(tmp_path / "trained.ckpt"))
+
+
+class _Steps(L.Callback):
+    """Per epoch: the images of every stage-1 update, and which learned parameters moved."""
+
+    def __init__(self) -> None:
+        self.text_batches: list[list[int]] = []
+        self.moved: list[set[str]] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.text_batches.append([])
+        self._before = {name: value.clone() for name, value in module.trainable_state_dict().items()}
+        update = module._text_update
+
+        def record(images, masks, categories):
+            self.text_batches[-1].append(len(images))
+            return update(images, masks, categories)
+
+        module._text_update = record
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        del module._text_update
+        after = module.trainable_state_dict()
+        self.moved.append(
+            {name for name, value in self._before.items() if not torch.equal(value, after[name])}
+        )
+
+
+def test_stage_one_trains_the_text_side_in_joined_batches_then_stage_two_the_image_side(
+    backbone: FrozenCLIP, tmp_path: Path
+) -> None:
+    source = SyntheticAD(tmp_path, categories=["grass"], num_train=1, num_test_good=3, num_test_per_defect=2)
+    data = AnomalyDataModule(source, 128, train_source=source, train_batch_size=2)
+    module = _module(backbone, prompts=SMALL, text_epochs=1, text_batch_size=3, text_lr=1e-3)
+    steps = _Steps()
+    _trainer(2, [steps]).fit(module, datamodule=data)
+    images = len(data.train_samples())
+    # Loader batches of 2 joined into stage-1 batches of 3; the rest of the epoch is one last batch.
+    assert steps.text_batches[0] == [3] * (images // 3) + ([images % 3] if images % 3 else [])
+    assert steps.text_batches[1] == []
+    assert steps.moved[0] and all("text" in name for name in steps.moved[0])
+    assert steps.moved[1] and not any("text" in name for name in steps.moved[1])
+
+
+def test_a_schedule_without_image_epochs_is_refused(backbone: FrozenCLIP, tmp_path: Path) -> None:
+    source = SyntheticAD(tmp_path, categories=["grass"], num_train=1, num_test_good=1, num_test_per_defect=1)
+    data = AnomalyDataModule(source, 128, train_source=source, train_batch_size=2)
+    with pytest.raises(ValueError, match=r"trainer.max_epochs=2 leaves no image-adapter epochs"):
+        _trainer(2).fit(_module(backbone, prompts=SMALL, text_epochs=2), datamodule=data)
+
+
+def _held_out_metrics(module: AAClipModule, datamodule: AnomalyDataModule) -> tuple[float, float]:
+    maps, masks, scores, labels = [], [], [], []
+    module.eval()
+    for category in datamodule.categories:
+        module.setup_category(category, None)
+        for batch in datamodule.category_test_dataloader(category):
+            prediction = module.postprocess_set(module.predict_images(batch.image))
+            maps.append(prediction.anomaly_map)
+            masks.append(batch.mask)
+            scores.append(prediction.image_score)
+            labels.append(batch.label)
+    pixel = pixel_metrics(torch.cat(maps).numpy(), torch.cat(masks).numpy())["pixel_auroc"]
+    image = image_metrics(torch.cat(scores).numpy(), torch.cat(labels).numpy())["image_auroc"]
+    return pixel, image
+
+
+def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, tmp_path: Path) -> None:
+    """Train both stages on one generated set, evaluate on images of another generator seed (never seen)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: extra threads only contend on a shared CPU
+    try:
+        counts = {
+            "num_train": 1,
+            "num_test_good": 3,
+            "num_test_per_defect": 3,
+            "categories": ["brick", "disc"],
+        }
+        train_source = SyntheticAD(tmp_path / "train", generator_seed=0, **counts)
+        held_out = SyntheticAD(tmp_path / "held_out", generator_seed=1, **counts)
+        train_data = AnomalyDataModule(
+            held_out, 128, batch_size=32, train_source=train_source, train_batch_size=4
+        )
+        test_data = AnomalyDataModule(held_out, 128, batch_size=32)
+        L.seed_everything(111, verbose=False)
+        module = _module(
+            backbone,
+            prompts=SMALL,
+            text_epochs=1,
+            text_batch_size=8,
+            text_lr=1e-3,
+            image_lr=3e-3,
+            blur_kernel=3,
+            blur_sigma=0.5,
+        )
+        untrained_pixel, untrained_image = _held_out_metrics(module, test_data)
+        started = time.perf_counter()
+        _trainer(6).fit(module, datamodule=train_data)
+        seconds = time.perf_counter() - started
+        trained_pixel, trained_image = _held_out_metrics(module, test_data)
+    finally:
+        torch.set_num_threads(threads)
+    print(
+        f"held-out pixel AUROC {untrained_pixel:.3f} -> {trained_pixel:.3f}, "
+        f"image AUROC {untrained_image:.3f} -> {trained_image:.3f}; training {seconds:.1f} s"
+    )
+    assert trained_pixel > untrained_pixel + 0.08
