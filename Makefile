@@ -12,7 +12,7 @@ TEST_ALL_WORKERS ?= 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-all lint format docs bench bench-metrics bench-winclip bench-cache bench-export parity-venv \
-	parity-winclip parity-aprillab parity-anomalyclip parity-adaclip parity-musc parity-promptad \
+	parity-winclip parity-aprillab parity-anomalyclip parity-adaclip parity-musc parity-promptad parity-aaclip \
 	weights tables cache-info cache-clean clean
 
 help:  ## list the targets
@@ -110,6 +110,13 @@ ADACLIP_DIR ?=
 parity-adaclip: $(STAMP)  ## AdaCLIP vs its official code: make parity-adaclip ADACLIP_DIR=<checkout>
 	$(PARITY) adaclip --official "$(ADACLIP_DIR)" $(JSON_ARG) $(PARITY_ARGS)
 
+# The official AA-CLIP code, imported from a checkout given at run time (never vendored): the same random
+# full-size ViT-L-14-336 (its adapters hard-code ViT-L's widths) at 518 px on both sides, loaded through the
+# official loader. Heavy on a CPU (about 10 GB of memory). PARITY_ARGS passes options, e.g. --batch 16 or --corrected.
+AACLIP_DIR ?=
+parity-aaclip: $(STAMP)  ## AA-CLIP vs its official code: make parity-aaclip AACLIP_DIR=<checkout>
+	$(PARITY) aaclip --official "$(AACLIP_DIR)" $(JSON_ARG) $(PARITY_ARGS)
+
 bench-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP forward time vs anomalib's (same weights and inputs), 0- and 4-shot
 	PARITY_PYTHON=$(abspath $(PARITY_PY)) $(PERF) winclip $(JSON_ARG)
 
@@ -153,18 +160,19 @@ tables: $(STAMP)  ## tables + plots: make tables RESULTS="<sweep folder>..." OUT
 # keeps the published seed and is shared by the draws), then the table with the published numbers.
 # A preflight checks datasets and weights first, so a missing DATA_ROOT or weight stops in seconds.
 REPRODUCIBLE := winclip-mvtec winclip-visa aprillab-mvtec aprillab-visa anomalyclip-mvtec anomalyclip-visa \
-	adaclip-mvtec adaclip-visa musc-mvtec musc-visa promptad-mvtec promptad-visa
+	adaclip-mvtec adaclip-visa musc-mvtec musc-visa promptad-mvtec promptad-visa aaclip-mvtec aaclip-visa
 FEWSHOT_winclip := 1,2,4
 FEWSHOT_aprillab := 1,2,4
 FEWSHOT_anomalyclip :=
 FEWSHOT_adaclip :=
+FEWSHOT_aaclip :=
 FEWSHOT_musc :=
 FEWSHOT_promptad := 1,2,4
 # Methods that learn from the shots have no zero-shot row.
 FEWSHOT_ONLY := promptad
 REPRODUCE_ARGS ?=
 
-reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,adaclip,musc,promptad}-{mvtec,visa}
+reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,adaclip,musc,promptad,aaclip}-{mvtec,visa}
 	@case " $(REPRODUCIBLE) " in *" $* "*) ;; *) echo "unknown table '$*'; choose one of: $(REPRODUCIBLE)"; exit 2;; esac
 	$(PY) -m anomaly_vlm.tasks.preflight experiment=$(subst -,_,$*) $(REPRODUCE_ARGS)
 	$(if $(filter $(word 1,$(subst -, ,$*)),$(FEWSHOT_ONLY)),,$(PY) train.py -m experiment=$(subst -,_,$*) shots=0 \
@@ -177,9 +185,9 @@ reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprill
 # trained once on the MVTec AD test split and tested on each dataset of experiment <method>_zeroshot_suite (one
 # job per dataset, one shared training run), plus MVTec AD itself trained on VisA (experiment <method>_mvtec).
 # Both preflights check every dataset of the suite before any job starts.
-SUITES := anomalyclip aprillab
+SUITES := anomalyclip aprillab aaclip
 
-reproduce-%-zeroshot-suite: $(STAMP)  ## zero-shot table on every benchmark: reproduce-{anomalyclip,aprillab}-zeroshot-suite
+reproduce-%-zeroshot-suite: $(STAMP)  ## zero-shot table on every benchmark: reproduce-{anomalyclip,aprillab,aaclip}-zeroshot-suite
 	@case " $(SUITES) " in *" $* "*) ;; *) echo "unknown suite '$*'; choose one of: $(SUITES)"; exit 2;; esac
 	$(PY) -m anomaly_vlm.tasks.preflight experiment=$*_zeroshot_suite $(REPRODUCE_ARGS)
 	$(PY) -m anomaly_vlm.tasks.preflight experiment=$*_mvtec $(REPRODUCE_ARGS)

@@ -14,4 +14,5 @@ METHODS = {
     "adaclip": "caoyunkang/AdaCLIP (ADACLIP_DIR)",
     "musc": "xrli-U/MuSc (MUSC_DIR)",
     "promptad": "FuNz-0/PromptAD (PROMPTAD_DIR)",
+    "aaclip": "Mwxinnn/AA-CLIP (AACLIP_DIR)",
 }

@@ -213,7 +213,10 @@ def test_reproduce_without_data_fails_fast(tmp_path: Path) -> None:
         "anomalyclip-visa",
         "adaclip-mvtec",
         "adaclip-visa",
+        "aaclip-mvtec",
+        "aaclip-visa",
         "anomalyclip-zeroshot-suite",
+        "aaclip-zeroshot-suite",
         "aprillab-zeroshot-suite",
     ],
 )
