@@ -18,9 +18,21 @@ from anomaly_vlm.analysis.figures import (
     line_figure,
     pareto_figure,
 )
+from anomaly_vlm.analysis.limitations import (
+    category_section,
+    corruption_of,
+    findings_of,
+    gallery_figures,
+    robustness,
+    robustness_section,
+    size_section,
+    type_section,
+    weaknesses,
+)
 from anomaly_vlm.analysis.records import Record, format_value
 from anomaly_vlm.analysis.sweeps import Sweep
-from anomaly_vlm.analysis.tables import Table, write_table
+from anomaly_vlm.analysis.tables import Table, write_rows, write_table
+from anomaly_vlm.data.corruptions import CORRUPTIONS
 from anomaly_vlm.methods.catalog import MethodInfo, method_info, method_names
 from anomaly_vlm.reporting.runs import load_published, published_value
 
@@ -96,6 +108,8 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
+    #: Per method, what it is known to miss (the limitations analysis): the selection table shows them.
+    weaknesses: dict[str, list[str]] = field(default_factory=dict)
 
 
 class Analysis:
@@ -607,6 +621,117 @@ class CrossDomainAnalysis(Analysis):
         return section
 
 
+# ----- limitations --------------------------------------------------------------------------------------
+#: Methods at their standard setting with saved predictions (tiny: one of each kind, to stay in minutes).
+LIMITATION_METHODS = {"tiny": ("clip", "winclip", "aprillab", "anomalyclip")}
+#: Methods tested under every corruption and strength (tiny: a training-free and a trained one).
+ROBUSTNESS_METHODS = {"tiny": ("clip", "aprillab")}
+#: Tiny: two objects and a texture are tested; the trained methods learn on the two other textures.
+TINY_LIMITS = ("data.categories=[brick,disc,nut]", "train_data.categories=[grass,gravel]")
+#: Published: the datasets that name defect types beyond MVTec AD's folders (logical vs structural, ...).
+TYPED_DATASETS = ("mvtec_loco", "realiad", "mvtec_ad2")
+KEEP_MAPS = "save_predictions=true"
+
+
+def standard_shots(method: str) -> tuple[str, ...]:
+    """Zero-shot, or one normal image for a method that needs references."""
+    return ("shots=1", "reference_seed=0") if method in FEW_SHOT_ONLY else ZERO_SHOT
+
+
+class LimitationsAnalysis(Analysis):
+    name = "limitations"
+    title = "Limitations: where the methods fail"
+    description = (
+        "Each method at its standard setting with its predictions saved (scores, maps, masks and each "
+        "image's defect type), and under test-time corruptions. Per defect type: image AUROC of the "
+        "type's images against the normal images and the recall at the run's image threshold "
+        "(threshold.method). Per defect size: ground-truth regions (8-connected) binned by area as a share "
+        "of the image, the share of regions found (at least half their pixels above the run's pixel "
+        "threshold) and the mean per-region overlap. Categories ranked by image AUROC, objects against "
+        "textures. Corruptions (rotation, brightness and contrast, blur, JPEG, Gaussian noise at 3 "
+        "strengths, seeded per image, identical for every method; thresholds stay those chosen on clean "
+        "held-out normals): the AUROC drop against the clean run. The gallery shows, per method and "
+        "category, the lowest-scored anomalous and the highest-scored normal images."
+    )
+
+    def methods(self, scale: str) -> tuple[str, ...]:
+        return LIMITATION_METHODS.get(scale, method_names())
+
+    def base(self, method: str, scale: str) -> tuple[str, ...]:
+        overrides = setup(method, scale)
+        if scale == "tiny":
+            kept = [o for o in overrides if not o.startswith(("data.categories", "train_data.categories"))]
+            overrides = (*kept, TINY_LIMITS[0], *(TINY_LIMITS[1:] if method_info(method).trains else ()))
+        return (*overrides, *standard_shots(method))
+
+    def sweeps(self, scale: str) -> list[Sweep]:
+        sweeps = []
+        robust = ROBUSTNESS_METHODS.get(scale, method_names())
+        for method in self.methods(scale):
+            base = self.base(method, scale)
+            sweeps.append(Sweep(f"limitations-{method}", (*base, KEEP_MAPS), _env(scale)))
+            if method in robust:
+                sweeps.append(
+                    Sweep(
+                        f"limitations-{method}-corruptions",
+                        (
+                            *base,
+                            f"datamodule.test_corruption={sweep_list(CORRUPTIONS)}",
+                            "datamodule.test_corruption_strength=1,2,3",
+                        ),
+                        _env(scale),
+                    )
+                )
+            if scale == "published":
+                sweeps.append(
+                    Sweep(
+                        f"limitations-{method}-types",
+                        (*base, KEEP_MAPS, f"data={sweep_list(TYPED_DATASETS)}"),
+                        _env(scale),
+                    )
+                )
+        return sweeps
+
+    def render(self, records: list[Record], out: Path, scale: str) -> Section:
+        section = self.section()
+        clean = [r for r in records if corruption_of(r) is None]
+        findings = [found for record in clean if (found := findings_of(record)) is not None]
+        drops = robustness(records)
+        for figures, tables in (
+            type_section(findings, out),
+            size_section(findings, out),
+            category_section(clean, out),
+            robustness_section(drops, out),
+        ):
+            section.figures += figures
+            section.tables += tables
+        section.figures += gallery_figures(findings, out)
+        section.weaknesses = weaknesses(findings, drops)
+        table = write_rows(
+            "Known weaknesses per method (from the defect types, sizes and corruptions above)",
+            ["method", "known weaknesses"],
+            [[method, "; ".join(items)] for method, items in sorted(section.weaknesses.items())],
+            [
+                sorted({r.source for r in records if r.value("method") == method})
+                for method in sorted(section.weaknesses)
+            ],
+            out / "limitations_weaknesses",
+        )
+        if table:
+            section.tables.append(table)
+        if clean and not findings:
+            section.notes.append(
+                "No run saved its predictions (save_predictions=true): defect types, sizes and the gallery "
+                "need them."
+            )
+        if findings and not any(f.has_pixel_threshold for f in findings):
+            section.notes.append(
+                "No run chose a pixel threshold: region recall and overlap are not computed."
+            )
+        section.records = records
+        return section
+
+
 ANALYSES: dict[str, Analysis] = {
     analysis.name: analysis
     for analysis in (
@@ -616,5 +741,6 @@ ANALYSES: dict[str, Analysis] = {
         EfficiencyAnalysis(),
         PromptsAnalysis(),
         CrossDomainAnalysis(),
+        LimitationsAnalysis(),
     )
 }

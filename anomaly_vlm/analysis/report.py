@@ -144,7 +144,8 @@ def write_report(
     parts.append(
         "<p>The best configuration per constraint and task, computed from the shots, resolution and "
         "efficiency results (mean over replicates; a constraint admits every configuration that meets "
-        "it).</p>"
+        "it). The known weaknesses come from the limitations analysis (its defect types, sizes and "
+        "corruptions, measured at each method's standard setting).</p>"
     )
     for title, header, rows, sources in selection:
         parts.append(f"<h3>{html.escape(title)}</h3>{table_html(header, rows, sources)}")

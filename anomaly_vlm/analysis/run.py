@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anomaly_vlm.analysis.analyses import ANALYSES, SCALES, Section
@@ -26,6 +26,8 @@ from anomaly_vlm.wording import counted
 
 #: The analyses whose results feed the method-selection table (methods at their standard settings).
 SELECTION_SOURCES = ("shots", "resolution", "efficiency")
+#: The analysis whose findings fill the selection table's known-weaknesses column.
+LIMITATIONS = "limitations"
 
 
 def _manifest_entry(outcome: SweepOutcome, scale: str, extra: Sequence[str]) -> dict:
@@ -52,9 +54,10 @@ def render(name: str, scale: str, output_root: str | Path, out: Path) -> Section
 
 
 def selection_tables(
-    records: Sequence[Record], out: Path
+    records: Sequence[Record], out: Path, weaknesses: Mapping[str, Sequence[str]] | None = None
 ) -> list[tuple[str, list[str], list[list[str]], list[list[str]]]]:
-    """The method-selection table per evaluated data (methods are only compared on the same images)."""
+    """The method-selection table per evaluated data (methods are only compared on the same images);
+    ``weaknesses`` (per method, from the limitations analysis) adds a column."""
     by_data: dict[str, list[Record]] = defaultdict(list)
     for record in {r.source: r for r in records}.values():
         data = str(record.value("dataset"))
@@ -65,7 +68,7 @@ def selection_tables(
     tables = []
     for data, members in sorted(by_data.items()):
         stem = out / ("selection_" + "".join(c if c.isalnum() else "_" for c in data).strip("_"))
-        header, rows, sources = write_selection(select(members), stem)
+        header, rows, sources = write_selection(select(members), stem, weaknesses)
         tables.append((f"test data: {data}", header, rows, sources))
     return tables
 
@@ -125,7 +128,13 @@ def run_analyses(
     target = None
     if report:
         pool = [r for s in sections if s.name in SELECTION_SOURCES for r in s.records]
-        selection = selection_tables(pool, out / scale)
+        measured = [s for s in sections if s.name == LIMITATIONS]
+        weaknesses = {m: w for s in measured for m, w in s.weaknesses.items()} if measured else None
+        if measured:
+            # Every method the limitations analysis measured: those with nothing found have no entry.
+            for record in measured[0].records:
+                weaknesses.setdefault(str(record.value("method")), [])
+        selection = selection_tables(pool, out / scale, weaknesses)
         sweeps = [_manifest_entry(o, scale, extra) for o in outcomes.values()]
         target = write_report(sections, selection, out / scale / "report.html", scale, sweeps)
         print(f"[analysis] report -> {target}", flush=True)

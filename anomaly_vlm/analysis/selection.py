@@ -6,14 +6,15 @@ data); a latency budget (runs timed without the feature cache only). Tasks (colu
 detection. Each cell is the configuration with the highest mean over its replicates among those that
 meet the constraint, with the runner-up and the ``results.json`` files behind the winner. Transductive
 methods (which score each test image against the other test images) are marked: they need the test set
-as a batch.
+as a batch. With the limitations analysis's results, a last column states what the winner's method is
+known to miss (small defects, a defect type, a corruption), measured at the method's standard setting.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,29 +122,53 @@ def _cell_text(cell: Cell | None, metric: str) -> str:
     return f"{describe_cell(cell)}: {cell.mean(metric):.1f}"
 
 
-def selection_rows(choices: Sequence[Choice]) -> tuple[list[str], list[list[str]], list[list[str]]]:
-    """Header, display rows and per-row sources (of the winners) of the selection table."""
+WEAKNESS_HEADER = "known weaknesses of the winner's method"
+
+
+def weakness_text(cell: Cell | None, weaknesses: Mapping[str, Sequence[str]]) -> str:
+    """What the limitations analysis found the winner's method to miss (at its standard setting)."""
+    if cell is None:
+        return "—"
+    method = str(cell.records[0].value("method"))
+    if method not in weaknesses:
+        return "not measured (run analysis-limitations)"
+    return "; ".join(weaknesses[method]) or "none found"
+
+
+def selection_rows(
+    choices: Sequence[Choice], weaknesses: Mapping[str, Sequence[str]] | None = None
+) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """Header, display rows and per-row sources (of the winners) of the selection table.
+
+    Args:
+        choices: the winners per constraint and task.
+        weaknesses: per method what the limitations analysis found it to miss (a method measured with
+            nothing found maps to an empty list); None leaves the column out.
+    """
     header = ["constraint", "task", "best (mean %)", "runner-up", "candidates"]
+    if weaknesses is not None:
+        header.append(WEAKNESS_HEADER)
     rows, sources = [], []
     for choice in choices:
-        rows.append(
-            [
-                choice.constraint,
-                f"{choice.task} ({choice.metric})",
-                _cell_text(choice.winner, choice.metric),
-                _cell_text(choice.runner_up, choice.metric),
-                str(choice.candidates),
-            ]
-        )
+        row = [
+            choice.constraint,
+            f"{choice.task} ({choice.metric})",
+            _cell_text(choice.winner, choice.metric),
+            _cell_text(choice.runner_up, choice.metric),
+            str(choice.candidates),
+        ]
+        if weaknesses is not None:
+            row.append(weakness_text(choice.winner, weaknesses))
+        rows.append(row)
         sources.append(choice.winner.sources if choice.winner else [])
     return header, rows, sources
 
 
 def write_selection(
-    choices: Sequence[Choice], stem: Path
+    choices: Sequence[Choice], stem: Path, weaknesses: Mapping[str, Sequence[str]] | None = None
 ) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """``<stem>.md`` and ``<stem>.csv`` of the selection table; returns what :func:`selection_rows` does."""
-    header, rows, sources = selection_rows(choices)
+    header, rows, sources = selection_rows(choices, weaknesses)
     stem.parent.mkdir(parents=True, exist_ok=True)
     with stem.with_suffix(".csv").open("w", newline="") as handle:
         writer = csv.writer(handle)

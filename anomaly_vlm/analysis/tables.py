@@ -123,3 +123,31 @@ def write_table(
         f"listed below in row order.\n\n{markdown_table(header, rows)}\n## Sources\n\n{listing}\n"
     )
     return Table(title, header, rows, sources, csv_path, md_path)
+
+
+def write_rows(
+    title: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    sources: Sequence[Sequence[str]],
+    stem: Path,
+) -> Table | None:
+    """A table of rows computed elsewhere (e.g. from saved predictions): ``<stem>.csv`` and ``<stem>.md``,
+    each row with the ``results.json`` files it was computed from. None for no rows."""
+    if not rows:
+        return None
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*header, "sources"])
+        for row, row_sources in zip(rows, sources, strict=True):
+            writer.writerow([*row, ";".join(row_sources)])
+    listing = "\n".join(
+        f"{index + 1}. " + ", ".join(f"`{source}`" for source in row_sources)
+        for index, row_sources in enumerate(sources)
+    )
+    md_path.write_text(
+        f"# {title}\n\n{markdown_table(list(header), [list(r) for r in rows])}\n## Sources\n\n{listing}\n"
+    )
+    return Table(title, list(header), [list(r) for r in rows], [list(s) for s in sources], csv_path, md_path)

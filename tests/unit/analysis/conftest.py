@@ -90,3 +90,39 @@ class ResultsFactory:
 @pytest.fixture
 def results(tmp_path: Path) -> ResultsFactory:
     return ResultsFactory(tmp_path / "outputs")
+
+
+def add_predictions(results_json: Path, category: str = "disc", size: int = 40) -> dict:
+    """Saved predictions beside a fixture results.json (real image files, maps, masks, defect types) and the
+    run's decision thresholds: 2 normal images, one 'scratch' (a 2x2 region, missed: its map stays low and
+    it scores lowest) and one 'hole' (a 10x10 region, found). Returns what was written."""
+    import numpy as np
+    from PIL import Image
+
+    from anomaly_vlm.reporting.predictions import PredictionWriter
+
+    folder = results_json.parent
+    kinds = ["good", "good", "scratch", "hole"]
+    paths, maps, masks = [], [], []
+    for index, kind in enumerate(kinds):
+        path = folder / "data" / category / "test" / kind / f"{index:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((size, size, 3), 60 * index, np.uint8)).save(path)
+        paths.append(str(path))
+        anomaly_map = np.full((size, size), 0.1, np.float32)
+        mask = np.zeros((size, size), bool)
+        if kind == "scratch":
+            mask[5:7, 5:7] = True  # 4 px: 0.25 % of the image
+        if kind == "hole":
+            mask[20:30, 20:30] = True  # 100 px: 6.25 %
+            anomaly_map[20:30, 20:30] = 0.9
+        maps.append(anomaly_map)
+        masks.append(mask)
+    scores = np.array([0.2, 0.5, 0.1, 0.9])  # the scratch scores below both normal images
+    writer = PredictionWriter(folder / "predictions")
+    writer.add(paths, [category] * 4, [0, 0, 1, 1], scores, np.stack(maps), np.stack(masks), kinds)
+    writer.finish_category(category, scores)
+    payload = json.loads(results_json.read_text())
+    payload["decisions"] = {"thresholds": {category: {"image": 0.6, "pixel": 0.5, "method": "normal_fpr"}}}
+    results_json.write_text(json.dumps(payload))
+    return {"paths": paths, "scores": scores}
