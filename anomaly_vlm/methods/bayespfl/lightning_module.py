@@ -12,6 +12,7 @@ from torch import Tensor
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
 from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
+from anomaly_vlm.methods.bayespfl.official_weights import BayesPFLRelease
 from anomaly_vlm.methods.bayespfl.torch_model import BayesPFL, class_sentence
 from anomaly_vlm.prompts import PromptSet
 
@@ -39,7 +40,7 @@ class BayesPFLModule(AnomalyMethod):
     The official trainer chooses its checkpoint, and when to switch to its classification-only stage 2,
     by the pixel AP of five TEST classes of the target dataset after every epoch. That selection uses test
     data and is not reproduced: this trains stage 1 for the whole published schedule and tests the last
-    weights (``test_stage=1``).
+    weights with stage 1 (``test_stage=null`` scores an authors' release file with stage 2, as ``test.py``).
 
     Args:
         backbone: frozen CLIP.
@@ -61,6 +62,8 @@ class BayesPFLModule(AnomalyMethod):
     uses_prompts = False
     block_options = {"layers": BlockOption()}
     tap_option = "layers"
+    #: ``ckpt_path=<train_visa.pth | train_mvtec.pth | epoch_post_*.pth of the official train.py>`` loads.
+    official_weights = BayesPFLRelease()
 
     def __init__(
         self,
@@ -101,6 +104,8 @@ class BayesPFLModule(AnomalyMethod):
     # ----- testing ---------------------------------------------------------------------------------
     def setup_category(self, category: str, reference_images: Tensor | None) -> None:
         self.model.set_category(category)
+        # test.py scores a release file (no 'epoch_post' in its name) with stage 2, ours trained with stage 1.
+        self.model.stage = self.model.test_stage or (2 if self.checkpoint_origin == "official" else 1)
 
     # ----- training --------------------------------------------------------------------------------
     def on_train_start(self) -> None:

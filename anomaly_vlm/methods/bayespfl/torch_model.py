@@ -230,7 +230,8 @@ class BayesPFL(nn.Module):
             does); False draws them once per category too, so an image scores the same in any order (and
             the model can be exported).
         test_stage: 1 scores images with the CLS embedding alone; 2 with the stage-2 branch
-            (``image_mapping(g + fuse(taps))``), which the released checkpoints were tested with.
+            (``image_mapping(g + fuse(taps))``), which the released checkpoints were tested with; None:
+            2 for the authors' release file, 1 otherwise (the wrapper sets :attr:`stage`).
         topk: pixels averaged into the image score; None = the official class-name rule (20 for
             capsules, macaroni1/2, pipe_fryum, screw, cashew, chewinggum; 2000 otherwise).
         image_score_alpha: weight of the text score in the set-level image score (0.5; 1 = text alone).
@@ -251,7 +252,7 @@ class BayesPFL(nn.Module):
         sample_num: int = 10,
         sample_seed: int = 111,
         resample_per_image: bool = True,
-        test_stage: int = 1,
+        test_stage: int | None = None,
         topk: int | None = None,
         image_score_alpha: float = 0.5,
         blur_sigma: float = 8.0,
@@ -274,8 +275,8 @@ class BayesPFL(nn.Module):
         }.items():
             if int(value) < 1:
                 raise ValueError(f"method.{key}={value} must be at least 1")
-        if test_stage not in (1, 2):
-            raise ValueError(f"method.test_stage={test_stage} must be 1 or 2")
+        if test_stage not in (None, 1, 2):
+            raise ValueError(f"method.test_stage={test_stage} must be 1, 2 or null")
         if topk is not None and int(topk) < 1:
             raise ValueError(f"method.topk={topk} must be at least 1 (or null for the official rule)")
         if not 0.0 <= float(image_score_alpha) <= 1.0:
@@ -293,7 +294,9 @@ class BayesPFL(nn.Module):
         self.sample_num = int(sample_num)
         self.sample_seed = int(sample_seed)
         self.resample_per_image = bool(resample_per_image)
-        self.test_stage = int(test_stage)
+        self.test_stage = None if test_stage is None else int(test_stage)
+        #: The stage that scores test images (see ``test_stage``).
+        self.stage = self.test_stage or 1
         self.topk_option = None if topk is None else int(topk)
         self.image_score_alpha = float(image_score_alpha)
         self.blur_sigma = float(blur_sigma)
@@ -505,7 +508,7 @@ class BayesPFL(nn.Module):
             .permute(0, 2, 1, 3, 4)
             .reshape(batch, 2 * pairs, -1)
         )
-        logits = self.image_logits(text, pooled, taps, self.test_stage)
+        logits = self.image_logits(text, pooled, taps, self.stage)
         text_score = (
             torch.stack([logits[:, :pairs], logits[:, pairs:]], dim=-1).softmax(dim=-1)[..., 1].mean(dim=1)
         )
@@ -659,7 +662,7 @@ class BayesPFL(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"layers={self.layers}, prompts={self.prompt_num}x({self.context_length}+{self.state_length}), "
-            f"flows={self.num_flows}, samples={self.sample_num}, test_stage={self.test_stage}"
+            f"flows={self.num_flows}, samples={self.sample_num}, test_stage={self.stage}"
         )
 
 
