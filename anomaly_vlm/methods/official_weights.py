@@ -213,7 +213,7 @@ def release_of(flat: Mapping[str, Any], classes: Iterable[type] | None = None) -
         classes: the Lightning wrapper classes to ask (default: every ``method=`` of the catalog).
     """
     if classes is None:
-        classes = _catalog_classes()
+        classes = list(method_classes().values())
     found = []
     for cls in classes:
         weights = getattr(cls, "official_weights", None)
@@ -222,22 +222,25 @@ def release_of(flat: Mapping[str, Any], classes: Iterable[type] | None = None) -
     return found
 
 
-def _catalog_classes() -> list[type]:
-    """The Lightning wrapper class of every ``conf/method/*.yaml`` (its ``method._target_``)."""
+def method_classes() -> dict[str, type]:
+    """The Lightning wrapper class of every ``conf/method/*.yaml`` (its ``method._target_``), by name.
+
+    A method whose class cannot be imported is left out: it has no release to recognise.
+    """
     # The catalog is read lazily: a method module imports this one.
     import yaml
 
     from anomaly_vlm.methods import catalog
 
-    classes = []
+    classes = {}
     for name in catalog.method_names():
         node = yaml.safe_load((catalog.CONF_DIR / "method" / f"{name}.yaml").read_text()) or {}
         target = str((node.get("method") or {}).get("_target_", ""))
         module_name, _, class_name = target.rpartition(".")
         try:
-            classes.append(getattr(importlib.import_module(module_name), class_name))
+            classes[name] = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError, ValueError):
-            continue  # a method that cannot be imported has no release to recognise
+            continue
     return classes
 
 
