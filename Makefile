@@ -13,7 +13,7 @@ TEST_ALL_WORKERS ?= 1
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-all lint format docs bench bench-metrics bench-winclip bench-cache bench-export parity-venv \
 	parity-winclip parity-aprillab parity-anomalyclip parity-adaclip parity-musc parity-promptad parity-aaclip \
-	weights tables cache-info cache-clean clean
+	weights official-checkpoints tables cache-info cache-clean clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_%-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -143,6 +143,9 @@ bench-export: $(STAMP)  ## ONNX export: onnxruntime vs PyTorch per-image time an
 weights: $(STAMP)  ## download the weights of every backbone config (needs network)
 	$(PY) -m anomaly_vlm.backbones.download
 
+official-checkpoints: $(STAMP)  ## the authors' released weights of the trained methods into weights/official (needs network)
+	$(PY) -m anomaly_vlm.tasks.official_checkpoints
+
 # ----- experiments: tables and reproductions -------------------------------------------------------------
 OUTPUTS ?= $(or $(ANOMALY_VLM_OUTPUTS),outputs)
 RESULTS ?=
@@ -171,14 +174,22 @@ FEWSHOT_promptad := 1,2,4
 # Methods that learn from the shots have no zero-shot row.
 FEWSHOT_ONLY := promptad
 REPRODUCE_ARGS ?=
+# CKPT=official tests the authors' released weights instead of training (make official-checkpoints first): the
+# file trained on the other dataset (python -m anomaly_vlm.tasks.official_checkpoints --path <method> <data>).
+# CKPT=<file> tests that file. The rows join the same table, labelled "authors' weights" for a release file.
+CKPT ?=
+RELEASE_PATH = $(PY) -m anomaly_vlm.tasks.official_checkpoints --path $(word 1,$(subst -, ,$*)) $(word 2,$(subst -, ,$*))
+CKPT_ARG = $(if $(filter official,$(CKPT)),ckpt_path=$$($(RELEASE_PATH)),$(if $(CKPT),ckpt_path=$(CKPT)))
 
-reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,adaclip,musc,promptad,aaclip}-{mvtec,visa}
+reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,adaclip,musc,promptad,aaclip}-{mvtec,visa} (CKPT=official: the authors' weights)
 	@case " $(REPRODUCIBLE) " in *" $* "*) ;; *) echo "unknown table '$*'; choose one of: $(REPRODUCIBLE)"; exit 2;; esac
-	$(PY) -m anomaly_vlm.tasks.preflight experiment=$(subst -,_,$*) $(REPRODUCE_ARGS)
+	$(if $(filter official,$(CKPT)),$(RELEASE_PATH) > /dev/null)
+	$(PY) -m anomaly_vlm.tasks.preflight experiment=$(subst -,_,$*) $(CKPT_ARG) $(REPRODUCE_ARGS)
 	$(if $(filter $(word 1,$(subst -, ,$*)),$(FEWSHOT_ONLY)),,$(PY) train.py -m experiment=$(subst -,_,$*) shots=0 \
-		sweep_name=reproduce-$* $(REPRODUCE_ARGS))
+		sweep_name=reproduce-$* $(CKPT_ARG) $(REPRODUCE_ARGS))
 	$(if $(FEWSHOT_$(word 1,$(subst -, ,$*))),$(PY) train.py -m experiment=$(subst -,_,$*) \
-		shots=$(FEWSHOT_$(word 1,$(subst -, ,$*))) reference_seed=$(SEEDS) sweep_name=reproduce-$* $(REPRODUCE_ARGS))
+		shots=$(FEWSHOT_$(word 1,$(subst -, ,$*))) reference_seed=$(SEEDS) sweep_name=reproduce-$* $(CKPT_ARG) \
+		$(REPRODUCE_ARGS))
 	$(PY) -m anomaly_vlm.reporting.tables --results $(OUTPUTS)/train/multiruns/reproduce-$* --out $(OUT)/reproduce-$*
 
 # reproduce-<method>-zeroshot-suite: the method's zero-shot table on every benchmark (AnomalyCLIP, Table 1):
