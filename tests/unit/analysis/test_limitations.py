@@ -78,12 +78,22 @@ def test_regions_are_binned_by_area_with_recall_and_overlap_at_the_pixel_thresho
 
 def test_corrupted_runs_are_paired_with_the_clean_run_of_the_same_configuration(results):
     results.write("limitations-clip-corruptions", method="clip", score=0.9)
-    results.write("limitations-clip-corruptions", method="clip", score=0.7,
-                  config={"datamodule.test_corruption": "blur", "datamodule.test_corruption_strength": 2})
-    results.write("limitations-clip-corruptions", method="clip", score=0.6,
-                  config={"datamodule.test_corruption": "blur", "datamodule.test_corruption_strength": 2,
-                          "backbone.image_size": 96})  # no clean twin at 96 px: no drop
-    # fmt: skip
+    results.write(
+        "limitations-clip-corruptions",
+        method="clip",
+        score=0.7,
+        config={"datamodule.test_corruption": "blur", "datamodule.test_corruption_strength": 2},
+    )
+    results.write(
+        "limitations-clip-corruptions",
+        method="clip",
+        score=0.6,
+        config={
+            "datamodule.test_corruption": "blur",
+            "datamodule.test_corruption_strength": 2,
+            "backbone.image_size": 96,
+        },
+    )  # no clean twin at 96 px: no drop
     records = load_records([results.root / "train" / "multiruns"])
     drops = robustness(records)
     assert [(d.corruption, d.strength) for d in drops] == [("blur", 2)]
@@ -124,9 +134,12 @@ def test_categories_are_ranked_hardest_first_objects_against_textures(results, t
 def test_the_report_holds_the_limitations_section_with_gallery_images(results, tmp_path):
     path = results.write("limitations-clip", method="clip", score=0.8)
     add_predictions(path)  # the clean twin of the corrupted run below
-    results.write("limitations-clip-corruptions", method="clip", score=0.5,
-                  config={"datamodule.test_corruption": "noise", "datamodule.test_corruption_strength": 3})
-    # fmt: skip
+    results.write(
+        "limitations-clip-corruptions",
+        method="clip",
+        score=0.5,
+        config={"datamodule.test_corruption": "noise", "datamodule.test_corruption_strength": 3},
+    )
     sections, _, report = run_analyses(
         ["limitations"], "tiny", tmp_path / "reports", results.root, run=False, report=True
     )

@@ -18,6 +18,8 @@ import pytest
 
 from anomaly_vlm.analysis.run import run_analyses
 
+from .conftest import add_predictions
+
 pytestmark = pytest.mark.slow
 
 #: Injected first into <head>: records every error (script errors and failed resources, which do not
@@ -34,7 +36,12 @@ window.addEventListener("load", function () {
                      .map(function (i) { return i.alt; });
   var out = document.createElement("pre");
   out.id = "__check";
-  out.textContent = JSON.stringify({images: images.length, broken: broken, errors: window.__errors});
+  var loaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; })
+                     .map(function (i) { return i.alt; });
+  var sections = Array.prototype.slice.call(document.querySelectorAll("h2[id]"))
+                      .map(function (h) { return h.id; });
+  out.textContent = JSON.stringify({images: images.length, broken: broken, errors: window.__errors,
+                                    loaded: loaded, sections: sections});
   document.body.appendChild(out);
 });
 </script>"""
@@ -99,8 +106,21 @@ def _report(results, tmp_path: Path) -> tuple[Path, int]:
         "crossdomain-aprillab", method="aprillab", score=0.8, train_dataset="synthetic",
         config={"train_data.categories": ["brick"], "data.categories": ["nut"]},
     )  # fmt: skip
+    # Limitations: a clean run with saved predictions (defect types, sizes, gallery) and a corrupted twin.
+    add_predictions(results.write("limitations-clip", method="clip", score=0.8))
+    results.write(
+        "limitations-clip-corruptions",
+        method="clip",
+        score=0.6,
+        config={"datamodule.test_corruption": "blur", "datamodule.test_corruption_strength": 1},
+    )
     sections, _, report = run_analyses(
-        ["layers", "shots", "crossdomain"], "tiny", tmp_path / "reports", results.root, run=False, report=True
+        ["layers", "shots", "crossdomain", "limitations"],
+        "tiny",
+        tmp_path / "reports",
+        results.root,
+        run=False,
+        report=True,
     )
     return report, sum(len(section.figures) for section in sections)
 
@@ -112,6 +132,10 @@ def test_every_figure_of_the_report_renders_without_errors(results, tmp_path: Pa
     state = _render(browser, report, tmp_path)
     assert state["images"] == figures
     assert state["broken"] == [] and state["errors"] == []
+    # The limitations section is there, with its failure gallery drawn (not only listed).
+    assert "limitations" in state["sections"] and "selection" in state["sections"]
+    assert any(alt.startswith("Gallery: ") for alt in state["loaded"])
+    assert any(alt.startswith("Corruptions: ") for alt in state["loaded"])
     # The check itself can fail: a broken image is seen as broken and as an error.
     bad = _render(
         browser, report, tmp_path, '<img alt="deliberately broken" src="data:image/png;base64,AAAA">'
