@@ -22,6 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anomaly_vlm.backbones.precision import (
+    MIXED_PRECISIONS,
+    PURE_PRECISIONS,
+    autocast_for,
+    resolve_precision,
+    use_fast_attention,
+    use_mixed_precision,
+)
 from anomaly_vlm.backbones.weights import load_weights, resolve_weights, weights_identity
 
 log = logging.getLogger(__name__)
@@ -31,8 +39,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 #: Weight precisions open_clip builds (``precision=`` of ``create_model``): linear/conv/attention weights
-#: in that type, LayerNorms computed in float32 (``LayerNormFp32``), embeddings kept in float32.
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: in that type, LayerNorms computed in float32 (``LayerNormFp32``), embeddings kept in float32. The
+#: mixed modes and ``auto`` are in :mod:`anomaly_vlm.backbones.precision`.
+PRECISIONS = PURE_PRECISIONS
 
 
 class _BelowWarning(logging.Filter):
@@ -113,11 +122,15 @@ def value_value_attention(block: nn.Module, tokens: Tensor) -> Tensor:
     heads = int(attention.num_heads)
     weight = attention.in_proj_weight[2 * width :]
     bias = attention.in_proj_bias[2 * width :] if attention.in_proj_bias is not None else None
-    values = F.linear(tokens, weight, bias)
-    batch, length, _ = values.shape
-    values = values.view(batch, length, heads, width // heads).transpose(1, 2)
-    # scaled_dot_product_attention scales by 1/sqrt(d_head), the scale of both official codes.
-    mixed = F.scaled_dot_product_attention(values, values, values)
+    # Mixed precision: float32 tokens meet weights rounded to the low type (the layer hooks of
+    # use_mixed_precision do not see this direct F.linear).
+    low = weight.dtype != torch.float32 and tokens.dtype == torch.float32
+    with autocast_for(weight, low, weight.dtype):
+        values = F.linear(tokens, weight, bias)
+        batch, length, _ = values.shape
+        values = values.view(batch, length, heads, width // heads).transpose(1, 2)
+        # scaled_dot_product_attention scales by 1/sqrt(d_head), the scale of both official codes.
+        mixed = F.scaled_dot_product_attention(values, values, values)
     mixed = mixed.transpose(1, 2).reshape(batch, length, width)
     return attention.out_proj(mixed)
 
@@ -170,9 +183,13 @@ class FrozenCLIP(nn.Module):
         cache_dir: Hugging Face cache folder to search/download weights into.
         seed: seed of the random initialisation when ``pretrained`` is None.
         mean, std: normalisation; defaults to the tag's values, else OpenAI's.
-        precision: ``fp32`` (default), ``fp16`` or ``bf16``: open_clip's ``precision`` (weights of the
-            linear, convolution and attention layers in that type, LayerNorms in float32). Some
+        precision: ``fp32`` (default); pure ``fp16`` / ``bf16``: open_clip's ``precision`` (weights and
+            residual stream in that type, LayerNorms computed in float32); mixed ``amp-bf16`` /
+            ``amp-fp16``: float32 stream, norms, softmax and accumulations, matmul operands in the low
+            type; ``auto``: see :func:`~anomaly_vlm.backbones.precision.resolve_precision`. Some
             official codes ran their published numbers in fp16 (PromptAD); it is part of the identity.
+        precision_device: ``cpu`` or ``cuda``, the device ``auto`` decides for (None: a visible GPU).
+        release_precision: the method's official GPU precision, what ``auto`` picks on a GPU.
     """
 
     def __init__(
@@ -188,11 +205,13 @@ class FrozenCLIP(nn.Module):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         precision: str = "fp32",
+        precision_device: str | None = None,
+        release_precision: str | None = None,
     ) -> None:
         super().__init__()
         register_package_model_configs()
-        if precision not in PRECISIONS:
-            raise ValueError(f"backbone.precision={precision!r} is not one of {sorted(PRECISIONS)}")
+        self.requested_precision = precision
+        precision, self.precision_reason = resolve_precision(precision, precision_device, release_precision)
         self.precision = precision
         model_name = model
         if model_name not in open_clip.list_models():
@@ -206,7 +225,10 @@ class FrozenCLIP(nn.Module):
             torch.manual_seed(seed)
             # Built empty on purpose: weights are resolved above (fast offline failure) and loaded below.
             model = open_clip.create_model(
-                model_name, pretrained=None, force_quick_gelu=quick_gelu, precision=precision
+                model_name,
+                pretrained=None,
+                force_quick_gelu=quick_gelu,
+                precision=precision if precision in PURE_PRECISIONS else "fp32",
             )
         if weight_file is not None:
             log.info("Loading %s weights from %s", model_name, weight_file)
@@ -250,6 +272,10 @@ class FrozenCLIP(nn.Module):
         )
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.text_forward_passes = 0  # counted so caches can prove they avoid text encoding
+        if precision in MIXED_PRECISIONS:
+            use_mixed_precision(model, MIXED_PRECISIONS[precision])
+        elif precision != "fp32":
+            use_fast_attention(model)
         self.requires_grad_(False)
         self.eval()
 
@@ -273,8 +299,26 @@ class FrozenCLIP(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """Type of the weights and of the activations between blocks (``backbone.precision``)."""
-        return PRECISIONS[self.precision]
+        """Type of the activations between blocks: float32 in fp32 and mixed modes, else the weights'."""
+        return PURE_PRECISIONS.get(self.precision, torch.float32)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Type the matrix products take their operands in (``backbone.precision``)."""
+        return MIXED_PRECISIONS.get(self.precision) or PURE_PRECISIONS[self.precision]
+
+    @property
+    def mixed_precision(self) -> bool:
+        """True in the ``amp-*`` modes (float32 stream, low-precision matmuls)."""
+        return self.precision in MIXED_PRECISIONS
+
+    def precision_record(self) -> dict[str, str]:
+        """What ``backbone.precision`` asked for, what runs, and why (results.json, the start line)."""
+        return {
+            "requested": self.requested_precision,
+            "resolved": self.precision,
+            "reason": self.precision_reason,
+        }
 
     @property
     def logit_scale(self) -> Tensor:
@@ -344,7 +388,7 @@ class FrozenCLIP(nn.Module):
             )
         visual = self.visual
         pixels = images if normalized else self.normalize(images)
-        x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
+        x = visual.conv1(pixels.to(self.dtype)).to(self.dtype)
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
@@ -384,12 +428,15 @@ class FrozenCLIP(nn.Module):
         return x, outputs
 
     def pool(self, final_tokens: Tensor) -> Tensor:
-        """CLS pooling of the last block's output: ``ln_post(x[:, 0]) @ proj`` -> ``[B, D]``."""
-        return self.visual.ln_post(final_tokens[:, 0]) @ self.visual.proj
+        """CLS pooling of the last block's output: ``ln_post(x[:, 0]) @ proj`` -> float32 ``[B, D]``."""
+        return self.project(self.visual.ln_post(final_tokens[:, 0]))
 
     def project(self, tokens: Tensor) -> Tensor:
-        """Project width-``W`` tokens (already after ln_post) into the joint embedding space."""
-        return tokens @ self.visual.proj
+        """Project width-``W`` tokens (already after ln_post) into the joint embedding space (float32,
+        whatever the precision: embeddings meet float32 text classifiers and memories)."""
+        proj = self.visual.proj
+        with autocast_for(proj, self.mixed_precision, self.compute_dtype):
+            return (tokens.to(proj.dtype) @ proj).float()
 
     def encode_image(
         self, images: Tensor, layers: Sequence[int] = (), normalized: bool = False
@@ -527,7 +574,7 @@ class FrozenCLIP(nn.Module):
         """
         clip = self.clip
         transformer = clip.transformer
-        cast = transformer.get_cast_dtype()
+        cast = self.dtype  # the stream's type: float32 in mixed precision, whatever the weights are
         eot = token_ids.argmax(dim=-1)
         length = self._text_length(eot, embeddings.shape[1])
         x = embeddings[:, :length].to(cast) + clip.positional_embedding[:length].to(cast)
@@ -552,7 +599,7 @@ class FrozenCLIP(nn.Module):
         """
         clip = self.clip
         transformer = clip.transformer
-        cast = transformer.get_cast_dtype()
+        cast = self.dtype  # the stream's type: float32 in mixed precision, whatever the weights are
         token_ids = token_ids.to(clip.token_embedding.weight.device)
         eot = token_ids.argmax(dim=-1)
         counts = {int(tokens.shape[-2]) for tokens in deep_prompts.values()}

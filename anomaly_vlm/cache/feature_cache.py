@@ -82,9 +82,11 @@ def backbone_fingerprint(backbone: Any) -> dict[str, Any]:
 
     The weights identity (an open_clip tag, a weight file's size and hash, or the random seed) names the
     weights; the positional embedding's digest also covers the input size and its interpolation mode;
-    mean and std are the normalisation.
+    mean and std are the normalisation. A backbone running in another precision than fp32 computes other
+    features: its resolved ``backbone.precision`` is a field of its own (absent for fp32, so fp32 caches
+    written before precisions existed stay valid).
     """
-    return {
+    fingerprint = {
         "architecture": backbone.model_name,
         "weights": backbone.identity,
         "image_size": int(backbone.image_size),
@@ -92,6 +94,10 @@ def backbone_fingerprint(backbone: Any) -> dict[str, Any]:
         "mean": [round(float(value), 8) for value in backbone.pixel_mean.flatten()],
         "std": [round(float(value), 8) for value in backbone.pixel_std.flatten()],
     }
+    precision = getattr(backbone, "precision", "fp32")
+    if precision != "fp32":
+        fingerprint["precision"] = precision
+    return fingerprint
 
 
 @dataclasses.dataclass

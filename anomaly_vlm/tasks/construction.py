@@ -17,9 +17,10 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import anomaly_vlm.resolvers  # noqa: F401  (configs interpolate its resolvers, e.g. num_workers)
+from anomaly_vlm.backbones.precision import RELEASE_GPU_PRECISION, resolve_precision
 from anomaly_vlm.backbones.reuse import JOB_BACKBONES
 from anomaly_vlm.data import AnomalyDataModule, DatasetSource, Sample
 from anomaly_vlm.data.checks import preflight
@@ -158,7 +159,7 @@ def prepare_job(
     if shots:
         write_reference_log(output_dir / "references.json", references, shots, reference_seed)
 
-    backbone = build_backbone(cfg)
+    backbone = build_backbone(cfg, method_name)
     prompts = with_class_names(build(cfg.prompts), class_names)
     method: AnomalyMethod = build(
         cfg.method, backbone=backbone, prompts=prompts, shots=shots, text_cache_dir=cfg.paths.cache_dir
@@ -170,12 +171,38 @@ def prepare_job(
     return PreparedJob(method, references, shots, reference_seed)
 
 
-def build_backbone(cfg: DictConfig) -> Any:
-    """The job's frozen backbone; the jobs of a multirun in one process build an identical one once."""
+def build_backbone(cfg: DictConfig, method_name: str | None = None) -> Any:
+    """The job's frozen backbone; the jobs of a multirun in one process build an identical one once.
+
+    ``backbone.precision=auto`` is resolved first and the concrete precision written into the job's
+    config, so results.json, saved detectors and resumption record what ran (a detector saved on a CPU
+    with bf16 runs the same precision on any machine); the choice is printed.
+    """
+    requested, reason = resolve_job_precision(cfg, method_name)
     if not (cfg.reuse_backbone and in_multirun()):
-        return build(cfg.backbone)
-    identity = json.dumps(OmegaConf.to_container(cfg.backbone, resolve=True), sort_keys=True, default=str)
-    return JOB_BACKBONES.get(identity, lambda: build(cfg.backbone))
+        backbone = build(cfg.backbone)
+    else:
+        identity = json.dumps(OmegaConf.to_container(cfg.backbone, resolve=True), sort_keys=True, default=str)
+        backbone = JOB_BACKBONES.get(identity, lambda: build(cfg.backbone))
+    if requested is not None and hasattr(backbone, "precision"):
+        backbone.requested_precision, backbone.precision_reason = requested, reason
+        print(f"backbone precision: {backbone.precision} ({reason})")
+    return backbone
+
+
+def resolve_job_precision(cfg: DictConfig, method_name: str | None) -> tuple[str | None, str]:
+    """``(requested, reason)`` of ``backbone.precision``; ``auto`` becomes the concrete value in ``cfg``
+    (the device from ``trainer.accelerator``, the GPU precision from the method's official release)."""
+    requested = cfg.backbone.get("precision")
+    if requested is None:
+        return None, ""
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    device = "cuda" if accelerator in ("gpu", "cuda") else "cpu" if accelerator == "cpu" else None
+    resolved, reason = resolve_precision(str(requested), device, RELEASE_GPU_PRECISION.get(method_name or ""))
+    if resolved != requested:
+        with open_dict(cfg):
+            cfg.backbone.precision = resolved
+    return str(requested), reason
 
 
 def feature_cache_report(method: AnomalyMethod) -> dict[str, Any] | None:

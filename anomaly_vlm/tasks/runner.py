@@ -214,6 +214,8 @@ class Job:
                 # False for a method that reads no prompt set (MuSc): tables show none for it.
                 "uses_prompts": bool(getattr(prepared.method, "uses_prompts", True)),
                 "device": str(prepared.method.device),
+                # What backbone.precision asked for, what ran and why (auto resolves per machine).
+                "precision": precision_record(prepared.method),
                 "reference_seed": prepared.reference_seed if shots else None,
                 "decisions": self.decisions.summary(),
                 "feature_cache": feature_cache_report(prepared.method),
@@ -251,6 +253,12 @@ def checkpoint_provenance(method: Any, trained: Path | str | None) -> dict[str, 
         "checkpoint_origin": getattr(method, "checkpoint_origin", None) or "project",
         "trained_checkpoint_sha256": digest,
     }
+
+
+def precision_record(method: Any) -> dict[str, str] | None:
+    """The backbone's ``precision_record()`` (None for a backbone without precisions)."""
+    record = getattr(getattr(method, "backbone", None), "precision_record", None)
+    return record() if callable(record) else None
 
 
 def skip_reason(cfg: DictConfig) -> tuple[bool, float | None]:

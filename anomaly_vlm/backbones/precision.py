@@ -1,0 +1,243 @@
+"""Numeric precision of the frozen backbone (``backbone.precision``).
+
+Two kinds are kept apart:
+
+* **mixed** (``amp-bf16``, ``amp-fp16``): the residual stream, every LayerNorm, the attention softmax
+  (inside ``scaled_dot_product_attention``, which accumulates in float32) and the matmul accumulations
+  are float32; the matrix products take their operands in the low type, as ``torch.autocast`` does. The
+  frozen weights of the linear, convolution and attention layers are rounded to the low type once, when
+  the backbone is built: autocast would round the very same float32 values on every call (it caches
+  casts only for weights that require gradients, which frozen ones do not), which cost more than the
+  matmuls themselves on short window sequences. Embeddings, the projections ``proj`` and
+  ``text_projection`` and the LayerNorm parameters stay float32; anything trainable outside the
+  backbone stays float32 too, so gradients of learned prompts and adapters are float32.
+* **pure** (``bf16``, ``fp16``): open_clip's ``precision``: weights and the residual stream in the low
+  type, LayerNorms computed in float32 and rounded back.
+
+``auto`` picks mixed bf16 on a CPU with native bf16 (AMX or AVX-512 bf16), the official release's own
+precision for the method on a GPU, and fp32 otherwise. ``fp32`` changes nothing (parity harnesses use it).
+
+Either low mode also replaces ``nn.MultiheadAttention``'s forward, for batch-first packed attention
+without weights returned, by one ``F.linear`` on the contiguous batch-first tokens and
+``scaled_dot_product_attention``: PyTorch's own path transposes to sequence-first and multiplies a
+non-contiguous 3-D input, which becomes a batched product against the weight copied once per sequence
+position (the profile of WinCLIP's window path in bf16: 40 % of the time in ``aten::copy_`` of
+``[10, 896, 2688]`` weights), and its fast path is off under autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Every ``backbone.precision`` value.
+PRECISION_CHOICES = ("auto", "fp32", "amp-bf16", "amp-fp16", "bf16", "fp16")
+#: Pure low-precision modes: open_clip builds the weights and the residual stream in this type.
+PURE_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Mixed modes: float32 stream, norms and accumulations; matmul operands in this type.
+MIXED_PRECISIONS = {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}
+
+#: The precision each official release ran its published GPU numbers in (what ``auto`` picks on a GPU):
+#: APRIL-GAN wraps its passes in fp16 autocast; AnomalyCLIP's OpenAI-CLIP loader converts the weights to
+#: fp16 on a GPU; MuSc and AdaCLIP run an fp16 residual stream; PromptAD builds fp16 weights. WinCLIP has
+#: no official code (anomalib, its peer implementation, runs fp32), nor has the plain CLIP baseline.
+RELEASE_GPU_PRECISION = {
+    "aprillab": "amp-fp16",
+    "anomalyclip": "fp16",
+    "musc": "fp16",
+    "adaclip": "fp16",
+    "promptad": "fp16",
+    "winclip": "fp32",
+    "clip": "fp32",
+}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on a CPU with bf16 matrix instructions (AMX tiles or AVX-512 bf16)."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(cpu, probe, None)
+        if check is not None:
+            with contextlib.suppress(Exception):
+                if check():
+                    return True
+    flags = Path("/proc/cpuinfo")
+    if flags.is_file():
+        with contextlib.suppress(OSError):
+            text = flags.read_text()
+            return "amx_bf16" in text or "avx512_bf16" in text
+    return False
+
+
+def resolve_precision(
+    requested: str, device_type: str | None = None, release_precision: str | None = None
+) -> tuple[str, str]:
+    """The concrete precision for ``requested`` and why.
+
+    Args:
+        requested: a :data:`PRECISION_CHOICES` value.
+        device_type: ``cuda`` or ``cpu``; None: ``cuda`` when a GPU is visible.
+        release_precision: the method's official GPU precision (:data:`RELEASE_GPU_PRECISION`).
+
+    Returns:
+        ``(precision, reason)``; ``precision`` is never ``auto``.
+
+    Raises:
+        ValueError: ``requested`` is not a known value.
+    """
+    if requested not in PRECISION_CHOICES:
+        raise ValueError(f"backbone.precision={requested!r} is not one of {', '.join(PRECISION_CHOICES)}")
+    if requested != "auto":
+        return requested, "configured"
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_type == "cuda":
+        chosen = release_precision or "amp-fp16"
+        return chosen, f"auto: GPU, the official release's precision ({chosen})"
+    if device_type == "cpu" and cpu_has_native_bf16():
+        return "amp-bf16", "auto: CPU with native bf16 (AMX or AVX-512 bf16)"
+    return "fp32", f"auto: {device_type} without native bf16"
+
+
+class FloatLayerNorm(nn.LayerNorm):
+    """LayerNorm computed and returned in float32 whatever the input type (mixed precision's norms)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
+class BatchFirstAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose batch-first packed self/cross attention runs on contiguous tokens.
+
+    Same parameters and state-dict keys (the class of an existing module is swapped); calls it cannot
+    serve (weights requested, key padding masks, separate projections, sequence-first) go to PyTorch's.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        plain = (
+            self.batch_first
+            and self._qkv_same_embed_dim
+            and not need_weights
+            and key_padding_mask is None
+            and self.bias_k is None
+            and not self.add_zero_attn
+            and (self.dropout == 0.0 or not self.training)
+            and query.dim() == 3
+        )
+        if not plain:
+            return super().forward(
+                query,
+                key,
+                value,
+                key_padding_mask=key_padding_mask,
+                need_weights=need_weights,
+                attn_mask=attn_mask,
+                average_attn_weights=average_attn_weights,
+                is_causal=is_causal,
+            )
+        width, heads = self.embed_dim, self.num_heads
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+
+        def part(tokens: Tensor, start: int, stop: int) -> Tensor:
+            return F.linear(tokens, weight[start:stop], None if bias is None else bias[start:stop])
+
+        if query is key and key is value:
+            q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
+        else:
+            q = part(query, 0, width)
+            if key is value:
+                k, v = part(key, width, 3 * width).chunk(2, dim=-1)
+            else:
+                k, v = part(key, width, 2 * width), part(value, 2 * width, 3 * width)
+        batch, q_len, _ = q.shape
+        k_len = k.shape[1]
+        q = q.reshape(batch, q_len, heads, width // heads).transpose(1, 2)
+        k = k.reshape(batch, k_len, heads, width // heads).transpose(1, 2)
+        v = v.reshape(batch, k_len, heads, width // heads).transpose(1, 2)
+        mask = attn_mask
+        if mask is not None:
+            # nn.MultiheadAttention: True = masked out, float = added; SDPA: True = attend.
+            mask = ~mask if mask.dtype == torch.bool else mask.to(q.dtype)
+            if mask.dim() == 3:
+                mask = mask.reshape(batch, heads, q_len, k_len)
+        mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        mixed = mixed.transpose(1, 2).reshape(batch, q_len, width)
+        return self.out_proj(mixed), None
+
+
+class _AutocastEnter:
+    """Forward pre-hook: enter autocast to ``dtype`` on the input's device (picklable, no closure)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        device = next(
+            (value.device.type for value in (*args, *kwargs.values()) if isinstance(value, Tensor)), "cpu"
+        )
+        context = torch.autocast(device, dtype=self.dtype)
+        context.__enter__()
+        module.__dict__.setdefault("_autocast_contexts", []).append(context)
+
+
+def _autocast_leave(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    """Forward hook (also on exceptions): leave the autocast the pre-hook entered."""
+    contexts = module.__dict__.get("_autocast_contexts")
+    if contexts:
+        contexts.pop().__exit__(None, None, None)
+
+
+#: Layers whose weights mixed precision rounds once and whose calls run under autocast.
+_MATMUL_LAYERS = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
+
+
+def use_fast_attention(model: nn.Module) -> None:
+    """Swap every ``nn.MultiheadAttention`` of ``model`` to :class:`BatchFirstAttention` (in place)."""
+    for module in model.modules():
+        if type(module) is nn.MultiheadAttention:
+            module.__class__ = BatchFirstAttention
+
+
+def use_mixed_precision(model: nn.Module, dtype: torch.dtype) -> None:
+    """Make ``model`` (built in float32) run in mixed precision ``dtype`` (in place).
+
+    Rounds the weights of linear, convolution and attention layers to ``dtype`` once, runs each such
+    layer under autocast (forward hooks: whoever calls a block or a single layer gets it), and makes
+    every LayerNorm compute and return float32. See the module docstring for why.
+    """
+    use_fast_attention(model)
+    leaves: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.__class__ = FloatLayerNorm
+        elif isinstance(module, _MATMUL_LAYERS):
+            leaves.append(module)
+    for module in leaves:
+        for parameter in module.parameters(recurse=False):
+            parameter.data = parameter.data.to(dtype)
+        module.register_forward_pre_hook(_AutocastEnter(dtype), with_kwargs=True)
+        module.register_forward_hook(_autocast_leave, with_kwargs=True, always_call=True)
+
+
+def autocast_for(weight: Tensor, enabled: bool, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``weight``'s device when ``enabled`` (mixed precision), else nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(weight.device.type, dtype=dtype)

@@ -1,0 +1,192 @@
+"""backbone.precision: mixed (amp-*) and pure low-precision modes, auto, and what records them."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import nn
+
+from anomaly_vlm.backbones import FrozenCLIP, precision
+from anomaly_vlm.backbones.precision import BatchFirstAttention, resolve_precision
+from anomaly_vlm.cache.feature_cache import backbone_fingerprint
+from anomaly_vlm.methods.winclip.torch_model import WinCLIPModel
+
+
+def tiny(mode: str) -> FrozenCLIP:
+    return FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=0, precision=mode)
+
+
+@pytest.fixture(scope="module")
+def mixed_bf16():
+    return tiny("amp-bf16")
+
+
+def cosine(a, b):
+    return F.cosine_similarity(a.float().flatten(1), b.float().flatten(1)).min().item()
+
+
+def test_mixed_rounds_matmul_weights_once_and_keeps_stream_norms_and_projections_float32(mixed_bf16):
+    block = mixed_bf16.blocks[0]
+    assert block.attn.in_proj_weight.dtype == torch.bfloat16
+    assert block.attn.out_proj.weight.dtype == torch.bfloat16
+    assert block.mlp.c_fc.weight.dtype == torch.bfloat16
+    assert mixed_bf16.visual.conv1.weight.dtype == torch.bfloat16
+    for kept in (
+        block.ln_1.weight,
+        mixed_bf16.visual.ln_post.weight,
+        mixed_bf16.proj,
+        mixed_bf16.positional_embedding,
+    ):
+        assert kept.dtype == torch.float32
+    assert mixed_bf16.clip.text_projection.dtype == torch.float32
+    assert mixed_bf16.dtype == torch.float32 and mixed_bf16.compute_dtype == torch.bfloat16
+
+
+def test_mixed_features_are_float32_and_close_to_fp32(tiny_backbone, mixed_bf16):
+    images = torch.rand(2, 3, 128, 128)
+    ours = mixed_bf16.encode_image(images, layers=[2, 8])
+    reference = tiny_backbone.encode_image(images, layers=[2, 8])
+    for value in (ours.global_embedding, ours.patch_tokens, ours.layer_tokens[2], ours.layer_tokens[8]):
+        assert value.dtype == torch.float32
+    assert cosine(ours.global_embedding, reference.global_embedding) > 0.999
+    assert cosine(ours.patch_tokens, reference.patch_tokens) > 0.999
+    assert not torch.equal(ours.global_embedding, reference.global_embedding)  # bf16 did run
+    text = mixed_bf16.encode_text(["a photo of a thing", "a photo of a broken thing"])
+    assert text.dtype == torch.float32
+    assert (
+        cosine(text, tiny_backbone.encode_text(["a photo of a thing", "a photo of a broken thing"])) > 0.999
+    )
+    dual = mixed_bf16.encode_dual_path(images, vv_start=3, layers=[4], post_attention_layers=[4])
+    expected = tiny_backbone.encode_dual_path(images, vv_start=3, layers=[4], post_attention_layers=[4])
+    assert dual.vv_patch_embeddings.dtype == torch.float32
+    assert cosine(dual.vv_patch_embeddings, expected.vv_patch_embeddings) > 0.999
+
+
+def test_pure_bf16_keeps_open_clips_low_precision_stream():
+    backbone = tiny("bf16")
+    assert backbone.blocks[0].attn.in_proj_weight.dtype == torch.bfloat16
+    assert backbone.proj.dtype == torch.bfloat16
+    features = backbone.encode_image(torch.rand(1, 3, 128, 128), layers=[2])
+    assert features.layer_tokens[2].dtype == torch.bfloat16
+    # What leaves through project/pool meets float32 text classifiers and memories.
+    assert backbone.project(features.patch_tokens).dtype == torch.float32
+
+
+def test_gradients_reach_float32_prompts_through_a_mixed_backbone(tiny_backbone, mixed_bf16):
+    images = torch.rand(1, 3, 128, 128)
+    grads = {}
+    for name, backbone in (("fp32", tiny_backbone), ("amp", mixed_bf16)):
+        prompt = torch.zeros(2, backbone.width, requires_grad=True)
+        with torch.no_grad():
+            prompt.normal_(generator=torch.Generator().manual_seed(1))
+        features = backbone.encode_image_prompted(images, [prompt])
+        features.global_embedding.square().sum().backward()
+        grads[name] = prompt.grad
+    assert grads["amp"].dtype == torch.float32
+    assert grads["amp"].abs().sum() > 0
+    assert cosine(grads["amp"][None], grads["fp32"][None]) > 0.99
+
+
+def test_layer_hooks_leave_autocast_off_even_when_a_layer_fails(mixed_bf16):
+    with pytest.raises(RuntimeError):
+        mixed_bf16.blocks[0].mlp.c_fc(torch.rand(3, 7))  # wrong width
+    assert not torch.is_autocast_enabled("cpu")
+    mixed_bf16.blocks[0].mlp.c_fc(torch.rand(3, mixed_bf16.width))
+    assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("mask_kind", [None, "float", "bool"])
+@pytest.mark.parametrize("cross", [False, True])
+def test_batch_first_attention_equals_pytorchs(mask_kind, cross):
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(32, 4, batch_first=True)
+    ours = nn.MultiheadAttention(32, 4, batch_first=True)
+    ours.load_state_dict(reference.state_dict())
+    ours.__class__ = BatchFirstAttention
+    tokens = torch.randn(3, 6, 32)
+    query = tokens[:, :2] if cross else tokens
+    mask = None
+    if mask_kind is not None:
+        causal = torch.ones(query.shape[1], 6, dtype=torch.bool).triu(1)
+        mask = causal if mask_kind == "bool" else torch.zeros(causal.shape).masked_fill(causal, float("-inf"))
+    expected = reference(query, tokens, tokens, need_weights=False, attn_mask=mask)[0]
+    got, weights = ours(query, tokens, tokens, need_weights=False, attn_mask=mask)
+    assert weights is None
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_auto_picks_mixed_bf16_on_native_bf16_cpus_and_the_release_precision_on_gpus(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu")[0] == "amp-bf16"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu")[0] == "fp32"
+    assert resolve_precision("auto", "cuda", "fp16")[0] == "fp16"
+    assert resolve_precision("auto", "cuda")[0] == "amp-fp16"
+    assert resolve_precision("bf16", "cuda", "fp16") == ("bf16", "configured")
+    with pytest.raises(ValueError, match="backbone.precision='half'"):
+        resolve_precision("half")
+
+
+def test_auto_backbone_records_what_it_resolved_to(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    backbone = FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, precision="auto", precision_device="cpu")
+    record = backbone.precision_record()
+    assert record["requested"] == "auto" and record["resolved"] == "amp-bf16"
+    assert "native bf16" in record["reason"]
+    assert backbone.identity.endswith(":amp-bf16")
+
+
+def test_feature_cache_key_differs_per_precision_and_fp32_keys_are_unchanged(tiny_backbone, mixed_bf16):
+    fp32 = backbone_fingerprint(tiny_backbone)
+    assert "precision" not in fp32  # caches written before precisions existed stay valid
+    amp = backbone_fingerprint(mixed_bf16)
+    assert amp["precision"] == "amp-bf16"
+    assert amp != fp32 and amp["weights"] != fp32["weights"]
+
+
+def winclip_prediction(backbone: FrozenCLIP):
+    torch.manual_seed(0)
+    images, references = torch.rand(1, 3, 128, 128), torch.rand(1, 3, 128, 128)
+    model = WinCLIPModel(backbone)
+    text = backbone.encode_text(["a photo of a thing", "a photo of a broken thing"])
+    model.set_text_classifier(F.normalize(text.float(), dim=-1))
+    model.set_reference_images(references)
+    with torch.no_grad():
+        return model(images)
+
+
+@pytest.fixture(scope="module")
+def winclip_fp32(tiny_backbone):
+    return winclip_prediction(tiny_backbone)
+
+
+# fp16 matmuls have no fast CPU kernels: those modes take seconds here, so they run with -m slow.
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "amp-bf16",
+        "bf16",
+        pytest.param("amp-fp16", marks=pytest.mark.slow),
+        pytest.param("fp16", marks=pytest.mark.slow),
+    ],
+)
+def test_winclip_scores_in_every_precision_close_to_fp32(winclip_fp32, mode):
+    """Pure bf16 used to fail in class_scores: expected m1 and m2 to have the same dtype."""
+    got, expected = winclip_prediction(tiny(mode)), winclip_fp32
+    assert got.anomaly_map.dtype == torch.float32 and got.image_score.dtype == torch.float32
+    rho = spearmanr(got.anomaly_map.flatten().numpy(), expected.anomaly_map.flatten().numpy()).statistic
+    assert rho > 0.99
+    span = float(expected.anomaly_map.max() - expected.anomaly_map.min())
+    assert float((got.anomaly_map - expected.anomaly_map).abs().max()) < 0.2 * span
+
+
+def test_winclip_window_pass_in_mixed_bf16_copies_no_weight_per_window(mixed_bf16):
+    """PyTorch's attention multiplied the transposed window batch against the weight expanded per
+    position (aten::bmm on a copied [L, W, 3W] weight): the slow fallback the profile found."""
+    model = WinCLIPModel(mixed_bf16)
+    tokens = mixed_bf16.ln_pre(mixed_bf16.embed_patches(torch.rand(1, 3, 128, 128)))
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        model.encode_windows(tokens, 0)
+    names = {event.key for event in profile.key_averages()}
+    assert "aten::bmm" not in names
