@@ -14,7 +14,6 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -33,7 +32,9 @@ CORRUPTIONS: tuple[str, ...] = tuple(STRENGTHS)
 
 
 def _transform(kind: str, magnitude: float, sign: float):
+    # Imported here: only corrupted test runs need them, every other job imports the datamodule.
     import albumentations as A
+    import cv2
 
     if kind == "rotation":
         angle = sign * magnitude
