@@ -10,7 +10,7 @@ from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
-from anomaly_vlm.methods.aaclip.torch_model import AAClip
+from anomaly_vlm.methods.aaclip.torch_model import AAClip, augment
 from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
 from anomaly_vlm.prompts import PromptSet
 
@@ -42,6 +42,10 @@ class AAClipModule(AnomalyMethod):
         betas: Adam betas of both stages ((0.5, 0.999)).
         text_batch_size: images per stage-1 step (16).
         lr_milestones, lr_gamma: stage-2 ``MultiStepLR`` stepped per step ([16000, 32000], 0.5).
+        augment: the official training augmentation (:func:`~anomaly_vlm.methods.aaclip.torch_model.augment`):
+            rotation, translation and flips in both stages, colour jitter in the image stage.
+        augment_seed: with the epoch and batch, the seed of the augmentation (the official one draws
+            from the global generator in its loader workers).
         text_cache_dir: unused (the text features are learned), accepted for a uniform constructor.
         **model_options: options of :class:`~anomaly_vlm.methods.aaclip.torch_model.AAClip`.
     """
@@ -69,6 +73,8 @@ class AAClipModule(AnomalyMethod):
         text_batch_size: int = 16,
         lr_milestones: Sequence[int] = (16000, 32000),
         lr_gamma: float = 0.5,
+        augment: bool = True,
+        augment_seed: int = 0,
         text_cache_dir: str | None = None,
         **model_options: Any,
     ) -> None:
@@ -93,6 +99,8 @@ class AAClipModule(AnomalyMethod):
         self.text_batch_size = int(text_batch_size)
         self.lr_milestones = [int(step) for step in lr_milestones]
         self.lr_gamma = float(lr_gamma)
+        self.augment = bool(augment)
+        self.augment_seed = int(augment_seed)
         # Two optimisers stepped by stage (and stage-1 batches joined from loader batches).
         self.automatic_optimization = False
         self._tokens: dict[str, tuple[Tensor, int]] = {}
@@ -166,10 +174,23 @@ class AAClipModule(AnomalyMethod):
         self._check_masks(batch)
         if self.stage() == "text":
             return self._text_step(batch, batch_idx)
-        return self._image_step(batch)
+        return self._image_step(batch, batch_idx)
+
+    def training_inputs(self, batch: AnomalyBatch, batch_idx: int, color: bool) -> tuple[Tensor, Tensor]:
+        """The batch's images (``[0, 1]``) and masks, augmented when ``augment`` is on."""
+        if not self.augment:
+            return batch.image, batch.mask
+        generator = torch.Generator().manual_seed(
+            self.augment_seed * 1_000_003 + self.current_epoch * 100_003 + batch_idx
+        )
+        images, masks = augment(
+            batch.image.cpu(), batch.mask.cpu(), generator, color, self.backbone.pixel_mean.flatten().tolist()
+        )
+        return images.to(batch.image.device), masks.to(batch.mask.device)
 
     def _text_step(self, batch: AnomalyBatch, batch_idx: int) -> Tensor | None:
-        self._pending.append(batch)
+        images, masks = self.training_inputs(batch, batch_idx, color=False)
+        self._pending.append(_Held(images, masks, list(batch.category)))
         held = sum(len(part) for part in self._pending)
         last = batch_idx + 1 >= self.trainer.num_training_batches
         loss = None
@@ -195,12 +216,13 @@ class AAClipModule(AnomalyMethod):
         self._log(losses, "text", len(images))
         return losses["loss"].detach()
 
-    def _image_step(self, batch: AnomalyBatch) -> Tensor:
+    def _image_step(self, batch: AnomalyBatch, batch_idx: int) -> Tensor:
         optimizer = self.optimizers()[1]
         scheduler = self.lr_schedulers()
-        features = self.frozen_features(batch.image, batch.digest)
+        images, masks = self.training_inputs(batch, batch_idx, color=True)
+        features = self.frozen_features(images, None if self.augment else batch.digest)
         text = self.texts_of(batch.category, frozen=True)
-        losses = self.model.image_stage_loss(features["pixels"], batch.mask, batch.label, text)
+        losses = self.model.image_stage_loss(features["pixels"], masks, batch.label, text)
         optimizer.zero_grad()
         self.manual_backward(losses["loss"])
         optimizer.step()

@@ -77,6 +77,57 @@ def grid_blur(maps: Tensor, kernel_size: int, sigma: float) -> Tensor:
     return x[:, 0]
 
 
+def augment(
+    images: Tensor, masks: Tensor, generator: torch.Generator, color: bool, fill: Sequence[float]
+) -> tuple[Tensor, Tensor]:
+    """The official training augmentation (``dataset/__init__.py``), drawn per image from ``generator``.
+
+    ``color`` (image stage only): brightness, contrast and saturation jitter (factor in [0.5, 1.5]), each
+    with probability 0.7, on the ``[0, 1]`` images. Then, on each image and its mask together: rotation up
+    to 30 degrees (p 0.5), translation up to 15 % (p 0.5), horizontal and vertical flips (p 0.5 each),
+    nearest-neighbour, filling images with ``fill`` (the normalisation mean: the official code transforms
+    normalised images and fills with 0, the same pixels) and masks with 0. The official code jitters the
+    PIL image before resizing it; here the resized image is jittered.
+
+    Returns:
+        The ``[B, 3, S, S]`` images in ``[0, 1]`` and the ``[B, S, S]`` masks.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    def draw() -> float:
+        return float(torch.rand((), generator=generator))
+
+    if color:
+        jittered = []
+        for image in images:
+            for adjust in (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation):
+                if draw() < 0.7:
+                    image = adjust(image, 0.5 + draw())
+            jittered.append(image.clamp(0, 1))
+        images = torch.stack(jittered)
+    size = images.shape[-1]
+    out_pixels, out_masks = [], []
+    nearest = InterpolationMode.NEAREST
+    fill = [float(value) for value in fill] + [0.0]
+    for image, mask in zip(images, masks, strict=True):
+        both = torch.cat([image, mask[None].to(image.dtype)])
+        if draw() < 0.5:
+            both = TF.rotate(both, -30.0 + 60.0 * draw(), interpolation=nearest, fill=fill)
+        if draw() < 0.5:
+            shift = [round((2 * draw() - 1) * 0.15 * size), round((2 * draw() - 1) * 0.15 * size)]
+            both = TF.affine(
+                both, angle=0.0, translate=shift, scale=1.0, shear=[0.0], interpolation=nearest, fill=fill
+            )
+        if draw() < 0.5:
+            both = TF.horizontal_flip(both)
+        if draw() < 0.5:
+            both = TF.vertical_flip(both)
+        out_pixels.append(both[:3])
+        out_masks.append(both[3])
+    return torch.stack(out_pixels), torch.stack(out_masks)
+
+
 class AAClip(nn.Module):
     """Frozen CLIP with residual adapters in its first blocks, per-level projections and a text head.
 
@@ -396,4 +447,4 @@ class AAClip(nn.Module):
         )
 
 
-__all__ = ["TEXT_LOSS_LEVELS", "AAClip", "grid_blur", "scaled_depth"]
+__all__ = ["TEXT_LOSS_LEVELS", "AAClip", "augment", "grid_blur", "scaled_depth"]

@@ -8,7 +8,7 @@ import torch
 from scipy.ndimage import correlate1d
 
 from anomaly_vlm.backbones import FrozenCLIP
-from anomaly_vlm.methods.aaclip.torch_model import AAClip, grid_blur
+from anomaly_vlm.methods.aaclip.torch_model import AAClip, augment, grid_blur
 from anomaly_vlm.methods.contract import Prediction, export_module, set_dependence
 
 
@@ -104,3 +104,16 @@ def test_scores_and_the_set_step(backbone: FrozenCLIP) -> None:
     graph = export_module(model)
     score, anomaly_map = graph(backbone.normalize(images))
     torch.testing.assert_close(score, final.image_score, atol=1e-5, rtol=1e-4)
+
+
+def test_augmentation_moves_image_and_mask_together() -> None:
+    generator = torch.Generator().manual_seed(3)
+    masks = torch.zeros(6, 32, 32)
+    masks[:, 4:14, 6:20] = 1.0
+    images = torch.stack([masks, torch.full_like(masks, 0.5), torch.rand(6, 32, 32)], dim=1)
+    out_images, out_masks = augment(images, masks, generator, color=False, fill=[0.0, 0.5, 0.5])
+    torch.testing.assert_close(out_images[:, 0], out_masks)  # channel 0 was the mask
+    assert not torch.equal(out_masks, masks)  # six images: something moved
+    assert set(out_masks.unique().tolist()) <= {0.0, 1.0}  # nearest neighbour keeps the mask binary
+    jittered, _ = augment(images, masks, torch.Generator().manual_seed(3), color=True, fill=[0.0, 0.5, 0.5])
+    assert float(jittered.min()) >= 0.0 and float(jittered.max()) <= 1.0
