@@ -381,14 +381,19 @@ def create_app(settings: ServeSettings, detectors: dict[str, ServedDetector] | N
             except (ValueError, DataError) as error:
                 # The method refuses this set (e.g. MuSc needs at least 5 images scored together).
                 raise _error(422, str(error)) from None
-            body = {
-                "detector": name,
-                "runtime": detector.runtime,
-                "images": [
-                    image_json(upload_name, result, detector, maps, masks)
-                    for (upload_name, _), result in zip(uploads, results, strict=True)
-                ],
-            }
+
+            def respond() -> dict[str, Any]:
+                # PNG encoding of maps and masks: off the event loop, like decoding.
+                return {
+                    "detector": name,
+                    "runtime": detector.runtime,
+                    "images": [
+                        image_json(upload_name, result, detector, maps, masks)
+                        for (upload_name, _), result in zip(uploads, results, strict=True)
+                    ],
+                }
+
+            body = await loop.run_in_executor(None, respond)
             status = 200
             return JSONResponse(body)
         except HTTPException as error:

@@ -66,7 +66,7 @@ class ServeSettings:
     device: str = "cpu"
     batching: bool = True
     max_batch: int = 8
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 2.0
     max_upload_mb: float = 32.0
     max_images: int = 16
     max_image_pixels: int = 40_000_000
