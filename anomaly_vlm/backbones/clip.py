@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anomaly_vlm.backbones.capabilities import BackboneCapabilities
 from anomaly_vlm.backbones.precision import (
     MIXED_PRECISIONS,
     PURE_PRECISIONS,
@@ -191,6 +192,8 @@ class FrozenCLIP(nn.Module):
         precision_device: ``cpu`` or ``cuda``, the device ``auto`` decides for (None: a visible GPU).
         release_precision: the method's official GPU precision, what ``auto`` picks on a GPU.
     """
+
+    capabilities = BackboneCapabilities(family="CLIP", text_tower=True, patch_tokens=True, clip_tokens=True)
 
     def __init__(
         self,
@@ -668,6 +671,22 @@ class FrozenCLIP(nn.Module):
             tokens = self.tokenize(prompts[start : start + batch_size]).to(device)
             chunks.append(self.encode_text_embeddings(self.token_embeddings(tokens), tokens))
         return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim, device=device)
+
+    def patch_tokens(
+        self,
+        images: Tensor,
+        blocks: Sequence[int] | None = None,
+        norm: bool = True,
+        normalized: bool = False,
+    ) -> dict[int, Tensor]:
+        """Patch tokens ``[B, N, W]`` at the given blocks (1-based; None = the last), CLS removed, after
+        ``ln_post`` when ``norm`` (unprojected): the family-neutral API that
+        :class:`~anomaly_vlm.backbones.capabilities.BackboneCapabilities` declares."""
+        taps = self.check_layers(blocks if blocks is not None else [self.num_layers])
+        _, outputs = self.run_blocks(
+            self.embed_patches(images, normalized=normalized), taps, last_block=max(taps)
+        )
+        return {block: (self.ln_post(x) if norm else x)[:, 1:] for block, x in outputs.items()}
 
     def extra_repr(self) -> str:
         return (

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from anomaly_vlm.backbones.capabilities import BackboneCapabilities, BackboneNeeds, backbone_problem
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
 from anomaly_vlm.methods import contract
@@ -80,6 +81,9 @@ class AnomalyMethod(L.LightningModule):
     published_taps: ClassVar[str] = "scaled"
     #: Reads a text prompt set (False: tables show none for it).
     uses_prompts: ClassVar[bool] = True
+    #: What the method needs from its backbone; None: CLIP's token-level API, and its text tower when the
+    #: method reads prompts (:meth:`backbone_requirements`).
+    backbone_needs: ClassVar[BackboneNeeds | None] = None
     #: How the authors' released weights look and map to this method's trainable parameters, so
     #: ``ckpt_path=<their file>`` loads them (:mod:`anomaly_vlm.methods.official_weights`); None: no
     #: released format is known.
@@ -114,6 +118,23 @@ class AnomalyMethod(L.LightningModule):
             )
         return None
 
+    @classmethod
+    def backbone_requirements(cls) -> BackboneNeeds:
+        """What this method needs from its backbone (:attr:`backbone_needs`, or the CLIP default)."""
+        if cls.backbone_needs is not None:
+            return cls.backbone_needs
+        return BackboneNeeds(text_tower=bool(cls.uses_prompts), patch_tokens=False, clip_tokens=True)
+
+    @classmethod
+    def backbone_problem(
+        cls, capabilities: BackboneCapabilities, name: str | None = None, backbone_name: str | None = None
+    ) -> str | None:
+        """Why this method cannot run on a backbone with ``capabilities`` (None when it can); the config
+        check asks it from the ``_target_`` classes before anything is built."""
+        return backbone_problem(
+            name or cls.method_name, cls.backbone_requirements(), capabilities, backbone_name
+        )
+
     def __init__(
         self, model: nn.Module, prompts: PromptSet, shots: int = 0, text_cache_dir: str | None = None
     ):
@@ -121,6 +142,11 @@ class AnomalyMethod(L.LightningModule):
         problem = self.shots_problem(shots)
         if problem:
             raise ValueError(problem)
+        capabilities = getattr(getattr(model, "backbone", None), "capabilities", None)
+        if isinstance(capabilities, BackboneCapabilities):
+            problem = self.backbone_problem(capabilities)
+            if problem:
+                raise ValueError(problem)
         self.model = model
         self.prompts = prompts
         self.shots = int(shots)

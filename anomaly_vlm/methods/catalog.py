@@ -120,13 +120,21 @@ def _published_backbone(method_node: dict) -> str:
 
 @functools.cache
 def backbone_patch_size(backbone: str) -> int:
-    """Patch size of ``backbone=<backbone>``, from its open_clip model config (no weights are read)."""
+    """Patch size of ``backbone=<backbone>``, from its model config (no weights are read): the backbone
+    class's ``config_patch_size`` where it has one (DINOv2), else open_clip's."""
     import open_clip
 
     from anomaly_vlm.backbones.clip import register_package_model_configs
 
+    node = yaml.safe_load((CONF_DIR / "backbone" / f"{backbone}.yaml").read_text())
+    module_name, _, class_name = str(node["_target_"]).rpartition(".")
+    patch_size_of = getattr(
+        getattr(importlib.import_module(module_name), class_name), "config_patch_size", None
+    )
+    if patch_size_of is not None:
+        return int(patch_size_of(node))
     register_package_model_configs()
-    model = yaml.safe_load((CONF_DIR / "backbone" / f"{backbone}.yaml").read_text())["model"]
+    model = node["model"]
     return int(open_clip.get_model_config(model)["vision_cfg"]["patch_size"])
 
 

@@ -50,6 +50,7 @@ def check_config(cfg: DictConfig, names: dict[str, str | None], fit: bool) -> li
         lambda: check_shots_supported(cfg.method, cfg.shots, names.get("method")),
         lambda: check_training_data(cfg, fit, names.get("method"), names.get("data")),
         lambda: check_synthesis(cfg) if fit else None,
+        lambda: check_backbone_capabilities(cfg, names.get("method"), names.get("backbone")),
         lambda: check_backbone_depths(cfg, names.get("backbone")),
         lambda: check_checkpoint_file(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None,
         lambda: check_saved_detector(cfg, names.get("method")),
@@ -160,6 +161,28 @@ def check_labelled_data(cfg: DictConfig, data_name: str | None) -> None:
     )
 
 
+def _backbone_class(backbone_node: DictConfig) -> type | None:
+    target = backbone_node.get("_target_")
+    if not target:
+        return None
+    try:
+        return get_class(str(target))
+    except (ImportError, ValueError, AttributeError):
+        return None  # building it names the bad _target_ later
+
+
+def check_backbone_capabilities(cfg: DictConfig, method_name: str | None, backbone_name: str | None) -> None:
+    """A method must get what it needs from the backbone family (a text tower, CLIP's token API, patch
+    tokens), from the two ``_target_`` classes' declarations, before anything is built."""
+    capabilities = getattr(_backbone_class(cfg.backbone), "capabilities", None)
+    method_class = get_class(cfg.method._target_)
+    if capabilities is None or not hasattr(method_class, "backbone_problem"):
+        return
+    problem = method_class.backbone_problem(capabilities, method_name, backbone_name)
+    if problem:
+        raise ConfigError(problem)
+
+
 def backbone_depths(backbone_node: DictConfig) -> tuple[int, int] | None:
     """(vision blocks, text blocks) of the configured backbone from its model config, without weights.
 
@@ -169,6 +192,9 @@ def backbone_depths(backbone_node: DictConfig) -> tuple[int, int] | None:
 
     from anomaly_vlm.backbones.clip import register_package_model_configs
 
+    depths_of = getattr(_backbone_class(backbone_node), "config_depths", None)
+    if depths_of is not None:
+        return depths_of(backbone_node)
     register_package_model_configs()
     model_config = open_clip.get_model_config(str(backbone_node.get("model")))
     if not model_config:

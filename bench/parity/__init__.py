@@ -15,4 +15,5 @@ METHODS = {
     "musc": "xrli-U/MuSc (MUSC_DIR)",
     "promptad": "FuNz-0/PromptAD (PROMPTAD_DIR)",
     "aaclip": "Mwxinnn/AA-CLIP (AACLIP_DIR)",
+    "anomalydino": "dammsi/AnomalyDINO (ANOMALYDINO_DIR), DINOv2 from facebookresearch/dinov2 (DINOV2_DIR)",
 }

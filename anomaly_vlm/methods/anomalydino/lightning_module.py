@@ -1,0 +1,142 @@
+"""Lightning wrapper of AnomalyDINO (``method=anomalydino``): training-free, prompt-free, on DINOv2."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from anomaly_vlm.backbones.capabilities import BackboneNeeds
+from anomaly_vlm.methods.anomalydino.torch_model import (
+    ROTATION_ANGLES,
+    AnomalyDINO,
+    preprocess_table,
+    rotate_references,
+)
+from anomaly_vlm.methods.base import AnomalyMethod
+from anomaly_vlm.methods.contract import concat_features
+from anomaly_vlm.prompts import PromptSet
+
+
+class AnomalyDINOModule(AnomalyMethod):
+    """AnomalyDINO: few-shot patch nearest neighbours on DINOv2 features; nothing is trained.
+
+    Paper: Damm et al., "AnomalyDINO: Boosting Patch-based Few-shot Anomaly Detection with DINOv2",
+    WACV 2025.
+
+    ``shots>=1``: each category's reference images (with the official rotation augmentation where the
+    preprocessing table asks for it) form a memory of patch features; a test patch scores ``1 - cos`` to
+    its nearest reference patch, background patches of masked categories score 0, the image scores the
+    mean of its top 1 % patches. ``shots=0`` is the published batched zero-shot mode: each test image is
+    scored against the category's other test images, so it is transductive (results say so). No prompt
+    plays any part (``prompts`` is accepted for the common constructor and ignored).
+
+    Args:
+        backbone: a backbone with ``patch_tokens`` (published: DINOv2 ViT-S/14, 448 px few-shot, 672 px
+            batched zero-shot).
+        prompts: ignored.
+        shots: normal references per category; 0 = the batched zero-shot mode.
+        preprocess: the official ``--preprocess`` table (``agnostic``, published few-shot;
+            ``masking_only``, published batched zero-shot; ``informed``; ``*_no_mask``; ``force_*``).
+        dataset: the data source's ``_target_``, to pick the table (MVTec AD, VisA; others: no masking).
+        masking: force the test images' background masking on or off (None: the table).
+        rotation: force the references' rotation augmentation on or off (None: the table).
+        mask_references: mask the references' background too where the test images are masked (the
+            official ``--mask_ref_images``, off by default; the demo notebook masks them).
+        knn_neighbors: nearest reference patches averaged (published 1).
+        knn_metric: ``cosine`` (published ``L2_normalized``) or ``l2``.
+        morphology: ``1d`` (published: the official code dilates and closes the raster-order column of
+            patches) or ``2d`` (the corrected morphology on the patch grid).
+        mask_threshold: PC1 threshold of the background mask (published 10).
+        map_sigma: Gaussian blur of the map (published 4, in pixels of the evaluation resolution).
+        quantile: nearest fraction averaged in the batched zero-shot mode (published 0.001).
+        reference_batch_size: references encoded per forward pass (memory only).
+        block_bytes: memory bound of one block of distances (result unchanged).
+        text_cache_dir: unused (no text).
+    """
+
+    method_name = "anomalydino"
+    supports_few_shot = True
+    uses_prompts = False
+    published_taps = "last"
+    #: Reads patch tokens only: runs on DINOv2 (published) and on any CLIP backbone alike.
+    backbone_needs: ClassVar[BackboneNeeds] = BackboneNeeds(
+        text_tower=False, patch_tokens=True, clip_tokens=False
+    )
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        prompts: PromptSet,
+        shots: int = 1,
+        preprocess: str = "agnostic",
+        dataset: str | None = None,
+        masking: bool | None = None,
+        rotation: bool | None = None,
+        mask_references: bool = False,
+        knn_neighbors: int = 1,
+        knn_metric: str = "cosine",
+        morphology: str = "1d",
+        mask_threshold: float = 10.0,
+        map_sigma: float = 4.0,
+        quantile: float = 0.001,
+        reference_batch_size: int = 8,
+        block_bytes: int = 1 << 28,
+        text_cache_dir: str | None = None,
+    ) -> None:
+        preprocess_table(dataset, "", preprocess)  # an unknown preprocess fails before anything runs
+        model = AnomalyDINO(
+            backbone,
+            zero_shot=int(shots) == 0,
+            knn_neighbors=knn_neighbors,
+            knn_metric=knn_metric,
+            morphology=morphology,
+            mask_threshold=mask_threshold,
+            map_sigma=map_sigma,
+            quantile=quantile,
+            block_bytes=block_bytes,
+        )
+        super().__init__(model, prompts, shots, text_cache_dir)
+        self.preprocess = preprocess
+        self.dataset = dataset
+        self.masking_override = masking
+        self.rotation_override = rotation
+        self.mask_references = bool(mask_references)
+        self.reference_batch_size = int(reference_batch_size)
+
+    def category_settings(self, category: str) -> tuple[bool, bool]:
+        """``(masking, rotation)`` of ``category``: the official table unless forced by the options."""
+        masking, rotation = preprocess_table(self.dataset, category, self.preprocess)
+        if self.masking_override is not None:
+            masking = bool(self.masking_override)
+        if self.rotation_override is not None:
+            rotation = bool(self.rotation_override)
+        return masking, rotation
+
+    @torch.no_grad()
+    def setup_category(self, category: str, reference_images: Tensor | None) -> None:
+        """Masking for the category's test images, and (few-shot) the reference memory."""
+        masking, rotation = self.category_settings(category)
+        self.model.set_masking(masking)
+        if self.model.transductive or reference_images is None or len(reference_images) == 0:
+            self.model.set_memory(None)
+            return
+        tokens = self.reference_features(reference_images, self.reference_batch_size)["patch_tokens"]
+        if rotation:
+            # The 0-degree copy is the image itself (its features may come from the cache); the turned
+            # copies are no file's pixels, so they bypass it.
+            turned = rotate_references(reference_images, ROTATION_ANGLES[1:])
+            parts = [
+                self.frozen_features(turned[start : start + self.reference_batch_size])
+                for start in range(0, len(turned), self.reference_batch_size)
+            ]
+            tokens = torch.cat([tokens, concat_features(parts)["patch_tokens"]])
+        mask = self.model.foreground(tokens, masking) if (self.mask_references and masking) else None
+        self.model.set_memory(tokens, mask)
+
+    def feature_spec(self) -> dict[str, Any]:
+        return self.model.feature_spec()
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {**super().checkpoint_metadata(), "transductive": bool(self.model.transductive)}
