@@ -336,4 +336,12 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
                 report.add(
                     f"stage-2 gradient {name}", max_rel(mine.grad, official_parameter.grad), TARGET_REL, "rel"
                 )
+        # ----- the files the official training saved, read back as ckpt_path --------------------------
+        fresh = AAClipModule(backbone, prompt_set, **method)
+        fresh.load_trainable_checkpoint(str(tmp / "image_adapter_1.pth"))
+        loaded, expected = fresh.trainable_state_dict(), module.trainable_state_dict()
+        worst = max(max_abs(loaded[name], expected[name]) for name in expected)
+        report.add(
+            "ckpt_path=image_adapter_1.pth (+ text_adapter.pth) saved by the official training", worst, EXACT
+        )
     report.note(f"  ({time.perf_counter() - started:.0f} s)")

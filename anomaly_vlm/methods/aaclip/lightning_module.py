@@ -10,6 +10,7 @@ from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
+from anomaly_vlm.methods.aaclip.official_weights import AAClipRelease, with_text_file
 from anomaly_vlm.methods.aaclip.torch_model import AAClip, augment
 from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
 from anomaly_vlm.prompts import PromptSet
@@ -60,6 +61,8 @@ class AAClipModule(AnomalyMethod):
         "surgery_start": BlockOption(many=False),
     }
     tap_option = "levels"
+    #: ``ckpt_path=<save_path>/image_adapter_<epoch>.pth`` of the official training (none are released).
+    official_weights = AAClipRelease()
 
     def __init__(
         self,
@@ -246,6 +249,11 @@ class AAClipModule(AnomalyMethod):
         return [text, image], [scheduler]
 
     # ----- checkpoints -----------------------------------------------------------------------------
+    def _load_official(self, payload: dict[str, Any], path: str) -> None:
+        """The official image-adapter file, with ``text_adapter.pth`` of its folder (see
+        :mod:`~anomaly_vlm.methods.aaclip.official_weights`)."""
+        super()._load_official(with_text_file(payload, path), path)
+
     def checkpoint_metadata(self) -> dict[str, Any]:
         model = self.model
         return {
