@@ -144,3 +144,38 @@ def test_command_line_mistakes_are_one_error_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "is not a detector folder" in err[0]
     assert main(["detector=x", "port=http"]) == 1
     assert capsys.readouterr().err.startswith("error: port=http is not an integer")
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and loads the detector: tens of seconds on a busy CPU
+def test_the_command_serves_the_page_and_the_api_offline(detectors, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "anomaly_vlm.serve", f"detector={detectors['clip']}", f"port={port}"]
+    server = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            assert server.poll() is None, server.stdout.read().decode()
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        assert "Anomaly inspection" in httpx.get(f"{url}/").text
+        response = httpx.post(
+            f"{url}/v1/detectors/clip-0/predict", files=[("files", ("a.png", png_bytes(0)))]
+        )
+        assert response.status_code == 200 and response.json()["images"][0]["decision"] in ("ok", "defect")
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert list(tmp_path.iterdir()) == []  # it writes nothing where it runs
