@@ -29,7 +29,7 @@ from anomaly_vlm.analysis.limitations import (
     type_section,
     weaknesses,
 )
-from anomaly_vlm.analysis.records import Record, format_value
+from anomaly_vlm.analysis.records import Record, dump, format_value, load_records
 from anomaly_vlm.analysis.sweeps import Sweep
 from anomaly_vlm.analysis.tables import Table, write_rows, write_table
 from anomaly_vlm.data.corruptions import CORRUPTIONS
@@ -127,6 +127,10 @@ class Analysis:
 
     def parts(self, scale: str) -> list[str]:
         return [sweep.part for sweep in self.sweeps(scale)]
+
+    def borrowed_records(self, own: list[Record], scale: str, output_root: str | Path) -> list[Record]:
+        """Results of other analyses' sweeps this analysis also reads (none by default)."""
+        return []
 
     def section(self) -> Section:
         return Section(self.name, self.title, self.description)
@@ -692,11 +696,40 @@ class LimitationsAnalysis(Analysis):
                 )
         return sweeps
 
+    def borrowed_records(self, own: list[Record], scale: str, output_root: str | Path) -> list[Record]:
+        """The finished runs of every other analysis sweep of the scale that saved predictions
+        (``ANALYSIS_ARGS=save_predictions=true``), except configurations this analysis ran itself."""
+        mine = {sweep.folder_name(scale) for sweep in self.sweeps(scale)}
+        folders = [
+            folder
+            for folder in sorted((Path(output_root) / "train" / "multiruns").glob(f"analysis-{scale}-*"))
+            if folder.name not in mine
+        ]
+        seen = {dump(record.fields()) for record in own}
+        return [
+            record
+            for record in load_records(folders)
+            if dump(record.fields()) not in seen
+            and corruption_of(record) is None
+            and (record.path.parent / "predictions" / "scores.csv").is_file()
+        ]
+
+    @staticmethod
+    def borrowed(record: Record, scale: str) -> bool:
+        return not record.path.parent.parent.name.startswith(f"analysis-{scale}-limitations-")
+
     def render(self, records: list[Record], out: Path, scale: str) -> Section:
         section = self.section()
-        clean = [r for r in records if corruption_of(r) is None]
+        own = [r for r in records if not self.borrowed(r, scale)]
+        clean = [r for r in own if corruption_of(r) is None]
         findings = [found for record in clean if (found := findings_of(record)) is not None]
-        drops = robustness(records)
+        standard = list(findings)  # each method at its standard setting: the known weaknesses
+        for record in records:
+            if self.borrowed(record, scale) and (found := findings_of(record)) is not None:
+                # Another analysis's run: named by its sweep and job, so its bars stay apart.
+                found.label += f" [{record.path.parent.parent.name}/{record.path.parent.name}]"
+                findings.append(found)
+        drops = robustness(own)
         for figures, tables in (
             type_section(findings, out),
             size_section(findings, out),
@@ -706,20 +739,24 @@ class LimitationsAnalysis(Analysis):
             section.figures += figures
             section.tables += tables
         section.figures += gallery_figures(findings, out)
-        section.weaknesses = weaknesses(findings, drops)
+        # Every method measured at its standard setting has an entry: none found is a finding too.
+        section.weaknesses = {str(r.value("method")): [] for r in own} | weaknesses(standard, drops)
         table = write_rows(
             "Known weaknesses per method (from the defect types, sizes and corruptions above)",
             ["method", "known weaknesses"],
-            [[method, "; ".join(items)] for method, items in sorted(section.weaknesses.items())],
             [
-                sorted({r.source for r in records if r.value("method") == method})
+                [method, "; ".join(items) or "none found"]
+                for method, items in sorted(section.weaknesses.items())
+            ],
+            [
+                sorted({r.source for r in own if r.value("method") == method})
                 for method in sorted(section.weaknesses)
             ],
             out / "limitations_weaknesses",
         )
         if table:
             section.tables.append(table)
-        if clean and not findings:
+        if clean and not standard:
             section.notes.append(
                 "No run saved its predictions (save_predictions=true): defect types, sizes and the gallery "
                 "need them."

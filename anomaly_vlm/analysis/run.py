@@ -44,7 +44,8 @@ def _manifest_entry(outcome: SweepOutcome, scale: str, extra: Sequence[str]) -> 
 def analysis_records(name: str, scale: str, output_root: str | Path) -> list[Record]:
     """The results of an analysis's sweep folders."""
     analysis = ANALYSES[name]
-    return load_records(sweep_folder(sweep, scale, output_root) for sweep in analysis.sweeps(scale))
+    own = load_records(sweep_folder(sweep, scale, output_root) for sweep in analysis.sweeps(scale))
+    return [*own, *analysis.borrowed_records(own, scale, output_root)]
 
 
 def render(name: str, scale: str, output_root: str | Path, out: Path) -> Section:
@@ -130,10 +131,6 @@ def run_analyses(
         pool = [r for s in sections if s.name in SELECTION_SOURCES for r in s.records]
         measured = [s for s in sections if s.name == LIMITATIONS]
         weaknesses = {m: w for s in measured for m, w in s.weaknesses.items()} if measured else None
-        if measured:
-            # Every method the limitations analysis measured: those with nothing found have no entry.
-            for record in measured[0].records:
-                weaknesses.setdefault(str(record.value("method")), [])
         selection = selection_tables(pool, out / scale, weaknesses)
         sweeps = [_manifest_entry(o, scale, extra) for o in outcomes.values()]
         target = write_report(sections, selection, out / scale / "report.html", scale, sweeps)

@@ -166,3 +166,23 @@ def test_the_sweeps_keep_maps_and_test_every_corruption_at_three_strengths():
     assert "datamodule.test_corruption_strength=1,2,3" in corrupted
     published = {s.part for s in ANALYSES["limitations"].sweeps("published")}
     assert "limitations-winclip-types" in published
+
+
+def test_other_analyses_runs_that_kept_their_maps_are_read_too_but_set_no_weakness(results, tmp_path):
+    own = results.write("limitations-clip", method="clip", score=0.8)
+    add_predictions(own)
+    borrowed = results.write("layers-musc", method="musc", score=0.7, config={"method.layers": [2]})
+    add_predictions(borrowed)
+    results.write("layers-musc", method="musc", score=0.6, config={"method.layers": [4]})  # saved no maps
+    section = ANALYSES["limitations"]
+    sections, _, _ = run_analyses(["limitations"], "tiny", tmp_path / "reports", results.root, run=False)
+    assert sorted(r.source.split("/")[-3] for r in sections[0].records) == [
+        "analysis-tiny-layers-musc",
+        "analysis-tiny-limitations-clip",
+    ]
+    galleries = [f.title for f in sections[0].figures if f.title.startswith("Gallery:")]
+    assert len(galleries) == 2 and any("musc [analysis-tiny-layers-musc/" in title for title in galleries)
+    assert set(sections[0].weaknesses) == {"clip"}  # the standard setting only
+    assert section.borrowed(sections[0].records[0], "tiny") != section.borrowed(
+        sections[0].records[1], "tiny"
+    )
