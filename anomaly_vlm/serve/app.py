@@ -1,6 +1,6 @@
 """The ASGI app: REST API, the web page at ``/``, health, readiness and Prometheus metrics.
 
-Routes (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``):
+Routes (the OpenAPI schema is at ``/openapi.json``):
 
 * ``POST /v1/detectors/{name}/predict`` -- images as ``multipart/form-data`` (any number of file parts,
   up to ``max_images``) or one image as the raw body with its content type; ``?maps=true`` adds each
@@ -280,6 +280,10 @@ def create_app(settings: ServeSettings, detectors: dict[str, ServedDetector] | N
         version=API_VERSION,
         description="Scores images with saved anomaly detectors: image score, ok/defect decision, map, mask.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN, which the offline machines cannot reach:
+        # the schema itself is served at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     page = resources.files("anomaly_vlm.serve").joinpath("static/index.html").read_text(encoding="utf-8")
