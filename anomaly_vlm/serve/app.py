@@ -31,6 +31,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from PIL import Image
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from anomaly_vlm.data.image_io import DataError
 from anomaly_vlm.serve.batching import Batcher, Overloaded
@@ -238,7 +239,7 @@ async def _read_uploads(request: Request, settings: ServeSettings) -> list[tuple
     if kind == "multipart/form-data":
         try:
             form = await request.form(max_files=settings.max_images + 1, max_fields=settings.max_images + 16)
-        except HTTPException as error:  # starlette's multipart limits
+        except StarletteHTTPException as error:  # starlette's multipart limits (a 400 by default)
             too_many = "Too many files" in str(error.detail)
             raise _error(413 if too_many else 400, f"multipart body refused: {error.detail}") from None
         files = [value for _, value in form.multi_items() if not isinstance(value, str)]

@@ -177,6 +177,9 @@ def test_bodies_over_max_upload_mb_and_too_many_images_get_413(client):
     many = multipart(*[(f"{i}.png", png_bytes(i, size=(16, 16))) for i in range(4)])
     response = client.post("/v1/detectors/clip/predict", files=many)
     assert response.status_code == 413 and "max_images" in response.json()["detail"]
+    # Far more parts: the multipart parser stops counting at max_images + 1.
+    lots = multipart(*[(f"{i}.png", png_bytes(i, size=(4, 4))) for i in range(12)])
+    assert client.post("/v1/detectors/clip/predict", files=lots).status_code == 413
     assert client.post("/v1/detectors/clip/predict", files=many[:3]).status_code == 200
 
 
