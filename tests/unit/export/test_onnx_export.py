@@ -84,6 +84,7 @@ CASES = [
     ("aprillab", 0, TWO),  # trained projections (moved off their init)
     ("aprillab", 2, TWO),  # + few-shot memory and the set-level score over the batch
     ("anomalyclip", 0, ANOMALYCLIP),  # learned prompts, DPAM, Gaussian blur
+    ("faprompt", 0, ("prompts.deep_prompt_depth=4",)),  # per-image prompts: the text encoder in the graph
 ]
 
 
