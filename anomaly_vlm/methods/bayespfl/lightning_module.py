@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,6 +95,8 @@ class BayesPFLModule(AnomalyMethod):
             raise ValueError(f"method.warmup_fraction={warmup_fraction} must be in [0, 1)")
         self.warmup_fraction = float(warmup_fraction)
         self._token_ids: dict[str, Tensor] = {}
+        #: File name of the trained parameters loaded by ``ckpt_path`` (the official stage is read from it).
+        self.checkpoint_name: str | None = None
 
     def sentence_ids(self, categories: Sequence[str]) -> Tensor:
         """``[B, T]`` token ids of each category's ``"X <class>"`` sentence."""
@@ -104,8 +107,24 @@ class BayesPFLModule(AnomalyMethod):
     # ----- testing ---------------------------------------------------------------------------------
     def setup_category(self, category: str, reference_images: Tensor | None) -> None:
         self.model.set_category(category)
-        # test.py scores a release file (no 'epoch_post' in its name) with stage 2, ours trained with stage 1.
-        self.model.stage = self.model.test_stage or (2 if self.checkpoint_origin == "official" else 1)
+        self.model.stage = self.model.test_stage or self.official_file_stage() or 1
+
+    def official_file_stage(self) -> int | None:
+        """The stage ``test.py`` scores the loaded official file with: the one in an
+        ``epoch_post_<epoch>_<stage>.pth`` name, else 2 (the released files); None for other parameters."""
+        if self.checkpoint_origin != "official" or not self.checkpoint_name:
+            return None
+        stem = Path(self.checkpoint_name).stem
+        if "epoch_post" in stem:
+            try:
+                return int(stem.split("_")[-1])
+            except ValueError:
+                return None
+        return 2
+
+    def load_trainable_checkpoint(self, path: str) -> None:
+        super().load_trainable_checkpoint(path)
+        self.checkpoint_name = Path(path).name
 
     # ----- training --------------------------------------------------------------------------------
     def on_train_start(self) -> None:

@@ -85,3 +85,13 @@ def test_files_of_other_settings_are_refused(backbone, tmp_path) -> None:
         ValueError, match=r"PFL_context.amor_u.weight' has shape \(256, 64\), this run needs \(640, 64\)"
     ):
         _module(backbone).load_trainable_checkpoint(str(path))
+
+
+def test_a_train_py_file_is_scored_with_the_stage_in_its_name(backbone, tmp_path) -> None:
+    payload = official_file(_module(backbone))
+    for name, stage in (("epoch_post_12_1.pth", 1), ("epoch_post_30_2.pth", 2), ("train_mvtec.pth", 2)):
+        torch.save(payload, tmp_path / name)
+        module = _module(backbone)
+        module.load_trainable_checkpoint(str(tmp_path / name))
+        module.setup_category("disc", None)
+        assert module.model.stage == stage, name
