@@ -361,6 +361,8 @@ class FrozenDINOv2(nn.Module):
     capabilities: ClassVar[BackboneCapabilities] = BackboneCapabilities(
         family="DINOv2", text_tower=False, patch_tokens=True, clip_tokens=False
     )
+    #: How ``make weights`` resolves (and downloads) this family's weights.
+    weight_resolver = staticmethod(resolve_dinov2_weights)
 
     def __init__(
         self,

@@ -1,6 +1,7 @@
 """``make weights``: fetch the pretrained weights of every backbone config into the local cache.
 
-Run on a machine with network; copy the Hugging Face cache (``HF_HUB_CACHE``) to offline machines.
+Run on a machine with network; copy the Hugging Face cache (``HF_HUB_CACHE``) and, for DINOv2, torch.hub's
+checkpoint folder (``$TORCH_HOME/hub/checkpoints``, or each config's ``cache_dir``) to offline machines.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from anomaly_vlm.backbones.weights import WeightsNotFoundError, resolve_weights
@@ -27,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         if not config.get("pretrained"):
             print(f"{config_file.stem:28s} random init, nothing to download")
             continue
+        # Each backbone family resolves its own weights (open_clip tags and the hub cache; DINOv2's
+        # releases in torch.hub's checkpoint folder).
+        resolve = getattr(get_class(str(config._target_)), "weight_resolver", None) or resolve_weights
         try:
-            path = resolve_weights(config.model, config.pretrained, args.cache_dir)
+            path = resolve(config.model, config.pretrained, args.cache_dir or config.get("cache_dir"))
             print(f"{config_file.stem:28s} {config.model}:{config.pretrained} -> {path}")
         except (WeightsNotFoundError, ValueError) as error:
             failures += 1

@@ -166,12 +166,24 @@ def background_mask(
     centre = mask.view(-1, height, width)[:, rows, cols]
     centre_size = centre.shape[1] * centre.shape[2]
     flip = centre.flatten(1).sum(dim=1) <= centre_size * 0.35
-    mask = torch.where(flip.unsqueeze(1), -first > threshold, mask).float()
+    mask = torch.where(flip.unsqueeze(1), -first > threshold, mask)
+    return dilate_and_close(mask, grid, morphology)
+
+
+def dilate_and_close(mask: Tensor, grid: tuple[int, int], morphology: str = "1d") -> Tensor:
+    """``[B, N]`` masks after cv2's 3x3 ``dilate`` and then ``MORPH_CLOSE``, as the official code runs them.
+
+    ``1d``: on the ``[N, 1]`` column of patches in raster order (the official code: a patch's neighbours
+    are the previous and next in raster order, wrapping across rows); ``2d``: on the ``[h, w]`` grid.
+    """
+    if morphology not in MORPHOLOGIES:
+        raise AnomalyDINOError(f"method.morphology={morphology!r} is not one of {list(MORPHOLOGIES)}")
+    values = mask.float()
     if morphology == "1d":
-        column = mask.unsqueeze(1)  # [B, 1, N]: the (N, 1) column along its length
+        column = values.unsqueeze(1)  # [B, 1, N]: the (N, 1) column along its length
         closed = _erode(_dilate(_dilate(column, 1), 1), 1)
         return closed.squeeze(1) > 0.5
-    grid_mask = mask.view(-1, 1, height, width)
+    grid_mask = values.view(-1, 1, *grid)
     closed = _erode(_dilate(_dilate(grid_mask, 2), 2), 2)
     return closed.flatten(1) > 0.5
 

@@ -1,0 +1,123 @@
+"""AnomalyDINO end to end on the tiny DINOv2: the per-category memory (rotation, masking of references),
+the batched zero-shot mode as transductive, the compose-time backbone check, detectors and ONNX export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from anomaly_vlm.backbones import FrozenDINOv2
+from anomaly_vlm.methods.anomalydino import AnomalyDINOModule
+from anomaly_vlm.methods.catalog import method_info
+from anomaly_vlm.methods.contract import NotExportableError, export_module
+from anomaly_vlm.tasks.config_checks import check_config
+from anomaly_vlm.tasks.errors import ConfigError
+from anomaly_vlm.tasks.instantiate import build
+
+CONF = Path(__file__).resolve().parents[4] / "conf"
+
+
+@pytest.fixture(scope="module")
+def backbone() -> FrozenDINOv2:
+    return FrozenDINOv2("anomaly-vlm-tiny-dinov2", None, image_size=140, seed=0)
+
+
+def _images(count: int, seed: int) -> torch.Tensor:
+    return (
+        torch.randint(0, 256, (count, 3, 140, 140), generator=torch.Generator().manual_seed(seed)) / 255
+    ).float()
+
+
+def test_memory_holds_the_rotated_references_where_the_table_says(backbone):
+    references = _images(2, 0)
+    rotated = AnomalyDINOModule(backbone, None, shots=2, dataset="MVTecAD")
+    rotated.setup_category("bottle", references)  # agnostic: rotation, no masking
+    assert rotated.model.memory.shape == (2 * 8 * 100, 64) and not rotated.model.masking
+    turned = rotated.model.memory.view(16, 100, 64)
+    torch.testing.assert_close(turned[:2], rotated.frozen_features(references)["patch_tokens"])
+    plain = AnomalyDINOModule(backbone, None, shots=2, dataset="MVTecAD", preprocess="informed")
+    plain.setup_category("bottle", references)
+    assert plain.model.memory.shape == (2 * 100, 64)
+    masked = AnomalyDINOModule(
+        backbone, None, shots=2, dataset="MVTecAD", rotation=False, mask_references=True
+    )
+    masked.setup_category("capsule", references)
+    assert masked.model.masking
+    kept = masked.model.foreground(masked.frozen_features(references)["patch_tokens"], True).sum()
+    assert masked.model.memory.shape[0] == int(kept)
+
+
+def test_zero_shot_is_the_transductive_batched_mode(backbone):
+    method = AnomalyDINOModule(backbone, None, shots=0, dataset="SyntheticAD")
+    assert method.transductive and method.model.memory.numel() == 0
+    method.setup_category("disc", None)
+    prediction = method.predict_images(_images(12, 1))
+    assert prediction.anomaly_map.shape == (12, 140, 140) and torch.isfinite(prediction.image_score).all()
+    with pytest.raises(NotExportableError, match="transductive"):
+        method.export_module()
+    few = AnomalyDINOModule(backbone, None, shots=1)
+    assert (
+        not few.transductive and method_info("anomalydino").few_shot and method_info("anomalydino").zero_shot
+    )
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=["data=synthetic", *overrides])
+
+
+@pytest.mark.parametrize("method", ["winclip", "aprillab", "musc"])
+def test_a_clip_method_on_dinov2_is_one_error_line_at_compose_time(method):
+    names = {"method": method, "backbone": "dinov2_tiny", "data": "synthetic"}
+    problems = check_config(_compose(f"method={method}", "backbone=dinov2_tiny"), names, fit=False)
+    errors = [problem for problem in problems if "backbone=dinov2_tiny (DINOv2)" in str(problem)]
+    assert len(errors) == 1 and isinstance(errors[0], ConfigError) and "\n" not in str(errors[0])
+    assert str(errors[0]).startswith(f"method={method} needs ")
+
+
+@pytest.mark.parametrize("backbone_name", ["dinov2_tiny", "tiny"])
+def test_anomalydino_composes_on_both_families(backbone_name):
+    cfg = _compose("experiment=anomalydino_synthetic", f"backbone={backbone_name}")
+    names = {"method": "anomalydino", "backbone": backbone_name, "data": "synthetic"}
+    assert check_config(cfg, names, fit=False) == []
+
+
+def test_constructor_refuses_a_backbone_without_what_the_method_needs(backbone):
+    from anomaly_vlm.methods.base import AnomalyMethod
+
+    class TextMethod(AnomalyMethod):
+        method_name = "text_method"
+
+    holder = torch.nn.Module()
+    holder.backbone = backbone
+    with pytest.raises(ValueError, match="method=text_method needs a text tower"):
+        TextMethod(holder, None)
+
+
+def test_detector_and_onnx_export_match(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from anomaly_vlm.deploy.detector import save_detector
+    from anomaly_vlm.export import export_onnx
+
+    cfg = _compose(
+        "experiment=anomalydino_synthetic",
+        "shots=1",
+        f"paths.output_dir={tmp_path}",
+        f"paths.cache_dir={tmp_path}",
+    )
+    method = build(
+        cfg.method, backbone=build(cfg.backbone), prompts=build(cfg.prompts), shots=1, text_cache_dir=None
+    )
+    method.setup_category("disc", _images(1, 3))
+    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    scored = method.predict_images(_images(4, 4))
+    folder = save_detector(tmp_path / "det", method, "disc", config, None, "anomalydino", scored)
+    result = export_onnx(folder)
+    assert result.score_delta <= 1e-4 and result.map_delta <= 1e-4
+    method.model.set_masking(True)
+    with pytest.raises(NotExportableError, match="PCA"):
+        export_module(method.model, "anomalydino")
