@@ -245,14 +245,18 @@ def method_classes() -> dict[str, type]:
 
 
 def not_this_release_message(method: Any, flat: Mapping[str, Any], source: str) -> str:
-    """Why a file is neither this project's checkpoint nor this method's release (one line)."""
-    own = type(method).official_weights
-    others = [(name, release) for name, release in release_of(flat) if name != method.method_name]
+    """Why a file is neither this project's checkpoint nor this method's release (one line).
+
+    ``method``: the method's Lightning wrapper, or its class (the config check asks before building).
+    """
+    cls = method if isinstance(method, type) else type(method)  # the class, before it is built, too
+    own = cls.official_weights
+    others = [(name, release) for name, release in release_of(flat) if name != cls.method_name]
     if others:
         name, release = others[0]
         return (
             f"{source} is the authors' release of {release}, made for method={name}, not for "
-            f"method={method.method_name}: run it with method={name}"
+            f"method={cls.method_name}: run it with method={name}"
         )
     wanted = f", nor a release file of {own.release} (keys {', '.join(own.keys[:2])}, ...)" if own else ""
     first = ", ".join(sorted(flat)[:3]) or "none"

@@ -19,6 +19,8 @@ from omegaconf import DictConfig, ListConfig
 from anomaly_vlm.data import DataError
 from anomaly_vlm.data.sampling import ShotsError
 from anomaly_vlm.deploy.detector import check_detector_method
+from anomaly_vlm.methods.base import CHECKPOINT_KEY
+from anomaly_vlm.methods.official_weights import flatten, not_this_release_message, release_of
 from anomaly_vlm.tasks import resume
 from anomaly_vlm.tasks.errors import USER_ERRORS, CheckpointError, ConfigError
 from anomaly_vlm.tasks.instantiate import build
@@ -29,6 +31,7 @@ from anomaly_vlm.tasks.training_data import (
     split_synthesis,
     trains_on_auxiliary_data,
 )
+from anomaly_vlm.untrusted import UntrustedFileError, lightning_checkpoint_types, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ def check_config(cfg: DictConfig, names: dict[str, str | None], fit: bool) -> li
         lambda: check_backbone_capabilities(cfg, names.get("method"), names.get("backbone")),
         lambda: check_backbone_depths(cfg, names.get("backbone")),
         lambda: check_checkpoint_file(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None,
+        lambda: check_release_owner(cfg.method, str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None,
         lambda: check_saved_detector(cfg, names.get("method")),
     ]
     problems: list[Exception] = []
@@ -113,6 +117,25 @@ def check_checkpoint_file(path: str) -> None:
             f"ckpt_path={path} is not a checkpoint (expected a .ckpt written by train.py, found a file "
             f"starting with {head!r})"
         )
+
+
+def check_release_owner(method_node: DictConfig, path: str) -> None:
+    """Refuse, before any weights load, an authors' release file of another method (``ckpt_path=<AnomalyCLIP's
+    epoch_15.pth> method=aprillab``). Anything else is left to the load, which checks every key and shape."""
+    method_class = get_class(method_node._target_)
+    try:
+        payload = load_torch_file(path, what=f"ckpt_path={path}", allowed=lightning_checkpoint_types())
+    except (UntrustedFileError, OSError):
+        return  # the load reports it with the method's own wording
+    if not isinstance(payload, dict) or CHECKPOINT_KEY in payload:
+        return  # not a release file: this project's checkpoint (its metadata is checked on load)
+    flat = flatten(payload)
+    own = getattr(method_class, "official_weights", None)
+    if own is not None and own.recognises(flat):
+        return
+    others = [owner for owner in release_of(flat) if owner[0] != getattr(method_class, "method_name", None)]
+    if others:
+        raise CheckpointError(not_this_release_message(method_class, flat, f"ckpt_path={path}"))
 
 
 def check_shots_supported(method_node: DictConfig, shots: int, method_name: str | None) -> None:

@@ -87,7 +87,11 @@ def test_a_wrong_shape_stops_with_one_line(tmp_path, folder_data):
     assert "key 'trainable_linearlayer.fc.0.weight' has shape (64, 1024), this run needs (64, 64)" in message
 
 
-def test_another_methods_release_is_named(tmp_path, folder_data):
+def test_another_methods_release_is_named_before_weights_load(tmp_path, folder_data, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbone was built before the file was checked")
+
+    monkeypatch.setattr("anomaly_vlm.backbones.FrozenCLIP.__init__", refuse)
     path = tmp_path / "epoch_15.pth"
     learner = {"ctx_pos": torch.zeros(1, 1, 12, 64), "ctx_neg": torch.zeros(1, 1, 12, 64)}
     learner.update({f"compound_prompts_text.{i}": torch.zeros(4, 64) for i in range(8)})
