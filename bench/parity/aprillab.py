@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from anomaly_vlm.data.batch import AnomalyBatch
+from anomaly_vlm.methods.anomalyclip import AnomalyCLIPModule
 from anomaly_vlm.methods.aprillab import AprilGANModule
-from anomaly_vlm.prompts import PromptSet
+from anomaly_vlm.prompts import LearnablePromptSet, PromptSet
 from bench import REPO_ROOT
 from bench.parity.official import (
     OfficialCode,
@@ -50,6 +51,7 @@ from bench.parity.official import (
     small_vit_l14_336,
     smooth_images,
 )
+from bench.parity.release import expect_refusal, run_official_statements, with_one_wrong_shape
 from bench.report import TARGET_REL, ParityReport
 
 OFFICIAL = OfficialCode("https://github.com/ByChelsea/VAND-APRIL-GAN", "APRILGAN_DIR", "open_clip/model.py")
@@ -284,3 +286,60 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         # ----- the papers' AUPRO on the same maps ----------------------------------------------------
         official_aupro_line(report, official["cal_pro_score"], zero_shot_map, masks.numpy(), "zero-shot maps")
         official_aupro_line(report, official["cal_pro_score"], their_few_map, masks.numpy(), "few-shot maps")
+
+        # ----- the authors' release format: ckpt_path=<file written by the official train.py> ---------
+        release_check(folder, official, theirs, backbone, config, images, their_text, tmp, args, report)
+
+
+def release_check(folder, official, theirs, backbone, config, images, their_text, tmp, args, report) -> None:
+    """Official ``train.py`` saves random projections; official ``test.py`` and ours load that file and
+    score the same images; a file with one wrong shape and this file given to another method are refused."""
+    torch.manual_seed(7)
+    trained = official["LinearLayer"](args.width, config["embed_dim"], len(STAGES), "ViT-L-14-336")
+    path = tmp / "epoch_3.pth"
+    namespace = {"torch": torch, "trainable_layer": trained, "ckp_path": str(path)}
+    run_official_statements(folder / "train.py", "torch.save(", namespace)
+    torch.manual_seed(8)  # test.py builds its own LinearLayer (another random init), then loads the file
+    linearlayer = official["LinearLayer"](args.width, config["embed_dim"], len(STAGES), "ViT-L-14-336")
+    namespace = {
+        "torch": torch,
+        "args": argparse.Namespace(checkpoint_path=str(path)),
+        "linearlayer": linearlayer,
+    }
+    run_official_statements(folder / "test.py", "torch.load(args.checkpoint_path)", namespace, count=2)
+    normalized = backbone.normalize(images)
+    with torch.no_grad(), cpu_device_moves():
+        features, _ = theirs.encode_image(normalized, STAGES)
+        features = features / features.norm(dim=-1, keepdim=True)
+        their_scores = (100.0 * features @ their_text).softmax(dim=-1)[:, 1]
+        stages = official_stage_maps(official, theirs, linearlayer, normalized, their_text, STAGES)
+    their_map = torch.stack([stage[:, 1] for stage in stages]).sum(dim=0)
+
+    torch.manual_seed(9)  # ours starts from other random projections too
+    module = AprilGANModule(backbone, load_prompts(), shots=0, text_cache_dir=str(tmp / "text"))
+    module.load_trainable_checkpoint(str(path))
+    module.setup_category(CLASS_NAME, None)
+    with torch.no_grad():
+        prediction = module.predict_images(images)
+    report.note(
+        f"release file written by the official train.py ({path.stat().st_size} bytes), origin "
+        f"{module.checkpoint_origin}"
+    )
+    report.add("release file: zero-shot final map", max_abs(prediction.anomaly_map, their_map))
+    report.add("release file: image score", max_abs(prediction.image_score, their_scores))
+
+    wrong, key = with_one_wrong_shape(path, tmp / "wrong_shape.pth")
+    fresh = AprilGANModule(backbone, load_prompts(), shots=0)
+    expect_refusal(
+        report,
+        "release file with one wrong shape refused",
+        lambda: fresh.load_trainable_checkpoint(str(wrong)),
+        f"key '{key}' has shape ",
+    )
+    other = AnomalyCLIPModule(backbone, LearnablePromptSet("anomalyclip_learned"), layers=[24])
+    expect_refusal(
+        report,
+        "this release given to method=anomalyclip refused",
+        lambda: other.load_trainable_checkpoint(str(path)),
+        "is the authors' release of APRIL-GAN (ByChelsea/VAND-APRIL-GAN), made for method=aprillab",
+    )
