@@ -12,7 +12,7 @@ TEST_ALL_WORKERS ?= 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-all lint format docs bench bench-metrics bench-winclip bench-cache bench-export parity-venv \
-	parity-winclip parity-aprillab parity-anomalyclip parity-adaclip parity-musc parity-promptad parity-aaclip \
+	parity-winclip parity-aprillab parity-anomalyclip parity-adaclip parity-musc parity-promptad parity-aaclip parity-anomalydino \
 	weights official-checkpoints tables cache-info cache-clean clean
 
 help:  ## list the targets
@@ -125,6 +125,14 @@ MUSC_DIR ?=
 parity-musc: $(STAMP)  ## MuSc vs its release (MUSC_DIR=...): max |delta| of per-layer maps, maps, scores
 	$(PARITY) musc --official "$(MUSC_DIR)" $(JSON_ARG) $(PARITY_ARGS)
 
+# AnomalyDINO's official code and the DINOv2 reference code (the source of its torch.hub load), both imported
+# from checkouts at run time (never vendored): the same random DINOv2 weights on both sides, no network.
+# PARITY_ARGS="--image-size 448 --shots 2" runs the published resolution (slow on a CPU).
+ANOMALYDINO_DIR ?=
+DINOV2_DIR ?=
+parity-anomalydino: $(STAMP)  ## AnomalyDINO vs its official code: ANOMALYDINO_DIR=<checkout> DINOV2_DIR=<checkout>
+	$(PARITY) anomalydino --official "$(ANOMALYDINO_DIR)" --dinov2 "$(DINOV2_DIR)" $(JSON_ARG) $(PARITY_ARGS)
+
 # The official PromptAD code is imported from PROMPTAD_DIR at run time (git clone https://github.com/FuNz-0/PromptAD).
 PROMPTAD_DIR ?=
 PARITY_PRECISION ?= fp32
@@ -171,8 +179,12 @@ FEWSHOT_adaclip :=
 FEWSHOT_aaclip :=
 FEWSHOT_musc :=
 FEWSHOT_promptad := 1,2,4
-# Methods that learn from the shots have no zero-shot row.
-FEWSHOT_ONLY := promptad
+# AnomalyDINO: the paper's shots over SEEDS reference draws (its batched zero-shot mode is another setting:
+# shots=0 method.preprocess=masking_only backbone.image_size=672, see conf/experiment/anomalydino_mvtec.yaml).
+REPRODUCIBLE += anomalydino-mvtec anomalydino-visa
+FEWSHOT_anomalydino := 1,2,4,8,16
+# Methods that learn from the shots have no zero-shot row; nor has AnomalyDINO's few-shot table.
+FEWSHOT_ONLY := promptad anomalydino
 REPRODUCE_ARGS ?=
 # CKPT=official tests the authors' released weights instead of training (make official-checkpoints first): the
 # file trained on the other dataset (python -m anomaly_vlm.tasks.official_checkpoints --path <method> <data>).
@@ -181,7 +193,7 @@ CKPT ?=
 RELEASE_PATH = $(PY) -m anomaly_vlm.tasks.official_checkpoints --path $(word 1,$(subst -, ,$*)) $(word 2,$(subst -, ,$*))
 CKPT_ARG = $(if $(filter official,$(CKPT)),ckpt_path=$$($(RELEASE_PATH)),$(if $(CKPT),ckpt_path=$(CKPT)))
 
-reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,adaclip,musc,promptad,aaclip}-{mvtec,visa} (CKPT=official: the authors' weights)
+reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,adaclip,musc,promptad,aaclip,anomalydino}-{mvtec,visa} (CKPT=official: the authors' weights)
 	@case " $(REPRODUCIBLE) " in *" $* "*) ;; *) echo "unknown table '$*'; choose one of: $(REPRODUCIBLE)"; exit 2;; esac
 	$(if $(filter official,$(CKPT)),$(RELEASE_PATH) > /dev/null)
 	$(PY) -m anomaly_vlm.tasks.preflight experiment=$(subst -,_,$*) $(CKPT_ARG) $(REPRODUCE_ARGS)
