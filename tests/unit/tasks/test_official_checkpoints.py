@@ -166,3 +166,21 @@ def test_path_of_the_ckpt_official_file(tmp_path, capsys):
     assert oc.main(["--dir", str(tmp_path), "--path", "anomalyclip", "mvtec"]) == 1
     assert oc.main(["--dir", str(tmp_path), "--path", "aprillab", "btad"]) == 1
     assert "no released weights for data=btad" in capsys.readouterr().err
+
+
+def test_the_command_downloads_every_declared_file_and_reports_failures(
+    server, tmp_path, monkeypatch, capsys
+):
+    server.payload = _release_bytes(tmp_path)
+    good = _file(server, sha256=hashlib.sha256(server.payload).hexdigest())
+    bad = ReleaseFile("other.pth", trained_on="?", url=good.url, sha256="1" * 64)
+
+    class Release(type(AprilGANModule.official_weights)):
+        files = (good, bad)
+
+    monkeypatch.setattr(oc, "releases", lambda: iter([("aprillab", Release())]))
+    assert oc.main(["--dir", str(tmp_path / "w"), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "aprillab     visa_pretrained.pth: SHA-256 verified" in captured.out
+    assert "error: aprillab other.pth:" in captured.err
+    assert (tmp_path / "w" / "aprillab" / "visa_pretrained.pth").read_bytes() == server.payload
