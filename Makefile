@@ -148,6 +148,12 @@ BENCH_EXPORT_ARGS ?=
 bench-export: $(STAMP)  ## ONNX export: onnxruntime vs PyTorch per-image time and max |delta| (BENCH_EXPORT_ARGS=...)
 	$(PERF) export $(JSON_ARG) $(BENCH_EXPORT_ARGS)
 
+# AnomalyDINO's nearest-neighbour search at MVTec scale: faiss-cpu (the parity extra) against torch matrix
+# products, same distances checked. Run it on an idle machine; BENCH_KNN_ARGS=--quick only checks that it runs.
+BENCH_KNN_ARGS ?=
+bench-knn: $(STAMP)  ## AnomalyDINO kNN: faiss-cpu vs torch per-image time at MVTec scale (BENCH_KNN_ARGS=...)
+	$(PERF) knn $(JSON_ARG) $(BENCH_KNN_ARGS)
+
 weights: $(STAMP)  ## download the weights of every backbone config (needs network)
 	$(PY) -m anomaly_vlm.backbones.download
 

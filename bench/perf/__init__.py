@@ -8,6 +8,7 @@ Each ``bench/perf/<benchmark>.py`` prints its figures as it goes and fills a
 BENCHMARKS = {
     "cache": "feature cache: a 12-job WinCLIP sweep and APRIL-GAN ViT-L training, with vs without",
     "export": "exported detectors: onnxruntime vs PyTorch per-image time and max |delta|",
+    "knn": "AnomalyDINO's nearest-neighbour search: faiss-cpu vs torch matrix products at MVTec scale",
     "metrics": "the exact metrics at MVTec scale (time, memory), and against anomalib-style AUPRO",
     "musc-memory": "MuSc whole-category scoring: peak memory and time against the number of images",
     "promptad": "PromptAD per-category training and scoring time on the published architecture",
