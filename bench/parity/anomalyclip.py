@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from anomaly_vlm.methods.anomalyclip import AnomalyCLIPModule
+from anomaly_vlm.methods.aprillab import AprilGANModule
+from anomaly_vlm.prompts import PromptSet
 from anomaly_vlm.prompts.learnable import LearnablePromptSet
 from bench import REPO_ROOT
 from bench.parity.official import (
@@ -51,6 +53,7 @@ from bench.parity.official import (
     small_vit_l14_336,
     smooth_images,
 )
+from bench.parity.release import expect_refusal, run_official_statements, with_one_wrong_shape
 from bench.report import TARGET_REL, ParityReport
 
 OFFICIAL = OfficialCode(
@@ -117,6 +120,85 @@ def official_layer_maps(official, patch_features, text) -> list[torch.Tensor]:
     return maps
 
 
+def official_test(official, theirs, their_text, normalized):
+    """test.py, one image per batch: image scores, final maps (blurred) and ``[B, layers, H, W]`` maps."""
+    from scipy.ndimage import gaussian_filter
+
+    their_scores, their_maps, their_layers = [], [], []
+    with torch.no_grad(), cpu_device_moves():
+        for image in normalized:
+            features, patches = theirs.encode_image(image[None], LAYERS, DPAM_layer=DPAM_LAYER)
+            features = features / features.norm(dim=-1, keepdim=True)
+            probs = (features @ their_text.permute(0, 2, 1) / 0.07).softmax(-1)
+            their_scores.append(probs[:, 0, 1])
+            layer_maps = [
+                (m[..., 1] + 1 - m[..., 0]) / 2.0 for m in official_layer_maps(official, patches, their_text)
+            ]
+            their_layers.append(torch.cat(layer_maps))
+            summed = torch.stack(layer_maps).sum(dim=0)
+            blurred = [torch.from_numpy(gaussian_filter(m, sigma=4)) for m in summed.cpu()]
+            their_maps.append(torch.stack(blurred))
+    return torch.cat(their_scores), torch.cat(their_maps), torch.stack(their_layers)
+
+
+def release_check(folder, official, theirs, design, make_module, backbone, images, tmp, report) -> None:
+    """Official ``train.py`` saves a random prompt learner; official ``test.py`` and ours load that file and
+    score the same images; a file with one wrong shape and this file given to another method are refused."""
+    torch.manual_seed(7)
+    with cpu_device_moves():
+        trained = official["PromptLearner"](theirs, design)
+    path = tmp / "epoch_15.pth"
+    namespace = {"torch": torch, "prompt_learner": trained, "ckp_path": str(path)}
+    run_official_statements(folder / "train.py", "torch.save(", namespace)
+    torch.manual_seed(8)  # test.py builds its own prompt learner (another random init), then loads the file
+    with cpu_device_moves():
+        learner = official["PromptLearner"](theirs, design)
+    namespace = {
+        "torch": torch,
+        "args": argparse.Namespace(checkpoint_path=str(path)),
+        "prompt_learner": learner,
+    }
+    run_official_statements(folder / "test.py", "torch.load(args.checkpoint_path)", namespace, count=2)
+    with torch.no_grad(), cpu_device_moves():
+        their_text = official_text(official, theirs, learner)
+    their_scores, their_maps, _ = official_test(official, theirs, their_text, backbone.normalize(images))
+
+    torch.manual_seed(9)  # ours starts from other random prompts too
+    module = make_module()
+    module.load_trainable_checkpoint(str(path))
+    module.setup_category("object", None)
+    with torch.no_grad():
+        prediction = module.predict_images(images)
+    report.note(
+        f"release file written by the official train.py ({path.stat().st_size} bytes), origin "
+        f"{module.checkpoint_origin}"
+    )
+    report.add("release file: final map", max_abs(prediction.anomaly_map, their_maps))
+    report.add("release file: image score", max_abs(prediction.image_score, their_scores))
+
+    wrong, key = with_one_wrong_shape(path, tmp / "wrong_shape.pth")
+    fresh = make_module()
+    expect_refusal(
+        report,
+        "release file with one wrong shape refused",
+        lambda: fresh.load_trainable_checkpoint(str(wrong)),
+        f"key '{key}' has shape ",
+    )
+    other = AprilGANModule(backbone, aprilgan_prompts())
+    expect_refusal(
+        report,
+        "this release given to method=aprillab refused",
+        lambda: other.load_trainable_checkpoint(str(path)),
+        "is the authors' release of AnomalyCLIP (zqhang/AnomalyCLIP), made for method=anomalyclip",
+    )
+
+
+def aprilgan_prompts() -> PromptSet:
+    node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "prompts" / "aprilgan.yaml"))
+    node.pop("_target_")
+    return PromptSet(**node)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--width", type=int, default=128, help="vision and text width (multiple of 64)")
@@ -126,7 +208,6 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     official = import_official(folder)
-    from scipy.ndimage import gaussian_filter
 
     settings, prompt_set, method = load_settings()
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,9 +234,13 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
             theirs.visual.DAPM_replace(DPAM_layer=DPAM_LAYER)
 
         keep = ("temperature", "local_loss_weight", "global_ln_post", "blur_sigma", "blur_truncate", "dpam")
-        module = AnomalyCLIPModule(
-            backbone, prompt_set, layers=LAYERS, **{key: method[key] for key in keep}, dpam_start=None
-        )
+
+        def make_module() -> AnomalyCLIPModule:
+            return AnomalyCLIPModule(
+                backbone, prompt_set, layers=LAYERS, **{key: method[key] for key in keep}, dpam_start=None
+            )
+
+        module = make_module()
         encoder = module.model.prompt_encoder
         with torch.no_grad():
             encoder.context_normal.copy_(learner.ctx_pos[0, 0])
@@ -175,23 +260,7 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         report.add("text features [normal, anomalous]", max_abs(our_text, their_text[0]))
 
         # ----- test: one image per batch, as test.py ------------------------------------------------
-        their_scores, their_maps, their_layers = [], [], []
-        with torch.no_grad(), cpu_device_moves():
-            for image in normalized:
-                features, patches = theirs.encode_image(image[None], LAYERS, DPAM_layer=DPAM_LAYER)
-                features = features / features.norm(dim=-1, keepdim=True)
-                probs = (features @ their_text.permute(0, 2, 1) / 0.07).softmax(-1)
-                their_scores.append(probs[:, 0, 1])
-                layer_maps = [
-                    (m[..., 1] + 1 - m[..., 0]) / 2.0
-                    for m in official_layer_maps(official, patches, their_text)
-                ]
-                their_layers.append(torch.cat(layer_maps))
-                summed = torch.stack(layer_maps).sum(dim=0)
-                blurred = [torch.from_numpy(gaussian_filter(m, sigma=4)) for m in summed.cpu()]
-                their_maps.append(torch.stack(blurred))
-        their_scores, their_maps = torch.cat(their_scores), torch.cat(their_maps)
-        their_layers = torch.stack(their_layers)  # [B, layers, H, W]
+        their_scores, their_maps, their_layers = official_test(official, theirs, their_text, normalized)
         module.setup_category("object", None)
         with torch.no_grad():
             prediction = module.predict_images(images)
@@ -253,3 +322,6 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         official_aupro_line(
             report, official["cal_pro_score"], their_maps.numpy(), masks.numpy(), "final maps"
         )
+
+        # ----- the authors' release format: ckpt_path=<file written by the official train.py> ---------
+        release_check(folder, official, theirs, design, make_module, backbone, images, tmp, report)
