@@ -8,8 +8,9 @@ its backbone with ``torch.hub.load('facebookresearch/dinov2', name)``; here that
 the local DINOv2 checkout (``source='local'``, no network) with random weights that are first written
 to a ``.pth`` file, which both sides load: the official model by ``load_state_dict``, ours through
 ``backbone.pretrained=<file>``. XFormers is disabled, so both run ``scaled_dot_product_attention`` in
-fp32. The images are PNG files at the published 448 px (the official resize is then the identity on both
-sides, and its rotation "at the original resolution" is the rotation of what we load).
+fp32. The images are PNG files at the model resolution (``--image-size``: 224 by default for a CPU, the
+published 448 as an option), so the official resize is the identity on both sides and its rotation "at the
+original resolution" is the rotation of what we load.
 
 The official ``run_anomaly_detection`` runs as published (masking and rotation as its agnostic table sets
 them for ``capsule``, 1-NN ``L2_normalized``, faiss on the CPU), with two changes that only remove
@@ -28,6 +29,7 @@ import ast
 import contextlib
 import importlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -144,6 +146,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
     os.environ["XFORMERS_DISABLED"] = "1"
+    if not (args.dinov2 or os.environ.get(DINOV2.variable)):
+        print(
+            "error: no DINOv2 reference checkout (the official code's torch.hub source): pass --dinov2 DIR "
+            f"(make parity-anomalydino DINOV2_DIR=DIR); git clone {DINOV2.url}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     dinov2_dir, described = DINOV2.resolve(args.dinov2, "anomalydino")
     report.official["dinov2"] = described
     torch.set_grad_enabled(False)
