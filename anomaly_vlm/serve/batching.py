@@ -115,6 +115,14 @@ class Batcher:
             raise Overloaded(
                 f"detector {self.name}: not answered within the request deadline (request_timeout_s)"
             ) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if job.future.cancelled() and task is not None and not task.cancelling():
+                # The loop dropped it at its deadline a moment before this waiter's own timeout fired.
+                raise Overloaded(
+                    f"detector {self.name}: not answered within the request deadline (request_timeout_s)"
+                ) from None
+            raise
 
     def _queued(self, change: int) -> None:
         self.queued_images += change
@@ -127,11 +135,11 @@ class Batcher:
         while self.queue:
             job = self.queue[0]
             if job.future.done() or now >= job.deadline:
-                # Answered already (its waiter gave up) or too late to be worth scoring.
+                # Too late to be worth scoring: its waiter has given up (503) at the same deadline; a
+                # cancelled future, unlike one holding an exception, is not reported as never retrieved.
                 self.queue.popleft()
                 self._queued(-len(job.images))
-                if not job.future.done():
-                    job.future.set_exception(Overloaded("deadline passed while queued"))
+                job.future.cancel()
                 continue
             if taken and (not self.batching or images + len(job.images) > self.max_batch):
                 break

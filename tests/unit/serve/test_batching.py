@@ -170,3 +170,22 @@ def test_onnx_runtime_matches_the_detector_within_the_export_tolerance(detectors
     scores = torch.tensor([image["image_score"] for image in body["images"]], dtype=torch.float64)
     assert (scores - expected.image_score.double()).abs().max() <= DEFAULT_TOLERANCE
     assert [image["decision"] for image in body["images"]] == expected.decision
+
+
+def test_a_request_dropped_at_its_deadline_answers_overloaded_not_cancelled():
+    # The loop may see the deadline pass just before the waiter's own timeout: it cancels the job's
+    # future, and the waiter must answer 503 (Overloaded), not end its request as cancelled.
+    async def main():
+        executor = ThreadPoolExecutor(max_workers=1)
+        batcher = Batcher("x", lambda requests: [None] * len(requests), executor, 4, 0.0, 100)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_task(batcher.submit(torch.zeros(1, 1, 1, 1), loop.time() + 10))
+        await asyncio.sleep(0.01)
+        batcher._take(loop.time() + 20)  # the loop, past the deadline
+        try:
+            await waiter
+        finally:
+            executor.shutdown()
+
+    with pytest.raises(Overloaded, match="deadline"):
+        asyncio.run(main())
