@@ -3,7 +3,8 @@
 Everything a client sends is hostile until decoded: only the raster formats a camera writes are opened
 (PIL would otherwise pick a plugin by the bytes, EPS among them, which runs Ghostscript); the pixel count
 is checked on the header before a pixel is decoded (a few-kilobyte PNG can claim 10^10 pixels); a file
-that ends early is refused instead of being read as grey. The bytes never touch the file system.
+that ends early is refused instead of being read as grey. The bytes are decoded from memory, never from a
+path.
 """
 
 from __future__ import annotations
