@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from anomaly_vlm.reporting.predictions import PredictionWriter, read_predictions
-from anomaly_vlm.tasks.runner import run
-
-from ..tasks.test_inputs import config, make_dataset
 
 
 def test_writer_records_defect_types_and_the_reader_returns_them(tmp_path):
@@ -26,15 +23,3 @@ def test_writer_records_defect_types_and_the_reader_returns_them(tmp_path):
     assert float(read.maps()[read.keys[1]][1, 1]) == 0.5
     assert read.masks() is None
     assert read_predictions(tmp_path / "nothing") == {}
-
-
-def test_a_run_records_the_readers_defect_type_of_every_image(tmp_path):
-    data = make_dataset(tmp_path / "data")
-    out = tmp_path / "run"
-    run(config(out, "data=folder", f"data.root={data}", "save_predictions=true", "method=clip"), fit=False)
-    predictions = read_predictions(out / "predictions")
-    assert sorted(predictions) == ["gadget", "widget"]
-    for category in predictions.values():
-        kinds = dict(zip(category.keys, category.defect_types, strict=True))
-        assert kinds == {key: key.split("/")[1] for key in category.keys}
-        assert set(kinds.values()) == {"good", "dent"}

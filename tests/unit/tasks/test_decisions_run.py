@@ -31,6 +31,9 @@ def test_normal_fpr_thresholds_come_from_heldout_normals_and_decide_the_test_set
     references = json.loads((out / "references.json").read_text())["references"]
     with (out / "predictions" / "scores.csv").open() as handle:
         rows = list(csv.DictReader(handle))
+    # Each image's defect type is the reader's (its test folder here), recorded for the analyses.
+    assert [r["defect_type"] for r in rows] == [r["path"].split("/")[-2] for r in rows]
+    assert {r["defect_type"] for r in rows} == {"good", "dent"}
     for category in ("widget", "gadget"):
         chosen = decisions["thresholds"][category]
         # 3 normal training images, 1 drawn as the reference: 2 held out.
