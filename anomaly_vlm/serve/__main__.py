@@ -13,10 +13,15 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     from anomaly_vlm.deploy import DetectorError
-    from anomaly_vlm.serve.settings import UsageError, parse
+    from anomaly_vlm.serve.settings import KEYS, USAGE, UsageError, parse
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(argument in ("-h", "--help", "help") for argument in argv):
+        print(f"usage: {USAGE}\nkeys: {', '.join(f'{key}=' for key in KEYS)}, detector.<name>=")
+        print("The keys and limits: the ServeSettings of anomaly_vlm/serve/settings.py, and docs/serve.md.")
+        return 0
     try:
-        settings = parse(sys.argv[1:] if argv is None else argv)
+        settings = parse(argv)
         try:
             import uvicorn
 

@@ -144,6 +144,8 @@ def test_command_line_mistakes_are_one_error_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "is not a detector folder" in err[0]
     assert main(["detector=x", "port=http"]) == 1
     assert capsys.readouterr().err.startswith("error: port=http is not an integer")
+    assert main(["--help"]) == 0
+    assert "max_upload_mb=" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch and loads the detector: tens of seconds on a busy CPU
