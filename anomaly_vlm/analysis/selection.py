@@ -131,7 +131,7 @@ def weakness_text(cell: Cell | None, weaknesses: Mapping[str, Sequence[str]]) ->
         return "—"
     method = str(cell.records[0].value("method"))
     if method not in weaknesses:
-        return "not measured (run analysis-limitations)"
+        return "not measured by the limitations analysis"
     return "; ".join(weaknesses[method]) or "none found"
 
 

@@ -113,7 +113,7 @@ def test_known_weaknesses_name_small_defects_and_weak_types_and_reach_the_select
     header, rows, _ = selection_rows(select(records), {"winclip": listed["winclip"]})
     assert header[-1] == "known weaknesses of the winner's method"
     assert "weak on 'scratch'" in rows[0][-1]
-    assert selection_rows(select(records), {})[1][0][-1] == "not measured (run analysis-limitations)"
+    assert selection_rows(select(records), {})[1][0][-1] == "not measured by the limitations analysis"
 
 
 def test_categories_are_ranked_hardest_first_objects_against_textures(results, tmp_path):
