@@ -448,10 +448,16 @@ class FrozenCLIP(nn.Module):
         tokens = self.embed_patches(images, normalized=normalized)
         final, taps = self.run_blocks(tokens, layers)
         final = self.visual.ln_post(final)
+        return self._float_features(final[:, 0] @ self.visual.proj, final[:, 1:], taps)
+
+    @staticmethod
+    def _float_features(embedding: Tensor, patches: Tensor, taps: dict[int, Tensor]) -> ImageFeatures:
+        """Image features in float32 whatever the precision: methods meet them with their own float32
+        layers (a no-op in fp32 and mixed precision, whose stream is float32 already)."""
         return ImageFeatures(
-            global_embedding=final[:, 0] @ self.visual.proj,
-            patch_tokens=final[:, 1:],
-            layer_tokens=taps,
+            global_embedding=embedding.float(),
+            patch_tokens=patches.float(),
+            layer_tokens={index: tokens.float() for index, tokens in taps.items()},
         )
 
     def encode_image_prompted(
@@ -509,11 +515,7 @@ class FrozenCLIP(nn.Module):
             if index in taps:
                 outputs[index] = x[:, :-count]
         final = self.ln_post(x[:, :-count])
-        return ImageFeatures(
-            global_embedding=final[:, 0] @ self.proj,
-            patch_tokens=final[:, 1:],
-            layer_tokens=outputs,
-        )
+        return self._float_features(final[:, 0] @ self.proj, final[:, 1:], outputs)
 
     def encode_dual_path(
         self,

@@ -1,9 +1,11 @@
-"""``python -m anomaly_vlm.export detector=<folder> format=onnx [out=...] [opset=17] [check=true]``.
+"""``python -m anomaly_vlm.export detector=<folder> format=onnx|openvino [out=...] [opset=17] [check=true]``.
 
 Writes ``<detector>/model.onnx`` (or ``out``): one graph, normalised image batch -> (image score,
 anomaly map), with the detector's text embeddings, reference memory and trained parameters baked in;
-then runs it in onnxruntime and prints its largest difference to the PyTorch detector. Mistakes end
-with one ``error:`` line and exit status 1.
+then runs it in onnxruntime and prints its largest difference to the PyTorch detector. ``format=openvino``
+converts the same graph to an OpenVINO IR (``model.xml`` + ``model.bin``), with an optional inference
+precision hint (``precision=fp32|bf16|fp16``) and optional NNCF int8 quantisation (``int8=true
+calibration=<folder of normal images>``). Mistakes end with one ``error:`` line and exit status 1.
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-FORMATS = ("onnx",)
-KEYS = ("detector", "format", "out", "opset", "check", "tolerance")
-USAGE = "python -m anomaly_vlm.export detector=<detector folder> format=onnx [out=<file.onnx>] [opset=17]"
+FORMATS = ("onnx", "openvino")
+KEYS = ("detector", "format", "out", "opset", "check", "tolerance", "precision", "int8", "calibration")
+#: Options of format=openvino only.
+OPENVINO_KEYS = ("precision", "int8", "calibration")
+USAGE = (
+    "python -m anomaly_vlm.export detector=<detector folder> format=onnx|openvino [out=<file>] [opset=17] "
+    "[precision=fp32|bf16|fp16] [int8=true calibration=<folder>]"
+)
 
 
 class UsageError(ValueError):
@@ -35,6 +42,9 @@ def parse(argv: Sequence[str]) -> dict[str, str]:
     fmt = options.setdefault("format", "onnx")
     if fmt not in FORMATS:
         raise UsageError(f"format={fmt} is not supported (choose one of: {', '.join(FORMATS)})")
+    wrong = [key for key in OPENVINO_KEYS if key in options and fmt != "openvino"]
+    if wrong:
+        raise UsageError(f"{wrong[0]}= is an option of format=openvino, not format={fmt}")
     return options
 
 
@@ -61,6 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         options = parse(sys.argv[1:] if argv is None else argv)
+        if options["format"] == "openvino":
+            from anomaly_vlm.export.openvino import describe as describe_openvino
+            from anomaly_vlm.export.openvino import export_openvino
+
+            result = export_openvino(
+                options["detector"],
+                out=options.get("out") or None,
+                precision=options.get("precision", "fp32"),
+                int8=_flag("int8", options.get("int8", "false")),
+                calibration=options.get("calibration") or None,
+                check=_flag("check", options.get("check", "true")),
+                tolerance=float(
+                    _number("tolerance", options.get("tolerance", str(DEFAULT_TOLERANCE)), float)
+                ),
+            )
+            print(describe_openvino(result), flush=True)
+            return 0
         result = export_onnx(
             options["detector"],
             out=options.get("out") or None,

@@ -66,10 +66,14 @@ def test_pure_bf16_keeps_open_clips_low_precision_stream():
     backbone = tiny("bf16")
     assert backbone.blocks[0].attn.in_proj_weight.dtype == torch.bfloat16
     assert backbone.proj.dtype == torch.bfloat16
+    tokens = backbone.ln_pre(backbone.embed_patches(torch.rand(1, 3, 128, 128)))
+    final, taps = backbone.run_blocks(tokens, [2], apply_ln_pre=False)
+    assert final.dtype == torch.bfloat16 and taps[2].dtype == torch.bfloat16
+    # What leaves the backbone meets float32 text classifiers, memories and learned layers.
     features = backbone.encode_image(torch.rand(1, 3, 128, 128), layers=[2])
-    assert features.layer_tokens[2].dtype == torch.bfloat16
-    # What leaves through project/pool meets float32 text classifiers and memories.
-    assert backbone.project(features.patch_tokens).dtype == torch.float32
+    assert features.layer_tokens[2].dtype == torch.float32
+    assert features.patch_tokens.dtype == features.global_embedding.dtype == torch.float32
+    assert backbone.project(final).dtype == torch.float32
 
 
 def test_gradients_reach_float32_prompts_through_a_mixed_backbone(tiny_backbone, mixed_bf16):
