@@ -11,7 +11,7 @@ TEST_WORKERS ?= 2
 TEST_ALL_WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format docs bench bench-metrics bench-winclip bench-cache bench-export parity-venv \
+.PHONY: help install demo test test-all lint format docs bench bench-metrics bench-winclip bench-cache bench-export bench-precision parity-venv \
 	parity-winclip parity-aprillab parity-anomalyclip parity-adaclip parity-musc parity-promptad parity-aaclip parity-anomalydino \
 	weights official-checkpoints tables cache-info cache-clean clean
 
@@ -147,6 +147,13 @@ bench-cache: $(STAMP)  ## feature cache: 12-job WinCLIP sweep and APRIL-GAN ViT-
 BENCH_EXPORT_ARGS ?=
 bench-export: $(STAMP)  ## ONNX export: onnxruntime vs PyTorch per-image time and max |delta| (BENCH_EXPORT_ARGS=...)
 	$(PERF) export $(JSON_ARG) $(BENCH_EXPORT_ARGS)
+
+# Every method on its published architecture (random weights, published input size) in fp32 and each low
+# backbone.precision in one run: time, maps and AUROC against fp32, trained-parameter drift. About 10-15 min
+# on an idle 2-core CPU with AMX; BENCH_PRECISION_ARGS=--quick checks the harness on the tiny CLIP.
+BENCH_PRECISION_ARGS ?=
+bench-precision: $(STAMP)  ## every method in fp32 vs amp-bf16/bf16 (GPU: also fp16): time, maps, AUROC (BENCH_PRECISION_ARGS=...)
+	$(PERF) precision $(JSON_ARG) $(BENCH_PRECISION_ARGS)
 
 # AnomalyDINO's nearest-neighbour search at MVTec scale: faiss-cpu (the parity extra) against torch matrix
 # products, same distances checked. Run it on an idle machine; BENCH_KNN_ARGS=--quick only checks that it runs.

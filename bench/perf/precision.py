@@ -21,7 +21,7 @@ with two images per set and one training step: a check of the harness, not a mea
 
 Usage (``make bench-precision BENCH_PRECISION_ARGS=...``):
     python -m bench.perf precision [--methods winclip,aprillab] [--modes fp32,amp-bf16,bf16]
-        [--images 6] [--train-steps 2] [--threads 2] [--quick] [--json FILE]
+        [--images 6] [--train-steps 1] [--threads 2] [--quick] [--json FILE]
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--modes", default=None, help="comma-separated; default fp32 + the device's low modes"
     )
     parser.add_argument("--images", type=int, default=6, help="images per set (half with defects)")
-    parser.add_argument("--train-steps", type=int, default=2, help="optimiser steps for trained methods")
+    parser.add_argument("--train-steps", type=int, default=1, help="optimiser steps for trained methods")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny CLIP, 2 images, 1 step: a harness check")
