@@ -51,6 +51,7 @@ import torch
 from omegaconf import OmegaConf
 
 from anomaly_vlm.methods.adaclip import AdaCLIPModule
+from anomaly_vlm.methods.aprillab import AprilGANModule
 from anomaly_vlm.prompts import PromptSet
 from bench import REPO_ROOT
 from bench.parity.official import (
@@ -62,6 +63,12 @@ from bench.parity.official import (
     shrunk_backbone,
     small_vit_l14_336,
     smooth_images,
+)
+from bench.parity.release import (
+    expect_refusal,
+    official_constructor_literal,
+    official_methods,
+    with_one_wrong_shape,
 )
 from bench.report import TARGET_REL, ParityReport
 
@@ -224,6 +231,90 @@ def copy_parameters(theirs, ours) -> list[tuple[str, torch.nn.Parameter, torch.n
     return out
 
 
+def official_test(theirs, normalized, category: str, rounding: bool):
+    """test.py / evaluation(): one image per forward; image scores and blurred maps."""
+    from scipy.ndimage import gaussian_filter
+
+    their_scores, their_maps = [], []
+    with torch.no_grad(), half_is_identity(not rounding):
+        for image in normalized:
+            anomaly_map, score = theirs(image[None], [category], aggregation=True)
+            their_scores.append(score)
+            their_maps.append(torch.from_numpy(gaussian_filter(anomaly_map[0].numpy(), sigma=4)))
+    return torch.cat(their_scores), torch.stack(their_maps)
+
+
+def official_trainer(folder: Path, theirs):
+    """An object with the official ``AdaCLIP_Trainer.save`` / ``load`` (compiled from the checkout) around
+    ``theirs``: the trainer's constructor needs the pretrained CLIP download, its save and load do not."""
+    source = folder / "method" / "trainer.py"
+    methods = official_methods(source, "AdaCLIP_Trainer", ("save", "load"), {"torch": torch})
+    trainer = type("AdaCLIP_Trainer", (torch.nn.Module,), methods)()
+    trainer.clip_model = theirs
+    trainer.learnable_paramter_list = official_constructor_literal(
+        source, "AdaCLIP_Trainer", "learnable_paramter_list"
+    )
+    trainer.device = "cpu"
+    return trainer
+
+
+def randomize_learnable(trainer, seed: int) -> None:
+    """New random values for every parameter the official trainer saves (as if trained)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in trainer.named_parameters():
+            if any(part in name for part in trainer.learnable_paramter_list):
+                parameter.normal_(0.0, 0.02)
+
+
+def release_check(folder, theirs, make_module, backbone, images, category, rounding, tmp, report) -> None:
+    """The official ``AdaCLIP_Trainer.save`` writes random learnable parameters; its ``load`` and ours read
+    the file and score the same images; a file with one wrong shape and this file given to another method
+    are refused."""
+    trainer = official_trainer(folder, theirs)
+    randomize_learnable(trainer, seed=7)
+    path = tmp / "pretrained_all.pth"
+    trainer.save(str(path))
+    randomize_learnable(trainer, seed=8)  # the official test loads into a model with other values
+    trainer.load(str(path))
+    their_scores, their_maps = official_test(theirs, backbone.normalize(images), category, rounding)
+
+    torch.manual_seed(9)
+    module = make_module()
+    module.load_trainable_checkpoint(str(path))
+    module.setup_category(category, None)
+    with torch.no_grad():
+        prediction = module.predict_images(images)
+    report.note(
+        f"release file written by the official AdaCLIP_Trainer.save ({path.stat().st_size} bytes, "
+        f"{len(torch.load(path, weights_only=True))} tensors), origin {module.checkpoint_origin}"
+    )
+    report.add("release file: final map", max_abs(prediction.anomaly_map, their_maps))
+    report.add("release file: image score (HSF-fused)", max_abs(prediction.image_score, their_scores))
+
+    wrong, key = with_one_wrong_shape(path, tmp / "wrong_shape.pth")
+    fresh = make_module()
+    expect_refusal(
+        report,
+        "release file with one wrong shape refused",
+        lambda: fresh.load_trainable_checkpoint(str(wrong)),
+        f"key '{key}' has shape ",
+    )
+    other = AprilGANModule(backbone, aprilgan_prompts())
+    expect_refusal(
+        report,
+        "this release given to method=aprillab refused",
+        lambda: other.load_trainable_checkpoint(str(path)),
+        "is the authors' release of AdaCLIP (caoyunkang/AdaCLIP), made for method=adaclip",
+    )
+
+
+def aprilgan_prompts() -> PromptSet:
+    node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "prompts" / "aprilgan.yaml"))
+    node.pop("_target_")
+    return PromptSet(**node)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=2, help="test images (one forward each, as test.py)")
     parser.add_argument("--width", type=int, default=128, help="vision width (multiple of 64)")
@@ -239,7 +330,6 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
     official = import_official(folder)
-    from scipy.ndimage import gaussian_filter
 
     settings, prompt_set, method = load_settings()
     rounding = not args.no_fp16_rounding
@@ -286,7 +376,10 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         )
         theirs.HSF.cluster_performer.random_state = method["kmeans_seed"]
 
-        module = AdaCLIPModule(backbone, prompt_set, **method)
+        def make_module() -> AdaCLIPModule:
+            return AdaCLIPModule(backbone, prompt_set, **method)
+
+        module = make_module()
         ours = module.model
         parameters = copy_parameters(theirs, ours)
 
@@ -308,13 +401,7 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         report.add("text features [normal, anomalous]", max_abs(our_text, their_text.transpose(1, 2)))
 
         # ----- test: one image per forward, as test.py / evaluation() ----------------------------------
-        their_scores, their_maps = [], []
-        with torch.no_grad(), half_is_identity(not rounding):
-            for image in normalized:
-                anomaly_map, score = theirs(image[None], [category], aggregation=True)
-                their_scores.append(score)
-                their_maps.append(torch.from_numpy(gaussian_filter(anomaly_map[0].numpy(), sigma=4)))
-        their_scores, their_maps = torch.cat(their_scores), torch.stack(their_maps)
+        their_scores, their_maps = official_test(theirs, normalized, category, rounding)
         with torch.no_grad():
             prediction = module.predict_images(images)
         report.add(
@@ -358,4 +445,7 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
                 report.add(f"gradient {name} (unused: zero)", float(grad.abs().max()), EXACT)
                 continue
             report.add(f"gradient {name}", max_rel(grad, official_parameter.grad), target, "rel")
+
+        # ----- the authors' release format: ckpt_path=<file written by AdaCLIP_Trainer.save> ----------
+        release_check(folder, theirs, make_module, backbone, images, category, rounding, tmp, report)
     report.note(f"  ({time.perf_counter() - started:.0f} s)")
