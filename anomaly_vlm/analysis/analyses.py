@@ -384,6 +384,8 @@ class ResolutionAnalysis(Analysis):
 EFFICIENCY_METHODS = methods_where(lambda m: m.name not in RESOLUTION_METHODS)
 #: Published scale: the training-free baselines on other backbones too (each at its native size).
 BACKBONES = ("vit_b16", "vit_b16_plus_240", "vit_l14_336")
+#: Published scale: AnomalyDINO (1-shot, its standard setting) on the DINOv2 sizes, the vision-only rows.
+DINOV2_BACKBONES = ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14")
 
 
 class EfficiencyAnalysis(Analysis):
@@ -412,6 +414,19 @@ class EfficiencyAnalysis(Analysis):
                         _env(scale),
                     )
                 )
+            sweeps.append(
+                Sweep(
+                    "efficiency-anomalydino-backbones",
+                    (
+                        *setup("anomalydino", scale),
+                        "shots=1",
+                        "reference_seed=0",
+                        UNCACHED,
+                        f"backbone={sweep_list(DINOV2_BACKBONES)}",
+                    ),
+                    _env(scale),
+                )
+            )
         return sweeps
 
     def render(self, records: list[Record], out: Path, scale: str) -> Section:

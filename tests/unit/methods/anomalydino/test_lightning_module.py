@@ -112,9 +112,10 @@ def test_detector_and_onnx_export_match(tmp_path):
     method = build(
         cfg.method, backbone=build(cfg.backbone), prompts=build(cfg.prompts), shots=1, text_cache_dir=None
     )
-    method.setup_category("disc", _images(1, 3))
+    size = method.backbone.image_size
+    method.setup_category("disc", torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(3)))
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    scored = method.predict_images(_images(4, 4))
+    scored = method.predict_images(torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(4)))
     folder = save_detector(tmp_path / "det", method, "disc", config, None, "anomalydino", scored)
     result = export_onnx(folder)
     assert result.score_delta <= 1e-4 and result.map_delta <= 1e-4
