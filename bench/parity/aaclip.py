@@ -143,7 +143,7 @@ def copy_parameters(theirs, ours) -> list[tuple[str, torch.nn.Parameter, torch.n
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=2, help="test images (one batch)")
-    parser.add_argument("--batch", type=int, default=3, help="stage-1 batch (official 16); stage 2 uses 2")
+    parser.add_argument("--batch", type=int, default=2, help="stage-1 batch (official 16); stage 2 uses 2")
     parser.add_argument(
         "--corrected",
         action="store_true",
@@ -250,6 +250,7 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
 
         # ----- stage 1: train_text_adapter on one batch ---------------------------------------------------
         log = logging.getLogger("aaclip-parity")
+        log.setLevel(logging.INFO)
         log.propagate = False
         losses = _LossLog()
         log.addHandler(losses)
@@ -264,6 +265,19 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
             "class_name": categories,
         }
         text_optimizer = torch.optim.SGD(theirs.text_adapter.parameters(), lr=0.0)
+        seen: dict[str, object] = {}
+        surgery_encode, plain_encode = surgery.encode_image, theirs.clipmodel.encode_image
+
+        def record(name, encode):
+            def wrapper(*args, **kwargs):
+                seen[name] = encode(*args, **kwargs)
+                return seen[name]
+
+            return wrapper
+
+        # Observers only: the official loop's own forward passes, their outputs kept for the comparison.
+        surgery.encode_image = record("surgery", surgery_encode)
+        theirs.clipmodel.encode_image = record("plain", plain_encode)
         official_train.train_text_adapter(
             adapted_model=theirs,
             clip_surgery=surgery,
@@ -278,9 +292,10 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
             img_size=SIZE,
             logger=log,
         )
+        del surgery.encode_image, theirs.clipmodel.encode_image
         with torch.no_grad():
-            _, their_taps = surgery.encode_image(batch["image"], LEVELS)
-            cls = theirs.clipmodel.encode_image(batch["image"], [])[0]
+            their_taps = seen["surgery"][1]
+            cls = seen["plain"][0]
             cls = cls / cls.norm(dim=-1, keepdim=True)
             their_targets = [surgery.visual.ln_post(t[:, 1:]) @ surgery.visual.proj for t in their_taps]
             their_targets = [t / t.norm(dim=-1, keepdim=True) + cls[:, None] for t in their_targets]
@@ -290,7 +305,9 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         del surgery
         module.zero_grad()
         text = module.texts_of(categories, frozen=False)
+        ours.surgery_targets = lambda pixels: our_targets  # computed above from the same pixels
         our_loss = ours.text_stage_loss(batch["image"], masks, text)["loss"]
+        del ours.surgery_targets
         our_loss.backward()
         report.note(f"  (stage-1 loss: ours {float(our_loss):.6f}, official {losses.losses[-1]:.6f})")
         report.add("stage-1 training loss", abs(float(our_loss) - losses.losses[-1]))
