@@ -120,3 +120,20 @@ def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, tmp_path: Pa
 
 EPOCHS = 4
 MARGIN = 0.15  # measured: 0.423 -> 0.689
+
+
+@pytest.mark.parametrize("resample", [False, True])
+def test_saved_category_state_scores_as_the_run(backbone: FrozenCLIP, resample: bool) -> None:
+    """What a saved detector keeps (the category's sentence, top-k and samples) scores the images as the run
+    did; with per-image samples, as long as the images come in the run's order (its stream restarts)."""
+    from anomaly_vlm.deploy.state import category_state, load_category_state
+
+    images = torch.rand(3, 3, 128, 128)
+    module = _module(backbone, resample_per_image=resample)
+    module.setup_category("disc", None)
+    expected = module.predict_images(images)
+    fresh = _module(backbone, resample_per_image=resample)
+    load_category_state(fresh, category_state(module))
+    again = fresh.predict_images(images)
+    torch.testing.assert_close(again.image_score, expected.image_score, rtol=0, atol=1e-6)
+    torch.testing.assert_close(again.anomaly_map, expected.anomaly_map, rtol=0, atol=1e-6)
