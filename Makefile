@@ -145,7 +145,7 @@ bench-cache: $(STAMP)  ## feature cache: 12-job WinCLIP sweep and APRIL-GAN ViT-
 
 # Random-weight detectors (tiny CLIP and ViT-B-16-plus-240; add l14 for ViT-L-14-336): export, parity, times.
 BENCH_EXPORT_ARGS ?=
-bench-export: $(STAMP)  ## ONNX export: onnxruntime vs PyTorch per-image time and max |delta| (BENCH_EXPORT_ARGS=...)
+bench-export: $(STAMP)  ## export: onnxruntime, OpenVINO (fp32/bf16/int8), PyTorch bf16 vs PyTorch fp32: time, parity (BENCH_EXPORT_ARGS=...)
 	$(PERF) export $(JSON_ARG) $(BENCH_EXPORT_ARGS)
 
 # Every method on its published architecture (random weights, published input size) in fp32 and each low

@@ -1,4 +1,4 @@
-"""Per-image time of an exported detector in onnxruntime (CPU) beside the PyTorch detector.
+"""Per-image time and parity of an exported detector in onnxruntime and OpenVINO beside PyTorch.
 
 For each (backbone, method, shots) case: build the method from the project's configs with random
 weights (``pretrained=null``), move its learnable parameters off their initialisation (as training would),
@@ -8,9 +8,16 @@ same random images: PyTorch ``Detector.score`` and onnxruntime ``InferenceSessio
 normalisation is outside the timed region on both sides), median of ``--repeats`` runs after one
 warm-up, at batch 1 (per image) and at ``--batch``, each side with ``--threads`` threads.
 
+With ``--runtimes`` (default: all that are installed) the same run adds, per case: the PyTorch detector
+built with ``backbone.precision=amp-bf16`` (same seeds), the OpenVINO IR of the same ONNX graph at the
+fp32 and bf16 inference hints, and the NNCF int8 IR calibrated on the normal photographs. Each is
+compared with the PyTorch fp32 detector on real photographs, half with synthesized defects
+(``bench.perf.precision.photo_set``): max |delta| of scores and maps, image and pixel AUROC deltas.
+
 Usage (``make bench-export BENCH_EXPORT_ARGS=...``):
     python -m bench.perf export [--cases tiny,b16plus] [--methods winclip:1,clip] [--repeats 5]
-        [--batch 4] [--threads 1] [--json FILE]
+        [--batch 4] [--threads 1] [--runtimes torch-bf16,openvino,openvino-bf16,openvino-int8]
+        [--photos 8] [--json FILE]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -63,7 +71,9 @@ CASES = {
 }
 
 
-def make_detector(root: Path, backbone: str, backbone_extra, method_name: str, shots: int, extra) -> Path:
+def make_detector(
+    root: Path, backbone: str, backbone_extra, method_name: str, shots: int, extra, precision: str = "fp32"
+) -> Path:
     overrides = [
         f"backbone={backbone}",
         *backbone_extra,
@@ -72,7 +82,9 @@ def make_detector(root: Path, backbone: str, backbone_extra, method_name: str, s
         *extra,
         f"paths.output_dir={root}",
         f"paths.cache_dir={root / 'cache'}",
+        f"backbone.precision={precision}",
     ]
+    torch.manual_seed(0)  # learnable layers start equal in every precision
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     method = build(
@@ -87,7 +99,7 @@ def make_detector(root: Path, backbone: str, backbone_extra, method_name: str, s
     references = torch.rand(shots, 3, size, size, generator=generator) if shots else None
     method.eval().setup_category("widget", references)
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    folder = root / f"{backbone}-{method_name}-{shots}"
+    folder = root / f"{backbone}-{method_name}-{shots}-{precision}"
     # A scored set: APRIL-GAN's few-shot set statistics are frozen from it into the detector.
     scored = method.predict_images(torch.rand(5, 3, size, size, generator=generator))
     return save_detector(folder, method, "widget", config, None, method_name, scored)
@@ -130,6 +142,83 @@ def bench_case(folder: Path, repeats: int, batch: int, threads: int) -> dict:
     return row
 
 
+RUNTIMES = ("torch-bf16", "openvino", "openvino-bf16", "openvino-int8")
+
+
+def photo_metrics(prediction_scores, prediction_maps, expected, masks, labels) -> dict:
+    """Max |delta| against the PyTorch fp32 detector and image/pixel AUROC deltas (float64)."""
+    from anomaly_vlm.metrics.functional import auroc
+
+    scores = np.asarray(prediction_scores, dtype=np.float64)
+    maps = np.asarray(prediction_maps, dtype=np.float64)
+    ref_scores = expected.image_score.double().numpy()
+    ref_maps = expected.anomaly_map.double().numpy()
+    truth = (masks > 0.5).numpy().reshape(-1)
+    return {
+        "score_delta": float(np.abs(scores - ref_scores).max()),
+        "map_delta": float(np.abs(maps - ref_maps).max()),
+        "image_auroc_delta": auroc(scores, labels.numpy()) - auroc(ref_scores, labels.numpy()),
+        "pixel_auroc_delta": auroc(maps.reshape(-1), truth) - auroc(ref_maps.reshape(-1), truth),
+    }
+
+
+def bench_runtimes(folder: Path, args, backbone, backbone_extra, method_name, shots, extra) -> dict:
+    """The other runtimes of one case: time per image (batch 1) and parity on photographs."""
+    from bench.perf.precision import photo_set
+
+    detector = Detector.load(folder)
+    size = detector.image_size
+    photos, masks, labels = photo_set(size, args.photos)
+    expected = detector.score(photos)
+    single = photos[:1]
+    rows = {}
+    wanted = args.runtimes.split(",") if args.runtimes else list(RUNTIMES)
+    if "torch-bf16" in wanted:
+        work = folder.parent / "bf16"
+        other = Detector.load(
+            make_detector(work, backbone, backbone_extra, method_name, shots, extra, precision="amp-bf16")
+        )
+        got = other.score(photos)
+        rows["torch-bf16"] = {
+            "ms_b1": 1e3 * median_seconds(lambda: other.score(single), args.repeats),
+            **photo_metrics(got.image_score, got.anomaly_map, expected, masks, labels),
+        }
+    openvino_kinds = [kind for kind in wanted if kind.startswith("openvino")]
+    if openvino_kinds:
+        from anomaly_vlm.export.openvino import compile_openvino, export_openvino
+
+        pixels = normalize(detector, photos).numpy()
+        one = pixels[:1]
+        calibration = folder.parent / f"{folder.name}-normal"
+        calibration.mkdir(exist_ok=True)
+        from PIL import Image
+
+        for index in np.flatnonzero(labels.numpy() == 0):
+            array = (photos[index].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(array).save(calibration / f"{index}.png")
+        for kind in openvino_kinds:
+            hint = "bf16" if kind == "openvino-bf16" else "fp32"
+            int8 = kind == "openvino-int8"
+            exported = export_openvino(
+                detector,
+                out=folder / f"{kind}.xml",
+                precision=hint,
+                int8=int8,
+                calibration=calibration if int8 else None,
+                check=False,
+            )
+            compiled = compile_openvino(exported.path, threads=args.threads)
+            outputs = compiled({INPUT_NAME: pixels})
+            scores = outputs[compiled.output(OUTPUT_NAMES[0])]
+            maps = outputs[compiled.output(OUTPUT_NAMES[1])]
+            rows[kind] = {
+                "ms_b1": 1e3 * median_seconds(lambda c=compiled: c({INPUT_NAME: one}), args.repeats),
+                "export_s": exported.seconds,
+                **photo_metrics(scores, maps, expected, masks, labels),
+            }
+    return rows
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", default="tiny,b16plus", help=f"comma-separated of {sorted(CASES)}")
     parser.add_argument("--methods", default=None, help="method[:shots] subset, e.g. winclip:1,clip")
@@ -137,6 +226,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default=None, help="folder for the detectors (default: a temporary one)")
+    parser.add_argument(
+        "--runtimes",
+        default=None,
+        help=f"comma-separated of {', '.join(RUNTIMES)} (default: all; 'none' for onnxruntime only)",
+    )
+    parser.add_argument("--photos", type=int, default=8, help="photographs (half defective) for parity")
 
 
 def run(args: argparse.Namespace, report: BenchReport) -> int:
@@ -149,6 +244,7 @@ def run(args: argparse.Namespace, report: BenchReport) -> int:
         f"onnxruntime ms/img (b1) | PyTorch ms/img (b{args.batch}) | onnxruntime ms/img (b{args.batch}) |"
     )
     lines = [header, "|" + "---|" * 9]
+    other_lines: list[str] = []
     if args.batch < 2:
         raise SystemExit("error: --batch must be at least 2 (batch 1 is always measured)")
     for group in args.cases.split(","):
@@ -169,6 +265,20 @@ def run(args: argparse.Namespace, report: BenchReport) -> int:
             )
             print(line, flush=True)
             lines.append(line)
+            if args.runtimes != "none":
+                others = bench_runtimes(folder, args, backbone, backbone_extra, method_name, shots, extra)
+                rows[-1]["runtimes"] = others
+                for kind, other in others.items():
+                    line = (
+                        f"|   {kind} | {method_name} | {shots} | - | {other['score_delta']:.1e} / "
+                        f"{other['map_delta']:.1e} (dI-AUROC {other['image_auroc_delta']:+.3f}, "
+                        f"dP-AUROC {other['pixel_auroc_delta']:+.3f}) | {other['ms_b1']:.1f} | - | - | - |"
+                    )
+                    print(line, flush=True)
+                    other_lines.append(line)
     print(f"\n{args.threads} threads, median of {args.repeats} runs, onnxruntime CPU, float32\n")
     print("\n".join(lines))
+    if other_lines:
+        print("\nother runtimes against the PyTorch fp32 detector, on photographs (half with defects):")
+        print("\n".join(other_lines))
     return 0
