@@ -55,6 +55,7 @@ def check_config(cfg: DictConfig, names: dict[str, str | None], fit: bool) -> li
         lambda: check_synthesis(cfg) if fit else None,
         lambda: check_backbone_capabilities(cfg, names.get("method"), names.get("backbone")),
         lambda: check_backbone_depths(cfg, names.get("backbone")),
+        lambda: check_backbone_precision(cfg),
         lambda: check_checkpoint_file(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None,
         lambda: check_release_owner(cfg.method, str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None,
         lambda: check_saved_detector(cfg, names.get("method")),
@@ -262,6 +263,15 @@ def check_block_options(cfg: DictConfig, depths: tuple[int, int], model: str) ->
         bad = [number for number in numbers if not 1 <= number <= limit]
         if bad:
             raise ConfigError(f"{key}={numbers}: blocks {bad} outside {blocks}; e.g. {key}=[{limit}]")
+
+
+def check_backbone_precision(cfg: DictConfig) -> None:
+    """``backbone.precision`` is one of the known values (before any weights load)."""
+    from anomaly_vlm.backbones.precision import PRECISION_CHOICES
+
+    value = (cfg.get("backbone") or {}).get("precision")
+    if value is not None and str(value) not in PRECISION_CHOICES:
+        raise ConfigError(f"backbone.precision={value} is not one of {', '.join(PRECISION_CHOICES)}")
 
 
 def check_backbone_depths(cfg: DictConfig, backbone_name: str | None) -> None:

@@ -35,3 +35,14 @@ def test_a_concrete_precision_and_a_backbone_without_one_are_left_alone():
     assert cfg.backbone.precision == "fp32"
     cfg = OmegaConf.create({"backbone": {"model": "dinov2"}, "trainer": {}})
     assert resolve_job_precision(cfg, "anomalydino") == (None, "")
+
+
+def test_an_unknown_precision_is_a_config_error_before_weights_load():
+    import pytest
+
+    from anomaly_vlm.tasks.config_checks import check_backbone_precision
+    from anomaly_vlm.tasks.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="backbone.precision=half is not one of auto, fp32, amp-bf16"):
+        check_backbone_precision(job("half"))
+    check_backbone_precision(job("amp-bf16"))
