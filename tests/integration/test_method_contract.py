@@ -77,8 +77,38 @@ def _score(method, data, references, consumer, tmp_path) -> None:
     score_categories(_trainer(tmp_path, [scoring]), method, data, scoring, references)
 
 
+def _runs_on_dinov2(name: str) -> bool:
+    from anomaly_vlm.backbones import FrozenDINOv2
+
+    method_class = get_class(_compose(name).method._target_)
+    return method_class.backbone_problem(FrozenDINOv2.capabilities) is None
+
+
+@pytest.fixture(scope="module")
+def data_126(tmp_path_factory) -> AnomalyDataModule:
+    """The same data at 126 px, a multiple of DINOv2's 14 px patches."""
+    root = tmp_path_factory.mktemp("contract-dinov2")
+    sizes = {"num_train": 1, "num_test_good": 2, "num_test_per_defect": 1}
+    test = SyntheticAD(root, categories=["disc"], **sizes)
+    train = SyntheticAD(root, categories=["grass"], **sizes)
+    return AnomalyDataModule(test, 126, batch_size=3, train_source=train, train_batch_size=4)
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_method_contract(name, tiny_backbone, data, tmp_path):
+    _check_contract(name, tiny_backbone, data, 128, tmp_path)
+
+
+@pytest.mark.parametrize("name", [name for name in METHODS if _runs_on_dinov2(name)])
+def test_method_contract_on_the_dinov2_family(name, data_126, tmp_path):
+    """Every method whose declared needs the vision-only family meets keeps the contract on it too."""
+    from anomaly_vlm.backbones import FrozenDINOv2
+
+    backbone = FrozenDINOv2("anomaly-vlm-tiny-dinov2", None, image_size=126, seed=0)
+    _check_contract(name, backbone, data_126, 126, tmp_path)
+
+
+def _check_contract(name, tiny_backbone, data, size, tmp_path):
     cfg = _compose(name)
     prompts = build(cfg.prompts)
     shots = 1 if getattr(get_class(cfg.method._target_), "supports_few_shot", True) else 0
@@ -90,7 +120,7 @@ def test_method_contract(name, tiny_backbone, data, tmp_path):
     model = method.model
     assert isinstance(model, FrozenFeatureExtractor) and isinstance(model.cacheable, bool)
     json.dumps(model.feature_spec())
-    images = torch.rand(2, 3, 128, 128)
+    images = torch.rand(2, 3, size, size)
     both, second = method.frozen_features(images), method.frozen_features(images[1:])
     for key, value in both.items():
         assert value.shape[0] == 2, key
@@ -109,7 +139,7 @@ def test_method_contract(name, tiny_backbone, data, tmp_path):
     _score(method, data, references, tested, tmp_path)
     _score(method, data, references, predicted, tmp_path)
     final = tested.results[0].prediction
-    assert final.anomaly_map.shape == (len(final), 128, 128) and torch.isfinite(final.anomaly_map).all()
+    assert final.anomaly_map.shape == (len(final), size, size) and torch.isfinite(final.anomaly_map).all()
     assert [score for _, _, score in predicted.rows] == final.image_score.double().tolist()
 
     checkpoint: dict = {}

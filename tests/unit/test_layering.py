@@ -154,6 +154,20 @@ def test_only_the_backbone_touches_the_vision_tower():
     assert not found, "\n".join(found)
 
 
+def test_only_the_backbone_touches_the_dinov2_model():
+    """Methods read DINOv2 through ``patch_tokens`` (its declared capability), never its ``vit`` module."""
+    import re
+
+    found = [
+        f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "backbones" not in path.relative_to(PACKAGE).parts
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\.vit\b", line)
+    ]
+    assert not found, "\n".join(found)
+
+
 def test_no_method_imports_another_method():
     """Each ``methods/<name>/`` stands alone; what two methods share lives in ``methods/ops.py``."""
     wrong = []
