@@ -265,3 +265,15 @@ def test_every_declared_release_format_round_trips_on_the_tiny_backbone(name, tm
     for entry in method.official_weights.entries(method):
         value = loaded[entry.target] if entry.index is None else loaded[entry.target][entry.index]
         assert torch.equal(value, payload[entry.key].reshape(value.shape)), entry.key
+
+
+class _NotData:
+    """A pickled object: a release file holding one must be refused before anything in it runs."""
+
+
+def test_a_release_file_with_a_pickled_object_is_refused(tiny_backbone, tmp_path):
+    payload = _aprillab_file()
+    payload["trainable_linearlayer"]["extra"] = _NotData()
+    path = _save(tmp_path, payload)
+    with pytest.raises(ValueError, match=r"_NotData, which is not data: refused without running anything"):
+        _aprillab(tiny_backbone).load_trainable_checkpoint(path)
