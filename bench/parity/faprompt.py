@@ -25,7 +25,8 @@ of all images, as ``train.py``) and calls the official modules for everything el
 reads patches 0-9, not the top-10 it computes) is reproduced by our default ``prior_patches=first``.
 
 Printed: max |delta| of the static text features, map 1 (static prompts), map 2 (per-image prompts), the
-final blurred map, the image score, the training loss of one batch and the gradient of every learnable
+final blurred map, the image score (also after loading the official learner's saved file, as ``train.py``
+writes it, with ``ckpt_path``), the training loss of one batch and the gradient of every learnable
 parameter; exits 1 if any misses its target (1e-4 absolute; gradients 1e-4 relative to their largest entry,
 the deep prompt tokens 1e-3 because the official code rounds them through float16 on purpose, and so the
 gradient that reaches them).
@@ -302,6 +303,21 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
             "final map ((map1 + map2) / 2, blur sigma 10)", max_abs(prediction.anomaly_map, their_maps)
         )
         report.add("image score", max_abs(prediction.image_score, their_scores))
+
+        # ----- the official save format (train.py:170-173) loaded with ckpt_path ------------------------
+        release = tmp / "epoch_1.pth"
+        torch.save({"prompt_learner": learner.state_dict()}, release)
+        loaded = FAPromptModule(backbone, prompt_set, **{key: method[key] for key in keep})
+        loaded.load_trainable_checkpoint(str(release))
+        loaded.setup_category("object", None)
+        with torch.no_grad():
+            again = loaded.predict_images(images)
+        report.add(
+            "official checkpoint file via ckpt_path: final map", max_abs(again.anomaly_map, their_maps)
+        )
+        report.add(
+            "official checkpoint file via ckpt_path: image score", max_abs(again.image_score, their_scores)
+        )
 
         # ----- one training step (train.py) -------------------------------------------------------------
         learner.zero_grad()
