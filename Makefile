@@ -11,7 +11,7 @@ TEST_WORKERS ?= 2
 TEST_ALL_WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format docs bench bench-metrics bench-winclip bench-cache bench-export bench-precision parity-venv \
+.PHONY: help install demo test test-all lint format docs bench bench-metrics bench-winclip bench-cache bench-export bench-precision bench-official parity-venv \
 	parity-winclip parity-aprillab parity-anomalyclip parity-adaclip parity-musc parity-promptad parity-aaclip parity-anomalydino \
 	weights official-checkpoints tables cache-info cache-clean clean
 
@@ -151,6 +151,13 @@ bench-export: $(STAMP)  ## export: onnxruntime, OpenVINO (fp32/bf16/int8), PyTor
 # Every method on its published architecture (random weights, published input size) in fp32 and each low
 # backbone.precision in one run: time, maps and AUROC against fp32, trained-parameter drift. About 10-15 min
 # on an idle 2-core CPU with AMX; BENCH_PRECISION_ARGS=--quick checks the harness on the tiny CLIP.
+# Ours against the official code on the same random weights, inputs and precision (APRIL-GAN so far; the
+# release checkout in APRILGAN_DIR). BENCH_OFFICIAL_ARGS="--precision amp-bf16" for bf16, "--width 64" to check.
+APRILGAN_DIR ?=
+BENCH_OFFICIAL_ARGS ?=
+bench-official: $(STAMP)  ## ours vs official code: per-image time and peak memory (APRILGAN_DIR=..., BENCH_OFFICIAL_ARGS=...)
+	$(PERF) official --official-aprillab "$(APRILGAN_DIR)" $(JSON_ARG) $(BENCH_OFFICIAL_ARGS)
+
 BENCH_PRECISION_ARGS ?=
 bench-precision: $(STAMP)  ## every method in fp32 vs amp-bf16/bf16 (GPU: also fp16): time, maps, AUROC (BENCH_PRECISION_ARGS=...)
 	$(PERF) precision $(JSON_ARG) $(BENCH_PRECISION_ARGS)
