@@ -194,7 +194,8 @@ def run(args: argparse.Namespace, report: BenchReport) -> int:
     }
     print(
         f"APRIL-GAN zero-shot, ViT-L-14-336 width {args.width} @ 518, {args.precision}: "
-        f"ours {ours_s:.2f} s/img, official {theirs_s:.2f} s/img, ratio x{theirs_s / ours_s:.2f}; peak memory growth ours "
-        f"{peaks['ours']:.0f} MB, official {peaks['official']:.0f} MB; maps max|d| {delta:.1e}"
+        f"ours {ours_s:.2f} s/img, official {theirs_s:.2f} s/img, ratio x{theirs_s / ours_s:.2f}; "
+        f"peak memory growth ours {peaks['ours']:.0f} MB, official {peaks['official']:.0f} MB; "
+        f"maps max|d| {delta:.1e}"
     )
     return 0
