@@ -35,5 +35,9 @@ def test_known_facts():
     assert method_info("anomalyclip").published_taps == "last"
     assert method_info("winclip").patch_size == 16 and method_info("aprillab").patch_size == 14
     assert "aprillab_mvtec" in method_info("aprillab").experiments
+    bayespfl = method_info("bayespfl")
+    assert bayespfl.trains and bayespfl.zero_shot and not bayespfl.few_shot and not bayespfl.uses_prompts
+    assert bayespfl.exportable and not bayespfl.transductive and bayespfl.tap_option == "layers"
+    assert {"bayespfl_mvtec", "bayespfl_visa", "bayespfl_synthetic"} <= set(bayespfl.experiments)
     with pytest.raises(ValueError, match="method=nope is not one of"):
         method_info("nope")
