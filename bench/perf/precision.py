@@ -10,11 +10,12 @@ moved off their initialisation by the same seeded step in every mode. Two sets o
   training-defect synthesizer (``train_data.synthesize_anomalies``), masks known.
 
 Reported per mode: per-image time of ``predict_images`` (the whole set in one call, after one warm-up
-call on two images; text and reference setup outside the timed region) and its ratio to fp32; the
-maps' max |delta| and Spearman rho against fp32; image and pixel AUROC and their deltas against fp32
-(metrics in float64). For the methods that train, ``--train-steps`` optimiser steps of the method's own
-``training_step`` on synthesized-defect photos at the input size, from the same initialisation in every
-mode: the trained parameters' max |delta| and relative L2 drift against the fp32-trained ones.
+call on two images, or on the whole set for a transductive method; text and reference setup outside
+the timed region) and its ratio to fp32; the maps' max |delta| and Spearman rho against fp32; image and
+pixel AUROC and their deltas against fp32 (metrics in float64). For the methods that train,
+``--train-steps`` optimiser steps of the method's own ``training_step`` on synthesized-defect photos at
+the input size, from the same initialisation in every mode: the trained parameters' max |delta| and
+relative L2 drift against the fp32-trained ones.
 
 ``--quick`` runs the same on the tiny CLIP (``experiment=<method>_synthetic``, else ``backbone=tiny``)
 with two images per set and one training step: a check of the harness, not a measurement.
@@ -227,7 +228,8 @@ def run_mode(name, mode, info, shots, args, sets, reference, report_rows, lines)
         method.setup_category(CATEGORY, references)
         for set_name, (images, masks, labels) in data.items():
             images = images.to(args.device)
-            method.predict_images(images[:2])  # warm-up
+            # Warm-up; a transductive method scores whole sets only.
+            method.predict_images(images if method.transductive else images[:2])
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             started = time.perf_counter()
