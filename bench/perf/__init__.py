@@ -14,5 +14,6 @@ BENCHMARKS = {
     "precision": "every method in fp32 and each low precision: time, maps and AUROC against fp32",
     "musc-memory": "MuSc whole-category scoring: peak memory and time against the number of images",
     "promptad": "PromptAD per-category training and scoring time on the published architecture",
+    "serve": "inspection service under load: throughput, p50/p95/p99 vs clients, batching on/off, soak",
     "winclip": "WinCLIP forward time against anomalib's (side env of `make parity-venv`)",
 }
