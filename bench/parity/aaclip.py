@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 import warnings
@@ -106,6 +107,7 @@ def load_settings() -> tuple[dict, PromptSet, dict]:
     prompts.pop("_target_")
     method = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "method" / "aaclip.yaml"))["method"]
     method.pop("_target_")
+    method["augment_seed"] = 0  # ${seed} in the config; the augmentation does not run here
     settings = {
         "quick_gelu": bool(backbone.quick_gelu),
         "pos_embed_interpolation": str(backbone.pos_embed_interpolation),
@@ -145,6 +147,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=2, help="test images (one batch)")
     parser.add_argument("--batch", type=int, default=2, help="stage-1 batch (official 16); stage 2 uses 2")
     parser.add_argument(
+        "--size", type=int, default=SIZE, help="input size (518 published; small for a smoke run)"
+    )
+    parser.add_argument(
+        "--parts",
+        default="test,train",
+        help="what to compare: test (text, maps, scores, set step) and/or train (both stages, save format)",
+    )
+    parser.add_argument(
         "--corrected",
         action="store_true",
         help="ours with surgery_mix_batch=false, text_loss_levels=all (shows the bugs' effect; misses)",
@@ -171,11 +181,15 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         )
         torch.save(rounded.state_dict(), tmp / "rounded.pt")
         del rounded
-        backbone = FrozenCLIP(MODEL, str(tmp / "rounded.pt"), image_size=SIZE, seed=0, **settings)
+        backbone = FrozenCLIP(MODEL, str(tmp / "rounded.pt"), image_size=args.size, seed=0, **settings)
 
         def create():
             model = official["clip"].create_model(
-                model_name=MODEL, img_size=SIZE, device="cpu", pretrained="openai", require_pretrained=True
+                model_name=MODEL,
+                img_size=args.size,
+                device="cpu",
+                pretrained="openai",
+                require_pretrained=True,
             )
             return model.eval()
 
@@ -194,7 +208,7 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         ours = module.model
         parameters = copy_parameters(theirs, ours)
         report.note(
-            f"ViT-L-14-336 (random, fp16-rounded by the official loader), plain GELU, {SIZE} px, grid "
+            f"ViT-L-14-336 (random, fp16-rounded by the official loader), plain GELU, {args.size} px, grid "
             f"{backbone.grid_size}; stage-1 batch {args.batch}; ours "
             f"{'CORRECTED (expected to miss)' if args.corrected else 'with the official defaults'}"
         )
@@ -213,152 +227,179 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
             module.setup_category(category, None)
         report.add("text features [normal, abnormal]", max_abs(ours.text_classifier, their_text.T))
 
-        # ----- test (get_predictions of test.py) -------------------------------------------------------
-        images = smooth_images(args.images, SIZE, seed=1)
-        pixels = backbone.normalize(images)
-        with torch.no_grad():
-            their_patches, their_det = theirs(pixels)
-            their_scores = (their_det @ their_text)[:, 1]
-            their_scores = (their_scores + 1) / 2
-            their_levels = [
-                fu.calculate_similarity_map(f, their_text, SIZE, test=True, domain="Industrial")[:, 0]
-                for f in their_patches
-            ]
-            their_maps = torch.stack(their_levels, dim=1).sum(1)
-            features = ours.frozen_features(images)
-            our_patches, our_det = ours.encode_image(features["pixels"])
-            our_levels = ours.level_maps(our_patches, ours.text_classifier)
-            raw = ours.score(features)
-        for level, mine, official_map in zip(LEVELS, our_levels, their_levels, strict=True):
-            report.add(
-                f"test map, level {level} (blurred on the grid, upsampled)", max_abs(mine, official_map)
+        parts = {part.strip() for part in args.parts.split(",") if part.strip()}
+        if not parts <= {"test", "train"} or not parts:
+            print(f"error: --parts {args.parts}: choose test, train or both", file=sys.stderr)
+            raise SystemExit(2)
+        if "test" in parts:
+            compare_test(args, report, fu, theirs, their_text, module, backbone)
+        if "train" in parts:
+            compare_training(
+                args,
+                report,
+                tmp,
+                fu,
+                official_train,
+                theirs,
+                surgery,
+                module,
+                backbone,
+                prompt_set,
+                method,
+                parameters,
             )
-        report.add("test map (sum of levels)", max_abs(raw.anomaly_map, their_maps))
-        report.add("image score (det . t_abnormal + 1) / 2", max_abs(raw.image_score, their_scores))
-        # metrics_eval, restated: per-category min-max of maps and scores, 0.5 * max(map) + 0.5 * score.
-        maps, scores = their_maps.numpy(), their_scores.numpy()
-        if maps.max() != 1:
-            maps = (maps - maps.min()) / (maps.max() - maps.min())
-        if scores.max() != 1:
-            scores = (scores - scores.min()) / (scores.max() - scores.min())
-        final = module.postprocess_set(raw)
-        report.add("final map (min-max over the set)", max_abs(final.anomaly_map, maps))
-        report.add(
-            "final image score (0.5 max map + 0.5 score)",
-            max_abs(final.image_score, 0.5 * maps.max(axis=(1, 2)) + 0.5 * scores),
-        )
-
-        # ----- stage 1: train_text_adapter on one batch ---------------------------------------------------
-        log = logging.getLogger("aaclip-parity")
-        log.setLevel(logging.INFO)
-        log.propagate = False
-        losses = _LossLog()
-        log.addHandler(losses)
-        batch_images = smooth_images(args.batch, SIZE, seed=2)
-        masks = blob_masks(args.batch, SIZE, seed=3)
-        labels = (masks.flatten(1).amax(1) > 0).long()
-        categories = (["candle", "pcb1"] * args.batch)[: args.batch]
-        batch = {
-            "image": backbone.normalize(batch_images),
-            "mask": masks[:, None],
-            "label": labels,
-            "class_name": categories,
-        }
-        text_optimizer = torch.optim.SGD(theirs.text_adapter.parameters(), lr=0.0)
-        seen: dict[str, object] = {}
-        surgery_encode, plain_encode = surgery.encode_image, theirs.clipmodel.encode_image
-
-        def record(name, encode):
-            def wrapper(*args, **kwargs):
-                seen[name] = encode(*args, **kwargs)
-                return seen[name]
-
-            return wrapper
-
-        # Observers only: the official loop's own forward passes, their outputs kept for the comparison.
-        surgery.encode_image = record("surgery", surgery_encode)
-        theirs.clipmodel.encode_image = record("plain", plain_encode)
-        official_train.train_text_adapter(
-            adapted_model=theirs,
-            clip_surgery=surgery,
-            text_norm_weight=0.1,
-            train_loader=[batch],
-            optimizer=text_optimizer,
-            device="cpu",
-            start_epoch=0,
-            save_path=str(tmp),
-            text_epoch=1,
-            dataset_name="VisA",
-            img_size=SIZE,
-            logger=log,
-        )
-        del surgery.encode_image, theirs.clipmodel.encode_image
-        with torch.no_grad():
-            their_taps = seen["surgery"][1]
-            cls = seen["plain"][0]
-            cls = cls / cls.norm(dim=-1, keepdim=True)
-            their_targets = [surgery.visual.ln_post(t[:, 1:]) @ surgery.visual.proj for t in their_taps]
-            their_targets = [t / t.norm(dim=-1, keepdim=True) + cls[:, None] for t in their_targets]
-            our_targets = ours.surgery_targets(batch["image"])
-        for level, mine, target in zip(LEVELS, our_targets, their_targets, strict=True):
-            report.add(f"stage-1 target (V-V tower + CLS), level {level}", max_abs(mine, target))
-        del surgery
-        module.zero_grad()
-        text = module.texts_of(categories, frozen=False)
-        ours.surgery_targets = lambda pixels: our_targets  # computed above from the same pixels
-        our_loss = ours.text_stage_loss(batch["image"], masks, text)["loss"]
-        del ours.surgery_targets
-        our_loss.backward()
-        report.note(f"  (stage-1 loss: ours {float(our_loss):.6f}, official {losses.losses[-1]:.6f})")
-        report.add("stage-1 training loss", abs(float(our_loss) - losses.losses[-1]))
-        for name, mine, official_parameter in parameters:
-            if "text" in name:
-                report.add(
-                    f"stage-1 gradient {name}", max_rel(mine.grad, official_parameter.grad), TARGET_REL, "rel"
-                )
-
-        # ----- stage 2: train_image_adapter on one batch of two (--image_batch_size 2) ---------------------
-        with torch.no_grad():
-            their_embeddings = fu.get_adapted_text_embedding(theirs, "VisA", "cpu")
-        pair = {key: value[-2:] for key, value in batch.items()}
-        image_optimizer = torch.optim.SGD(theirs.image_adapter.parameters(), lr=0.0)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            image_optimizer, milestones=[16000, 32000], gamma=0.5
-        )
-        official_train.train_image_adapter(
-            model=theirs,
-            text_embeddings=their_embeddings,
-            train_loader=[pair],
-            optimizer=image_optimizer,
-            scheduler=scheduler,
-            device="cpu",
-            start_epoch=0,
-            save_path=str(tmp),
-            image_epoch=1,
-            img_size=SIZE,
-            logger=log,
-        )
-        module.zero_grad()
-        frozen = module.texts_of(pair["class_name"], frozen=True)
-        report.add(
-            "stage-2 text features (frozen)",
-            max_abs(frozen, torch.stack([their_embeddings[c].T for c in pair["class_name"]])),
-        )
-        our_loss = ours.image_stage_loss(pair["image"], masks[-2:], pair["label"], frozen)["loss"]
-        our_loss.backward()
-        report.note(f"  (stage-2 loss: ours {float(our_loss):.6f}, official {losses.losses[-1]:.6f})")
-        report.add("stage-2 training loss", abs(float(our_loss) - losses.losses[-1]))
-        for name, mine, official_parameter in parameters:
-            if "text" not in name:
-                report.add(
-                    f"stage-2 gradient {name}", max_rel(mine.grad, official_parameter.grad), TARGET_REL, "rel"
-                )
-        # ----- the files the official training saved, read back as ckpt_path --------------------------
-        fresh = AAClipModule(backbone, prompt_set, **method)
-        fresh.load_trainable_checkpoint(str(tmp / "image_adapter_1.pth"))
-        loaded, expected = fresh.trainable_state_dict(), module.trainable_state_dict()
-        worst = max(max_abs(loaded[name], expected[name]) for name in expected)
-        report.add(
-            "ckpt_path=image_adapter_1.pth (+ text_adapter.pth) saved by the official training", worst, EXACT
-        )
     report.note(f"  ({time.perf_counter() - started:.0f} s)")
+
+
+def compare_test(args, report, fu, theirs, their_text, module, backbone) -> None:
+    """get_predictions of test.py and the set step of metrics_eval (restated)."""
+    ours = module.model
+    images = smooth_images(args.images, args.size, seed=1)
+    pixels = backbone.normalize(images)
+    with torch.no_grad():
+        their_patches, their_det = theirs(pixels)
+        their_scores = (their_det @ their_text)[:, 1]
+        their_scores = (their_scores + 1) / 2
+        their_levels = [
+            fu.calculate_similarity_map(f, their_text, args.size, test=True, domain="Industrial")[:, 0]
+            for f in their_patches
+        ]
+        their_maps = torch.stack(their_levels, dim=1).sum(1)
+        features = ours.frozen_features(images)
+        our_patches, our_det = ours.encode_image(features["pixels"])
+        our_levels = ours.level_maps(our_patches, ours.text_classifier)
+        raw = ours.score(features)
+    for level, mine, official_map in zip(LEVELS, our_levels, their_levels, strict=True):
+        report.add(f"test map, level {level} (blurred on the grid, upsampled)", max_abs(mine, official_map))
+    report.add("test map (sum of levels)", max_abs(raw.anomaly_map, their_maps))
+    report.add("image score (det . t_abnormal + 1) / 2", max_abs(raw.image_score, their_scores))
+    # metrics_eval, restated: per-category min-max of maps and scores, 0.5 * max(map) + 0.5 * score.
+    maps, scores = their_maps.numpy(), their_scores.numpy()
+    if maps.max() != 1:
+        maps = (maps - maps.min()) / (maps.max() - maps.min())
+    if scores.max() != 1:
+        scores = (scores - scores.min()) / (scores.max() - scores.min())
+    final = module.postprocess_set(raw)
+    report.add("final map (min-max over the set)", max_abs(final.anomaly_map, maps))
+    report.add(
+        "final image score (0.5 max map + 0.5 score)",
+        max_abs(final.image_score, 0.5 * maps.max(axis=(1, 2)) + 0.5 * scores),
+    )
+
+
+def compare_training(
+    args, report, tmp, fu, official_train, theirs, surgery, module, backbone, prompt_set, method, parameters
+) -> None:
+    """One batch of each stage through the official training functions; the files they save, read back."""
+    ours = module.model
+    # ----- stage 1: train_text_adapter on one batch ---------------------------------------------------
+    log = logging.getLogger("aaclip-parity")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    losses = _LossLog()
+    log.addHandler(losses)
+    batch_images = smooth_images(args.batch, args.size, seed=2)
+    masks = blob_masks(args.batch, args.size, seed=3)
+    labels = (masks.flatten(1).amax(1) > 0).long()
+    categories = (["candle", "pcb1"] * args.batch)[: args.batch]
+    batch = {
+        "image": backbone.normalize(batch_images),
+        "mask": masks[:, None],
+        "label": labels,
+        "class_name": categories,
+    }
+    text_optimizer = torch.optim.SGD(theirs.text_adapter.parameters(), lr=0.0)
+    seen: dict[str, object] = {}
+    surgery_encode, plain_encode = surgery.encode_image, theirs.clipmodel.encode_image
+
+    def record(name, encode):
+        def wrapper(*args, **kwargs):
+            seen[name] = encode(*args, **kwargs)
+            return seen[name]
+
+        return wrapper
+
+    # Observers only: the official loop's own forward passes, their outputs kept for the comparison.
+    surgery.encode_image = record("surgery", surgery_encode)
+    theirs.clipmodel.encode_image = record("plain", plain_encode)
+    official_train.train_text_adapter(
+        adapted_model=theirs,
+        clip_surgery=surgery,
+        text_norm_weight=0.1,
+        train_loader=[batch],
+        optimizer=text_optimizer,
+        device="cpu",
+        start_epoch=0,
+        save_path=str(tmp),
+        text_epoch=1,
+        dataset_name="VisA",
+        img_size=args.size,
+        logger=log,
+    )
+    del surgery.encode_image, theirs.clipmodel.encode_image
+    with torch.no_grad():
+        their_taps = seen["surgery"][1]
+        cls = seen["plain"][0]
+        cls = cls / cls.norm(dim=-1, keepdim=True)
+        their_targets = [surgery.visual.ln_post(t[:, 1:]) @ surgery.visual.proj for t in their_taps]
+        their_targets = [t / t.norm(dim=-1, keepdim=True) + cls[:, None] for t in their_targets]
+        our_targets = ours.surgery_targets(batch["image"])
+    for level, mine, target in zip(LEVELS, our_targets, their_targets, strict=True):
+        report.add(f"stage-1 target (V-V tower + CLS), level {level}", max_abs(mine, target))
+    del surgery
+    module.zero_grad()
+    text = module.texts_of(categories, frozen=False)
+    ours.surgery_targets = lambda pixels: our_targets  # computed above from the same pixels
+    our_loss = ours.text_stage_loss(batch["image"], masks, text)["loss"]
+    del ours.surgery_targets
+    our_loss.backward()
+    report.note(f"  (stage-1 loss: ours {float(our_loss):.6f}, official {losses.losses[-1]:.6f})")
+    report.add("stage-1 training loss", abs(float(our_loss) - losses.losses[-1]))
+    for name, mine, official_parameter in parameters:
+        if "text" in name:
+            report.add(
+                f"stage-1 gradient {name}", max_rel(mine.grad, official_parameter.grad), TARGET_REL, "rel"
+            )
+
+    # ----- stage 2: train_image_adapter on one batch of two (--image_batch_size 2) ---------------------
+    with torch.no_grad():
+        their_embeddings = fu.get_adapted_text_embedding(theirs, "VisA", "cpu")
+    pair = {key: value[-2:] for key, value in batch.items()}
+    image_optimizer = torch.optim.SGD(theirs.image_adapter.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(image_optimizer, milestones=[16000, 32000], gamma=0.5)
+    official_train.train_image_adapter(
+        model=theirs,
+        text_embeddings=their_embeddings,
+        train_loader=[pair],
+        optimizer=image_optimizer,
+        scheduler=scheduler,
+        device="cpu",
+        start_epoch=0,
+        save_path=str(tmp),
+        image_epoch=1,
+        img_size=args.size,
+        logger=log,
+    )
+    module.zero_grad()
+    frozen = module.texts_of(pair["class_name"], frozen=True)
+    report.add(
+        "stage-2 text features (frozen)",
+        max_abs(frozen, torch.stack([their_embeddings[c].T for c in pair["class_name"]])),
+    )
+    our_loss = ours.image_stage_loss(pair["image"], masks[-2:], pair["label"], frozen)["loss"]
+    our_loss.backward()
+    report.note(f"  (stage-2 loss: ours {float(our_loss):.6f}, official {losses.losses[-1]:.6f})")
+    report.add("stage-2 training loss", abs(float(our_loss) - losses.losses[-1]))
+    for name, mine, official_parameter in parameters:
+        if "text" not in name:
+            report.add(
+                f"stage-2 gradient {name}", max_rel(mine.grad, official_parameter.grad), TARGET_REL, "rel"
+            )
+    # ----- the files the official training saved, read back as ckpt_path --------------------------
+    fresh = AAClipModule(backbone, prompt_set, **method)
+    fresh.load_trainable_checkpoint(str(tmp / "image_adapter_1.pth"))
+    loaded, expected = fresh.trainable_state_dict(), module.trainable_state_dict()
+    worst = max(max_abs(loaded[name], expected[name]) for name in expected)
+    report.add(
+        "ckpt_path=image_adapter_1.pth (+ text_adapter.pth) saved by the official training", worst, EXACT
+    )
