@@ -15,5 +15,7 @@ METHODS = {
     "musc": "xrli-U/MuSc (MUSC_DIR)",
     "promptad": "FuNz-0/PromptAD (PROMPTAD_DIR)",
     "aaclip": "Mwxinnn/AA-CLIP (AACLIP_DIR)",
+    "faprompt": "mala-lab/FAPrompt (FAPROMPT_DIR)",
+    "bayespfl": "xiaozhen228/Bayes-PFL (BAYESPFL_DIR)",
     "anomalydino": "dammsi/AnomalyDINO (ANOMALYDINO_DIR), DINOv2 from facebookresearch/dinov2 (DINOV2_DIR)",
 }
