@@ -126,3 +126,33 @@ def test_loss_reaches_every_stage_one_parameter(backbone: FrozenCLIP) -> None:
     # Stage 2's image branch only: it is trained by the official stage 2, which is not reproduced.
     assert all(name.startswith(("fuse.", "image_mapping.")) for name in missing), missing
     assert all(torch.isfinite(value) for value in losses.values())
+
+
+def test_onnx_graph_scores_any_batch_as_torch(backbone: FrozenCLIP, tmp_path) -> None:
+    """Fixed samples: one static graph, traced at batch 2, scores a batch of 3 as the torch model does."""
+    import warnings
+
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    images = torch.rand(4, 3, 128, 128)
+    model = _model(backbone, resample_per_image=False)
+    model.set_category("disc")
+    model.freeze_set_statistics(model.set_statistics(model.score(model.frozen_features(images))))
+    graph = export_module(model)
+    path = tmp_path / "bayespfl.onnx"
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph, (backbone.normalize(images[:2]),), str(path), dynamo=False, opset_version=17,
+                input_names=["images"], output_names=["score", "map"],
+                dynamic_axes={"images": {0: "b"}, "score": {0: "b"}, "map": {0: "b"}},
+            )  # fmt: skip
+            score, heatmap = graph(backbone.normalize(images[:3]))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    session = ort.InferenceSession(str(path))
+    their_score, their_map = session.run(None, {"images": backbone.normalize(images[:3]).numpy()})
+    assert abs(their_score - score.numpy()).max() < 1e-4 and abs(their_map - heatmap.numpy()).max() < 1e-4
