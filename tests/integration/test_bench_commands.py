@@ -88,6 +88,8 @@ def test_make_targets_call_the_bench_commands():
         "bench-winclip": "-m bench.perf winclip",
         "bench-cache BENCH_CACHE_ARGS=--part=winclip": "-m bench.perf cache --part=winclip",
         "bench-export": "-m bench.perf export",
+        "bench-precision BENCH_PRECISION_ARGS=--quick": "-m bench.perf precision --quick",
+        "bench-official APRILGAN_DIR=x": '-m bench.perf official --official-aprillab "x"',
     }
     for target, expected in targets.items():
         # -n prints the commands; -o keeps make from (re)building the environments it would depend on.
