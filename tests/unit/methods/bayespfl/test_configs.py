@@ -1,0 +1,59 @@
+"""Bayes-PFL's config files: the published defaults, the cross-dataset experiments and the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from anomaly_vlm.config import register
+from anomaly_vlm.tasks.config_checks import check_backbone_depths
+
+CONF = Path(__file__).resolve().parents[4] / "conf"
+
+
+def _compose(*overrides: str):
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_method_file_holds_the_official_defaults() -> None:
+    cfg = _compose("method=bayespfl")
+    assert (
+        cfg.backbone.model == "ViT-L-14-336"
+        and cfg.backbone.image_size == 518
+        and not cfg.backbone.quick_gelu
+    )
+    assert cfg.backbone.pos_embed_interpolation == "bicubic" and cfg.backbone.pos_embed_antialias
+    method = cfg.method
+    assert (method.prompt_num, method.context_length, method.state_length, method.num_flows) == (3, 5, 5, 10)
+    assert (method.sample_num, method.sample_seed, method.blur_sigma) == (10, 333, 8.0)
+    assert (method.lr_prompt, method.lr_temperature, method.lr_flow, method.lr_linear) == (
+        1e-3,
+        0.01,
+        1e-3,
+        1e-4,
+    )
+    assert (cfg.trainer.max_epochs, cfg.datamodule.train_batch_size, cfg.seed) == (30, 32, 333)
+    assert _compose("method=bayespfl", "seed=7").method.sample_seed == 7  # the run seed seeds the samples
+
+
+@pytest.mark.parametrize(
+    ("experiment", "data", "train_data", "mosaic"),
+    [("bayespfl_mvtec", "mvtec", "visa", 0.0), ("bayespfl_visa", "visa", "mvtec", 0.4)],
+)
+def test_cross_dataset_experiments(experiment: str, data: str, train_data: str, mosaic: float) -> None:
+    cfg = _compose(f"experiment={experiment}")
+    assert cfg.method._target_.endswith("BayesPFLModule")
+    assert cfg.data._target_ == _compose(f"data={data}").data._target_
+    assert cfg.train_data._target_ == _compose(f"train_data={train_data}").train_data._target_
+    assert cfg.datamodule.train_mosaic_probability == mosaic
+
+
+def test_demo_with_bayespfl_gets_a_short_synthetic_training() -> None:
+    cfg = _compose("experiment=demo", "method=bayespfl")
+    assert cfg.backbone.model == "anomaly-vlm-tiny" and cfg.trainer.max_epochs == 3
+    assert cfg.train_data._target_.endswith("SyntheticAD") and cfg.method.sample_num == 3
+    check_backbone_depths(cfg, "tiny")
