@@ -215,9 +215,12 @@ def test_reproduce_without_data_fails_fast(tmp_path: Path) -> None:
         "adaclip-visa",
         "aaclip-mvtec",
         "aaclip-visa",
+        "faprompt-mvtec",
+        "faprompt-visa",
         "anomalyclip-zeroshot-suite",
         "aaclip-zeroshot-suite",
         "aprillab-zeroshot-suite",
+        "faprompt-zeroshot-suite",
     ],
 )
 def test_every_reproduce_target_fails_fast_without_data(name: str, tmp_path: Path) -> None:
