@@ -24,6 +24,7 @@ TINY = {
     "anomalyclip": (0, ("method.layers=[8]", "prompts.deep_prompt_depth=4")),
     "adaclip": (0, ("method.blur_sigma=1.0",)),
     "faprompt": (0, ("prompts.deep_prompt_depth=4",)),
+    "bayespfl": (0, ("method.sample_num=2", "method.blur_sigma=2.0")),
     # prompt learners are created per category: the detector must rebuild them before loading
     "promptad": (1, ("method.epochs=2", "method.progress=false")),
 }
@@ -56,6 +57,7 @@ def saved_run(tmp_path_factory):
         pytest.param("anomalyclip", marks=pytest.mark.slow),
         pytest.param("adaclip", marks=pytest.mark.slow),
         pytest.param("faprompt", marks=pytest.mark.slow),
+        pytest.param("bayespfl", marks=pytest.mark.slow),
         pytest.param("promptad", marks=pytest.mark.slow),
     ],
 )
