@@ -11,7 +11,7 @@ TEST_WORKERS ?= 2
 TEST_ALL_WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format docs bench bench-metrics bench-winclip bench-cache bench-export bench-precision bench-official parity-venv \
+.PHONY: help install demo test test-all lint format docs bench bench-metrics bench-winclip bench-cache bench-export bench-precision bench-official bench-serve parity-venv \
 	parity-winclip parity-aprillab parity-anomalyclip parity-adaclip parity-musc parity-promptad parity-aaclip parity-anomalydino \
 	parity-faprompt weights official-checkpoints tables cache-info cache-clean clean
 
@@ -174,6 +174,12 @@ bench-precision: $(STAMP)  ## every method in fp32 vs amp-bf16/bf16 (GPU: also f
 BENCH_KNN_ARGS ?=
 bench-knn: $(STAMP)  ## AnomalyDINO kNN: faiss-cpu vs torch per-image time at MVTec scale (BENCH_KNN_ARGS=...)
 	$(PERF) knn $(JSON_ARG) $(BENCH_KNN_ARGS)
+
+# The inspection service under load (tiny CLIP and ViT-B-16-plus-240, random weights): 1/4/16/64 clients with
+# batching on and off, then a 5-minute soak; about 25 minutes on an idle machine. BENCH_SERVE_ARGS=--quick: 1 min.
+BENCH_SERVE_ARGS ?=
+bench-serve: $(STAMP)  ## inspection service: req/s, p50/p95/p99 vs clients, batching on/off, soak (BENCH_SERVE_ARGS=...)
+	$(PERF) serve $(JSON_ARG) $(BENCH_SERVE_ARGS)
 
 weights: $(STAMP)  ## download the weights of every backbone config (needs network)
 	$(PY) -m anomaly_vlm.backbones.download
