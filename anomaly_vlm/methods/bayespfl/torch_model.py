@@ -295,8 +295,9 @@ class BayesPFL(nn.Module):
         self.sample_seed = int(sample_seed)
         self.resample_per_image = bool(resample_per_image)
         self.test_stage = None if test_stage is None else int(test_stage)
-        #: The stage that scores test images (see ``test_stage``).
-        self.stage = self.test_stage or 1
+        #: Whether test images are scored with the stage-2 branch (see ``test_stage``); a bool, so that a
+        #: saved detector keeps it.
+        self.stage_two = self.test_stage == 2
         self.topk_option = None if topk is None else int(topk)
         self.image_score_alpha = float(image_score_alpha)
         self.blur_sigma = float(blur_sigma)
@@ -336,6 +337,17 @@ class BayesPFL(nn.Module):
         #: Fixed image-specific noise ``[R, D]`` (``resample_per_image=False``).
         self.context_noise: Tensor | None = None
         self._generator: torch.Generator | None = None
+
+    @property
+    def stage(self) -> int:
+        """The stage that scores test images (1 or 2)."""
+        return 2 if self.stage_two else 1
+
+    @stage.setter
+    def stage(self, value: int) -> None:
+        if value not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {value}")
+        self.stage_two = value == 2
 
     # ----- frozen features ------------------------------------------------------------------------
     def feature_spec(self) -> dict[str, Any]:

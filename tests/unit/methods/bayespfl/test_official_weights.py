@@ -95,3 +95,16 @@ def test_a_train_py_file_is_scored_with_the_stage_in_its_name(backbone, tmp_path
         module.load_trainable_checkpoint(str(tmp_path / name))
         module.setup_category("disc", None)
         assert module.model.stage == stage, name
+
+
+def test_saved_category_state_keeps_the_stage(backbone, tmp_path) -> None:
+    from anomaly_vlm.deploy.state import category_state, load_category_state
+
+    path = tmp_path / "train_visa.pth"
+    torch.save(official_file(_module(backbone)), path)
+    module = _module(backbone)
+    module.load_trainable_checkpoint(str(path))
+    module.setup_category("disc", None)
+    fresh = _module(backbone)
+    load_category_state(fresh, category_state(module))
+    assert fresh.model.stage == 2
