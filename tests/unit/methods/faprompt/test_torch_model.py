@@ -133,3 +133,11 @@ def test_binary_focal_loss_applies_bce_with_logits_to_a_probability_as_the_offic
     torch.testing.assert_close(
         binary_focal_loss(score, label, on_logits=False), ((1 - torch.exp(-plain)) ** 2 * plain).mean()
     )
+
+
+def test_text_pass_cut_at_the_end_token_equals_the_full_context(backbone: FrozenCLIP) -> None:
+    cut, full = _model(backbone), _model(backbone, text_truncate=False)
+    full.prompt_learner.load_state_dict(cut.prompt_learner.state_dict())
+    bias = torch.randn(2, backbone.text_width, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(cut.prompt_learner(bias), full.prompt_learner(bias), atol=1e-5, rtol=1e-5)
