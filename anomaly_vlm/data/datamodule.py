@@ -15,7 +15,7 @@ from anomaly_vlm.data.defect_synthesis import AnomalySynthesizer, EpochSampler, 
 from anomaly_vlm.data.distributed import ContiguousShardSampler, rank_and_world
 from anomaly_vlm.data.image_io import DataError, load_image
 from anomaly_vlm.data.mosaic import MosaicDataset
-from anomaly_vlm.data.sampling import ShuffledOrder, draw_references
+from anomaly_vlm.data.sampling import ShuffledOrder, check_reference_draw, draw_references
 
 
 class AnomalyDataModule(L.LightningDataModule):
@@ -44,6 +44,10 @@ class AnomalyDataModule(L.LightningDataModule):
             (rotation, brightness_contrast, blur, jpeg, noise); None tests the clean images.
         test_corruption_strength: its strength, 1 to 3.
         test_corruption_seed: seeds each image's draws (the same for every method).
+        reference_draw: how few-shot references are chosen
+            (:func:`~anomaly_vlm.data.sampling.draw_references`): ``random`` (a seeded draw, the
+            project's protocol) or ``sorted_slices`` (AnomalyDINO's official disjoint slices of the
+            name-sorted normal images).
 
     The training data of an epoch (order, mosaics, synthesized defects) is a function of the seeds and
     the epoch alone, not of the global random generators, the loader's workers or earlier epochs; the
@@ -65,8 +69,11 @@ class AnomalyDataModule(L.LightningDataModule):
         test_corruption: str | None = None,
         test_corruption_strength: int = 1,
         test_corruption_seed: int = 0,
+        reference_draw: str = "random",
     ) -> None:
         super().__init__()
+        check_reference_draw(reference_draw)
+        self.reference_draw = reference_draw
         self.test_corruption = corruption_from(
             test_corruption, test_corruption_strength, test_corruption_seed
         )
@@ -118,7 +125,9 @@ class AnomalyDataModule(L.LightningDataModule):
         """The few-shot normal references of a category (empty for zero-shot)."""
         if shots == 0:
             return []
-        return draw_references(self.source.samples(category, "train"), shots, seed, category)
+        return draw_references(
+            self.source.samples(category, "train"), shots, seed, category, rule=self.reference_draw
+        )
 
     def load_images(self, samples: list[Sample]) -> Tensor:
         """``[k, 3, S, S]`` images of the given samples (for few-shot memory banks)."""

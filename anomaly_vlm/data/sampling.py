@@ -23,13 +23,32 @@ class ShotsError(ValueError):
     """``shots`` cannot be satisfied by the data."""
 
 
-def draw_references(train_samples: list[Sample], shots: int, seed: int, category: str) -> list[Sample]:
+#: How the references are chosen (``datamodule.reference_draw``).
+REFERENCE_DRAWS = ("random", "sorted_slices")
+
+
+def check_reference_draw(rule: str) -> None:
+    """Refuse a ``datamodule.reference_draw`` that is not one of :data:`REFERENCE_DRAWS`."""
+    if rule not in REFERENCE_DRAWS:
+        choices = ", ".join(REFERENCE_DRAWS)
+        raise ShotsError(f"datamodule.reference_draw={rule} is not a draw; choose one of {choices}")
+
+
+def draw_references(
+    train_samples: list[Sample], shots: int, seed: int, category: str, rule: str = "random"
+) -> list[Sample]:
     """Draw ``shots`` normal images of one category.
 
-    The draw depends only on (seed, category, the sorted file list), so it is reproducible across
-    machines and independent of which other categories run in the job. The official APRIL-GAN code
-    samples with replacement; we never repeat an image.
+    ``random`` (the project's protocol): a seeded draw without replacement that depends only on
+    (seed, category, the sorted file list), so it is reproducible across machines and independent of
+    which other categories run in the job. The official APRIL-GAN code samples with replacement; we
+    never repeat an image.
+
+    ``sorted_slices`` (AnomalyDINO's official protocol): the file-name-sorted normal images
+    ``[seed * shots, (seed + 1) * shots)``, so the draws of seeds 0, 1, 2 are disjoint and involve
+    no random generator.
     """
+    check_reference_draw(rule)
     if shots < 0:
         raise ShotsError(f"shots={shots} is negative; use 0 for zero-shot or a positive number of references")
     normal = [sample for sample in train_samples if sample.label == 0]
@@ -40,6 +59,16 @@ def draw_references(train_samples: list[Sample], shots: int, seed: int, category
         )
     if shots == 0:
         return []
+    if rule == "sorted_slices":
+        by_name = sorted(normal, key=lambda sample: Path(sample.path).name)
+        start = int(seed) * shots
+        if start + shots > len(by_name):
+            raise ShotsError(
+                f"datamodule.reference_draw=sorted_slices with shots={shots} and reference_seed={seed} needs "
+                f"images {start}..{start + shots - 1} of category '{category}', which has only "
+                f"{counted(len(normal), 'normal training image')}"
+            )
+        return by_name[start : start + shots]
     rng = np.random.default_rng([int(seed), zlib.crc32(category.encode())])
     chosen = rng.choice(len(normal), size=shots, replace=False)
     return [normal[int(index)] for index in chosen]

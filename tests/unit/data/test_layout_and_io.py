@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -109,6 +111,21 @@ def test_reference_draws_are_seeded_and_without_replacement(synthetic_source):
         draw_references(train, len(train) + 1, seed=0, category="grass")
     with pytest.raises(ShotsError, match="negative"):
         draw_references(train, -1, seed=0, category="grass")
+
+
+def test_sorted_slice_draws_are_anomalydinos_disjoint_name_sorted_slices(synthetic_source):
+    train = synthetic_source.samples("grass", "train")
+    by_name = sorted(Path(s.path).name for s in train if s.label == 0)
+    draws = [
+        draw_references(train, 2, seed=seed, category="grass", rule="sorted_slices") for seed in range(3)
+    ]
+    assert [[Path(s.path).name for s in draw] for draw in draws] == [by_name[0:2], by_name[2:4], by_name[4:6]]
+    with pytest.raises(ShotsError, match="reference_seed=99 needs images 198..199"):
+        draw_references(train, 2, seed=99, category="grass", rule="sorted_slices")
+    with pytest.raises(ShotsError, match="reference_draw=sideways is not a draw"):
+        draw_references(train, 2, seed=0, category="grass", rule="sideways")
+    with pytest.raises(ShotsError, match="reference_draw=sideways"):
+        AnomalyDataModule(synthetic_source, image_size=64, reference_draw="sideways")
 
 
 def test_datamodule_serves_typed_batches_per_category(synthetic_source):
