@@ -156,8 +156,9 @@ bench-export: $(STAMP)  ## export: onnxruntime, OpenVINO (fp32/bf16/int8), PyTor
 	$(PERF) export $(JSON_ARG) $(BENCH_EXPORT_ARGS)
 
 # Every method on its published architecture (random weights, published input size) in fp32 and each low
-# backbone.precision in one run: time, maps and AUROC against fp32, trained-parameter drift. About 10-15 min
-# on an idle 2-core CPU with AMX; BENCH_PRECISION_ARGS=--quick checks the harness on the tiny CLIP.
+# backbone.precision in one run: time, maps and AUROC against fp32, trained-parameter drift. Estimated
+# 20-30 min on an idle 2-core CPU with AMX (not measured yet; --images 4 shortens it);
+# BENCH_PRECISION_ARGS=--quick checks the harness on the tiny CLIP.
 # Ours against the official code on the same random weights, inputs and precision (APRIL-GAN so far; the
 # release checkout in APRILGAN_DIR). BENCH_OFFICIAL_ARGS="--precision amp-bf16" for bf16, "--width 64" to check.
 APRILGAN_DIR ?=
