@@ -13,7 +13,7 @@ TEST_ALL_WORKERS ?= 1
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-all lint format docs bench bench-metrics bench-winclip bench-cache bench-export bench-precision bench-official bench-serve parity-venv \
 	parity-winclip parity-aprillab parity-anomalyclip parity-adaclip parity-musc parity-promptad parity-aaclip parity-anomalydino \
-	parity-faprompt weights official-checkpoints tables cache-info cache-clean clean
+	parity-faprompt parity-bayespfl weights official-checkpoints tables cache-info cache-clean clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_%-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -124,6 +124,13 @@ FAPROMPT_DIR ?=
 parity-faprompt: $(STAMP)  ## FAPrompt vs its official code: make parity-faprompt FAPROMPT_DIR=<checkout>
 	$(PARITY) faprompt --official "$(FAPROMPT_DIR)" $(JSON_ARG) $(PARITY_ARGS)
 
+# The official Bayes-PFL code, imported from a checkout given at run time (never vendored): the same random
+# ViT-L-14-336-shaped weights at 518 px on both sides, read by the official Load_CLIP, the official sampling
+# noise injected. About 11 minutes on the shared CPU; PARITY_ARGS="--width 1024 --text-width 768" is full size.
+BAYESPFL_DIR ?=
+parity-bayespfl: $(STAMP)  ## Bayes-PFL vs its official code: make parity-bayespfl BAYESPFL_DIR=<checkout>
+	$(PARITY) bayespfl --official "$(BAYESPFL_DIR)" $(JSON_ARG) $(PARITY_ARGS)
+
 bench-winclip: $(STAMP) $(PARITY_STAMP)  ## WinCLIP forward time vs anomalib's (same weights and inputs), 0- and 4-shot
 	PARITY_PYTHON=$(abspath $(PARITY_PY)) $(PERF) winclip $(JSON_ARG)
 
@@ -206,13 +213,14 @@ tables: $(STAMP)  ## tables + plots: make tables RESULTS="<sweep folder>..." OUT
 # A preflight checks datasets and weights first, so a missing DATA_ROOT or weight stops in seconds.
 REPRODUCIBLE := winclip-mvtec winclip-visa aprillab-mvtec aprillab-visa anomalyclip-mvtec anomalyclip-visa \
 	adaclip-mvtec adaclip-visa musc-mvtec musc-visa promptad-mvtec promptad-visa aaclip-mvtec aaclip-visa \
-	faprompt-mvtec faprompt-visa
+	faprompt-mvtec faprompt-visa bayespfl-mvtec bayespfl-visa
 FEWSHOT_winclip := 1,2,4
 FEWSHOT_aprillab := 1,2,4
 FEWSHOT_anomalyclip :=
 FEWSHOT_adaclip :=
 FEWSHOT_aaclip :=
 FEWSHOT_faprompt :=
+FEWSHOT_bayespfl :=
 FEWSHOT_musc :=
 FEWSHOT_promptad := 1,2,4
 # AnomalyDINO: the paper's shots over SEEDS reference draws (its batched zero-shot mode is another setting:
@@ -229,7 +237,7 @@ CKPT ?=
 RELEASE_PATH = $(PY) -m anomaly_vlm.tasks.official_checkpoints --path $(word 1,$(subst -, ,$*)) $(word 2,$(subst -, ,$*))
 CKPT_ARG = $(if $(filter official,$(CKPT)),ckpt_path=$$($(RELEASE_PATH)),$(if $(CKPT),ckpt_path=$(CKPT)))
 
-reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,adaclip,musc,promptad,aaclip,anomalydino,faprompt}-{mvtec,visa} (CKPT=official: the authors' weights)
+reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprillab,anomalyclip,adaclip,musc,promptad,aaclip,anomalydino,faprompt,bayespfl}-{mvtec,visa} (CKPT=official: the authors' weights)
 	@case " $(REPRODUCIBLE) " in *" $* "*) ;; *) echo "unknown table '$*'; choose one of: $(REPRODUCIBLE)"; exit 2;; esac
 	$(if $(filter official,$(CKPT)),$(RELEASE_PATH) > /dev/null)
 	$(PY) -m anomaly_vlm.tasks.preflight experiment=$(subst -,_,$*) $(CKPT_ARG) $(REPRODUCE_ARGS)
@@ -244,9 +252,9 @@ reproduce-%: $(STAMP)  ## reproduce a published table: reproduce-{winclip,aprill
 # trained once on the MVTec AD test split and tested on each dataset of experiment <method>_zeroshot_suite (one
 # job per dataset, one shared training run), plus MVTec AD itself trained on VisA (experiment <method>_mvtec).
 # Both preflights check every dataset of the suite before any job starts.
-SUITES := anomalyclip aprillab aaclip faprompt
+SUITES := anomalyclip aprillab aaclip faprompt bayespfl
 
-reproduce-%-zeroshot-suite: $(STAMP)  ## zero-shot table on every benchmark: reproduce-{anomalyclip,aprillab,aaclip,faprompt}-zeroshot-suite
+reproduce-%-zeroshot-suite: $(STAMP)  ## zero-shot table on every benchmark: reproduce-{anomalyclip,aprillab,aaclip,faprompt,bayespfl}-zeroshot-suite
 	@case " $(SUITES) " in *" $* "*) ;; *) echo "unknown suite '$*'; choose one of: $(SUITES)"; exit 2;; esac
 	$(PY) -m anomaly_vlm.tasks.preflight experiment=$*_zeroshot_suite $(REPRODUCE_ARGS)
 	$(PY) -m anomaly_vlm.tasks.preflight experiment=$*_mvtec $(REPRODUCE_ARGS)

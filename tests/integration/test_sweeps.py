@@ -217,10 +217,13 @@ def test_reproduce_without_data_fails_fast(tmp_path: Path) -> None:
         "aaclip-visa",
         "faprompt-mvtec",
         "faprompt-visa",
+        "bayespfl-mvtec",
+        "bayespfl-visa",
         "anomalyclip-zeroshot-suite",
         "aaclip-zeroshot-suite",
         "aprillab-zeroshot-suite",
         "faprompt-zeroshot-suite",
+        "bayespfl-zeroshot-suite",
     ],
 )
 def test_every_reproduce_target_fails_fast_without_data(name: str, tmp_path: Path) -> None:
