@@ -146,6 +146,11 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: json.dumps(config, sort_keys=True, default=str)}
 
 
+#: Config keys added to the configs later, with the value every run recorded before them ran with: that
+#: value counts as absent, so a run from before the key and one after it are one configuration.
+ADDED_KEYS: dict[str, str] = {"backbone.precision": json.dumps("fp32")}
+
+
 def config_fields(run: dict) -> dict[str, str]:
     """The config values of a run that can make it a different configuration (flattened, as JSON text)."""
     config = run.get("config") or {}
@@ -154,5 +159,5 @@ def config_fields(run: dict) -> dict[str, str]:
         key: value
         for key, value in flatten_config(config).items()
         # Any other value naming the job's own folder is per job by construction.
-        if not neutral(key, run) and not (output_dir and output_dir in value)
+        if not neutral(key, run) and not (output_dir and output_dir in value) and ADDED_KEYS.get(key) != value
     }

@@ -120,3 +120,13 @@ def test_keys_that_change_numbers_split_rows(demo_config, tmp_path, key, value) 
     _result(tmp_path / "b", _set(demo_config, key, value))
     groups = tables.collect([tmp_path])
     assert len(groups) == 2 and any(key in group.method_label for group in groups)
+
+
+def test_backbone_precision_fp32_is_the_configuration_of_runs_recorded_before_the_key(demo_config):
+    run = {"config": copy.deepcopy(demo_config)}
+    before = copy.deepcopy(run)
+    before["config"]["backbone"].pop("precision", None)
+    run["config"]["backbone"]["precision"] = "fp32"
+    assert identity.config_fields(run) == identity.config_fields(before)
+    run["config"]["backbone"]["precision"] = "amp-bf16"
+    assert identity.config_fields(run)["backbone.precision"] == '"amp-bf16"'
