@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
 from anomaly_vlm.methods.ops import resolve_stages
+from anomaly_vlm.methods.projections import TapProjections
 
 
 class AprilGAN(nn.Module):
@@ -60,9 +61,7 @@ class AprilGAN(nn.Module):
             else resolve_stages(few_shot_stages, backbone, key="method.few_shot_stages")
         )
         self.logit_scale = float(logit_scale)
-        self.projections = nn.ModuleList(
-            [nn.Linear(backbone.width, backbone.embed_dim, bias=True) for _ in self.stages]
-        )
+        self.projections = TapProjections(backbone.width, backbone.embed_dim, len(self.stages))
         self.register_buffer("text_classifier", torch.zeros(2, backbone.embed_dim), persistent=False)
         self.memory: list[Tensor] = []
 

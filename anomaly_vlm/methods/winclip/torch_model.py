@@ -36,53 +36,13 @@ from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
-
-
-def window_indices(grid_size: tuple[int, int], kernel: int, stride: int = 1) -> Tensor:
-    """Patch indices of every ``kernel x kernel`` window on a row-major grid.
-
-    Returns ``[n_windows, kernel * kernel]`` (windows in row-major order of their top-left corner,
-    patches row-major inside a window).
-    """
-    height, width = grid_size
-    if kernel < 1 or stride < 1:
-        raise ValueError(f"window scale {kernel} and stride {stride} must be positive")
-    if kernel > height or kernel > width:
-        raise ValueError(
-            f"window scale {kernel} does not fit the {height}x{width} patch grid of the backbone"
-        )
-    grid = torch.arange(height * width).reshape(height, width)
-    windows = grid.unfold(0, kernel, stride).unfold(1, kernel, stride)  # [nh, nw, k, k]
-    return windows.reshape(-1, kernel * kernel)
-
-
-def coverage_matrix(indices: Tensor, num_patches: int) -> Tensor:
-    """``[n_windows, num_patches]`` 0/1 matrix: which patches each window covers."""
-    cover = torch.zeros(indices.shape[0], num_patches)
-    cover.scatter_(1, indices, 1.0)
-    return cover
-
-
-def harmonic_aggregation(window_scores: Tensor, coverage: Tensor) -> Tensor:
-    """Per patch, the harmonic mean of the scores of the windows covering it.
-
-    Args:
-        window_scores: ``[B, n_windows]`` positive scores.
-        coverage: ``[n_windows, N]`` 0/1 matrix from :func:`coverage_matrix`.
-
-    Returns:
-        ``[B, N]``; a patch covered by a window scoring exactly 0 gets 0 (the harmonic mean's limit,
-        e.g. a few-shot query identical to a reference), and so does a patch no window covers
-        (possible only with stride > 1).
-    """
-    counts = coverage.sum(dim=0)
-    inverse = window_scores.reciprocal()
-    # inf * 0 is NaN inside a matrix product, so zero scores are routed around it.
-    infinite = torch.isinf(inverse)
-    inverse_sum = torch.where(infinite, torch.zeros_like(inverse), inverse) @ coverage
-    hit_zero = (infinite.to(coverage.dtype) @ coverage) > 0
-    result = counts / inverse_sum
-    return torch.where(hit_zero | (counts == 0), torch.zeros_like(result), result)
+from anomaly_vlm.methods.windows import (
+    coverage_matrix,
+    encode_windows,
+    harmonic_aggregation,
+    is_plain_block,
+    window_indices,
+)
 
 
 def class_scores(embeddings: Tensor, text_classifier: Tensor, temperature: float) -> Tensor:
@@ -146,7 +106,7 @@ class WinCLIPModel(nn.Module):
         self.scales = tuple(int(scale) for scale in scales)
         self.temperature = float(temperature)
         self.window_batch_size = int(window_batch_size)
-        self.cls_only_last_block = bool(cls_only_last_block) and _is_plain_block(backbone.blocks[-1])
+        self.cls_only_last_block = bool(cls_only_last_block) and is_plain_block(backbone.blocks[-1])
         grid = backbone.grid_size
         for index, scale in enumerate(self.scales):
             indices = window_indices(grid, scale)
@@ -247,29 +207,13 @@ class WinCLIPModel(nn.Module):
     def encode_windows(self, tokens: Tensor, scale_index: int, chunked: bool = True) -> Tensor:
         """Window embeddings ``[B, n_windows, D]`` from ``ln_pre``-ed tokens ``[B, 1 + N, W]``
         (``chunked``: at most ``window_batch_size`` windows per transformer call)."""
-        batch, _, width = tokens.shape
-        patch_index = self.window_index(scale_index) + 1  # +1: CLS sits at position 0
-        cls_index = torch.zeros(patch_index.shape[0], 1, dtype=patch_index.dtype, device=patch_index.device)
-        sequence_index = torch.cat([cls_index, patch_index], dim=1)  # [n_windows, 1 + k*k]
-        n_windows, length = sequence_index.shape
-        sequences = tokens[:, sequence_index.reshape(-1)].reshape(batch * n_windows, length, width)
-        if not chunked:
-            return self._window_pass(sequences).reshape(batch, n_windows, -1)
-        pooled = [
-            self._window_pass(sequences[start : start + self.window_batch_size])
-            for start in range(0, sequences.shape[0], self.window_batch_size)
-        ]
-        return torch.cat(pooled).reshape(batch, n_windows, -1)
-
-    def _window_pass(self, sequences: Tensor) -> Tensor:
-        """CLS-pooled projected embedding of each ``[S, L, W]`` token sequence (already ln_pre-ed)."""
-        backbone = self.backbone
-        if not self.cls_only_last_block:
-            final, _ = backbone.run_blocks(sequences, apply_ln_pre=False)
-            return backbone.pool(final)
-        hidden, _ = backbone.run_blocks(sequences, apply_ln_pre=False, last_block=backbone.num_layers - 1)
-        cls = _cls_row_of_block(backbone.blocks[-1], hidden)
-        return backbone.project(backbone.ln_post(cls))
+        return encode_windows(
+            self.backbone,
+            tokens,
+            self.window_index(scale_index),
+            self.window_batch_size if chunked else None,
+            self.cls_only_last_block,
+        )
 
     # ----- scoring --------------------------------------------------------------------------------
     def score(self, features: FrozenFeatures) -> Prediction:
@@ -323,29 +267,11 @@ def _window_key(scale_index: int) -> str:
     return f"windows_{scale_index}"
 
 
-def _is_plain_block(block: nn.Module) -> bool:
-    """True for open_clip's standard pre-LN block (nn.MultiheadAttention, no cross-attention norm)."""
-    needed = ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2")
-    return (
-        all(hasattr(block, name) for name in needed)
-        and isinstance(block.attn, nn.MultiheadAttention)
-        and not hasattr(block, "ln_1_kv")
-    )
-
-
-def _cls_row_of_block(block: nn.Module, hidden: Tensor) -> Tensor:
-    """Output row 0 (CLS) of a standard pre-LN block applied to batch-first ``[S, L, W]`` tokens.
-
-    Keys and values still come from every row; queries, the output projection and the MLP only run
-    on the CLS row, which is all that CLS pooling reads.
-    """
-    normed = block.ln_1(hidden)
-    query = normed[:, :1]
-    if block.attn.batch_first:
-        attended = block.attn(query, normed, normed, need_weights=False)[0]
-    else:
-        query_t, normed_t = query.transpose(0, 1), normed.transpose(0, 1)
-        attended = block.attn(query_t, normed_t, normed_t, need_weights=False)[0].transpose(0, 1)
-    cls = hidden[:, :1] + block.ls_1(attended)
-    cls = cls + block.ls_2(block.mlp(block.ln_2(cls)))
-    return cls[:, 0]
+__all__ = [
+    "WinCLIPModel",
+    "class_scores",
+    "coverage_matrix",
+    "harmonic_aggregation",
+    "min_cosine_distance",
+    "window_indices",
+]
