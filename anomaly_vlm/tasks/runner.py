@@ -100,7 +100,9 @@ class Job:
         # The evaluation path hands it whole categories on rank 0 (after set-level post-processing).
         evaluator = Evaluator(aupro=self.cfg.metrics.aupro)
         trainer, scoring, extra_callbacks = self._trainer(prepared, evaluator)
+        fit_started = time.perf_counter()
         trained = self._fit(trainer, prepared.method, datamodule)
+        fit_seconds = time.perf_counter() - fit_started
         if self.untrained(prepared.method):
             # Nothing was trained or loaded: the results must not claim the configured training set, or
             # tables would label them "trained on ..." next to (or instead of) the trained run.
@@ -132,6 +134,10 @@ class Job:
         efficiency["flops_per_image"] = flops_per_image(
             prepared.method, datamodule.image_size, prepared.method.feature_cache
         )
+        # Wall time of the training step of this job (a resumed or shared training counts what ran here);
+        # None where nothing was trained here (training-free, or parameters loaded from ckpt_path).
+        trained_here = self.will_fit and prepared.method.is_trainable and not self.cfg.ckpt_path
+        efficiency["train_seconds"] = round(fit_seconds, 3) if trained_here else None
         return self._report(prepared, evaluator, efficiency, trained)
 
     @property
