@@ -273,7 +273,7 @@ SCALE ?= published
 ANALYSIS_OUT ?= reports/analysis
 LAUNCHER ?=
 ANALYSIS_ARGS ?=
-ANALYSES := layers shots resolution efficiency prompts crossdomain limitations
+ANALYSES := layers shots resolution efficiency prompts crossdomain limitations alignment
 ANALYSIS_CMD = $(PY) -m anomaly_vlm.analysis \
 	--scale $(SCALE) --out $(ANALYSIS_OUT) --outputs $(OUTPUTS) \
 	--args "$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ANALYSIS_ARGS)"
@@ -299,6 +299,9 @@ analysis-crossdomain: $(STAMP)  ## trained methods: train on each domain, test o
 
 analysis-limitations: $(STAMP)  ## per defect type and size, categories, corruptions, failure gallery (saved maps)
 	$(ANALYSIS_CMD) limitations
+
+analysis-alignment: $(STAMP)  ## alignment strategies (none/windows/V-V/linear/prompts) x metrics, gain attribution
+	$(ANALYSIS_CMD) alignment
 
 analysis: $(STAMP)  ## every analysis + one self-contained HTML report with the method-selection table
 	$(ANALYSIS_CMD) --report all

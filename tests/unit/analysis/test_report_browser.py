@@ -114,8 +114,16 @@ def _report(results, tmp_path: Path) -> tuple[Path, int]:
         score=0.6,
         config={"datamodule.test_corruption": "blur", "datamodule.test_corruption_strength": 1},
     )
+    # Alignment: two strategies of the grid, the CLIP baseline and WinCLIP on the same images.
+    for strategy, score in (("none", 0.6), ("windows", 0.7)):
+        results.write(
+            "alignment-grid", method="alignment", score=score, config={"method.alignment": strategy},
+            efficiency={"trainable_parameters": 0, "ms_per_image": 5.0},
+        )  # fmt: skip
+    results.write("alignment-clip", method="clip", score=0.55)
+    results.write("alignment-winclip", method="winclip", score=0.75)
     sections, _, report = run_analyses(
-        ["layers", "shots", "crossdomain", "limitations"],
+        ["layers", "shots", "crossdomain", "limitations", "alignment"],
         "tiny",
         tmp_path / "reports",
         results.root,
@@ -136,6 +144,9 @@ def test_every_figure_of_the_report_renders_without_errors(results, tmp_path: Pa
     assert "limitations" in state["sections"] and "selection" in state["sections"]
     assert any(alt.startswith("Gallery: ") for alt in state["loaded"])
     assert any(alt.startswith("Corruptions: ") for alt in state["loaded"])
+    # The alignment section draws its strategy x metric grid.
+    assert "alignment" in state["sections"]
+    assert any(alt.startswith("Alignment: strategy x metric") for alt in state["loaded"])
     # The check itself can fail: a broken image is seen as broken and as an error.
     bad = _render(
         browser, report, tmp_path, '<img alt="deliberately broken" src="data:image/png;base64,AAAA">'
