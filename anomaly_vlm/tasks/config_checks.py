@@ -59,6 +59,7 @@ def check_config(cfg: DictConfig, names: dict[str, str | None], fit: bool) -> li
         lambda: check_checkpoint_file(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None,
         lambda: check_release_owner(cfg.method, str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None,
         lambda: check_saved_detector(cfg, names.get("method")),
+        lambda: check_method_options(cfg.method),
     ]
     problems: list[Exception] = []
     for check in checks:
@@ -193,6 +194,14 @@ def _backbone_class(backbone_node: DictConfig) -> type | None:
         return get_class(str(target))
     except (ImportError, ValueError, AttributeError):
         return None  # building it names the bad _target_ later
+
+
+def check_method_options(method_node: DictConfig) -> None:
+    """Options a method class can judge from the config alone (its ``check_options``, where it has one)
+    are refused before weights load; its ``ValueError`` becomes one ``error:`` line."""
+    check = getattr(get_class(method_node._target_), "check_options", None)
+    if check is not None:
+        check(method_node)
 
 
 def check_backbone_capabilities(cfg: DictConfig, method_name: str | None, backbone_name: str | None) -> None:

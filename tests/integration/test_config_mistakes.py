@@ -72,3 +72,19 @@ def test_unlabelled_images_in_train_py_name_mode_predict_first(tmp_path):
         "error: data=images holds unlabelled images, which have no metrics to test: score them with "
         "`python evaluate.py mode=predict data.path=...`"
     ]
+
+
+def test_an_impossible_alignment_is_one_error_line(tmp_path):
+    result = _entry(
+        "train.py",
+        "experiment=demo",
+        "method=alignment",
+        "train_data=synthetic",
+        "method.alignment=surgery+linear",
+        "logger=none",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert _error_lines(result) == [
+        "error: method.alignment=surgery+linear: 'surgery' and 'linear' cannot be combined"
+    ]

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
-from anomaly_vlm.methods.alignment.torch_model import AlignmentModel
+from anomaly_vlm.methods.alignment.torch_model import AlignmentModel, parse_alignment
 from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
 from anomaly_vlm.prompts import PromptSet
 
@@ -51,6 +51,11 @@ class AlignmentModule(AnomalyMethod):
         "deep_prompt_depth": BlockOption(many=False, encoders=("text",)),
         "visual_prompt_depth": BlockOption(many=False),
     }
+
+    @classmethod
+    def check_options(cls, options: Any) -> None:
+        """Refuse an unknown or impossible ``method.alignment`` before weights load (ValueError)."""
+        parse_alignment(str(options.get("alignment", "none")))
 
     def __init__(
         self,
