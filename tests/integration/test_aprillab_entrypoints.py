@@ -57,6 +57,7 @@ def test_dash_m_runs_three_reference_draws_and_evaluate_reloads_the_checkpoint(t
     first = next(job for job in jobs if job["config"]["reference_seed"] == 0)
     checkpoint = Path(first["trained_checkpoint"])
     assert checkpoint.is_file()
+    assert first["efficiency"]["train_seconds"] > 0  # the training wall time of the job that trained
     _run(
         "evaluate.py",
         [
@@ -70,6 +71,7 @@ def test_dash_m_runs_three_reference_draws_and_evaluate_reloads_the_checkpoint(t
         tmp_path,
     )
     (evaluated,) = _jobs(tmp_path, "evaluate")
+    assert evaluated["efficiency"]["train_seconds"] is None  # loaded from ckpt_path, not trained
     assert evaluated["metrics"]["mean"]["pixel_auroc"] == pytest.approx(
         first["metrics"]["mean"]["pixel_auroc"], abs=1e-6
     )
