@@ -170,8 +170,9 @@ def attribution(
             if any(v is None for v in values):
                 continue
             method_gain, alignment_gain = values[0] - values[1], values[2] - values[3]
-            if abs(method_gain) < 0.05:
-                share_text, share = "no gain over the baseline to attribute", "—"
+            if method_gain < 0.05:
+                # A share of a loss (or of nothing) reads as nonsense: no attribution is made.
+                share_text, share = "there is no gain over CLIP to attribute", "—"
             else:
                 share = f"{100.0 * alignment_gain / method_gain:.0f}%"
                 share_text = f"its alignment accounts for {share} of it"
