@@ -15,6 +15,10 @@ def test_the_sweeps_run_every_strategy_once_and_the_published_methods_beside_the
     grid = sweeps.pop("alignment-grid").overrides
     assert f"method.alignment={','.join(STRATEGIES)}" in grid
     assert "method=alignment" in grid and "shots=0" in grid
+    # Per-image time is the model's, never a cache read.
+    assert all("feature_cache.enabled=false" in sweep.overrides for sweep in [*sweeps.values()]) and (
+        "feature_cache.enabled=false" in grid
+    )
     assert set(sweeps) == {f"alignment-{m}" for m in ("clip", *PUBLISHED_ALIGNMENT)}
     # The controlled configuration is no method of its own in the other analyses.
     assert "alignment" not in EFFICIENCY_METHODS and "alignment" not in CROSS_METHODS
