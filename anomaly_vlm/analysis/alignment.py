@@ -177,9 +177,9 @@ def attribution(
                 share = f"{100.0 * alignment_gain / method_gain:.0f}%"
                 share_text = f"its alignment accounts for {share} of it"
             parts.append(
-                f"{_title(metric)}: the method gains {method_gain:+.1f} points over CLIP "
-                f"({values[1]:.1f} → {values[0]:.1f}); its alignment alone ({strategy}) gains "
-                f"{alignment_gain:+.1f} over 'none' ({values[3]:.1f} → {values[2]:.1f}), so {share_text}"
+                f"{_title(metric)}: the method is {method_gain:+.1f} points against CLIP "
+                f"({values[1]:.1f} → {values[0]:.1f}); its alignment alone ({strategy}) is "
+                f"{alignment_gain:+.1f} against 'none' ({values[3]:.1f} → {values[2]:.1f}), so {share_text}"
             )
             table.append(
                 [method, strategy, _title(metric), f"{method_gain:+.1f}", f"{alignment_gain:+.1f}", share]
