@@ -149,6 +149,8 @@ NOT_TRAINING_KEYS: tuple[str, ...] = (
     "datamodule.test_corruption",
     "datamodule.test_corruption_strength",
     "datamodule.test_corruption_seed",
+    # which normal images are the test-time references (training never reads them)
+    "datamodule.reference_draw",
     # a limit on input files refuses files; what is read within it trains the same parameters
     "train_data.max_image_pixels",
     "train_data.synthesis.max_image_pixels",

@@ -35,7 +35,16 @@ def test_help_lists_every_command(package, names):
 
 
 def test_every_parity_harness_answers_help():
-    assert set(METHODS) >= {"winclip", "aprillab", "anomalyclip", "adaclip", "musc", "promptad", "aaclip"}
+    assert set(METHODS) >= {
+        "winclip",
+        "aprillab",
+        "anomalyclip",
+        "adaclip",
+        "musc",
+        "promptad",
+        "aaclip",
+        "faprompt",
+    }
     for method in METHODS:
         result = _bench("bench.parity", method, "--help")
         assert result.returncode == 0, f"{method}: {result.stderr}"

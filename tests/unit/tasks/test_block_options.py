@@ -32,7 +32,10 @@ def _compose(*overrides: str):
 
 
 #: Overrides that make a method's defaults fit the tiny backbone (its files are written for ViT-L).
-FIT_TINY = {"anomalyclip": ("method.layers=[8]", "prompts.deep_prompt_depth=4")}
+FIT_TINY = {
+    "anomalyclip": ("method.layers=[8]", "prompts.deep_prompt_depth=4"),
+    "faprompt": ("prompts.deep_prompt_depth=4",),
+}
 
 
 def _declared(method: str) -> dict:
