@@ -88,7 +88,9 @@ def test_make_targets_call_the_bench_commands():
         "parity-adaclip ADACLIP_DIR=x PARITY_ARGS=--no-fp16-rounding": (
             '-m bench.parity adaclip --official "x" --no-fp16-rounding'
         ),
-        "parity-aaclip AACLIP_DIR=x PARITY_ARGS=--corrected": '-m bench.parity aaclip --official "x" --corrected',
+        "parity-aaclip AACLIP_DIR=x PARITY_ARGS=--corrected": (
+            '-m bench.parity aaclip --official "x" --corrected'
+        ),
         "parity-musc MUSC_DIR=x JSON=out.json": '-m bench.parity musc --official "x" --json "out.json"',
         "parity-promptad PROMPTAD_DIR=x PARITY_PRECISION=fp16": (
             '-m bench.parity promptad --official "x" --precision fp16'

@@ -25,7 +25,7 @@ def test_every_corruption_changes_the_image_more_at_higher_strength(kind):
     for strength in (1, 2, 3):
         corrupted, _ = Corruption(kind, strength)(image, None, "root/nut/test/crack/000.png", "nut")
         assert corrupted.shape == image.shape and corrupted.dtype == torch.float32
-        assert 0.0 <= float(corrupted.min()) and float(corrupted.max()) <= 1.0
+        assert float(corrupted.min()) >= 0.0 and float(corrupted.max()) <= 1.0
         changes.append(float((corrupted - image).abs().mean()))
     assert changes[0] > 0.004
     assert changes[0] < changes[2]
