@@ -490,7 +490,8 @@ PROMPT_METHODS = {"clip": ("full", "object_name"), "winclip": ABLATIONS, "aprill
 #: ablation bars use it; both aggregations are swept with every ablation (one sweep per method).
 PUBLISHED_AGGREGATION = {"winclip": "raw_mean", "aprillab": "normalized_mean"}
 AGGREGATIONS = ("normalized_mean", "raw_mean")
-LEARNED_METHODS = ("anomalyclip",)
+#: Methods whose text side is learned rather than written: one "learned prompts" bar each.
+LEARNED_METHODS = ("anomalyclip", "faprompt", "bayespfl")
 CONDITION_LABELS = {
     "full": "full ensemble",
     "states_only": "states only",
@@ -511,7 +512,8 @@ class PromptsAnalysis(Analysis):
         "(states × templates), states only (one template), templates only (one state pair), one state pair "
         "with one template, the class name replaced by the generic word 'object'; the text aggregation "
         "(normalised vs raw mean of the sentence embeddings, swept with every ablation; the figure shows "
-        "it for the full ensemble, the table for all); and learned prompts (AnomalyCLIP). Zero-shot. The "
+        "it for the full ensemble, the table for all); and learned prompts (AnomalyCLIP, FAPrompt's "
+        "compound prompts, Bayes-PFL's prompt distributions). Zero-shot. The "
         "ablation bars use each method's published aggregation, so its full-ensemble bar also stands under "
         "that aggregation."
     )

@@ -233,3 +233,8 @@ def test_a_sweep_is_up_to_date_only_when_every_job_has_finished(results):
     assert not is_up_to_date(Sweep("x", (*base, "seed=0,1")), "tiny", results.root)  # a new job
     assert not is_up_to_date(Sweep("x", ("feature_cache.enabled=true", "seed=0")), "tiny", results.root)
     assert not is_up_to_date(Sweep("x", (*base, "seed=0")), "tiny", results.root, ["trainer.max_epochs=2"])
+
+
+def test_every_method_with_learned_text_gets_a_learned_prompts_bar():
+    parts = {sweep.part for sweep in ANALYSES["prompts"].sweeps("tiny")}
+    assert {"prompts-anomalyclip", "prompts-faprompt", "prompts-bayespfl"} <= parts
