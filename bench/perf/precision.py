@@ -47,15 +47,27 @@ from anomaly_vlm.tasks.instantiate import build
 from bench import REPO_ROOT
 from bench.report import BenchReport
 
-METHODS = ("winclip", "aprillab", "anomalyclip", "musc", "adaclip", "promptad")
+METHODS = (
+    "winclip",
+    "aprillab",
+    "anomalyclip",
+    "musc",
+    "adaclip",
+    "promptad",
+    "anomalydino",
+    "aaclip",
+    "bayespfl",
+    "faprompt",
+)
 CPU_MODES = ("fp32", "amp-bf16", "bf16")
 GPU_MODES = ("fp32", "amp-fp16", "fp16", "amp-bf16", "bf16")
 PHOTOS = ("brick", "grass", "gravel", "coffee", "chelsea", "rocket", "astronaut", "camera")
 CATEGORY = "object"
 
 
-def compose_method(name: str, mode: str, quick: bool, shots: int):
-    """The composed job config of ``name`` in ``mode`` (published, or tiny with ``quick``)."""
+def compose_method(name: str, mode: str, quick: bool, shots: int | None):
+    """The composed job config of ``name`` in ``mode`` (published, or tiny with ``quick``); ``shots=None``
+    keeps the experiment's own."""
     info = method_info(name)
     experiments = set(info.experiments)
     if quick:
@@ -64,9 +76,18 @@ def compose_method(name: str, mode: str, quick: bool, shots: int):
     else:
         base = [f"experiment={name}_mvtec"] if f"{name}_mvtec" in experiments else [f"method={name}"]
         base += [f"backbone={info.backbone}", "backbone.pretrained=null"]
-    overrides = [*base, f"backbone.precision={mode}", f"shots={shots}", "seed=0"]
+    overrides = [*base, f"backbone.precision={mode}", "seed=0"]
+    if shots is not None:
+        overrides.append(f"shots={shots}")
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=overrides)
+
+
+def published_shots(name: str, info, quick: bool) -> int:
+    """The experiment's shots (AnomalyDINO and PromptAD publish few-shot), else 0 where the method runs
+    zero-shot and 1 where it needs references."""
+    shots = int(compose_method(name, "fp32", quick, None).get("shots") or 0)
+    return shots if shots or info.zero_shot else 1
 
 
 def build_method(cfg, shots: int):
@@ -130,12 +151,6 @@ def photo_set(size: int, count: int, seed: int = 0) -> tuple[torch.Tensor, torch
 
 def train_drift(method, images, masks, labels, steps: int) -> dict[str, torch.Tensor]:
     """The trainable parameters after ``steps`` optimiser steps of the method's own training_step."""
-    optimizer = method.configure_optimizers()
-    if isinstance(optimizer, dict):
-        optimizer = optimizer["optimizer"]
-    elif isinstance(optimizer, list | tuple):
-        optimizer = optimizer[0]
-        optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     batch = AnomalyBatch(
         image=images,
         label=labels,
@@ -144,6 +159,49 @@ def train_drift(method, images, masks, labels, steps: int) -> dict[str, torch.Te
         defect_type=["good" if not label else "synthesized" for label in labels.tolist()],
         mask=masks,
     )
+    if not method.automatic_optimization:
+        fit_steps(method, batch, steps)
+    else:
+        optimise(method, batch, steps)
+    method.eval()
+    return {name: p.detach().clone() for name, p in method.named_parameters() if p.requires_grad}
+
+
+def fit_steps(method, batch: AnomalyBatch, steps: int) -> None:
+    """``steps`` training steps (one batch per epoch) under a Lightning trainer: a method that steps its
+    own optimisers (AA-CLIP's two stages, the text stage first) needs the trainer's ``optimizers()``."""
+    import lightning as L
+
+    class Repeated(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, index: int) -> AnomalyBatch:
+            return batch
+
+    trainer = L.Trainer(
+        accelerator="gpu" if batch.image.is_cuda else "cpu",
+        devices=1,
+        max_steps=steps,
+        max_epochs=10_000,  # max_steps ends it; a staged method checks that its stages fit the epochs
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(method, torch.utils.data.DataLoader(Repeated(), batch_size=None))
+
+
+def optimise(method, batch: AnomalyBatch, steps: int) -> None:
+    """``steps`` steps of the method's own ``training_step`` and first optimiser, outside a trainer."""
+    optimizer = method.configure_optimizers()
+    if isinstance(optimizer, dict):
+        optimizer = optimizer["optimizer"]
+    elif isinstance(optimizer, list | tuple):
+        optimizer = optimizer[0]
+        optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     method.train()
     with torch.enable_grad():
         for step in range(steps):
@@ -152,8 +210,6 @@ def train_drift(method, images, masks, labels, steps: int) -> dict[str, torch.Te
             loss = loss["loss"] if isinstance(loss, dict) else loss
             loss.backward()
             optimizer.step()
-    method.eval()
-    return {name: p.detach().clone() for name, p in method.named_parameters() if p.requires_grad}
 
 
 def rho(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -177,7 +233,7 @@ def metrics(prediction, masks, labels) -> dict[str, float | None]:
 def run_method(name: str, args, sets: dict, report_rows: list, lines: list) -> list[str]:
     """Rows of ``name`` in every mode; returns the modes that failed (a row with the error each)."""
     info = method_info(name)
-    shots = 0 if info.zero_shot else 1
+    shots = published_shots(name, info, args.quick)
     reference: dict = {}
     failed = []
     for mode in args.modes.split(","):
