@@ -149,6 +149,13 @@ def photo_set(size: int, count: int, seed: int = 0) -> tuple[torch.Tensor, torch
     return torch.stack(images), torch.stack(masks), torch.tensor(labels)
 
 
+def reference_photos(photos, size: int, shots: int) -> torch.Tensor:
+    """``shots`` normal photographs, mirrored left to right: never one of the test images, whose
+    distance to itself would be exactly 0 in fp32 and not in bf16 (a tie-breaking artefact in rho)."""
+    images, _, labels = photos(size, 2 * shots)
+    return torch.flip(images[labels == 0][:shots], dims=[-1])
+
+
 def train_drift(method, images, masks, labels, steps: int) -> dict[str, torch.Tensor]:
     """The trainable parameters after ``steps`` optimiser steps of the method's own training_step."""
     batch = AnomalyBatch(
@@ -279,7 +286,7 @@ def run_mode(name, mode, info, shots, args, sets, reference, report_rows, lines)
             labels.to(args.device),
             args.train_steps,
         )
-    references = data["photos"][0][:shots].to(args.device) if shots else None
+    references = reference_photos(sets["photos"], size, shots).to(args.device) if shots else None
     with torch.no_grad():
         method.setup_category(CATEGORY, references)
         for set_name, (images, masks, labels) in data.items():
