@@ -121,6 +121,66 @@ class OfficialWeights:
         return next((file for file in self.files if file.name == name), None)
 
 
+_DERIVED = "derived from the frozen CLIP's token embedding, which this project computes itself"
+_UNUSED = "built but never used by the official forward"
+
+
+class PromptLearnerRelease(OfficialWeights):
+    """A file in the layout of AnomalyCLIP's ``train.py``: ``{"prompt_learner": <prompt learner state>}``.
+
+    AnomalyCLIP's ``AnomalyCLIP_PromptLearner`` saves the two learned contexts ``ctx_pos`` / ``ctx_neg``,
+    the deep text prompts ``compound_prompts_text.<i>`` (text blocks 2 .. depth), the projections it builds
+    but never uses, and buffers of the fixed words' tokens. Methods built on it (FAPrompt) save the same
+    keys and their own: a subclass adds those to :attr:`keys` and its entries to :meth:`entries`.
+    """
+
+    keys = (
+        "prompt_learner.ctx_pos",
+        "prompt_learner.ctx_neg",
+        "prompt_learner.compound_prompts_text.#",
+        "prompt_learner.compound_prompt_projections.#.weight",
+        "prompt_learner.compound_prompt_projections.#.bias",
+        "prompt_learner.token_prefix_pos",
+        "prompt_learner.token_suffix_pos",
+        "prompt_learner.token_prefix_neg",
+        "prompt_learner.token_suffix_neg",
+        "prompt_learner.tokenized_prompts_pos",
+        "prompt_learner.tokenized_prompts_neg",
+    )
+    ignored = {
+        "prompt_learner.compound_prompt_projections.#.weight": _UNUSED,
+        "prompt_learner.compound_prompt_projections.#.bias": _UNUSED,
+        "prompt_learner.token_prefix_pos": _DERIVED,
+        "prompt_learner.token_suffix_pos": _DERIVED,
+        "prompt_learner.token_prefix_neg": _DERIVED,
+        "prompt_learner.token_suffix_neg": _DERIVED,
+        "prompt_learner.tokenized_prompts_pos": "token ids of the fixed words",
+        "prompt_learner.tokenized_prompts_neg": "token ids of the fixed words",
+    }
+
+    @staticmethod
+    def prompt_learner_entries(
+        prefix: str, normal: str, anomalous: str, deep_prompts: int, anomalous_leading: int = 2
+    ) -> list[Entry]:
+        """The entries of the shared keys: the two contexts and the deep prompts.
+
+        Args:
+            prefix: the prompt module's name in the trainable state dict (``model.prompt_encoder``).
+            normal, anomalous: its parameters filled by ``ctx_pos`` and ``ctx_neg``.
+            deep_prompts: how many deep prompts its stacked ``deep_prompts`` parameter holds.
+            anomalous_leading: singleton axes ``ctx_neg`` has in front of ours (``ctx_pos`` has two).
+        """
+        found = [
+            Entry("prompt_learner.ctx_pos", f"{prefix}.{normal}", leading=2),
+            Entry("prompt_learner.ctx_neg", f"{prefix}.{anomalous}", leading=anomalous_leading),
+        ]
+        found += [
+            Entry(f"prompt_learner.compound_prompts_text.{index}", f"{prefix}.deep_prompts", index=index)
+            for index in range(deep_prompts)
+        ]
+        return found
+
+
 def _pattern(key: str) -> re.Pattern[str]:
     return re.compile(re.escape(key).replace("\\#", r"\d+").replace("#", r"\d+"))
 

@@ -15,39 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from anomaly_vlm.methods.official_weights import Entry, OfficialWeights, ReleaseFile
+from anomaly_vlm.methods.official_weights import Entry, PromptLearnerRelease, ReleaseFile
 
 #: The commit of zqhang/AnomalyCLIP whose ``checkpoints`` files are pinned (git blob ids).
 _COMMIT = "45ed4dd35c05797d854294b5e8d585c545920089"
 _RAW = f"https://raw.githubusercontent.com/zqhang/AnomalyCLIP/{_COMMIT}/checkpoints"
-_DERIVED = "derived from the frozen CLIP's token embedding, which this project computes itself"
 
 
-class AnomalyCLIPRelease(OfficialWeights):
+class AnomalyCLIPRelease(PromptLearnerRelease):
     release = "AnomalyCLIP (zqhang/AnomalyCLIP)"
-    keys = (
-        "prompt_learner.ctx_pos",
-        "prompt_learner.ctx_neg",
-        "prompt_learner.compound_prompts_text.#",
-        "prompt_learner.compound_prompt_projections.#.weight",
-        "prompt_learner.compound_prompt_projections.#.bias",
-        "prompt_learner.token_prefix_pos",
-        "prompt_learner.token_suffix_pos",
-        "prompt_learner.token_prefix_neg",
-        "prompt_learner.token_suffix_neg",
-        "prompt_learner.tokenized_prompts_pos",
-        "prompt_learner.tokenized_prompts_neg",
-    )
-    ignored = {
-        "prompt_learner.compound_prompt_projections.#.weight": "built but never used by the official forward",
-        "prompt_learner.compound_prompt_projections.#.bias": "built but never used by the official forward",
-        "prompt_learner.token_prefix_pos": _DERIVED,
-        "prompt_learner.token_suffix_pos": _DERIVED,
-        "prompt_learner.token_prefix_neg": _DERIVED,
-        "prompt_learner.token_suffix_neg": _DERIVED,
-        "prompt_learner.tokenized_prompts_pos": "token ids of the fixed words",
-        "prompt_learner.tokenized_prompts_neg": "token ids of the fixed words",
-    }
     files = (
         ReleaseFile(
             "9_12_4_multiscale/epoch_15.pth",
@@ -67,13 +43,6 @@ class AnomalyCLIPRelease(OfficialWeights):
 
     def entries(self, method: Any) -> list[Entry]:
         encoder = method.model.prompt_encoder
-        prefix = "model.prompt_encoder"
-        found = [
-            Entry("prompt_learner.ctx_pos", f"{prefix}.context_normal", leading=2),
-            Entry("prompt_learner.ctx_neg", f"{prefix}.context_anomalous", leading=2),
-        ]
-        found += [
-            Entry(f"prompt_learner.compound_prompts_text.{index}", f"{prefix}.deep_prompts", index=index)
-            for index in range(encoder.deep_prompts.shape[0])
-        ]
-        return found
+        return self.prompt_learner_entries(
+            "model.prompt_encoder", "context_normal", "context_anomalous", encoder.deep_prompts.shape[0]
+        )

@@ -18,57 +18,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from anomaly_vlm.methods.official_weights import Entry, OfficialWeights
+from anomaly_vlm.methods.official_weights import Entry, PromptLearnerRelease
 
-_DERIVED = "derived from the frozen CLIP's token embedding, which this project computes itself"
 _NET = "prompt_learner.patch_meta_net"
+_NET_KEYS = tuple(f"{layer}.{kind}" for layer in ("linear1", "linear2") for kind in ("weight", "bias"))
 
 
-class FAPromptRelease(OfficialWeights):
+class FAPromptRelease(PromptLearnerRelease):
+    """AnomalyCLIP's prompt-learner layout (FAPrompt's learner is built on it) plus the prior network."""
+
     release = "FAPrompt (mala-lab/FAPrompt)"
-    keys = (
-        "prompt_learner.ctx_pos",
-        "prompt_learner.ctx_neg",
-        "prompt_learner.compound_prompts_text.#",
-        "prompt_learner.compound_prompt_projections.#.weight",
-        "prompt_learner.compound_prompt_projections.#.bias",
-        f"{_NET}.linear1.weight",
-        f"{_NET}.linear1.bias",
-        f"{_NET}.linear2.weight",
-        f"{_NET}.linear2.bias",
-        "prompt_learner.token_prefix_pos",
-        "prompt_learner.token_suffix_pos",
-        "prompt_learner.token_prefix_neg",
-        "prompt_learner.token_suffix_neg",
-        "prompt_learner.tokenized_prompts_pos",
-        "prompt_learner.tokenized_prompts_neg",
-    )
-    ignored = {
-        "prompt_learner.compound_prompt_projections.#.weight": "built but never used by the official forward",
-        "prompt_learner.compound_prompt_projections.#.bias": "built but never used by the official forward",
-        "prompt_learner.token_prefix_pos": _DERIVED,
-        "prompt_learner.token_suffix_pos": _DERIVED,
-        "prompt_learner.token_prefix_neg": _DERIVED,
-        "prompt_learner.token_suffix_neg": _DERIVED,
-        "prompt_learner.tokenized_prompts_pos": "token ids of the fixed words",
-        "prompt_learner.tokenized_prompts_neg": "token ids of the fixed words",
-    }
+    keys = (*PromptLearnerRelease.keys, *(f"{_NET}.{key}" for key in _NET_KEYS))
     files = ()  # the authors released no trained prompts
 
     def entries(self, method: Any) -> list[Entry]:
         learner = method.model.prompt_learner
         prefix = "model.prompt_learner"
-        found = [
-            Entry("prompt_learner.ctx_pos", f"{prefix}.ctx_pos", leading=2),
-            Entry("prompt_learner.ctx_neg", f"{prefix}.ctx_neg", leading=1),
-        ]
-        found += [
-            Entry(f"prompt_learner.compound_prompts_text.{index}", f"{prefix}.deep_prompts", index=index)
-            for index in range(learner.deep_prompts.shape[0])
-        ]
-        found += [
-            Entry(f"{_NET}.{layer}.{kind}", f"{prefix}.patch_meta_net.{layer}.{kind}")
-            for layer in ("linear1", "linear2")
-            for kind in ("weight", "bias")
-        ]
+        found = self.prompt_learner_entries(
+            prefix, "ctx_pos", "ctx_neg", learner.deep_prompts.shape[0], anomalous_leading=1
+        )
+        found += [Entry(f"{_NET}.{key}", f"{prefix}.patch_meta_net.{key}") for key in _NET_KEYS]
         return found
