@@ -45,7 +45,10 @@ MIXED_PRECISIONS = {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}
 #: The precision each official release ran its published GPU numbers in (what ``auto`` picks on a GPU):
 #: APRIL-GAN wraps its passes in fp16 autocast; AnomalyCLIP's OpenAI-CLIP loader converts the weights to
 #: fp16 on a GPU; MuSc and AdaCLIP run an fp16 residual stream; PromptAD builds fp16 weights. WinCLIP has
-#: no official code (anomalib, its peer implementation, runs fp32), nor has the plain CLIP baseline.
+#: no official code (anomalib, its peer implementation, runs fp32), nor has the plain CLIP baseline. The
+#: 2025 releases run fp32: AnomalyDINO never passes its ``half_precision`` flag; AA-CLIP loads with
+#: ``precision='fp32'``; Bayes-PFL and FAPrompt build their CLIP with the fp16 conversion commented out
+#: (FAPrompt's deep text prompts alone pass through ``.half()``, which the method reproduces in every mode).
 RELEASE_GPU_PRECISION = {
     "aprillab": "amp-fp16",
     "anomalyclip": "fp16",
@@ -54,6 +57,11 @@ RELEASE_GPU_PRECISION = {
     "promptad": "fp16",
     "winclip": "fp32",
     "clip": "fp32",
+    "anomalydino": "fp32",
+    "aaclip": "fp32",
+    "bayespfl": "fp32",
+    "faprompt": "fp32",
+    "alignment": "fp32",
 }
 
 
