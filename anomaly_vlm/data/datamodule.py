@@ -129,10 +129,28 @@ class AnomalyDataModule(L.LightningDataModule):
             self.source.samples(category, "train"), shots, seed, category, rule=self.reference_draw
         )
 
-    def load_images(self, samples: list[Sample]) -> Tensor:
-        """``[k, 3, S, S]`` images of the given samples (for few-shot memory banks)."""
+    def load_images(self, samples: list[Sample], file_resolution: bool = False) -> Tensor:
+        """``[k, 3, S, S]`` images of the given samples (for few-shot memory banks).
+
+        ``file_resolution``: ``[k, 3, H, W]`` at the files' own resolution instead, for a method that
+        changes the pixels before it resizes them itself (AnomalyDINO's rotation of its references); the
+        files must then share one size.
+        """
         limit = self.source.max_image_pixels
-        return torch.stack([load_image(sample.path, self.image_size, limit) for sample in samples])
+        size = None if file_resolution else self.image_size
+        images = [load_image(sample.path, size, limit) for sample in samples]
+        shapes = {tuple(image.shape) for image in images}
+        if len(shapes) > 1:
+            first = images[0].shape
+            other = next(index for index, image in enumerate(images) if image.shape != first)
+            second = images[other].shape
+            raise DataError(
+                f"the reference images {samples[0].path} ({first[2]}x{first[1]}) and {samples[other].path} "
+                f"({second[2]}x{second[1]}) differ in size, and the method takes its references at their "
+                "files' resolution (AnomalyDINO: method.rotate_before_resize=false takes them at the input "
+                "size)"
+            )
+        return torch.stack(images)
 
     def train_samples(self) -> list[Sample]:
         """Every sample of the auxiliary dataset's training split, all its categories."""

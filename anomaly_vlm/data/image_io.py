@@ -152,21 +152,38 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str, size: int, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Tensor:
+def _squashed(image: Image.Image, size: int | None) -> Tensor:
+    # The one resize of the data layer (PIL's antialiased bicubic on the 8-bit RGB image), shared by
+    # load_image and resize_image so that both give the same pixels.
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def load_image(path: str, size: int | None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Tensor:
     """``[3, size, size]`` float RGB in ``[0, 1]``, bicubic squash-resized.
 
     Args:
         path: the image file.
-        size: the square side.
+        size: the square side; None keeps the file's own resolution (``[3, H, W]``).
         max_pixels: refuse a file with more pixels (``data.max_image_pixels``), before decoding it.
 
     Raises:
         DataError: the file is missing, unreadable or over ``max_pixels``.
     """
-    image = to_rgb(_open(path, max_pixels))
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    return _squashed(to_rgb(_open(path, max_pixels)), size)
+
+
+def resize_image(image: Tensor, size: int) -> Tensor:
+    """A ``[3, H, W]`` image of 8-bit values in ``[0, 1]`` (as :func:`load_image` gives them) resized the way
+    :func:`load_image` resizes a file: ``resize_image(load_image(p, None), s)`` equals ``load_image(p, s)``.
+
+    Methods that change the file's pixels before the resize (AnomalyDINO turns its references at their
+    original resolution) use it to finish them as the loader would.
+    """
+    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    resized = _squashed(Image.fromarray(pixels.permute(1, 2, 0).numpy()), size)
+    return resized.to(device=image.device, dtype=image.dtype)
 
 
 def mask_files(path: str | Path) -> list[Path]:

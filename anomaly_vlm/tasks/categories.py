@@ -23,11 +23,14 @@ def score_categories(
     sets the method up for each category and hands each finished category to its consumers."""
     if scoring not in trainer.callbacks:
         raise ValueError("the CategoryScoring callback must be one of the trainer's callbacks")
+    # A method that changes its references' pixels before the resize (AnomalyDINO's rotation) takes them at
+    # their files' resolution and resizes them itself.
+    file_resolution = bool(getattr(method, "references_at_file_resolution", False))
     for category in datamodule.categories:
         chosen = references.get(category) or []
         scoring.begin(
             category,
-            datamodule.load_images(list(chosen)) if chosen else None,
+            datamodule.load_images(list(chosen), file_resolution) if chosen else None,
             [file_digest(sample.path) for sample in chosen] if chosen else None,
         )
         trainer.test(method, dataloaders=datamodule.category_test_dataloader(category), verbose=False)

@@ -8,9 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.capabilities import BackboneNeeds
+from anomaly_vlm.data.image_io import resize_image
 from anomaly_vlm.methods.anomalydino.torch_model import (
     ROTATION_ANGLES,
     AnomalyDINO,
+    check_knn,
     preprocess_table,
     rotate_references,
 )
@@ -42,10 +44,15 @@ class AnomalyDINOModule(AnomalyMethod):
         dataset: the data source's ``_target_``, to pick the table (MVTec AD, VisA; others: no masking).
         masking: force the test images' background masking on or off (None: the table).
         rotation: force the references' rotation augmentation on or off (None: the table).
+        rotate_before_resize: turn the references at their files' resolution and resize each copy, as the
+            official code does (default); False turns the references resized to the input size (the
+            loader's images), cheaper, different pixels where the files are larger than the input.
         mask_references: mask the references' background too where the test images are masked (the
             official ``--mask_ref_images``, off by default; the demo notebook masks them).
         knn_neighbors: nearest reference patches averaged (published 1).
         knn_metric: ``cosine`` (published ``L2_normalized``) or ``l2``.
+        knn: the nearest-neighbour search: ``faiss`` (faiss-cpu, the official library, faster on a CPU;
+            default) or ``torch`` (matrix products on the features' device); the same distances.
         morphology: ``1d`` (published: the official code dilates and closes the raster-order column of
             patches) or ``2d`` (the corrected morphology on the patch grid).
         mask_threshold: PC1 threshold of the background mask (published 10).
@@ -65,6 +72,13 @@ class AnomalyDINOModule(AnomalyMethod):
         text_tower=False, patch_tokens=True, clip_tokens=False
     )
 
+    @classmethod
+    def check_options(cls, options: Any) -> None:
+        """Refuse an unknown ``method.preprocess`` or ``method.knn``, or ``method.knn=faiss`` without
+        faiss-cpu, before weights load (one ``error:`` line)."""
+        preprocess_table(None, "", str(options.get("preprocess", "agnostic")))
+        check_knn(str(options.get("knn", "faiss")))
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -74,9 +88,11 @@ class AnomalyDINOModule(AnomalyMethod):
         dataset: str | None = None,
         masking: bool | None = None,
         rotation: bool | None = None,
+        rotate_before_resize: bool = True,
         mask_references: bool = False,
         knn_neighbors: int = 1,
         knn_metric: str = "cosine",
+        knn: str = "faiss",
         morphology: str = "1d",
         mask_threshold: float = 10.0,
         map_sigma: float = 4.0,
@@ -91,6 +107,7 @@ class AnomalyDINOModule(AnomalyMethod):
             zero_shot=int(shots) == 0,
             knn_neighbors=knn_neighbors,
             knn_metric=knn_metric,
+            knn=knn,
             morphology=morphology,
             mask_threshold=mask_threshold,
             map_sigma=map_sigma,
@@ -102,8 +119,15 @@ class AnomalyDINOModule(AnomalyMethod):
         self.dataset = dataset
         self.masking_override = masking
         self.rotation_override = rotation
+        self.rotate_before_resize = bool(rotate_before_resize)
         self.mask_references = bool(mask_references)
         self.reference_batch_size = int(reference_batch_size)
+
+    @property
+    def references_at_file_resolution(self) -> bool:
+        """Whether the job loads this method's references at their files' resolution (the few-shot mode
+        with ``rotate_before_resize``): the method turns and resizes them itself."""
+        return self.rotate_before_resize and not self.model.transductive
 
     def category_settings(self, category: str) -> tuple[bool, bool]:
         """``(masking, rotation)`` of ``category``: the official table unless forced by the options."""
@@ -122,11 +146,18 @@ class AnomalyDINOModule(AnomalyMethod):
         if self.model.transductive or reference_images is None or len(reference_images) == 0:
             self.model.set_memory(None)
             return
-        tokens = self.reference_features(reference_images, self.reference_batch_size)["patch_tokens"]
+        size = self.model.backbone.image_size
+        # References at their files' resolution (references_at_file_resolution) are resized here exactly as
+        # the loader resizes a file, so the 0-degree copy is the loader's image (and its cache entry).
+        resized = reference_images
+        if tuple(reference_images.shape[-2:]) != (size, size):
+            resized = torch.stack([resize_image(image, size) for image in reference_images])
+        tokens = self.reference_features(resized, self.reference_batch_size)["patch_tokens"]
         if rotation:
-            # The 0-degree copy is the image itself (its features may come from the cache); the turned
-            # copies are no file's pixels, so they bypass it.
-            turned = rotate_references(reference_images, ROTATION_ANGLES[1:])
+            # The official code turns the file's pixels, then resizes each copy (rotate_before_resize). The
+            # turned copies are no file's pixels, so they bypass the feature cache.
+            source = reference_images if self.rotate_before_resize else resized
+            turned = rotate_references(source, ROTATION_ANGLES[1:], size=size)
             parts = [
                 self.frozen_features(turned[start : start + self.reference_batch_size])
                 for start in range(0, len(turned), self.reference_batch_size)

@@ -8,13 +8,15 @@ Written from the official code (``dammsi/AnomalyDINO``), not the paper's prose:
 * features: the last block's patch tokens after the final LayerNorm (``get_intermediate_layers``);
 * references: each normal image, and with rotation its 7 copies turned by 45° steps (cv2
   ``getRotationMatrix2D`` about ``(w/2, h/2)``, ``warpAffine`` bilinear, reflect-101 border, on the uint8
-  image), all patches kept (references are masked only with ``mask_references``);
+  image at the file's resolution, then resized), all patches kept (references are masked only with
+  ``mask_references``);
 * a test image's background mask: PC1 of a PCA of its own patches ``> 10``, the sign flipped when the
   central 60 % of the grid is at most 35 % foreground, then a 3x3 dilation and closing. The official code
   runs the morphology on the ``[N, 1]`` column of patches, i.e. along raster order (``morphology: 1d``,
   the default, as published); ``2d`` runs it on the patch grid;
 * patch distance: ``1 - cos`` to the nearest reference patch (faiss ``IndexFlatL2`` on L2-normalised
-  features, halved); background patches get 0;
+  features, halved; ``knn="faiss"``, the default, runs that very search, ``knn="torch"`` the same
+  exhaustive search by matrix products); background patches get 0;
 * image score: the mean of the top ``int(0.01 N)`` patch distances of the grid (background zeros
   included), the maximum when that count is 0;
 * map: the grid resized bilinearly (half-pixel, no antialias) to the image, then a Gaussian blur of
@@ -59,6 +61,9 @@ MVTEC_MASKED = frozenset({"capsule", "hazelnut", "pill", "screw", "toothbrush"})
 MVTEC_INFORMED_ROTATED = frozenset({"hazelnut", "screw"})
 MORPHOLOGIES = ("1d", "2d")
 MASK_THRESHOLD = 10.0
+#: The nearest-neighbour search: faiss-cpu's exhaustive ``IndexFlatL2`` (the official library, the faster
+#: one on a CPU) or torch matrix products (on the features' device, and in exported graphs).
+KNN_LIBRARIES = ("faiss", "torch")
 
 
 class AnomalyDINOError(DataError):
@@ -89,14 +94,21 @@ def preprocess_table(dataset: str | None, category: str, preprocess: str) -> tup
     return False, preprocess.startswith("agnostic")
 
 
-def rotate_references(images: Tensor, angles: tuple[int, ...] = ROTATION_ANGLES) -> Tensor:
+def rotate_references(
+    images: Tensor, angles: tuple[int, ...] = ROTATION_ANGLES, size: int | None = None
+) -> Tensor:
     """The official rotation augmentation of ``[B, 3, H, W]`` images in ``[0, 1]``: ``[B * len(angles), 3,
     H, W]``, each image's copies in angle order.
 
     Runs cv2's own ``warpAffine`` on the 8-bit image (its fixed-point bilinear kernel), as the official code
-    does; the loaded images are 8-bit values divided by 255, so the round trip is exact.
+    does; the loaded images are 8-bit values divided by 255, so the round trip is exact. ``size``: each
+    turned copy is then resized to ``size x size`` as the data loader resizes a file
+    (:func:`~anomaly_vlm.data.image_io.resize_image`), the official order (turn the file's pixels, then
+    resize); the 0-degree copy is then exactly the loader's image of the file.
     """
     import cv2
+
+    from anomaly_vlm.data.image_io import resize_image
 
     out = []
     pixels = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
@@ -112,9 +124,9 @@ def rotate_references(images: Tensor, angles: tuple[int, ...] = ROTATION_ANGLES)
                 flags=cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_DEFAULT,
             )
-            out.append(torch.from_numpy(turned))
-    stacked = torch.stack(out).permute(0, 3, 1, 2).to(images.dtype) / 255
-    return stacked.to(images.device)
+            copy = torch.from_numpy(turned).permute(2, 0, 1).float() / 255
+            out.append(copy if size is None else resize_image(copy, size))
+    return torch.stack(out).to(device=images.device, dtype=images.dtype)
 
 
 def first_principal_component(features: Tensor) -> Tensor:
@@ -199,19 +211,82 @@ def mean_top_percent(distances: Tensor, fallback_max: bool = True) -> Tensor:
     return distances.topk(count, dim=1).values.mean(dim=1)
 
 
+def check_knn(library: str) -> None:
+    """Refuse an unknown ``method.knn``, or ``faiss`` where faiss-cpu is not installed (one line each)."""
+    if library not in KNN_LIBRARIES:
+        raise AnomalyDINOError(f"method.knn={library!r} is not one of {list(KNN_LIBRARIES)}")
+    if library == "faiss":
+        import_faiss()
+
+
+def import_faiss() -> Any:
+    """The ``faiss`` module, or one :class:`AnomalyDINOError` line saying how to get it or go without."""
+    try:
+        import faiss
+    except ImportError as error:
+        raise AnomalyDINOError(
+            f"method.knn=faiss needs the faiss-cpu package, which is not importable here ({error}); "
+            "install the project's dependencies (pip install -e .) or set method.knn=torch (same distances)"
+        ) from None
+    return faiss
+
+
+def faiss_index(memory: Tensor, metric: str = "cosine") -> Any:
+    """A faiss ``IndexFlatL2`` of the ``[R, W]`` memory, as the official code builds it (rows L2-normalised
+    for ``cosine``, its ``L2_normalized``)."""
+    faiss = import_faiss()
+    vectors = np.ascontiguousarray(memory.detach().float().cpu().numpy(), dtype=np.float32).copy()
+    if metric == "cosine":
+        faiss.normalize_L2(vectors)
+    index = faiss.IndexFlatL2(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
+def faiss_distances(queries: Tensor, index: Any, k: int = 1, metric: str = "cosine") -> Tensor:
+    """``[Q]`` distances of the queries to their ``k`` nearest rows of a :func:`faiss_index`: the official
+    search (``L2_normalized``: the mean of the squared L2 of unit vectors, halved; ``L2``: the square root of
+    the mean squared L2), on the queries' device and dtype."""
+    faiss = import_faiss()
+    vectors = np.ascontiguousarray(queries.detach().float().cpu().numpy(), dtype=np.float32).copy()
+    if metric == "cosine":
+        faiss.normalize_L2(vectors)
+    squared, _ = index.search(vectors, k)
+    distances = torch.from_numpy(squared).mean(dim=1)
+    distances = distances / 2 if metric == "cosine" else distances.sqrt()
+    return distances.to(device=queries.device, dtype=queries.dtype)
+
+
 def nearest_distances(
-    queries: Tensor, memory: Tensor, k: int = 1, metric: str = "cosine", block_bytes: int = 1 << 28
+    queries: Tensor,
+    memory: Tensor,
+    k: int = 1,
+    metric: str = "cosine",
+    block_bytes: int = 1 << 28,
+    knn: str = "torch",
+    index: Any = None,
 ) -> Tensor:
     """``[Q]`` distance of each query to its ``k`` nearest memory rows, as the official faiss search.
 
     ``cosine`` (the official ``L2_normalized``): both sides L2-normalised, the mean of the ``k`` smallest
     ``1 - cos`` (faiss's squared L2 halved). ``l2``: the square root of the mean of the ``k`` smallest
-    squared L2 distances. Exhaustive, in blocks of at most ``block_bytes`` of distances.
+    squared L2 distances. Exhaustive: ``knn="torch"`` by matrix products in blocks of at most
+    ``block_bytes`` of distances, ``knn="faiss"`` by faiss-cpu's ``IndexFlatL2`` (``index``: one
+    :func:`faiss_index` of ``memory`` already built, else it is built here). The two agree to float32
+    rounding (the unit tests and ``python -m bench.perf knn`` check it).
     """
     if metric not in {"cosine", "l2"}:
         raise AnomalyDINOError(f"method.knn_metric={metric!r} is not one of ['cosine', 'l2']")
     if k < 1 or k > memory.shape[0]:
         raise AnomalyDINOError(f"method.knn_neighbors={k} needs 1..{memory.shape[0]} reference patches")
+    if knn not in KNN_LIBRARIES:
+        raise AnomalyDINOError(f"method.knn={knn!r} is not one of {list(KNN_LIBRARIES)}")
+    if knn == "faiss":
+        if queries.shape[0] == 0:
+            return queries.new_zeros(0)
+        return faiss_distances(
+            queries, index if index is not None else faiss_index(memory, metric), k, metric
+        )
     rows = max(1, block_bytes // (4 * max(1, memory.shape[0])))
     out = []
     if metric == "cosine":
@@ -271,6 +346,9 @@ class AnomalyDINO(nn.Module):
         zero_shot: the batched zero-shot mode (transductive) instead of a reference memory.
         knn_neighbors: nearest references averaged per patch (published 1).
         knn_metric: ``cosine`` (published ``L2_normalized``) or ``l2``.
+        knn: the nearest-neighbour search, ``faiss`` (faiss-cpu's ``IndexFlatL2``, the official library
+            and the faster on a CPU) or ``torch`` (matrix products on the features' device); the same
+            distances to float32 rounding. Exported graphs search with torch.
         morphology: ``1d`` (published, the official column morphology) or ``2d`` (on the patch grid).
         mask_threshold: PC1 threshold of the background mask (published 10).
         map_sigma: Gaussian blur of the map in pixels of the evaluation resolution (published 4).
@@ -291,6 +369,7 @@ class AnomalyDINO(nn.Module):
         zero_shot: bool = False,
         knn_neighbors: int = 1,
         knn_metric: str = "cosine",
+        knn: str = "faiss",
         morphology: str = "1d",
         mask_threshold: float = MASK_THRESHOLD,
         map_sigma: float = 4.0,
@@ -302,10 +381,12 @@ class AnomalyDINO(nn.Module):
             raise AnomalyDINOError(f"method.morphology={morphology!r} is not one of {list(MORPHOLOGIES)}")
         if knn_metric not in {"cosine", "l2"}:
             raise AnomalyDINOError(f"method.knn_metric={knn_metric!r} is not one of ['cosine', 'l2']")
+        check_knn(knn)
         self.backbone = backbone
         self.transductive = bool(zero_shot)
         self.knn_neighbors = int(knn_neighbors)
         self.knn_metric = knn_metric
+        self.knn = knn
         self.morphology = morphology
         self.mask_threshold = float(mask_threshold)
         self.map_sigma = float(map_sigma)
@@ -314,6 +395,14 @@ class AnomalyDINO(nn.Module):
         #: Whether the current category's test images are masked (set per category, :meth:`set_masking`).
         self.masking = False
         self.register_buffer("memory", torch.zeros(0, 0), persistent=False)
+        # The faiss index of the memory and what it was built from (private: a saved detector rebuilds it;
+        # the memory buffer may be replaced without set_memory, e.g. when a detector's state is loaded).
+        self._index: Any = None
+        self._index_key: tuple | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A faiss index is no Python state (a copy or pickle of the model rebuilds it from the memory).
+        return {**self.__dict__, "_index": None, "_index_key": None}
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -354,15 +443,31 @@ class AnomalyDINO(nn.Module):
         kept = tokens.flatten(0, 1) if mask is None else tokens[mask]
         self.memory = kept.float().contiguous()
 
-    def patch_distances(self, tokens: Tensor, mask: Tensor) -> Tensor:
-        """``[B, N]`` nearest-reference distances, 0 for background patches."""
+    def memory_index(self) -> Any:
+        """The faiss index of the current memory, built once per memory (per category)."""
+        memory = self.memory
+        key = (id(memory), memory.data_ptr(), memory._version, tuple(memory.shape), self.knn_metric)
+        if self._index is None or self._index_key != key:
+            self._index, self._index_key = faiss_index(memory, self.knn_metric), key
+        return self._index
+
+    def patch_distances(self, tokens: Tensor, mask: Tensor, knn: str | None = None) -> Tensor:
+        """``[B, N]`` nearest-reference distances, 0 for background patches (``knn``: the search,
+        default the model's)."""
         if self.memory.numel() == 0:
             raise AnomalyDINOError(
                 "AnomalyDINO has no reference memory: set shots>=1 (or shots=0 for the "
                 "batched zero-shot mode)"
             )
+        knn = knn or self.knn
         flat = nearest_distances(
-            tokens.flatten(0, 1), self.memory, self.knn_neighbors, self.knn_metric, self.block_bytes
+            tokens.flatten(0, 1),
+            self.memory,
+            self.knn_neighbors,
+            self.knn_metric,
+            self.block_bytes,
+            knn=knn,
+            index=self.memory_index() if knn == "faiss" else None,
         ).view(tokens.shape[:2])
         return torch.where(mask, flat, torch.zeros_like(flat))
 
@@ -372,10 +477,10 @@ class AnomalyDINO(nn.Module):
         resized = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)[:, 0]
         return gaussian_blur(resized, self.map_sigma)
 
-    def score(self, features: Mapping[str, Tensor]) -> Prediction:
-        """Score images against the reference memory (few-shot)."""
+    def score(self, features: Mapping[str, Tensor], knn: str | None = None) -> Prediction:
+        """Score images against the reference memory (few-shot); ``knn`` overrides the model's search."""
         tokens = features["patch_tokens"]
-        distances = self.patch_distances(tokens, self.foreground(tokens))
+        distances = self.patch_distances(tokens, self.foreground(tokens), knn)
         size = (self.backbone.image_size, self.backbone.image_size)
         return Prediction(mean_top_percent(distances), self.anomaly_map(distances, size))
 
@@ -394,5 +499,13 @@ class AnomalyDINO(nn.Module):
         return Prediction(mean_top_percent(distances, fallback_max=False), self.anomaly_map(distances, size))
 
     def export_module(self) -> ScoringGraph:
-        """The export graph: normalised images -> (image score, map) with the memory baked in."""
-        return ScoringGraph(self)
+        """The export graph: normalised images -> (image score, map) with the memory baked in; it searches
+        with torch matrix products (a faiss call is no graph operator), the same distances."""
+        return TorchSearchGraph(self)
+
+
+class TorchSearchGraph(ScoringGraph):
+    """AnomalyDINO's export graph: :class:`ScoringGraph` with the nearest-neighbour search in torch."""
+
+    def score(self, features: FrozenFeatures) -> Prediction:
+        return self.model.score(features, knn="torch")

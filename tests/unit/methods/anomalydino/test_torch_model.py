@@ -3,6 +3,9 @@ definition of the distance, its mean_top1p and batched scoring)."""
 
 from __future__ import annotations
 
+import copy
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -19,9 +22,11 @@ from anomaly_vlm.methods.anomalydino import (
     nearest_distances,
     preprocess_table,
     rotate_references,
+    torch_model,
 )
 from anomaly_vlm.methods.anomalydino.torch_model import (
     dilate_and_close,
+    faiss_index,
     first_principal_component,
     mutual_patch_scores,
 )
@@ -150,6 +155,64 @@ def test_nearest_distances_are_faiss_halved_squared_l2_of_unit_vectors():
     torch.testing.assert_close(nearest_distances(queries, memory, k=3, metric="l2"), l2, atol=1e-5, rtol=1e-5)
     with pytest.raises(AnomalyDINOError, match="knn_neighbors=71"):
         nearest_distances(queries, memory, k=71)
+
+
+@pytest.mark.parametrize(("k", "metric"), [(1, "cosine"), (2, "cosine"), (3, "l2")])
+def test_faiss_and_torch_searches_give_the_same_distances(k, metric):
+    generator = torch.Generator().manual_seed(1)
+    queries, memory = torch.randn(300, 16, generator=generator), torch.randn(500, 16, generator=generator)
+    memory[:10] = queries[:10]  # exact matches: both give 0 up to rounding
+    by_faiss = nearest_distances(queries, memory, k=k, metric=metric, knn="faiss")
+    by_torch = nearest_distances(queries, memory, k=k, metric=metric, knn="torch", block_bytes=4 * 500 * 64)
+    assert by_faiss.shape == by_torch.shape == (300,) and by_faiss.dtype == torch.float32
+    torch.testing.assert_close(by_faiss, by_torch, atol=2e-6, rtol=1e-6)
+    index = faiss_index(memory, metric)  # a prebuilt index gives the same
+    torch.testing.assert_close(
+        nearest_distances(queries, memory, k, metric, knn="faiss", index=index), by_faiss
+    )
+
+
+def test_knn_library_errors_are_one_line(monkeypatch):
+    with pytest.raises(AnomalyDINOError, match=r"method.knn='annoy' is not one of \['faiss', 'torch'\]"):
+        nearest_distances(torch.randn(2, 4), torch.randn(3, 4), knn="annoy")
+    with pytest.raises(AnomalyDINOError, match="method.knn='annoy'"):
+        AnomalyDINO(_Grid(), knn="annoy")
+    monkeypatch.setitem(sys.modules, "faiss", None)  # faiss-cpu not installed
+    with pytest.raises(
+        AnomalyDINOError, match="method.knn=faiss needs the faiss-cpu package.*method.knn=torch"
+    ):
+        AnomalyDINO(_Grid())
+    AnomalyDINO(_Grid(), knn="torch")  # searches without it
+
+
+def test_model_searches_with_faiss_by_default_and_follows_a_replaced_memory(monkeypatch):
+    model = AnomalyDINO(_Grid())
+    assert model.knn == "faiss"
+    generator = torch.Generator().manual_seed(2)
+    model.set_memory(torch.randn(2, 100, 8, generator=generator))
+    tokens = torch.randn(3, 100, 8, generator=generator)
+    everything = torch.ones(3, 100, dtype=torch.bool)
+    first = model.patch_distances(tokens, everything)
+    torch.testing.assert_close(
+        first, model.patch_distances(tokens, everything, knn="torch"), atol=2e-6, rtol=0
+    )
+    index = model.memory_index()
+    assert model.memory_index() is index  # built once per memory
+    copied = copy.deepcopy(model)  # the index is no Python state: a copy rebuilds it
+    assert copied._index is None
+    torch.testing.assert_close(copied.patch_distances(tokens, everything), first)
+    # A detector's state replaces the buffer without set_memory: the index follows it.
+    model._buffers["memory"] = tokens[0].clone()
+    second = model.patch_distances(tokens, everything)
+    assert model.memory_index() is not index
+    assert second[0].abs().max() < 1e-5 and not torch.allclose(first, second)
+    # The export graph searches with torch: no faiss call is traced into it.
+    monkeypatch.setattr(torch_model, "faiss_distances", lambda *a, **k: pytest.fail("faiss in the graph"))
+    graph = model.export_module()
+    torch.testing.assert_close(
+        graph.score({"patch_tokens": tokens}).image_score,
+        model.score({"patch_tokens": tokens}, knn="torch").image_score,
+    )
 
 
 def test_mutual_patch_scores_are_the_batched_scripts():
