@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 from anomaly_vlm.analysis.figures import FigureOutput, Provenance, _save, metric_title  # noqa: E402
 from anomaly_vlm.analysis.records import Record  # noqa: E402
 from anomaly_vlm.analysis.tables import Table, write_rows  # noqa: E402
+from anomaly_vlm.methods.alignment.torch_model import SHORTHANDS  # noqa: E402
 
 #: Accuracy in percent, then cost as recorded (``train_seconds``: the job's training wall time).
 GRID_METRICS = (
@@ -186,7 +187,9 @@ def attribution(
             )
             sources.append([run.source, baseline.source, aligned.source, none.source])
         if parts:
-            singles = [part for part in strategy.split("+") if part in grid and part != strategy]
+            # A shorthand (adaclip) names its parts; those that are rows of the grid are shown alone.
+            names = SHORTHANDS.get(strategy, strategy.split("+"))
+            singles = [part for part in names if part in grid and part != strategy]
             detail = ""
             if singles:
                 detail = (

@@ -821,9 +821,10 @@ class AlignmentAnalysis(Analysis):
         "one training budget; only the alignment of patch features with the text space changes (method="
         "alignment, composed of the published methods' own parts): none (ln_post and the projection), "
         "windows (WinCLIP), surgery (the V-V / DPAM stream), linear (APRIL-GAN's per-tap projections), "
-        "learned text prompts (AnomalyCLIP), prompts on both sides (AdaCLIP), and the published "
-        "combinations. Training time is the job's training wall time (0 for training-free strategies), "
-        "per-image time the efficiency probe's median without the feature cache. The published methods "
+        "learned text prompts (AnomalyCLIP), static prompts on both sides, AdaCLIP's hybrid (static + "
+        "image-conditioned) prompts with its projections (adaclip), and the published combinations. "
+        "Training time is the job's training wall time (0 for training-free strategies), per-image time "
+        "the efficiency probe's median without the feature cache. The published methods "
         "and the CLIP baseline run on the same test images, so each method's gain over CLIP can be set "
         "against its alignment's gain over 'none'."
     )

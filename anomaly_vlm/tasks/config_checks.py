@@ -157,7 +157,7 @@ def check_training_data(
     (:func:`use_protocol_training_data`), so nothing is missing.
     """
     method_class = get_class(cfg.method._target_)
-    if not getattr(method_class, "trains_on_auxiliary_data", False) or cfg.ckpt_path:
+    if not trains_on_auxiliary_data(cfg) or cfg.ckpt_path:
         return
     name = method_name or getattr(method_class, "method_name", method_class.__name__)
     if needs_training_data(cfg, fit) and data_name not in PROTOCOL_TRAINING_DATA:

@@ -16,8 +16,16 @@ log = logging.getLogger(__name__)
 
 
 def trains_on_auxiliary_data(cfg: DictConfig) -> bool:
-    """Whether the configured method learns parameters on ``train_data``."""
-    return bool(getattr(get_class(cfg.method._target_), "trains_on_auxiliary_data", False))
+    """Whether the configured method learns parameters on ``train_data``.
+
+    A method class whose options decide it (``method=alignment``: only its strategies with trained parts
+    learn) answers from the config alone with a ``trains_with(options)`` class method.
+    """
+    method_class = get_class(cfg.method._target_)
+    if not getattr(method_class, "trains_on_auxiliary_data", False):
+        return False
+    trains_with = getattr(method_class, "trains_with", None)
+    return True if trains_with is None else bool(trains_with(cfg.method))
 
 
 #: The published cross-domain protocol: a method tested on one benchmark trains on the other's test split

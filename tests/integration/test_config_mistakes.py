@@ -88,3 +88,23 @@ def test_an_impossible_alignment_is_one_error_line(tmp_path):
     assert _error_lines(result) == [
         "error: method.alignment=surgery+linear: 'surgery' and 'linear' cannot be combined"
     ]
+
+
+def test_only_the_alignment_strategies_that_train_ask_for_train_data(tmp_path):
+    """Training-free strategies (none, windows, surgery) run without auxiliary data; a strategy that trains
+    stops with one line naming train_data."""
+    common = ["experiment=demo", "method=alignment", "logger=none", f"paths.cache_dir={tmp_path / 'cache'}"]
+    trained = _entry("train.py", *common, "method.alignment=linear", f"hydra.run.dir={tmp_path / 'linear'}")
+    [line] = _error_lines(trained)
+    assert (
+        line.startswith("error: method 'alignment' trains on an auxiliary dataset") and "train_data=<" in line
+    )
+    free = _entry(
+        "train.py",
+        *common,
+        "method.alignment=surgery",
+        "data.categories=[disc]",
+        f"hydra.run.dir={tmp_path / 'surgery'}",
+    )
+    assert free.returncode == 0, free.stderr[-3000:]
+    assert (tmp_path / "surgery" / "results.json").is_file()

@@ -23,6 +23,10 @@ Forward pass of one image (``method/adaclip.py`` of the official code):
    tokens concatenated, each cluster's mean token over its members and all taps, the mean of the ``k``
    cluster centres, L2-normalised; the image embedding is ``L2(0.2 * hsf + 0.8 * cls)``; the image score is
    ``softmax(100 * embedding @ text)[anomalous]``.
+
+Steps 2-4 (the prompts) are the shared :class:`~anomaly_vlm.methods.hybrid_prompts.HybridPrompts`, the tap
+projections the shared :class:`~anomaly_vlm.methods.projections.TapProjections`, so other compositions (the
+alignment analysis's ``alignment=adaclip``) use the very same parts.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction
+from anomaly_vlm.methods.hybrid_prompts import CategoryText, HybridPrompts
 from anomaly_vlm.methods.losses import dice_loss, focal_loss
 from anomaly_vlm.methods.ops import gaussian_blur
+from anomaly_vlm.methods.projections import TapProjections
 
 DICE_UNITS = ("row", "image")
 
@@ -51,18 +57,12 @@ def default_layers(num_layers: int) -> list[int]:
     return [quarter, 2 * quarter, 3 * quarter, 4 * quarter]
 
 
-class CategoryText:
-    """Tokenised prompt ensemble of one category: ``token_ids [S, L]``, the first ``num_normal`` normal."""
-
-    def __init__(self, token_ids: Tensor, num_normal: int) -> None:
-        if not 0 < num_normal < len(token_ids):
-            raise ValueError("a category needs normal and anomalous sentences")
-        self.token_ids = token_ids
-        self.num_normal = int(num_normal)
-
-
-class AdaCLIP(nn.Module):
+class AdaCLIP(HybridPrompts):
     """Frozen CLIP with hybrid learnable prompts, trained projections and hybrid semantic fusion.
+
+    The prompts' parameters and token builders are those of
+    :class:`~anomaly_vlm.methods.hybrid_prompts.HybridPrompts` (kept at this module's top level, so the
+    state dict names them ``visual_static``, ``text_generator.<i>``, ... as the release mapping does).
 
     Args:
         backbone: frozen CLIP (published: OpenAI ViT-L-14-336, plain GELU, 518 px, positional embedding
@@ -111,14 +111,12 @@ class AdaCLIP(nn.Module):
         blur_sigma: float = 4.0,
         blur_truncate: float = 4.0,
     ) -> None:
-        super().__init__()
-        self.backbone = backbone
         try:
             chosen = default_layers(backbone.num_layers) if layers is None else list(layers)
-            self.layers = backbone.check_layers(chosen)
+            taps = backbone.check_layers(chosen)
         except ValueError as error:
             raise ValueError(f"method.layers: {error}") from None
-        if not self.layers:
+        if not taps:
             raise ValueError("method.layers is empty; AdaCLIP needs at least one tap (e.g. [6, 12, 18, 24])")
         if int(prompt_length) < 1:
             raise ValueError(f"method.prompt_length={prompt_length} must be at least 1")
@@ -135,35 +133,31 @@ class AdaCLIP(nn.Module):
             raise ValueError(f"method.dice_unit={dice_unit!r} is not one of {list(DICE_UNITS)}")
         if use_hsf and int(k_clusters) < 1:
             raise ValueError(f"method.k_clusters={k_clusters} must be at least 1")
-        self.prompt_length = int(prompt_length)
-        self.prompt_depth = depth
-        self.static_prompts = bool(static_prompts)
-        self.dynamic_prompts = bool(dynamic_prompts)
-        self.visual_prompts = bool(visual_prompts)
-        self.text_prompts = bool(text_prompts)
+        super().__init__(
+            backbone.width,
+            backbone.text_width,
+            backbone.embed_dim,
+            prompt_length=int(prompt_length),
+            prompt_depth=depth,
+            static_prompts=static_prompts,
+            dynamic_prompts=dynamic_prompts,
+            visual_prompts=visual_prompts,
+            text_prompts=text_prompts,
+            prompt_fp16=prompt_fp16,
+            init_std=init_std,
+        )
+        self.backbone = backbone
+        self.layers = taps
         self.use_hsf = bool(use_hsf)
         self.k_clusters = int(k_clusters)
         self.hsf_alpha = float(hsf_alpha)
         self.kmeans_seed = None if kmeans_seed is None else int(kmeans_seed)
         self.logit_scale = float(logit_scale)
-        self.prompt_fp16 = bool(prompt_fp16)
         self.dice_unit = dice_unit
         self.blur_sigma = float(blur_sigma)
         self.blur_truncate = float(blur_truncate)
-
-        width, text_width, embed = backbone.width, backbone.text_width, backbone.embed_dim
-        n = self.prompt_length
-        std = float(init_std)
-        if self.static_prompts and self.visual_prompts:
-            self.visual_static = nn.Parameter(torch.randn(depth, n, width) * std)
-        if self.static_prompts and self.text_prompts:
-            # One set per block like the visual side; the first is never inserted (official behaviour).
-            self.text_static = nn.Parameter(torch.randn(depth, n, text_width) * std)
-        if self.dynamic_prompts and self.visual_prompts:
-            self.visual_generator = nn.ModuleList(nn.Linear(embed, width) for _ in range(n))
-        if self.dynamic_prompts and self.text_prompts:
-            self.text_generator = nn.ModuleList(nn.Linear(embed, text_width) for _ in range(n))
-        self.patch_projections = nn.ModuleList(nn.Linear(width, embed) for _ in self.layers)
+        embed = backbone.embed_dim
+        self.patch_projections = TapProjections(backbone.width, embed, len(self.layers))
         self.cls_projection = nn.Linear(embed, embed)
         #: The prompt ensemble that scores test images (:meth:`set_category`): token ids ``[S, L]`` and
         #: the number of normal sentences, kept as tensors so that a saved detector carries them.
@@ -182,51 +176,11 @@ class AdaCLIP(nn.Module):
         pooled = self.backbone.encode_image(pixels, normalized=True).global_embedding
         return {"pixels": pixels, "global_embedding": pooled}
 
-    # ----- prompts --------------------------------------------------------------------------------
-    def _rounded(self, tokens: Tensor) -> Tensor:
-        return tokens.half().to(tokens.dtype) if self.prompt_fp16 else tokens
-
-    def _generated(self, generator: nn.ModuleList, pooled: Tensor) -> Tensor:
-        return torch.stack([linear(pooled) for linear in generator], dim=1)
-
-    def visual_prompt_tokens(self, pooled: Tensor) -> list[Tensor]:
-        """Per prompted block ``[B, n, W]`` (or ``[n, W]`` without dynamic prompts)."""
-        dynamic = self._generated(self.visual_generator, pooled) if self.dynamic_prompts else None
-        blocks = []
-        for index in range(self.prompt_depth):
-            static = self.visual_static[index] if self.static_prompts else None
-            tokens = static if dynamic is None else (dynamic if static is None else dynamic + static)
-            blocks.append(self._rounded(tokens))
-        return blocks
-
-    def text_prompt_tokens(self, pooled: Tensor | None) -> list[dict[int, Tensor]] | dict[int, Tensor]:
-        """Deep text tokens by text block (2..depth): one dict per image with dynamic prompts, else one."""
-        static = self.text_static if self.static_prompts else None
-        if not self.dynamic_prompts:
-            return {index + 1: self._rounded(static[index]) for index in range(1, self.prompt_depth)}
-        dynamic = self._generated(self.text_generator, pooled)
-        per_image = []
-        for tokens in dynamic:
-            per_image.append(
-                {
-                    index + 1: self._rounded(tokens if static is None else tokens + static[index])
-                    for index in range(1, self.prompt_depth)
-                }
-            )
-        return per_image
-
     # ----- encoders -------------------------------------------------------------------------------
     def encode_image(self, features: FrozenFeatures) -> tuple[Tensor, list[Tensor]]:
         """Unit-norm ``[B, D]`` projected CLS and per tap unit-norm ``[B, N, D]`` projected patches."""
         pixels, pooled = features["pixels"], features["global_embedding"]
-        backbone = self.backbone
-        if self.visual_prompts:
-            encoded = backbone.encode_image_prompted(
-                pixels, self.visual_prompt_tokens(pooled), self.layers, normalized=True
-            )
-        else:
-            with torch.no_grad():
-                encoded = backbone.encode_image(pixels, self.layers, normalized=True)
+        encoded = self.encode_prompted_image(self.backbone, pixels, pooled, self.layers)
         cls = F.normalize(self.cls_projection(encoded.global_embedding), dim=-1)
         patches = [
             F.normalize(projection(encoded.layer_tokens[index][:, 1:]), dim=-1)
@@ -234,34 +188,9 @@ class AdaCLIP(nn.Module):
         ]
         return cls, patches
 
-    def _ensemble(self, embeddings: Tensor, num_normal: int) -> Tensor:
-        """``[2, D]``: per state the mean of the unit sentence embeddings, re-normalised."""
-        embeddings = F.normalize(embeddings, dim=-1)
-        normal = F.normalize(embeddings[:num_normal].mean(dim=0), dim=-1)
-        anomalous = F.normalize(embeddings[num_normal:].mean(dim=0), dim=-1)
-        return torch.stack([normal, anomalous])
-
     def encode_text(self, text: CategoryText, pooled: Tensor) -> Tensor:
         """``[B, 2, D]`` unit text features (normal, anomalous) of one category for each image."""
-        backbone = self.backbone
-        ids = text.token_ids
-        if not self.text_prompts:
-            with torch.no_grad():
-                plain = backbone.encode_text_deep_prompted(ids, {})
-            return self._ensemble(plain, text.num_normal).unsqueeze(0).expand(len(pooled), -1, -1)
-        deep = self.text_prompt_tokens(pooled)
-        if isinstance(deep, dict):
-            shared = self._ensemble(backbone.encode_text_deep_prompted(ids, deep), text.num_normal)
-            return shared.unsqueeze(0).expand(len(pooled), -1, -1)
-        # One run of the sentences of all images: image b's sentences carry image b's dynamic tokens.
-        sentences = len(ids)
-        stacked = {
-            block: torch.cat([tokens[block].unsqueeze(0).expand(sentences, -1, -1) for tokens in deep])
-            for block in deep[0]
-        }
-        encoded = backbone.encode_text_deep_prompted(ids.repeat(len(deep), 1), stacked)
-        chunks = encoded.view(len(deep), sentences, -1)
-        return torch.stack([self._ensemble(chunk, text.num_normal) for chunk in chunks])
+        return self.encode_prompted_text(self.backbone, text, pooled)
 
     # ----- scoring pieces ---------------------------------------------------------------------------
     def tap_logits(self, patches: list[Tensor], text: Tensor) -> list[Tensor]:

@@ -11,8 +11,9 @@ from torch import Tensor
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data.batch import AnomalyBatch
-from anomaly_vlm.methods.alignment.torch_model import AlignmentModel, parse_alignment
+from anomaly_vlm.methods.alignment.torch_model import TRAINED_PARTS, AlignmentModel, parse_alignment
 from anomaly_vlm.methods.base import AnomalyMethod, BlockOption
+from anomaly_vlm.methods.hybrid_prompts import CategoryText
 from anomaly_vlm.prompts import PromptSet
 
 #: The category whose prompts score training images of fixed-text strategies: the training images come from
@@ -24,7 +25,7 @@ class AlignmentModule(AnomalyMethod):
     """One backbone, taps, prompt set, scoring rule and training budget; only ``method.alignment`` changes.
 
     Composed of the parts the published methods use (WinCLIP's windows, AnomalyCLIP's V-V stream and
-    learned text prompts, APRIL-GAN's per-tap projections, AdaCLIP's visual prompts); see
+    learned text prompts, APRIL-GAN's per-tap projections, AdaCLIP's hybrid prompts and CLS projection); see
     :mod:`anomaly_vlm.methods.alignment.torch_model`. A strategy without trainable parts is only tested.
 
     Paper: none of its own; a controlled comparison of the alignments of WinCLIP (CVPR 2023), APRIL-GAN
@@ -57,6 +58,16 @@ class AlignmentModule(AnomalyMethod):
         """Refuse an unknown or impossible ``method.alignment`` before weights load (ValueError)."""
         parse_alignment(str(options.get("alignment", "none")))
 
+    @classmethod
+    def trains_with(cls, options: Any) -> bool:
+        """Whether ``method.alignment`` has trained parts: the training-free strategies (none, windows,
+        surgery) need no ``train_data``."""
+        try:
+            parts = parse_alignment(str(options.get("alignment", "none")))
+        except ValueError:
+            return True  # check_options reports the bad value
+        return bool(parts & TRAINED_PARTS)
+
     def __init__(
         self,
         backbone: FrozenCLIP,
@@ -79,10 +90,19 @@ class AlignmentModule(AnomalyMethod):
         classifier = self.text_cache.classifier(self.backbone, self.prompts, category, self.text_aggregation)
         self.model.set_text_classifier(classifier)
 
+    def _prompted_text(self, category: str) -> None:
+        """Hybrid prompts: the category's sentences of the prompt set, tokenised (their learned tokens are
+        inserted per image)."""
+        normal, anomalous = self.prompts.sentences(category)
+        ids = self.backbone.tokenize(normal + anomalous).to(self.device)
+        self.model.set_category(CategoryText(ids, len(normal)))
+
     # ----- testing ---------------------------------------------------------------------------------
     def setup_category(self, category: str, reference_images: Tensor | None) -> None:
         self.model.scoring_text = None
-        if self.model.learns_text:
+        if self.model.hybrid is not None:
+            self._prompted_text(category)
+        elif self.model.learns_text:
             with torch.no_grad():
                 self.model.scoring_text = self.model.text_features()
         else:
@@ -91,7 +111,9 @@ class AlignmentModule(AnomalyMethod):
     # ----- training --------------------------------------------------------------------------------
     def on_train_start(self) -> None:
         self.model.scoring_text = None  # the prompts are about to change; never score with stale text
-        if not self.model.learns_text:
+        if self.model.hybrid is not None:
+            self._prompted_text(TRAINING_CATEGORY)
+        elif not self.model.learns_text:
             self._fixed_text(TRAINING_CATEGORY)
 
     def training_step(self, batch: AnomalyBatch, batch_idx: int) -> Tensor:

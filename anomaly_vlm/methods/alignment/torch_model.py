@@ -14,10 +14,14 @@ published methods use, and only the way patch features reach the text space chan
   :class:`anomaly_vlm.prompts.learnable.LearnablePromptEncoder`).
 * ``visual_prompts``: learned static prompt tokens in the first vision blocks (AdaCLIP's static visual
   prompts; :meth:`anomaly_vlm.backbones.clip.FrozenCLIP.encode_image_prompted`).
-* ``both_prompts`` = ``text_prompts+visual_prompts`` (AdaCLIP's prompting on both sides).
+* ``both_prompts`` = ``text_prompts+visual_prompts`` (static learned prompts on both sides).
+* ``hybrid_prompts``: AdaCLIP's static + dynamic (image-conditioned) prompts in both encoders, the text
+  tokens inserted into the analysis's prompt set (:class:`anomaly_vlm.methods.hybrid_prompts.HybridPrompts`).
+* ``cls_projection``: AdaCLIP's trained ``Linear(embed_dim -> embed_dim)`` of the pooled embedding.
+* ``adaclip`` = ``linear+hybrid_prompts+cls_projection``: AdaCLIP's alignment, every part of it.
 
-Parts combine with ``+`` (``surgery+text_prompts`` is AnomalyCLIP's alignment, ``linear+both_prompts``
-AdaCLIP's). The scoring rule is the same for all: per tap, ``softmax(logit_scale * cos(patch, [normal,
+Parts combine with ``+`` (``surgery+text_prompts`` is AnomalyCLIP's alignment, ``adaclip`` AdaCLIP's). The
+scoring rule is the same for all: per tap, ``softmax(logit_scale * cos(patch, [normal,
 abnormal]))[abnormal]`` on the patch grid, averaged over the taps (over the window scales for
 ``windows``), upsampled bilinearly; the image score is the same rule on the pooled ``ln_post(CLS) @ proj``.
 Training (strategies with trainable parts) uses one loss for all: cross-entropy of the image logits plus
@@ -35,6 +39,7 @@ from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoringGraph
+from anomaly_vlm.methods.hybrid_prompts import CategoryText, HybridPrompts
 from anomaly_vlm.methods.losses import dice_loss, focal_loss
 from anomaly_vlm.methods.ops import default_dpam_start, encode_dpam, resolve_stages
 from anomaly_vlm.methods.projections import TapProjections
@@ -48,17 +53,30 @@ from anomaly_vlm.methods.windows import (
 from anomaly_vlm.prompts.learnable import LearnablePromptEncoder, LearnablePromptSet
 
 #: The single parts a strategy is made of.
-PARTS = ("windows", "surgery", "linear", "text_prompts", "visual_prompts")
+PARTS = ("windows", "surgery", "linear", "text_prompts", "visual_prompts", "hybrid_prompts", "cls_projection")
+#: Parts with trained parameters; a strategy without any is training-free (no ``train_data`` needed).
+TRAINED_PARTS = frozenset({"linear", "text_prompts", "visual_prompts", "hybrid_prompts", "cls_projection"})
+#: Parts that change what the frozen pass computes (and so the feature cache's key).
+FROZEN_PARTS = frozenset({"windows", "surgery", "linear", "visual_prompts", "hybrid_prompts"})
 #: Names that stand for several parts.
-SHORTHANDS = {"both_prompts": ("text_prompts", "visual_prompts")}
+SHORTHANDS = {
+    "both_prompts": ("text_prompts", "visual_prompts"),
+    "adaclip": ("linear", "hybrid_prompts", "cls_projection"),
+}
 #: Parts that cannot be combined: windows replace the tapped tokens; surgery is its own stream (no visual
-#: prompts enter it) and ends in CLIP's projection (no trained one).
+#: prompts enter it) and ends in CLIP's projection (no trained one); hybrid prompts are a prompting of their
+#: own on both sides.
 EXCLUSIVE = (
     ("windows", "surgery"),
     ("windows", "linear"),
     ("windows", "visual_prompts"),
+    ("windows", "hybrid_prompts"),
+    ("windows", "cls_projection"),
     ("surgery", "linear"),
     ("surgery", "visual_prompts"),
+    ("surgery", "hybrid_prompts"),
+    ("hybrid_prompts", "text_prompts"),
+    ("hybrid_prompts", "visual_prompts"),
 )
 #: The strategies of the analysis grid: each part alone, then the published methods' combinations.
 STRATEGIES = (
@@ -70,13 +88,14 @@ STRATEGIES = (
     "both_prompts",
     "surgery+text_prompts",
     "linear+both_prompts",
+    "adaclip",
 )
 #: Each published method's alignment, as a strategy of the grid.
 PUBLISHED_ALIGNMENT = {
     "winclip": "windows",
     "aprillab": "linear",
     "anomalyclip": "surgery+text_prompts",
-    "adaclip": "linear+both_prompts",
+    "adaclip": "adaclip",
 }
 
 
@@ -122,9 +141,13 @@ class AlignmentModel(nn.Module):
         deep_prompt_length, deep_prompt_depth: deep text prompt tokens and the text blocks ``2 ..
             depth`` they enter (AnomalyCLIP: 4 and 9; None: 9, capped by a shallower text encoder).
         visual_prompt_length, visual_prompt_depth: learned visual tokens per block and the first blocks
-            they enter (``visual_prompts``; AdaCLIP: 5 and 4).
+            they enter (``visual_prompts``; AdaCLIP: 5 and 4); for ``hybrid_prompts`` the tokens per block
+            of both encoders and the blocks they enter (visual ``1 .. depth``, text ``2 .. depth``).
         init_std: standard deviation of the learned prompts' initialisation (0.02 in both methods).
     """
+
+    #: Why no export graph exists (set with hybrid prompts), or None.
+    export_unsupported: str | None = None
 
     def __init__(
         self,
@@ -192,6 +215,31 @@ class AlignmentModel(nn.Module):
             )
             self.prompt_encoder = LearnablePromptEncoder(backbone, prompt_set)
         self.visual_prompts = None
+        self.hybrid = None
+        if "hybrid_prompts" in self.parts:
+            depth, length = int(visual_prompt_depth), int(visual_prompt_length)
+            limit = min(num_layers, backbone.text_num_layers)
+            if not 1 <= depth <= limit or length < 1:
+                raise ValueError(
+                    f"method.visual_prompt_depth={visual_prompt_depth} must be in 1..{limit} (blocks of the "
+                    f"smaller encoder) and method.visual_prompt_length={visual_prompt_length} at least 1"
+                )
+            # The grid computes in float32 throughout (no float16 rounding of tokens, as for text_prompts).
+            self.hybrid = HybridPrompts(
+                backbone.width,
+                backbone.text_width,
+                backbone.embed_dim,
+                prompt_length=length,
+                prompt_depth=depth,
+                prompt_fp16=False,
+                init_std=float(init_std),
+            )
+            self.export_unsupported = "its dynamic text prompts run the text encoder for each image"
+        self.cls_projection = (
+            nn.Linear(backbone.embed_dim, backbone.embed_dim) if "cls_projection" in self.parts else None
+        )
+        #: The tokenised prompt set of the category (hybrid prompts: the text depends on each image).
+        self.category_text: CategoryText | None = None
         if "visual_prompts" in self.parts:
             depth = int(visual_prompt_depth)
             if not 1 <= depth <= num_layers or int(visual_prompt_length) < 1:
@@ -213,6 +261,10 @@ class AlignmentModel(nn.Module):
     def learns_text(self) -> bool:
         return self.prompt_encoder is not None
 
+    def set_category(self, text: CategoryText | None) -> None:
+        """The category's tokenised prompt set (``hybrid_prompts``: the text is encoded per image)."""
+        self.category_text = text
+
     def set_text_classifier(self, classifier: Tensor) -> None:
         """``[2, D]`` unit rows (normal, abnormal) of the category's prompt set (fixed-text strategies)."""
         if classifier.shape != self.text_classifier.shape:
@@ -228,16 +280,27 @@ class AlignmentModel(nn.Module):
             return self.scoring_text
         return self.prompt_encoder() if self.prompt_encoder is not None else self.text_classifier
 
+    def text_for(self, features: FrozenFeatures) -> Tensor:
+        """The text of these images: ``[B, 2, D]`` with hybrid prompts (generated from each image's
+        prompt-free pooled embedding), else :meth:`text_features` ``[2, D]``."""
+        if self.hybrid is None:
+            return self.text_features()
+        if self.category_text is None:
+            raise RuntimeError("alignment=hybrid_prompts needs set_category() first (the prompts name it)")
+        return self.hybrid.encode_prompted_text(
+            self.backbone, self.category_text, features["global_embedding"]
+        )
+
     # ----- frozen features ------------------------------------------------------------------------
     @property
     def cacheable(self) -> bool:
         # Visual prompts change the image pass itself: only the pixels are frozen then.
-        return self.visual_prompts is None
+        return self.visual_prompts is None and self.hybrid is None
 
     def feature_spec(self) -> dict[str, Any]:
         return {
             "method": "alignment",
-            "frozen": sorted(self.parts & {"windows", "surgery", "linear", "visual_prompts"}),
+            "frozen": sorted(self.parts & FROZEN_PARTS),
             "layers": list(self.layers),
             "scales": list(self.scales),
             "dpam_start": self.dpam_start,
@@ -256,7 +319,7 @@ class AlignmentModel(nn.Module):
         call (an exported graph must not bake the chunk bounds of its trace batch).
         """
         backbone = self.backbone
-        if self.visual_prompts is not None:
+        if self.visual_prompts is not None or self.hybrid is not None:
             pixels = images if normalized else backbone.normalize(images)
             pooled = backbone.encode_image(pixels, normalized=True).global_embedding
             return {"global_embedding": pooled, "pixels": pixels}
@@ -299,26 +362,41 @@ class AlignmentModel(nn.Module):
     # ----- the aligned patch features -----------------------------------------------------------------
     def aligned(self, features: FrozenFeatures) -> tuple[Tensor, list[Tensor]]:
         """The pooled embedding ``[B, D]`` and per tap the patch features in the text space ``[B, N, D]``."""
-        if self.visual_prompts is not None:
+        prompted = self.visual_prompts is not None or self.hybrid is not None
+        if self.hybrid is not None:
+            encoded = self.hybrid.encode_prompted_image(
+                self.backbone, features["pixels"], features["global_embedding"], self.layers
+            )
+        elif self.visual_prompts is not None:
             encoded = self.backbone.encode_image_prompted(
                 features["pixels"], list(self.visual_prompts), self.layers, normalized=True
             )
+        if prompted:
             pooled = encoded.global_embedding
             raw = [encoded.layer_tokens[layer][:, 1:] for layer in self.layers]
         else:
             pooled = features["global_embedding"]
             raw = [features[f"tap_{layer}"] for layer in self.layers]
+        if self.cls_projection is not None:
+            pooled = self.cls_projection(pooled)
         if self.projections is not None:
             return pooled, [
                 projection(tokens) for projection, tokens in zip(self.projections, raw, strict=True)
             ]
-        if self.visual_prompts is not None:
+        if prompted:
             return pooled, [self._clip_projection(tokens) for tokens in raw]
         return pooled, raw
 
+    def _cosines(self, embeddings: Tensor, text: Tensor) -> Tensor:
+        """``[..., 2]`` scaled cosines of ``[B, (N,) D]`` embeddings against ``[2, D]`` text, or against
+        ``[B, 2, D]`` text of each image."""
+        unit = F.normalize(embeddings, dim=-1)
+        similarity = torch.einsum("b...d,bcd->b...c", unit, text) if text.dim() == 3 else unit @ text.T
+        return self.logit_scale * similarity
+
     def _probability(self, embeddings: Tensor, text: Tensor) -> Tensor:
         """``[..., 2]`` softmax of the scaled cosines against (normal, abnormal)."""
-        return (self.logit_scale * F.normalize(embeddings, dim=-1) @ text.T).softmax(dim=-1)
+        return self._cosines(embeddings, text).softmax(dim=-1)
 
     def patch_probabilities(self, features: FrozenFeatures, text: Tensor) -> tuple[Tensor, Tensor]:
         """Image logits ``[B, 2]`` and the abnormal probability on the patch grid ``[B, N]``, averaged over
@@ -335,8 +413,7 @@ class AlignmentModel(nn.Module):
         else:
             pooled, patches = self.aligned(features)
             per_part = [self._probability(tokens, text)[..., 1] for tokens in patches]
-        logits = self.logit_scale * F.normalize(pooled, dim=-1) @ text.T
-        return logits, torch.stack(per_part).mean(dim=0)
+        return self._cosines(pooled, text), torch.stack(per_part).mean(dim=0)
 
     def _upsample(self, grid_values: Tensor) -> Tensor:
         side_h, side_w = self.backbone.grid_size
@@ -347,7 +424,7 @@ class AlignmentModel(nn.Module):
     def score(self, features: FrozenFeatures) -> Prediction:
         """Image score and map from :meth:`frozen_features` (the category's text set beforehand)."""
         with torch.no_grad():
-            logits, patch = self.patch_probabilities(features, self.text_features())
+            logits, patch = self.patch_probabilities(features, self.text_for(features))
         return Prediction(logits.softmax(dim=-1)[:, 1], self._upsample(patch))
 
     def forward(self, images: Tensor) -> Prediction:
@@ -364,7 +441,7 @@ class AlignmentModel(nn.Module):
         self, features: FrozenFeatures, masks: Tensor, labels: Tensor
     ) -> dict[str, Tensor]:
         """One loss for every trainable strategy: CE(image logits, label) + focal + dice of the map."""
-        logits, patch = self.patch_probabilities(features, self.text_features())
+        logits, patch = self.patch_probabilities(features, self.text_for(features))
         global_loss = F.cross_entropy(logits, labels.long())
         side_h, side_w = self.backbone.grid_size
         abnormal = F.interpolate(

@@ -60,3 +60,19 @@ def test_the_grid_and_the_attribution_come_from_the_numbers(results, tmp_path):
     assert image[1:] == ["surgery+text_prompts", "image AUROC", "+20.0", "+10.0", "50%"]
     sentence = next(note for note in section.notes if note.startswith("anomalyclip:"))
     assert "accounts for 50% of it" in sentence and "surgery +2.0, text_prompts +4.0" in sentence
+
+
+def test_adaclips_row_is_its_preset_and_its_grid_parts_are_shown_alone(results, tmp_path):
+    assert PUBLISHED_ALIGNMENT["adaclip"] == "adaclip" and "adaclip" in STRATEGIES
+    for strategy, score in (("none", 0.60), ("linear", 0.63), ("adaclip", 0.72)):
+        trainable = 0 if strategy == "none" else 10
+        results.write(
+            "alignment-grid", method="alignment", score=score, config={"method.alignment": strategy},
+            efficiency={"trainable_parameters": trainable, "ms_per_image": 3.0},
+        )  # fmt: skip
+    results.write("alignment-clip", method="clip", score=0.50)
+    results.write("alignment-adaclip", method="adaclip", score=0.74)
+    sections, _, _ = run_analyses(["alignment"], "tiny", tmp_path / "reports", results.root, run=False)
+    sentence = next(note for note in sections[0].notes if note.startswith("adaclip:"))
+    assert "its alignment alone (adaclip) is +12.0 against 'none'" in sentence
+    assert "Its parts alone: linear +3.0" in sentence

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from anomaly_vlm.data import DataError
 from anomaly_vlm.tasks.config_checks import check_training_data
 from anomaly_vlm.tasks.sweep_check import check_job
-from anomaly_vlm.tasks.training_data import use_protocol_training_data
+from anomaly_vlm.tasks.training_data import trains_on_auxiliary_data, use_protocol_training_data
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 METHODS = sorted(path.stem for path in (CONF / "method").glob("*.yaml"))
@@ -29,8 +28,8 @@ def _compose(*overrides: str, hydra: bool = False):
 
 
 def _trains_on_auxiliary_data(method: str) -> bool:
-    target = _compose(f"method={method}").method._target_
-    return bool(get_class(target).trains_on_auxiliary_data)
+    # At the method's default options (method=alignment's default strategy is training-free).
+    return trains_on_auxiliary_data(_compose(f"method={method}"))
 
 
 TRAINED = [method for method in METHODS if _trains_on_auxiliary_data(method)]
