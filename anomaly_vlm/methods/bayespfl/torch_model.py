@@ -231,7 +231,8 @@ class BayesPFL(nn.Module):
             the model can be exported).
         test_stage: 1 scores images with the CLS embedding alone; 2 with the stage-2 branch
             (``image_mapping(g + fuse(taps))``), which the released checkpoints were tested with; None:
-            2 for the authors' release file, 1 otherwise (the wrapper sets :attr:`stage`).
+            2 after a training that ran stage 2 and for the authors' release file, 1 otherwise (the wrapper
+            sets :attr:`stage`).
         topk: pixels averaged into the image score; None = the official class-name rule (20 for
             capsules, macaroni1/2, pipe_fryum, screw, cashew, chewinggum; 2000 otherwise).
         image_score_alpha: weight of the text score in the set-level image score (0.5; 1 = text alone).
@@ -434,13 +435,22 @@ class BayesPFL(nn.Module):
         return text / text.norm(dim=-1, keepdim=True)
 
     # ----- heads --------------------------------------------------------------------------------------
-    def image_logits(self, text: Tensor, pooled: Tensor, taps: Sequence[Tensor], stage: int) -> Tensor:
-        """``[B, M]``: ``exp(t_img) * cos(class_mapping(text), image)``; stage 2 adds the fused taps."""
+    def image_logits(
+        self,
+        text: Tensor,
+        pooled: Tensor,
+        taps: Sequence[Tensor],
+        stage: int,
+        temperature: Tensor | None = None,
+    ) -> Tensor:
+        """``[B, M]``: ``exp(t_img) * cos(class_mapping(text), image)``; stage 2 adds the fused taps.
+        ``temperature`` replaces ``t_img`` (stage-2 training passes it detached)."""
         mapped = self.class_mapping(text)
         mapped = mapped / mapped.norm(dim=-1, keepdim=True)
         image = pooled if stage == 1 else self.image_mapping(pooled + self.fuse(taps))
         image = image / image.norm(dim=-1, keepdim=True)
-        return (self.temperature_image.exp() * mapped @ image.unsqueeze(2)).squeeze(2)
+        temperature = self.temperature_image if temperature is None else temperature
+        return (temperature.exp() * mapped @ image.unsqueeze(2)).squeeze(2)
 
     def tap_logits(self, text: Tensor, taps: Sequence[Tensor]) -> list[Tensor]:
         """Per tap ``[B, M, h, w]`` grid logits after the residual cross-attention."""
@@ -611,24 +621,18 @@ class BayesPFL(nn.Module):
         return ScoringGraph(self)
 
     # ----- training -----------------------------------------------------------------------------------
-    def loss(
-        self,
-        features: FrozenFeatures,
-        masks: Tensor,
-        labels: Tensor,
-        token_ids: Tensor,
-        prompt_index: int,
-        noise: Sequence[Tensor] | None = None,
-    ) -> dict[str, Tensor]:
-        """The official stage-1 loss of one batch (``train.py``).
+    #: Prefixes of the parameters the official stage 2 trains (its ``optimizer_stage2``: the names holding
+    #: ``class_mapping``, ``image_mapping`` or ``fuse``).
+    STAGE_TWO_PREFIXES = ("class_mapping.", "image_mapping.", "fuse.")
 
-        ``CE(image pair r) + sum_taps [focal + dice](softmax of pair r) + 0.01 (KL_image + KL_normal +
-        KL_abnormal) + orthogonality``, ``r = prompt_index`` (one prompt of the bank per iteration, shared
-        by the batch). ``token_ids [B, T]``: each image's sentence. ``noise``: (image ``[B, D]``, normal
-        ``[1, D]``, abnormal ``[1, D]``), default fresh normal draws.
+    def training_text(
+        self, pooled: Tensor, token_ids: Tensor, noise: Sequence[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The training sentences of a batch (``forward_ensemble(mode="train")``): one sample of every flow,
+        ``[B, 2 * prompt_num, D]`` unit text, and the summed KL of the three flows.
+
+        ``noise``: (image ``[B, D]``, normal ``[1, D]``, abnormal ``[1, D]``), default fresh normal draws.
         """
-        pooled = features["global_embedding"]
-        taps = self.patch_taps(features)
         batch, dim = pooled.shape
         if noise is None:
             noise = (
@@ -647,6 +651,60 @@ class BayesPFL(nn.Module):
             )
         )
         text = self.text_features(token_ids, context, normal.expand(batch, -1), abnormal.expand(batch, -1))
+        return text, kl
+
+    def stage_two_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The parameters stage 2 trains, by name (the official ``lr_group5``)."""
+        return [
+            (name, parameter)
+            for name, parameter in self.named_parameters()
+            if name.startswith(self.STAGE_TWO_PREFIXES)
+        ]
+
+    def stage_two_loss(
+        self,
+        features: FrozenFeatures,
+        labels: Tensor,
+        token_ids: Tensor,
+        prompt_index: int,
+        noise: Sequence[Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """The official stage-2 loss of one batch (``train.py`` with ``stage == 2``): CE of pair ``r`` of the
+        image logits ``exp(t_img) * cos(class_mapping(text), image_mapping(g + fuse(taps)))``.
+
+        The sentences are sampled as in stage 1 (one draw of every flow), but without gradient, and the
+        temperature is detached: only :meth:`stage_two_parameters` learn in stage 2 (the official code
+        back-propagates into every parameter and steps only those, so their gradients are the same).
+        """
+        pooled = features["global_embedding"]
+        taps = self.patch_taps(features)
+        with torch.no_grad():
+            text, _ = self.training_text(pooled, token_ids, noise)
+        r = int(prompt_index)
+        logits = self.image_logits(text, pooled, taps, stage=2, temperature=self.temperature_image.detach())
+        pair = torch.stack([logits[:, r], logits[:, r + self.prompt_num]], dim=1)
+        classification = F.cross_entropy(pair, labels.long())
+        return {"loss": classification, "classification_loss": classification}
+
+    def loss(
+        self,
+        features: FrozenFeatures,
+        masks: Tensor,
+        labels: Tensor,
+        token_ids: Tensor,
+        prompt_index: int,
+        noise: Sequence[Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """The official stage-1 loss of one batch (``train.py`` with ``stage == 1``).
+
+        ``CE(image pair r) + sum_taps [focal + dice](softmax of pair r) + 0.01 (KL_image + KL_normal +
+        KL_abnormal) + orthogonality``, ``r = prompt_index`` (one prompt of the bank per iteration, shared
+        by the batch). ``token_ids [B, T]``: each image's sentence. ``noise``: (image ``[B, D]``, normal
+        ``[1, D]``, abnormal ``[1, D]``), default fresh normal draws.
+        """
+        pooled = features["global_embedding"]
+        taps = self.patch_taps(features)
+        text, kl = self.training_text(pooled, token_ids, noise)
         r = int(prompt_index)
         logits = self.image_logits(text, pooled, taps, stage=1)
         pair = torch.stack([logits[:, r], logits[:, r + self.prompt_num]], dim=1)

@@ -37,7 +37,15 @@ def test_method_file_holds_the_official_defaults() -> None:
         1e-4,
     )
     assert (cfg.trainer.max_epochs, cfg.datamodule.train_batch_size, cfg.seed) == (30, 32, 333)
-    assert _compose("method=bayespfl", "seed=7").method.sample_seed == 7  # the run seed seeds the samples
+    # Stage 2: the last 5 epochs (the official shortest stage 2), optimizer_stage2's constant 1e-4.
+    assert (method.stage2_epochs, method.lr_stage2, method.augment, method.augment_seed) == (
+        5,
+        1e-4,
+        True,
+        333,
+    )
+    seeded = _compose("method=bayespfl", "seed=7").method
+    assert seeded.sample_seed == seeded.augment_seed == 7  # the run seed seeds the samples and augmentation
 
 
 @pytest.mark.parametrize(
@@ -56,4 +64,6 @@ def test_demo_with_bayespfl_gets_a_short_synthetic_training() -> None:
     cfg = _compose("experiment=demo", "method=bayespfl")
     assert cfg.backbone.model == "anomaly-vlm-tiny" and cfg.trainer.max_epochs == 3
     assert cfg.train_data._target_.endswith("SyntheticAD") and cfg.method.sample_num == 3
+    assert cfg.method.stage2_epochs == 1  # 2 epochs of stage 1, 1 of stage 2
+    assert _compose("experiment=bayespfl_synthetic").method.stage2_epochs == 1
     check_backbone_depths(cfg, "tiny")

@@ -123,9 +123,27 @@ def test_loss_reaches_every_stage_one_parameter(backbone: FrozenCLIP) -> None:
     losses = model.loss(model.frozen_features(images), masks, torch.tensor([0, 1]), ids, prompt_index=2)
     losses["loss"].backward()
     missing = sorted(name for name, p in model.named_parameters() if p.requires_grad and p.grad is None)
-    # Stage 2's image branch only: it is trained by the official stage 2, which is not reproduced.
+    # Stage 2's image branch only: stage 2 trains it.
     assert all(name.startswith(("fuse.", "image_mapping.")) for name in missing), missing
     assert all(torch.isfinite(value) for value in losses.values())
+
+
+def test_stage_two_loss_reaches_only_the_stage_two_parameters(backbone: FrozenCLIP) -> None:
+    """Official optimizer_stage2: class_mapping, image_mapping and fuse (names holding them), CE only."""
+    model = _model(backbone)
+    images = torch.rand(2, 3, 128, 128)
+    ids = backbone.tokenize([class_sentence("brick"), class_sentence("disc")])
+    losses = model.stage_two_loss(model.frozen_features(images), torch.tensor([0, 1]), ids, prompt_index=1)
+    losses["loss"].backward()
+    reached = {name for name, p in model.named_parameters() if p.grad is not None}
+    official_rule = {
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and ("class_mapping" in name or "image_mapping" in name or "fuse" in name)
+    }
+    assert reached == official_rule == {name for name, _ in model.stage_two_parameters()}
+    assert {name.split(".")[0] for name in reached} == {"class_mapping", "image_mapping", "fuse"}
+    assert torch.isfinite(losses["loss"]) and set(losses) == {"loss", "classification_loss"}
 
 
 def test_onnx_graph_scores_any_batch_as_torch(backbone: FrozenCLIP, tmp_path) -> None:
