@@ -36,6 +36,8 @@ class AnomalyDataModule(L.LightningDataModule):
         train_batch_size: training batch size.
         train_mosaic_probability: chance that a training item is replaced by a 2x2 mosaic of four
             images of its category (:class:`~anomaly_vlm.data.mosaic.MosaicDataset`); 0 disables it.
+        train_mosaic_tiles: how the mosaic's tiles are drawn: ``any`` (APRIL-GAN's release: a defect type,
+            ``good`` included, then an image) or ``anomalous`` (Bayes-PFL's: four anomalous images).
         train_synthesis: makes defects (with masks) on the normal training images
             (``train_data.synthesize_anomalies=true``), so a training set of normal images only works;
             None trains on the dataset's own defects, which it must then have.
@@ -64,6 +66,7 @@ class AnomalyDataModule(L.LightningDataModule):
         train_split: str = "test",
         train_batch_size: int = 8,
         train_mosaic_probability: float = 0.0,
+        train_mosaic_tiles: str = "any",
         train_synthesis: AnomalySynthesizer | None = None,
         seed: int = 0,
         test_corruption: str | None = None,
@@ -85,6 +88,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.train_split = train_split
         self.train_batch_size = train_batch_size
         self.train_mosaic_probability = float(train_mosaic_probability)
+        self.train_mosaic_tiles = str(train_mosaic_tiles)
         self.train_synthesis = train_synthesis
         self.seed = int(seed)
         self._train_sampler: EpochSampler | None = None
@@ -197,7 +201,9 @@ class AnomalyDataModule(L.LightningDataModule):
             max_image_pixels=self.train_source.max_image_pixels,
         )
         if self.train_mosaic_probability > 0:
-            dataset = MosaicDataset(dataset, self.train_mosaic_probability, seed=self.seed)
+            dataset = MosaicDataset(
+                dataset, self.train_mosaic_probability, seed=self.seed, tiles=self.train_mosaic_tiles
+            )
         if self.train_synthesis is not None:
             dataset = SynthesizedAnomalies(dataset, self.train_synthesis)
         rank, world = rank_and_world()

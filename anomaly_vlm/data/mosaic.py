@@ -15,6 +15,10 @@ from anomaly_vlm.data.sampling import epoch_key
 #: Last entry of the seed of a mosaic's draws (``[seed, epoch, index, MOSAIC_STREAM]``), apart from the
 #: synthesized defects' streams of the same item.
 MOSAIC_STREAM = 2
+#: How a mosaic's tiles are drawn: ``any`` (APRIL-GAN's release: a defect type of the category uniformly,
+#: ``good`` included, then an image of it) or ``anomalous`` (Bayes-PFL's release: an anomalous image of the
+#: category uniformly, so every mosaic is anomalous).
+MOSAIC_TILES = ("any", "anomalous")
 
 
 class MosaicDataset(Dataset):
@@ -37,14 +41,21 @@ class MosaicDataset(Dataset):
         dataset: the training dataset (must return masks).
         probability: chance of a mosaic per item (released value 0.2, MVTec-trained models only).
         seed: with the epoch and the item, the seed of the draws.
+        tiles: how the tiles are drawn, one of :data:`MOSAIC_TILES`; ``anomalous`` falls back to ``any``
+            for a category without anomalous images.
     """
 
     #: Keys are ``(epoch, index)``.
     takes_epoch = True
 
-    def __init__(self, dataset: AnomalyImageDataset, probability: float = 0.2, seed: int = 0) -> None:
+    def __init__(
+        self, dataset: AnomalyImageDataset, probability: float = 0.2, seed: int = 0, tiles: str = "any"
+    ) -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"mosaic probability must be in [0, 1], got {probability}")
+        if tiles not in MOSAIC_TILES:
+            raise ValueError(f"mosaic tiles must be one of {', '.join(MOSAIC_TILES)}, got {tiles!r}")
+        self.tiles = tiles
         if not dataset.with_masks:
             raise ValueError("the mosaic augmentation needs a dataset with masks")
         self.dataset = dataset
@@ -54,11 +65,22 @@ class MosaicDataset(Dataset):
         for index, sample in enumerate(dataset.samples):
             groups[sample.category][sample.defect_type].append(index)
         self.groups = {category: dict(types) for category, types in groups.items()}
+        self.anomalous = {
+            category: [
+                index for members in types.values() for index in members if dataset.samples[index].label == 1
+            ]
+            for category, types in self.groups.items()
+        }
+        for members in self.anomalous.values():
+            members.sort()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def _draw_tile(self, category: str, rng: np.random.Generator) -> int:
+        if self.tiles == "anomalous" and self.anomalous[category]:
+            members = self.anomalous[category]
+            return members[int(rng.integers(len(members)))]
         types = sorted(self.groups[category])
         members = self.groups[category][types[int(rng.integers(len(types)))]]
         return members[int(rng.integers(len(members)))]

@@ -187,6 +187,7 @@ TRAINING_KEYS: tuple[str, ...] = (
     "datamodule.train_split",
     "datamodule.train_batch_size",
     "datamodule.train_mosaic_probability",
+    "datamodule.train_mosaic_tiles",
     "datamodule.seed",
     "feature_cache._target_",
     "feature_cache.dtype",

@@ -50,6 +50,27 @@ def test_probability_one_makes_every_item_a_same_category_mosaic(source):
             assert item["mask"].sum() == 0
 
 
+def test_anomalous_tiles_are_four_anomalous_images_of_the_category(source):
+    """Bayes-PFL's release: each tile an anomalous image of the class, so every mosaic is labelled 1."""
+    base = _dataset(source)
+    by_path = {sample.path: sample for sample in base.samples}
+    anomalous = MosaicDataset(base, probability=1.0, tiles="anomalous")
+    drawn = set()
+    for index in range(len(base)):
+        item = anomalous[index]
+        tiles = [by_path[path] for path in item["path"].split("+")]
+        assert all(tile.label == 1 and tile.category == item["category"] for tile in tiles)
+        assert item["label"] == 1
+        drawn.update(tile.path for tile in tiles)
+    # Any tile rule draws good images too (the same seed and items).
+    plain = MosaicDataset(base, probability=1.0)
+    assert any(
+        by_path[path].label == 0 for index in range(len(base)) for path in plain[index]["path"].split("+")
+    )
+    with pytest.raises(ValueError, match="mosaic tiles must be one of any, anomalous, got 'bad'"):
+        MosaicDataset(base, probability=1.0, tiles="bad")
+
+
 def test_probability_zero_is_the_plain_dataset_and_bad_values_fail(source):
     base = _dataset(source)
     plain = MosaicDataset(base, probability=0.0)
@@ -63,7 +84,11 @@ def test_datamodule_option_wraps_the_training_set_only_when_enabled(source):
     on = AnomalyDataModule(source, 64, train_source=source, num_workers=0, train_mosaic_probability=0.2)
     assert isinstance(off.train_dataloader().dataset, AnomalyImageDataset)
     wrapped = on.train_dataloader().dataset
-    assert isinstance(wrapped, MosaicDataset) and wrapped.probability == 0.2
+    assert isinstance(wrapped, MosaicDataset) and wrapped.probability == 0.2 and wrapped.tiles == "any"
+    anomalous = AnomalyDataModule(
+        source, 64, train_source=source, train_mosaic_probability=0.4, train_mosaic_tiles="anomalous"
+    )
+    assert anomalous.train_dataloader().dataset.tiles == "anomalous"
 
 
 def test_batches_carry_file_digests_and_mosaics_have_none(source):

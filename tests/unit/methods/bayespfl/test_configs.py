@@ -50,7 +50,11 @@ def test_method_file_holds_the_official_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("experiment", "data", "train_data", "mosaic"),
-    [("bayespfl_mvtec", "mvtec", "visa", 0.0), ("bayespfl_visa", "visa", "mvtec", 0.4)],
+    [
+        ("bayespfl_mvtec", "mvtec", "visa", 0.0),
+        ("bayespfl_visa", "visa", "mvtec", 0.4),
+        ("bayespfl_zeroshot_suite", "visa", "mvtec", 0.4),
+    ],
 )
 def test_cross_dataset_experiments(experiment: str, data: str, train_data: str, mosaic: float) -> None:
     cfg = _compose(f"experiment={experiment}")
@@ -58,6 +62,8 @@ def test_cross_dataset_experiments(experiment: str, data: str, train_data: str, 
     assert cfg.data._target_ == _compose(f"data={data}").data._target_
     assert cfg.train_data._target_ == _compose(f"train_data={train_data}").train_data._target_
     assert cfg.datamodule.train_mosaic_probability == mosaic
+    # The official mosaic: four anomalous images of the class (combine_img).
+    assert cfg.datamodule.train_mosaic_tiles == ("anomalous" if mosaic else "any")
 
 
 def test_demo_with_bayespfl_gets_a_short_synthetic_training() -> None:
