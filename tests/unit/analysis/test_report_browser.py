@@ -40,8 +40,15 @@ window.addEventListener("load", function () {
                      .map(function (i) { return i.alt; });
   var sections = Array.prototype.slice.call(document.querySelectorAll("h2[id]"))
                       .map(function (h) { return h.id; });
+  var external = images.filter(function (i) { return i.getAttribute("src").indexOf("data:image/") !== 0; })
+                       .map(function (i) { return i.alt; });
+  var texts = function (selector) {
+    return Array.prototype.slice.call(document.querySelectorAll(selector))
+                .map(function (e) { return e.textContent; });
+  };
   out.textContent = JSON.stringify({images: images.length, broken: broken, errors: window.__errors,
-                                    loaded: loaded, sections: sections});
+                                    loaded: loaded, sections: sections, external: external,
+                                    headers: texts("th"), titles: texts("h3")});
   document.body.appendChild(out);
 });
 </script>"""
@@ -140,13 +147,19 @@ def test_every_figure_of_the_report_renders_without_errors(results, tmp_path: Pa
     state = _render(browser, report, tmp_path)
     assert state["images"] == figures
     assert state["broken"] == [] and state["errors"] == []
-    # The limitations section is there, with its failure gallery drawn (not only listed).
+    # Every image is embedded in the page (a report is one self-contained file).
+    assert state["external"] == []
+    # The limitations section is there, each of its parts drawn (not only listed), the failure gallery
+    # with its images, and the known weaknesses in a table and as the method-selection table's column.
     assert "limitations" in state["sections"] and "selection" in state["sections"]
-    assert any(alt.startswith("Gallery: ") for alt in state["loaded"])
-    assert any(alt.startswith("Corruptions: ") for alt in state["loaded"])
-    # The alignment section draws its strategy x metric grid.
+    for part in ("Defect types: ", "Defect size: ", "Categories: ", "Corruptions: ", "Gallery: "):
+        assert any(alt.startswith(part) for alt in state["loaded"]), part
+    assert any(title.startswith("Known weaknesses per method") for title in state["titles"])
+    assert "known weaknesses of the winner's method" in state["headers"]
+    # The alignment section draws its strategy x metric grid, with its table and the attribution.
     assert "alignment" in state["sections"]
     assert any(alt.startswith("Alignment: strategy x metric") for alt in state["loaded"])
+    assert "Alignment: metrics and costs per strategy" in state["titles"]
     # The check itself can fail: a broken image is seen as broken and as an error.
     bad = _render(
         browser, report, tmp_path, '<img alt="deliberately broken" src="data:image/png;base64,AAAA">'
