@@ -395,14 +395,15 @@ class AnomalyDINO(nn.Module):
         #: Whether the current category's test images are masked (set per category, :meth:`set_masking`).
         self.masking = False
         self.register_buffer("memory", torch.zeros(0, 0), persistent=False)
-        # The faiss index of the memory and what it was built from (private: a saved detector rebuilds it;
-        # the memory buffer may be replaced without set_memory, e.g. when a detector's state is loaded).
+        # The faiss index of the memory and the very tensor it was built from (private: a saved detector
+        # rebuilds it; the memory buffer may be replaced without set_memory, e.g. when a detector's state is
+        # loaded). Held, so that its identity cannot pass to a later memory.
         self._index: Any = None
-        self._index_key: tuple | None = None
+        self._index_memory: Tensor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # A faiss index is no Python state (a copy or pickle of the model rebuilds it from the memory).
-        return {**self.__dict__, "_index": None, "_index_key": None}
+        return {**self.__dict__, "_index": None, "_index_memory": None}
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -437,6 +438,7 @@ class AnomalyDINO(nn.Module):
 
     def set_memory(self, tokens: Tensor | None, mask: Tensor | None = None) -> None:
         """The reference memory from ``[R, N, W]`` reference patch tokens (``mask [R, N]``: kept patches)."""
+        self._index = self._index_memory = None
         if tokens is None:
             self.memory = torch.zeros(0, 0, device=self.memory.device)
             return
@@ -446,9 +448,8 @@ class AnomalyDINO(nn.Module):
     def memory_index(self) -> Any:
         """The faiss index of the current memory, built once per memory (per category)."""
         memory = self.memory
-        key = (id(memory), memory.data_ptr(), memory._version, tuple(memory.shape), self.knn_metric)
-        if self._index is None or self._index_key != key:
-            self._index, self._index_key = faiss_index(memory, self.knn_metric), key
+        if self._index is None or self._index_memory is not memory:
+            self._index, self._index_memory = faiss_index(memory, self.knn_metric), memory
         return self._index
 
     def patch_distances(self, tokens: Tensor, mask: Tensor, knn: str | None = None) -> Tensor:

@@ -198,6 +198,10 @@ def test_model_searches_with_faiss_by_default_and_follows_a_replaced_memory(monk
     )
     index = model.memory_index()
     assert model.memory_index() is index  # built once per memory
+    with torch.inference_mode():  # as the test loop runs it: inference tensors have no version counter
+        inferred = AnomalyDINO(_Grid())
+        inferred.set_memory(model.memory.clone().view(2, 100, 8))
+        torch.testing.assert_close(inferred.patch_distances(tokens, everything), first)
     copied = copy.deepcopy(model)  # the index is no Python state: a copy rebuilds it
     assert copied._index is None
     torch.testing.assert_close(copied.patch_distances(tokens, everything), first)
