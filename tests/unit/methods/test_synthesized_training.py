@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from trained_methods import cpu_trainer
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data import AnomalyDataModule, DataError
@@ -69,15 +70,7 @@ def _pixel_auroc(module, datamodule: AnomalyDataModule) -> float:
 
 def _train(module, datamodule: AnomalyDataModule, epochs: int) -> tuple[float, float]:
     before = _pixel_auroc(module, datamodule)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule=datamodule)
+    cpu_trainer(epochs).fit(module, datamodule=datamodule)
     return before, _pixel_auroc(module, datamodule)
 
 

@@ -3,19 +3,18 @@ it learns."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
+from trained_methods import assert_loads_back, cpu_trainer, held_out_learning_run, saved_checkpoint
 
 from anomaly_vlm.backbones import FrozenCLIP
 from anomaly_vlm.data import AnomalyDataModule
 from anomaly_vlm.data.datasets import SyntheticAD
 from anomaly_vlm.methods.aaclip import AAClipModule
-from anomaly_vlm.metrics.functional import image_metrics, pixel_metrics
 from anomaly_vlm.prompts import LearnablePromptSet, PromptSet
 
 CONF = Path(__file__).resolve().parents[4] / "conf"
@@ -28,26 +27,9 @@ def _prompts() -> PromptSet:
     return PromptSet(**values)
 
 
-@pytest.fixture(scope="module")
-def backbone() -> FrozenCLIP:
-    return FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=0)
-
-
 def _module(backbone: FrozenCLIP, **kwargs) -> AAClipModule:
     torch.manual_seed(111)
     return AAClipModule(backbone, kwargs.pop("prompts", _prompts()), **kwargs)
-
-
-def _trainer(max_epochs: int, callbacks=()) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
 
 
 def test_few_shot_and_learnable_prompt_sets_are_rejected(backbone: FrozenCLIP) -> None:
@@ -66,22 +48,12 @@ def test_checkpoint_holds_only_learned_parameters_and_refuses_other_shapes(
     expected = 2 * width * width + 4 * width * embed + width * embed + text_width * text_width
     expected += text_width * embed
     assert module.parameter_counts()["trainable"] == expected
-    checkpoint: dict = {}
-    module.on_save_checkpoint(checkpoint)
-    assert all(name.startswith("model.") and "backbone" not in name for name in checkpoint["state_dict"])
-    meta = checkpoint["anomaly_vlm"]
+    path = tmp_path / "trained.ckpt"
+    meta = saved_checkpoint(module, path)["anomaly_vlm"]
     assert meta["method"] == "aaclip" and meta["levels"] == [2, 4, 6, 8] and meta["image_adapt_until"] == 2
-    torch.save(checkpoint, tmp_path / "trained.ckpt")
-    other = _module(backbone)
-    with torch.no_grad():
-        for parameter in other.parameters():
-            if parameter.requires_grad:
-                parameter.zero_()
-    other.load_trainable_checkpoint(str(tmp_path / "trained.ckpt"))
-    for name, tensor in module.trainable_state_dict().items():
-        torch.testing.assert_close(other.trainable_state_dict()[name], tensor)
+    assert_loads_back(module, _module(backbone), path)
     with pytest.raises(ValueError, match="image_adapt_until: checkpoint has 2, this run has 3"):
-        _module(backbone, image_adapt_until=3).load_trainable_checkpoint(str(tmp_path / "trained.ckpt"))
+        _module(backbone, image_adapt_until=3).load_trainable_checkpoint(str(path))
 
 
 class _Steps(L.Callback):
@@ -117,7 +89,7 @@ def test_stage_one_trains_the_text_side_in_joined_batches_then_stage_two_the_ima
     data = AnomalyDataModule(source, 128, train_source=source, train_batch_size=2)
     module = _module(backbone, prompts=SMALL, text_epochs=1, text_batch_size=3, text_lr=1e-3)
     steps = _Steps()
-    _trainer(2, [steps]).fit(module, datamodule=data)
+    cpu_trainer(2, [steps]).fit(module, datamodule=data)
     images = len(data.train_samples())
     # Loader batches of 2 joined into stage-1 batches of 3; the rest of the epoch is one last batch.
     assert steps.text_batches[0] == [3] * (images // 3) + ([images % 3] if images % 3 else [])
@@ -130,44 +102,13 @@ def test_a_schedule_without_image_epochs_is_refused(backbone: FrozenCLIP, tmp_pa
     source = SyntheticAD(tmp_path, categories=["grass"], num_train=1, num_test_good=1, num_test_per_defect=1)
     data = AnomalyDataModule(source, 128, train_source=source, train_batch_size=2)
     with pytest.raises(ValueError, match=r"trainer.max_epochs=2 leaves no image-adapter epochs"):
-        _trainer(2).fit(_module(backbone, prompts=SMALL, text_epochs=2), datamodule=data)
-
-
-def _held_out_metrics(module: AAClipModule, datamodule: AnomalyDataModule) -> tuple[float, float]:
-    maps, masks, scores, labels = [], [], [], []
-    module.eval()
-    for category in datamodule.categories:
-        module.setup_category(category, None)
-        for batch in datamodule.category_test_dataloader(category):
-            prediction = module.postprocess_set(module.predict_images(batch.image))
-            maps.append(prediction.anomaly_map)
-            masks.append(batch.mask)
-            scores.append(prediction.image_score)
-            labels.append(batch.label)
-    pixel = pixel_metrics(torch.cat(maps).numpy(), torch.cat(masks).numpy())["pixel_auroc"]
-    image = image_metrics(torch.cat(scores).numpy(), torch.cat(labels).numpy())["image_auroc"]
-    return pixel, image
+        cpu_trainer(2).fit(_module(backbone, prompts=SMALL, text_epochs=2), datamodule=data)
 
 
 def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, tmp_path: Path) -> None:
     """Train both stages on one generated set, evaluate on images of another generator seed (never seen)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: extra threads only contend on a shared CPU
-    try:
-        counts = {
-            "num_train": 1,
-            "num_test_good": 3,
-            "num_test_per_defect": 3,
-            "categories": ["brick", "disc"],
-        }
-        train_source = SyntheticAD(tmp_path / "train", generator_seed=0, **counts)
-        held_out = SyntheticAD(tmp_path / "held_out", generator_seed=1, **counts)
-        train_data = AnomalyDataModule(
-            held_out, 128, batch_size=32, train_source=train_source, train_batch_size=4
-        )
-        test_data = AnomalyDataModule(held_out, 128, batch_size=32)
-        L.seed_everything(111, verbose=False)
-        module = _module(
+    run = held_out_learning_run(
+        lambda: _module(
             backbone,
             prompts=SMALL,
             text_epochs=1,
@@ -176,16 +117,12 @@ def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, tmp_path: Pa
             image_lr=3e-3,
             blur_kernel=3,
             blur_sigma=0.5,
-        )
-        untrained_pixel, untrained_image = _held_out_metrics(module, test_data)
-        started = time.perf_counter()
-        _trainer(6).fit(module, datamodule=train_data)
-        seconds = time.perf_counter() - started
-        trained_pixel, trained_image = _held_out_metrics(module, test_data)
-    finally:
-        torch.set_num_threads(threads)
-    print(
-        f"held-out pixel AUROC {untrained_pixel:.3f} -> {trained_pixel:.3f}, "
-        f"image AUROC {untrained_image:.3f} -> {trained_image:.3f}; training {seconds:.1f} s"
+        ),
+        tmp_path,
+        epochs=6,
+        seed=111,
+        train_batch_size=4,
+        postprocess=True,
     )
-    assert trained_pixel > untrained_pixel + 0.08
+    print(run.summary())
+    assert run.trained_pixel > run.untrained_pixel + 0.08

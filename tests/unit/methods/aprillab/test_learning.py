@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
+from trained_methods import cpu_trainer
 
 from anomaly_vlm.backbones.clip import FrozenCLIP
 from anomaly_vlm.data import AnomalyDataModule
@@ -67,15 +68,7 @@ def run(tmp_path_factory):
             "loss": _mean_loss(module, train_batches),
             "auroc": _held_out_pixel_auroc(module, datamodule),
         }
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_epochs=8,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        trainer.fit(module, datamodule=datamodule)
+        cpu_trainer(8).fit(module, datamodule=datamodule)
         after = {
             "loss": _mean_loss(module, train_batches),
             "auroc": _held_out_pixel_auroc(module, datamodule),
