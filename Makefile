@@ -166,12 +166,19 @@ bench-export: $(STAMP)  ## export: onnxruntime, OpenVINO (fp32/bf16/int8), PyTor
 # backbone.precision in one run: time, maps and AUROC against fp32, trained-parameter drift. Estimated
 # 20-30 min on an idle 2-core CPU with AMX (not measured yet; --images 4 shortens it);
 # BENCH_PRECISION_ARGS=--quick checks the harness on the tiny CLIP.
-# Ours against the official code on the same random weights, inputs and precision (APRIL-GAN so far; the
-# release checkout in APRILGAN_DIR). BENCH_OFFICIAL_ARGS="--precision amp-bf16" for bf16, "--width 64" to check.
-APRILGAN_DIR ?=
+# Ours against the official code on the same random weights, inputs and precision, fp32 and amp-bf16 in one
+# run: each method whose checkout is given (APRILGAN_DIR, ANOMALYCLIP_DIR, MUSC_DIR, PROMPTAD_DIR,
+# ADACLIP_DIR; the others are skipped), and WinCLIP against anomalib when the parity venv exists.
+# BENCH_OFFICIAL_ARGS=--quick checks the harness (narrow widths, one round); --precision fp32 for one mode.
 BENCH_OFFICIAL_ARGS ?=
-bench-official: $(STAMP)  ## ours vs official code: per-image time and peak memory (APRILGAN_DIR=..., BENCH_OFFICIAL_ARGS=...)
-	$(PERF) official --official-aprillab "$(APRILGAN_DIR)" $(JSON_ARG) $(BENCH_OFFICIAL_ARGS)
+OFFICIAL_DIRS = $(if $(APRILGAN_DIR),--official-aprillab "$(APRILGAN_DIR)") \
+	$(if $(ANOMALYCLIP_DIR),--official-anomalyclip "$(ANOMALYCLIP_DIR)") \
+	$(if $(MUSC_DIR),--official-musc "$(MUSC_DIR)") \
+	$(if $(PROMPTAD_DIR),--official-promptad "$(PROMPTAD_DIR)") \
+	$(if $(ADACLIP_DIR),--official-adaclip "$(ADACLIP_DIR)") \
+	$(if $(wildcard $(PARITY_PY)),--anomalib-python "$(abspath $(PARITY_PY))")
+bench-official: $(STAMP)  ## ours vs official code: time, peak memory (APRILGAN_DIR= ANOMALYCLIP_DIR= MUSC_DIR= PROMPTAD_DIR= ADACLIP_DIR=)
+	$(PERF) official $(OFFICIAL_DIRS) $(JSON_ARG) $(BENCH_OFFICIAL_ARGS)
 
 BENCH_PRECISION_ARGS ?=
 bench-precision: $(STAMP)  ## every method in fp32 vs amp-bf16/bf16 (GPU: also fp16): time, maps, AUROC (BENCH_PRECISION_ARGS=...)

@@ -267,6 +267,49 @@ def randomize_learnable(trainer, seed: int) -> None:
                 parameter.normal_(0.0, 0.02)
 
 
+def build_models(official, tmp: Path, config: dict, width: int, method: dict, precision: str = "fp32"):
+    """Both sides on the same random weights: the official model as ``create_model`` and the trainer
+    build it (CPU, float32) with its default prompting options, our backbone in ``precision``, and a
+    factory of our module.
+
+    Returns:
+        ``(backbone, theirs, make_module)``; ``make_module()`` gives a fresh module on its own random
+        learnable parameters (:func:`copy_parameters` copies the official ones in).
+    """
+    settings, prompt_set, _ = load_settings()
+    backbone, state = shrunk_backbone(MODEL, config, tmp, SIZE, settings, precision)
+    official_cfg = {**config, "vision_cfg": {**config["vision_cfg"], "image_size": SIZE}}
+    clip = official["CLIP"](**official_cfg, cast_dtype=None)
+    their_state = {key: value.clone() for key, value in state.items()}
+    official["resize_pos_embed"](their_state, clip)
+    missing, unexpected = clip.load_state_dict(their_state, strict=False)
+    if [key for key in missing if "attn_mask" not in key] or unexpected:
+        print(f"error: state dicts disagree: missing {missing}, unexpected {unexpected}", file=sys.stderr)
+        raise SystemExit(2)
+    clip.eval().requires_grad_(False)  # frozen, as in the official optimiser (only the prompt side trains)
+    torch.manual_seed(0)
+    theirs = official["AdaCLIP"](
+        freeze_clip=clip,
+        text_channel=config["embed_dim"],
+        visual_channel=width,
+        prompting_length=method["prompt_length"],
+        prompting_depth=method["prompt_depth"],
+        prompting_branch="VL",
+        prompting_type="SD",
+        use_hsf=method["use_hsf"],
+        k_clusters=method["k_clusters"],
+        output_layers=LAYERS,
+        device="cpu",
+        image_size=SIZE,
+    )
+    theirs.HSF.cluster_performer.random_state = method["kmeans_seed"]
+
+    def make_module() -> AdaCLIPModule:
+        return AdaCLIPModule(backbone, prompt_set, **method)
+
+    return backbone, theirs, make_module
+
+
 def release_check(folder, theirs, make_module, backbone, images, category, rounding, tmp, report) -> None:
     """The official ``AdaCLIP_Trainer.save`` writes random learnable parameters; its ``load`` and ours read
     the file and score the same images; a file with one wrong shape and this file given to another method
@@ -339,45 +382,13 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         config = small_vit_l14_336(
             args.width, text_width=args.text_width, text_layers=12, embed_dim=args.text_width
         )
-        backbone, state = shrunk_backbone(MODEL, config, tmp, SIZE, settings)
+        backbone, theirs, make_module = build_models(official, tmp, config, args.width, method)
         report.note(
             f"shrunk ViT-L-14-336 (plain GELU): 24 blocks, width {args.width}, text width {args.text_width}, "
             f"{SIZE} px, grid {backbone.grid_size}; pos-embed {settings['pos_embed_interpolation']}"
             f"{' with antialias' if settings['pos_embed_antialias'] else ''}; prompt tokens "
             f"{'rounded through fp16' if rounding else 'kept fp32 (both sides)'}"
         )
-
-        # ----- the official model, as create_model + AdaCLIP_Trainer build it (CPU, float32) ----------
-        official_cfg = {**config, "vision_cfg": {**config["vision_cfg"], "image_size": SIZE}}
-        clip = official["CLIP"](**official_cfg, cast_dtype=None)
-        their_state = {key: value.clone() for key, value in state.items()}
-        official["resize_pos_embed"](their_state, clip)
-        missing, unexpected = clip.load_state_dict(their_state, strict=False)
-        if [key for key in missing if "attn_mask" not in key] or unexpected:
-            print(f"error: state dicts disagree: missing {missing}, unexpected {unexpected}", file=sys.stderr)
-            raise SystemExit(2)
-        clip.eval().requires_grad_(
-            False
-        )  # frozen, as in the official optimiser (only the prompt side trains)
-        torch.manual_seed(0)
-        theirs = official["AdaCLIP"](
-            freeze_clip=clip,
-            text_channel=config["embed_dim"],
-            visual_channel=args.width,
-            prompting_length=method["prompt_length"],
-            prompting_depth=method["prompt_depth"],
-            prompting_branch="VL",
-            prompting_type="SD",
-            use_hsf=method["use_hsf"],
-            k_clusters=method["k_clusters"],
-            output_layers=LAYERS,
-            device="cpu",
-            image_size=SIZE,
-        )
-        theirs.HSF.cluster_performer.random_state = method["kmeans_seed"]
-
-        def make_module() -> AdaCLIPModule:
-            return AdaCLIPModule(backbone, prompt_set, **method)
 
         module = make_module()
         ours = module.model

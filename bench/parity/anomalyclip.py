@@ -120,14 +120,14 @@ def official_layer_maps(official, patch_features, text) -> list[torch.Tensor]:
     return maps
 
 
-def official_test(official, theirs, their_text, normalized):
+def official_test(official, theirs, their_text, normalized, layers=LAYERS):
     """test.py, one image per batch: image scores, final maps (blurred) and ``[B, layers, H, W]`` maps."""
     from scipy.ndimage import gaussian_filter
 
     their_scores, their_maps, their_layers = [], [], []
     with torch.no_grad(), cpu_device_moves():
         for image in normalized:
-            features, patches = theirs.encode_image(image[None], LAYERS, DPAM_layer=DPAM_LAYER)
+            features, patches = theirs.encode_image(image[None], layers, DPAM_layer=DPAM_LAYER)
             features = features / features.norm(dim=-1, keepdim=True)
             probs = (features @ their_text.permute(0, 2, 1) / 0.07).softmax(-1)
             their_scores.append(probs[:, 0, 1])
@@ -139,6 +139,51 @@ def official_test(official, theirs, their_text, normalized):
             blurred = [torch.from_numpy(gaussian_filter(m, sigma=4)) for m in summed.cpu()]
             their_maps.append(torch.stack(blurred))
     return torch.cat(their_scores), torch.cat(their_maps), torch.stack(their_layers)
+
+
+def build_models(official, tmp: Path, config: dict, layers, precision: str = "fp32"):
+    """Both sides on the same random weights and prompts: the official model (``build_model`` from the
+    state dict, DPAM from block 6) and prompt learner, our backbone in ``precision`` and a factory of our
+    module with the learner's random prompts copied in.
+
+    Returns:
+        ``(backbone, theirs, learner, design, make_module, with_official_prompts)``: ``make_module()``
+        is a fresh module on its own random prompts (the release check loads a file into it),
+        ``with_official_prompts()`` one holding the learner's.
+    """
+    settings, prompt_set, method = load_settings()
+    backbone, _ = shrunk_backbone(MODEL, config, tmp, SIZE, settings, precision)
+    design = {
+        "Prompt_length": prompt_set.context_length,
+        "learnabel_text_embedding_depth": prompt_set.deep_prompt_depth,
+        "learnabel_text_embedding_length": prompt_set.deep_prompt_length,
+    }
+    with cpu_device_moves():
+        # What AnomalyCLIP_lib.load does with a state-dict checkpoint on the CPU (load itself re-reads
+        # the file object after a failed torch.jit.load without rewinding, which current torch rejects).
+        official_state = torch.load(tmp / "weights.pt", map_location="cpu", weights_only=True)
+        theirs = official["build_model"](MODEL, official_state, design).to("cpu").float().eval()
+        learner = official["PromptLearner"](theirs.to("cpu"), design)
+        theirs.visual.DAPM_replace(DPAM_layer=DPAM_LAYER)
+
+    keep = ("temperature", "local_loss_weight", "global_ln_post", "blur_sigma", "blur_truncate", "dpam")
+
+    def make_module() -> AnomalyCLIPModule:
+        return AnomalyCLIPModule(
+            backbone, prompt_set, layers=layers, **{key: method[key] for key in keep}, dpam_start=None
+        )
+
+    def with_official_prompts() -> AnomalyCLIPModule:
+        module = make_module()
+        encoder = module.model.prompt_encoder
+        with torch.no_grad():
+            encoder.context_normal.copy_(learner.ctx_pos[0, 0])
+            encoder.context_anomalous.copy_(learner.ctx_neg[0, 0])
+            for index, deep in enumerate(learner.compound_prompts_text):
+                encoder.deep_prompts[index].copy_(deep)
+        return module
+
+    return backbone, theirs, learner, design, make_module, with_official_prompts
 
 
 def release_check(folder, official, theirs, design, make_module, backbone, images, tmp, report) -> None:
@@ -209,44 +254,21 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
     torch.manual_seed(0)
     official = import_official(folder)
 
-    settings, prompt_set, method = load_settings()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         config = small_vit_l14_336(args.width, text_width=args.width, text_layers=12, embed_dim=96)
-        backbone, _ = shrunk_backbone(MODEL, config, tmp, SIZE, settings)
+        backbone, theirs, learner, design, make_module, with_official_prompts = build_models(
+            official, tmp, config, LAYERS
+        )
+        settings, prompt_set, _ = load_settings()
         report.note(
             f"shrunk ViT-L-14-336 (QuickGELU): 24 blocks, width {args.width}, {SIZE} px, grid "
             f"{backbone.grid_size}; ours resizes pos-embed {settings['pos_embed_interpolation']}"
             f"{' with antialias' if settings['pos_embed_antialias'] else ''}; deep prompts "
             f"{'rounded through fp16' if prompt_set.deep_prompt_fp16 else 'kept fp32'}"
         )
-        design = {
-            "Prompt_length": prompt_set.context_length,
-            "learnabel_text_embedding_depth": prompt_set.deep_prompt_depth,
-            "learnabel_text_embedding_length": prompt_set.deep_prompt_length,
-        }
-        with cpu_device_moves():
-            # What AnomalyCLIP_lib.load does with a state-dict checkpoint on the CPU (load itself re-reads
-            # the file object after a failed torch.jit.load without rewinding, which current torch rejects).
-            official_state = torch.load(tmp / "weights.pt", map_location="cpu", weights_only=True)
-            theirs = official["build_model"](MODEL, official_state, design).to("cpu").float().eval()
-            learner = official["PromptLearner"](theirs.to("cpu"), design)
-            theirs.visual.DAPM_replace(DPAM_layer=DPAM_LAYER)
-
-        keep = ("temperature", "local_loss_weight", "global_ln_post", "blur_sigma", "blur_truncate", "dpam")
-
-        def make_module() -> AnomalyCLIPModule:
-            return AnomalyCLIPModule(
-                backbone, prompt_set, layers=LAYERS, **{key: method[key] for key in keep}, dpam_start=None
-            )
-
-        module = make_module()
+        module = with_official_prompts()
         encoder = module.model.prompt_encoder
-        with torch.no_grad():
-            encoder.context_normal.copy_(learner.ctx_pos[0, 0])
-            encoder.context_anomalous.copy_(learner.ctx_neg[0, 0])
-            for index, deep in enumerate(learner.compound_prompts_text):
-                encoder.deep_prompts[index].copy_(deep)
 
         images = smooth_images(args.images, SIZE, seed=1)
         normalized = backbone.normalize(images)

@@ -91,6 +91,18 @@ def import_official(folder: Path) -> dict:
     }
 
 
+def official_model(official: dict, config: dict, state: dict):
+    """The official CLIP at 518 px, the 336-px state dict resized by its own load-time resize."""
+    oc = official["open_clip"]
+    theirs = oc.model.CLIP(**{**config, "vision_cfg": {**config["vision_cfg"], "image_size": SIZE}})
+    official_state = {key: value.clone() for key, value in state.items()}
+    oc.model.resize_pos_embed(official_state, theirs)
+    missing, unexpected = theirs.load_state_dict(official_state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"state dict keys differ: missing {missing}, unexpected {unexpected}")
+    return theirs.eval()
+
+
 def load_prompts() -> PromptSet:
     node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "prompts" / "aprilgan.yaml"))
     node.pop("_target_")
@@ -109,6 +121,12 @@ def backbone_settings() -> dict:
 def official_stage_maps(official, model, linear, images, text, features):
     """test.py / train.py: per stage softmax(upsampled 100 * tokens @ text) -> [B, 2, H, W]."""
     _, patch_tokens = model.encode_image(images, features)
+    return official_maps_of_tokens(linear, patch_tokens, text)
+
+
+def official_maps_of_tokens(linear, patch_tokens, text):
+    """The maps of :func:`official_stage_maps` from tapped tokens already encoded (test.py encodes each
+    image once for the image score and the maps)."""
     patch_tokens = linear(patch_tokens)
     maps = []
     for layer in range(len(patch_tokens)):
@@ -156,14 +174,7 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
             f"{' with antialias' if settings['pos_embed_antialias'] else ''}"
         )
 
-        # Official model at 518 px, the 336-px state dict resized by its own load-time resize.
-        theirs = oc.model.CLIP(**{**config, "vision_cfg": {**config["vision_cfg"], "image_size": SIZE}})
-        official_state = {key: value.clone() for key, value in state.items()}
-        oc.model.resize_pos_embed(official_state, theirs)
-        missing, unexpected = theirs.load_state_dict(official_state, strict=False)
-        if missing or unexpected:
-            raise RuntimeError(f"state dict keys differ: missing {missing}, unexpected {unexpected}")
-        theirs.eval()
+        theirs = official_model(official, config, state)
         pos_delta = max_abs(backbone.positional_embedding, theirs.visual.positional_embedding)
         report.add("positional embedding after 24->37 resize", pos_delta)
 

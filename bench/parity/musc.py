@@ -81,8 +81,14 @@ class Recorder:
         return result
 
 
-def run_official(musc_module, mvtec_module, model, images, types_, divide_num, k_list_dataset, work, device):
-    """Run the release's ``make_category_data`` on in-memory images; return what it computed."""
+def run_official(
+    musc_module, mvtec_module, model, images, types_, divide_num, k_list_dataset, work, device, taps=True
+):
+    """Run the release's ``make_category_data`` on in-memory images; return what it computed.
+
+    ``taps=False`` leaves the official ``encode_image`` unwrapped (no copy of the tapped tokens kept:
+    the timing benchmark's setting).
+    """
     normalised = images
 
     class InMemory(torch.utils.data.Dataset):
@@ -122,15 +128,16 @@ def run_official(musc_module, mvtec_module, model, images, types_, divide_num, k
         captured.update(pr_sp=pr_sp, pr_px=pr_px)
         return (0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0)
 
-    taps: list = []
+    recorded: list = []
     original_encode = model.encode_image
 
     def encode_image(image, out_layers, *args, **kwargs):
         pooled, tokens = original_encode(image, out_layers, *args, **kwargs)
-        taps.append((pooled.float().cpu(), [t.float().cpu() for t in tokens]))
+        recorded.append((pooled.float().cpu(), [t.float().cpu() for t in tokens]))
         return pooled, tokens
 
-    model.encode_image = encode_image
+    if taps:
+        model.encode_image = encode_image
     instance = object.__new__(musc_module.MuSc)  # its __init__ would load weights by name
     instance.__dict__.update(
         cfg={},
@@ -162,7 +169,8 @@ def run_official(musc_module, mvtec_module, model, images, types_, divide_num, k
             instance.make_category_data("parity")
     finally:
         musc_module.MSM, musc_module.RsCIN, musc_module.compute_metrics = saved
-        model.encode_image = original_encode
+        if taps:
+            model.encode_image = original_encode
     order = [int(Path(item[2]).stem) for item in _visit_order(items, divide_num, mvtec_module)]
     return {
         "order": order,
@@ -171,7 +179,7 @@ def run_official(musc_module, mvtec_module, model, images, types_, divide_num, k
         "class_tokens": rscin.calls[0][0][1],
         "scores": torch.as_tensor(captured["pr_sp"]),
         "maps": torch.as_tensor(captured["pr_px"])[:, 0],
-        "taps": taps,
+        "taps": recorded,
         "rscin": rscin.function,
     }
 
@@ -183,6 +191,53 @@ def _visit_order(items, divide_num, mvtec_module):
     for part in range(divide_num):
         visited += mvtec_module.MVTecDataset.sub_datasets(None, items, divide_num, part, 42)
     return visited
+
+
+def build_models(
+    folder: Path, work: Path, config: dict, image_size: int, device: str, precision: str = "fp32"
+):
+    """Both sides on the same random weights of ``config`` (registered as ``MODEL`` on both sides), made
+    at the native 336 px and resized to ``image_size`` the way each side loads pretrained weights.
+
+    Returns:
+        ``(backbone, theirs, musc_module, mvtec_module)``: our backbone in ``precision`` (resize and
+        activation settings from MuSc's backbone config, so parity covers them), the official model and
+        the release's ``models.musc`` / ``datasets.mvtec`` modules.
+    """
+    import open_clip
+
+    from anomaly_vlm.backbones.clip import FrozenCLIP
+
+    (work / "configs").mkdir(exist_ok=True)
+    (work / "configs" / f"{MODEL}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(work / "configs")
+    # Random weights at the native 336 px (24 x 24 grid), as a pretrained file would hold them.
+    native = FrozenCLIP(MODEL, pretrained=None, image_size=336, seed=0)
+    weights = work / "weights.pt"
+    torch.save(native.clip.state_dict(), weights)
+    spec = yaml.safe_load((REPO_ROOT / "conf" / "backbone" / "vit_l14_336_musc.yaml").read_text())
+    backbone = FrozenCLIP(
+        MODEL,
+        pretrained=str(weights),
+        image_size=image_size,
+        quick_gelu=spec["quick_gelu"],
+        pos_embed_interpolation=spec["pos_embed_interpolation"],
+        pos_embed_antialias=spec["pos_embed_antialias"],
+        precision=precision,
+    ).to(device)
+    with release_imports(folder):
+        musc_module = importlib.import_module("models.musc")
+        mvtec_module = importlib.import_module("datasets.mvtec")
+        official_clip = importlib.import_module("models.backbone.open_clip")
+        official_model_module = importlib.import_module("models.backbone.open_clip.model")
+        official_clip.add_model_config(work / "configs")
+        theirs = official_clip.create_model(MODEL, image_size, pretrained=None)
+        state = torch.load(weights, weights_only=True)
+        # What the release does with OpenAI weights at another size: its resize, then a strict load.
+        official_model_module.resize_pos_embed(state, theirs)
+        theirs.load_state_dict(state, strict=True)
+        theirs.eval().to(device)
+    return backbone, theirs, musc_module, mvtec_module
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -205,44 +260,14 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
 
-    import open_clip
-
-    from anomaly_vlm.backbones.clip import FrozenCLIP
     from anomaly_vlm.methods.musc.torch_model import IMAGE_EMBEDDING, MuSc, rscin, tokens_key
 
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
-        (work / "configs").mkdir()
-        (work / "configs" / f"{MODEL}.json").write_text(json.dumps(shrunk_config(args.width)))
-        open_clip.add_model_config(work / "configs")
-        # Random weights at the native 336 px (24 x 24 grid), as a pretrained file would hold them.
-        native = FrozenCLIP(MODEL, pretrained=None, image_size=336, seed=0)
-        weights = work / "weights.pt"
-        torch.save(native.clip.state_dict(), weights)
-        # The resize and activation settings come from MuSc's backbone config, so parity covers them.
-        spec = yaml.safe_load((REPO_ROOT / "conf" / "backbone" / "vit_l14_336_musc.yaml").read_text())
-        backbone = FrozenCLIP(
-            MODEL,
-            pretrained=str(weights),
-            image_size=args.image_size,
-            quick_gelu=spec["quick_gelu"],
-            pos_embed_interpolation=spec["pos_embed_interpolation"],
-            pos_embed_antialias=spec["pos_embed_antialias"],
-        ).to(args.device)
+        backbone, theirs, musc_module, mvtec_module = build_models(
+            folder, work, shrunk_config(args.width), args.image_size, args.device
+        )
         ours = MuSc(backbone, layers=TAPS, r_list=(1, 3, 5), rscin_k=(1, 2, 3))
-
-        with release_imports(folder):
-            musc_module = importlib.import_module("models.musc")
-            mvtec_module = importlib.import_module("datasets.mvtec")
-            official_clip = importlib.import_module("models.backbone.open_clip")
-            official_model_module = importlib.import_module("models.backbone.open_clip.model")
-            official_clip.add_model_config(work / "configs")
-            theirs = official_clip.create_model(MODEL, args.image_size, pretrained=None)
-            state = torch.load(weights, weights_only=True)
-            # What the release does with OpenAI weights at another size: its resize, then a strict load.
-            official_model_module.resize_pos_embed(state, theirs)
-            theirs.load_state_dict(state, strict=True)
-            theirs.eval().to(args.device)
 
         images = smooth_images(args.images, args.image_size, seed=1)
         normalised = backbone.normalize(images.to(args.device)).cpu()

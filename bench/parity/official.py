@@ -203,12 +203,15 @@ def register_config(name: str, config: dict, folder: Path) -> None:
     open_clip.add_model_config(path)
 
 
-def shrunk_backbone(name: str, config: dict, folder: Path, image_size: int, settings: dict):
+def shrunk_backbone(
+    name: str, config: dict, folder: Path, image_size: int, settings: dict, precision: str = "fp32"
+):
     """Our backbone on random weights the official side can load too.
 
     ``config`` is registered as ``name``; the model is built at its native 336 px with seed 0, its state
     dict saved to ``folder/weights.pt`` (the file the official code loads) and loaded back at
     ``image_size``, so the positional-embedding resize runs on load as in the official releases.
+    ``precision`` is the loaded backbone's ``backbone.precision`` (the saved weights are float32).
 
     Returns:
         ``(backbone, state)``: our :class:`~anomaly_vlm.backbones.FrozenCLIP` and the saved state dict.
@@ -219,7 +222,10 @@ def shrunk_backbone(name: str, config: dict, folder: Path, image_size: int, sett
     native = FrozenCLIP(name, None, image_size=336, quick_gelu=settings["quick_gelu"], seed=0)
     state = {key: value.clone() for key, value in native.clip.state_dict().items()}
     torch.save(state, folder / "weights.pt")
-    return FrozenCLIP(name, str(folder / "weights.pt"), image_size=image_size, **settings), state
+    loaded = FrozenCLIP(
+        name, str(folder / "weights.pt"), image_size=image_size, precision=precision, **settings
+    )
+    return loaded, state
 
 
 def max_abs(a, b) -> float:

@@ -110,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category", default="bottle")
 
 
-def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
+def import_official(folder: Path) -> dict:
+    """``train_cls``, ``train_seg``, ``CLIPAD`` and ``PromptAD.model`` from the checkout."""
     # Its tokenizer and scripts resolve files relative to the checkout: imported from inside it.
     stubs = {name: logging_stub(name) for name in LOGGING_PACKAGES}
     with official_imports(folder, chdir=True, stubs=stubs):
@@ -118,33 +119,41 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         import train_seg  # type: ignore[import-not-found]
         from PromptAD import CLIPAD  # type: ignore[import-not-found]
         from PromptAD import model as official_model  # type: ignore[import-not-found]
+    return {"train_cls": train_cls, "train_seg": train_seg, "CLIPAD": CLIPAD, "model": official_model}
+
+
+def shared_state(official: dict, work: Path, architecture: dict) -> dict:
+    """Random weights of ``architecture`` (registered as ``MODEL_NAME`` on both sides), made by the
+    official factory; biases and LayerNorms perturbed so that no zero init hides an index error."""
     import open_clip
 
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    work = Path(tempfile.mkdtemp(prefix="promptad-parity-"))
-    (work / "configs").mkdir()
-    (work / "configs" / f"{MODEL_NAME}.json").write_text(json.dumps(ARCHITECTURE))
-    CLIPAD.add_model_config(work / "configs")
+    (work / "configs").mkdir(exist_ok=True)
+    (work / "configs" / f"{MODEL_NAME}.json").write_text(json.dumps(architecture))
+    official["CLIPAD"].add_model_config(work / "configs")
     open_clip.add_model_config(work / "configs")
-
-    # Shared random weights; biases and LayerNorms perturbed so that no zero init hides an index error.
-    reference = CLIPAD.create_model(MODEL_NAME, precision="fp32")
+    reference = official["CLIPAD"].create_model(MODEL_NAME, precision="fp32")
     with torch.no_grad():
         for name, parameter in reference.named_parameters():
             if name.endswith("bias") or "ln" in name:
                 parameter.add_(torch.randn_like(parameter) * 0.05)
         reference.logit_scale.fill_(math.log(100.0))  # trained CLIP's stored value (used raw as temperature)
-    state = {key: value.clone() for key, value in reference.state_dict().items()}
+    return {key: value.clone() for key, value in reference.state_dict().items()}
+
+
+def official_models(official: dict, state: dict, precision: str, category: str, shots: int, device):
+    """The official image (``train_cls.py``: 3 normal prompts) and pixel (``train_seg.py``: 1) models on
+    ``state``, and their initial prompt vectors: ``({"image": ..., "pixel": ...}, initial)``."""
+    official_model, clipad = official["model"], official["CLIPAD"]
 
     def official_clip(model_name=None, pretrained=None, precision="fp16"):
-        model = CLIPAD.create_model(MODEL_NAME, precision=args.precision)
+        model = clipad.create_model(MODEL_NAME, precision=chosen)
         model.load_state_dict(state)
         return model, None, None
 
+    chosen = precision
     official_model.CLIPAD.create_model_and_transforms = official_clip
 
-    def official(n_pro: int):
+    def build(n_pro: int):
         model = official_model.PromptAD(
             out_size_h=400,
             out_size_w=400,
@@ -155,16 +164,14 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
             n_pro=n_pro,
             n_ctx_ab=1,
             n_pro_ab=4,
-            class_name=args.category,
-            k_shot=args.shots,
+            class_name=category,
+            k_shot=shots,
             img_resize=240,
             img_cropsize=240,
         )
-        model.precision = args.precision
-        if args.precision == "fp32":  # rebuild what the hard-coded fp16 made in half precision
-            model.prompt_learner = official_model.PromptLearner(
-                4, n_pro, 1, 4, args.category, model.model, "fp32"
-            )
+        model.precision = precision
+        if precision == "fp32":  # rebuild what the hard-coded fp16 made in half precision
+            model.prompt_learner = official_model.PromptLearner(4, n_pro, 1, 4, category, model.model, "fp32")
             model.feature_gallery1 = model.feature_gallery1.float()
             model.feature_gallery2 = model.feature_gallery2.float()
             model.text_features = model.text_features.float()
@@ -173,13 +180,18 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
             model.model.logit_scalef = model.model.logit_scale
         return model.to(device)
 
-    theirs = {"image": official(3), "pixel": official(1)}
+    theirs = {"image": build(3), "pixel": build(1)}
     initial = {
         branch: {k: v.detach().clone() for k, v in m.prompt_learner.named_parameters()}
         for branch, m in theirs.items()
     }
+    return theirs, initial
 
-    backbone = FrozenCLIP(MODEL_NAME, image_size=240, precision=args.precision)
+
+def our_model(state: dict, precision: str, device, initial: dict) -> PromptADModel:
+    """Our PromptAD on ``state`` in ``precision`` (one training epoch), its learners starting from the
+    official ``initial`` prompt vectors."""
+    backbone = FrozenCLIP(MODEL_NAME, image_size=240, precision=precision)
     missing, unexpected = backbone.clip.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"state dicts differ: missing {missing}, unexpected {unexpected}")
@@ -196,6 +208,18 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         return learner
 
     ours.new_learner = learner_from_official
+    return ours
+
+
+def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
+    official = import_official(folder)
+    train_cls, train_seg = official["train_cls"], official["train_seg"]
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="promptad-parity-"))
+    state = shared_state(official, work, ARCHITECTURE)
+    theirs, initial = official_models(official, state, args.precision, args.category, args.shots, device)
+    ours = our_model(state, args.precision, device, initial)
 
     generator = torch.Generator().manual_seed(1)
     total = args.shots + args.queries

@@ -28,6 +28,7 @@ from bench import REPO_ROOT
 
 RUNNER = Path(__file__).with_name("winclip_anomalib_runner.py")
 CLASS_NAME = "bottle"
+MODEL = "ViT-B-16-plus-240"
 
 
 def default_peer_python() -> str:
@@ -62,9 +63,12 @@ def load_prompts() -> PromptSet:
     return PromptSet(**node)
 
 
-def build_ours(seed: int = 0) -> tuple[FrozenCLIP, WinCLIPModel]:
-    """Our WinCLIP on a randomly initialised ViT-B-16-plus-240 with the paper's settings."""
-    backbone = FrozenCLIP("ViT-B-16-plus-240", None, image_size=240, seed=seed)
+def build_ours(
+    seed: int = 0, model: str = MODEL, pretrained: str | None = None, precision: str = "fp32"
+) -> tuple[FrozenCLIP, WinCLIPModel]:
+    """Our WinCLIP on a randomly initialised ViT-B-16-plus-240 (or ``model``, or the weights file
+    ``pretrained``) in ``backbone.precision`` ``precision``, with the paper's settings."""
+    backbone = FrozenCLIP(model, pretrained, image_size=240, seed=seed, precision=precision)
     model = WinCLIPModel(backbone, scales=(2, 3), temperature=0.07).eval()
     classifier = TextEmbeddingCache(None).classifier(backbone, load_prompts(), CLASS_NAME, "raw_mean")
     model.set_text_classifier(classifier)
@@ -114,18 +118,35 @@ class Peer:
 
 
 @contextlib.contextmanager
-def shared_setup(python: str, num_queries: int, shots: int) -> Iterator[tuple]:
+def shared_setup(
+    python: str, num_queries: int, shots: int, config: dict | None = None, precision: str = "fp32"
+) -> Iterator[tuple]:
     """Both implementations on the same random weights and normalised inputs.
+
+    ``config``: an open_clip model config to use instead of ViT-B-16-plus-240 (written to the scratch
+    folder as ``<name>.json``; give its path to the peer's ``load``). ``precision``: our backbone's
+    ``backbone.precision`` (the weights are made, and saved for the peer, in float32).
 
     Yields ``(backbone, ours, queries, references, peer, folder)``: our model, the anomalib process
     (``peer``) and a scratch folder holding ``weights.pt``, ``queries.pt`` and ``references.pt``.
     """
-    backbone, ours = build_ours()
-    queries = normalized_images(backbone, num_queries, seed=1)
-    references = normalized_images(backbone, shots, seed=2)
     with tempfile.TemporaryDirectory(prefix="winclip-peer-") as scratch:
         folder = Path(scratch)
+        model = MODEL
+        if config is not None:
+            import open_clip
+
+            model = "winclip-peer-small"
+            (folder / f"{model}.json").write_text(json.dumps(config))
+            open_clip.add_model_config(folder / f"{model}.json")
+        backbone, ours = build_ours(model=model)
         torch.save(backbone.clip.state_dict(), folder / "weights.pt")
+        if precision != "fp32":
+            backbone, ours = build_ours(
+                model=model, pretrained=str(folder / "weights.pt"), precision=precision
+            )
+        queries = normalized_images(backbone, num_queries, seed=1)
+        references = normalized_images(backbone, shots, seed=2)
         torch.save(queries, folder / "queries.pt")
         torch.save(references, folder / "references.pt")
         peer = Peer(python)

@@ -10,7 +10,7 @@ BENCHMARKS = {
     "export": "exported detectors: onnxruntime vs PyTorch per-image time and max |delta|",
     "knn": "AnomalyDINO's nearest-neighbour search: faiss-cpu vs torch matrix products at MVTec scale",
     "metrics": "the exact metrics at MVTec scale (time, memory), and against anomalib-style AUPRO",
-    "official": "ours vs the official code (APRIL-GAN so far): per-image time, peak memory, one precision",
+    "official": "ours vs the official code (5 methods) and anomalib's WinCLIP: time, peak memory, fp32/bf16",
     "precision": "every method in fp32 and each low precision: time, maps and AUROC against fp32",
     "musc-memory": "MuSc whole-category scoring: peak memory and time against the number of images",
     "promptad": "PromptAD per-category training and scoring time on the published architecture",

@@ -101,6 +101,10 @@ def test_make_targets_call_the_bench_commands():
         "bench-export": "-m bench.perf export",
         "bench-precision BENCH_PRECISION_ARGS=--quick": "-m bench.perf precision --quick",
         "bench-official APRILGAN_DIR=x": '-m bench.perf official --official-aprillab "x"',
+        "bench-official ANOMALYCLIP_DIR=a MUSC_DIR=m PROMPTAD_DIR=p ADACLIP_DIR=d": (
+            '-m bench.perf official --official-anomalyclip "a" --official-musc "m" '
+            '--official-promptad "p" --official-adaclip "d"'
+        ),
     }
     for target, expected in targets.items():
         # -n prints the commands; -o keeps make from (re)building the environments it would depend on.
