@@ -323,6 +323,38 @@ class FrozenCLIP(nn.Module):
             "reason": self.precision_reason,
         }
 
+    def convert_precision(self, precision: str, reason: str = "configured") -> None:
+        """Run this backbone, built in fp32, in ``precision`` from now on (in place).
+
+        The same weights and layers as a backbone built in that precision: mixed modes round the matmul
+        weights once and hook their layers; pure modes are open_clip's ``precision`` (its float32
+        LayerNorms, weights and projections in the low type). A saved detector checks its weights as
+        saved (fp32), then runs them in the precision asked for.
+
+        Raises:
+            ValueError: ``precision`` is unknown (or ``auto``: resolve it first), or this backbone runs in
+                another low precision already (its weights are rounded; build it in fp32).
+        """
+        if precision == self.precision:
+            return
+        if precision not in MIXED_PRECISIONS and precision not in PURE_PRECISIONS:
+            raise ValueError(f"backbone.precision={precision!r} is not a concrete precision")
+        if self.precision != "fp32":
+            raise ValueError(
+                f"backbone '{self.model_name}' runs in {self.precision}: its weights are rounded already and "
+                f"cannot run in {precision}; build it in fp32"
+            )
+        if precision in MIXED_PRECISIONS:
+            use_mixed_precision(self.clip, MIXED_PRECISIONS[precision])
+        else:
+            for module in self.clip.modules():
+                if type(module) in (nn.LayerNorm, open_clip.transformer.LayerNorm):
+                    module.__class__ = open_clip.transformer.LayerNormFp32
+            open_clip.model.convert_weights_to_lp(self.clip, dtype=PURE_PRECISIONS[precision])
+            use_fast_attention(self.clip)
+        self.precision, self.requested_precision, self.precision_reason = precision, precision, reason
+        self.identity += f":{precision}"
+
     @property
     def logit_scale(self) -> Tensor:
         """The model's stored ``logit_scale`` parameter (log of the trained temperature, not exp'ed)."""
@@ -589,7 +621,7 @@ class FrozenCLIP(nn.Module):
             x = transformer(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
         else:
             x = transformer(x, attn_mask=mask)
-        return self._project_end_tokens(x, eot)
+        return self._project_end_tokens(x, eot, embeddings.dtype)
 
     def encode_text_deep_prompted(self, token_ids: Tensor, deep_prompts: Mapping[int, Tensor]) -> Tensor:
         """Encode tokenised sentences with learned tokens overwriting positions ``1 .. n`` in chosen blocks.
@@ -618,7 +650,8 @@ class FrozenCLIP(nn.Module):
         if bad:
             raise ValueError(f"deep text prompts for blocks {bad} outside 1..{depth} of '{self.model_name}'")
         length = self._text_length(eot, token_ids.shape[1])
-        x = clip.token_embedding(token_ids[:, :length]).to(cast) + clip.positional_embedding[:length].to(cast)
+        embedded = clip.token_embedding(token_ids[:, :length])
+        x = embedded.to(cast) + clip.positional_embedding[:length].to(cast)
         mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
         seq_first = not getattr(transformer, "batch_first", True)
         for index, block in enumerate(transformer.resblocks, start=1):
@@ -632,7 +665,7 @@ class FrozenCLIP(nn.Module):
                 x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
             else:
                 x = block(x, attn_mask=mask)
-        return self._project_end_tokens(x, eot)
+        return self._project_end_tokens(x, eot, embedded.dtype)
 
     def _text_length(self, eot: Tensor, context: int) -> int:
         """Token positions the text transformer must run for end tokens at ``eot``.
@@ -643,13 +676,24 @@ class FrozenCLIP(nn.Module):
         """
         return int(eot.max()) + 1 if self.clip.attn_mask is not None else context
 
-    def _project_end_tokens(self, x: Tensor, eot: Tensor) -> Tensor:
-        """CLIP's text head: ``ln_final`` of each sentence's end token (``eot``), then the projection."""
+    def _project_end_tokens(self, x: Tensor, eot: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """CLIP's text head: ``ln_final`` of each sentence's end token (``eot``), then the projection.
+
+        Returned in ``dtype``, the type of the embeddings that entered the tower (:meth:`stream_tokens`):
+        token embeddings and learned float32 prompts give float32 features, which meet the methods' own
+        float32 layers whatever the precision, as the image features do; prompts a method builds in the
+        backbone's type (PromptAD, as its official code) keep that type. A no-op in fp32."""
         clip = self.clip
         x = clip.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot]
         projection = clip.text_projection
-        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return (projection(x) if isinstance(projection, nn.Linear) else x @ projection).to(dtype)
+
+    def stream_tokens(self, tokens: Tensor) -> Tensor:
+        """``tokens`` in the residual stream's type (:attr:`dtype`): how token embeddings and learned
+        tokens (context vectors, deep prompts) enter a tower whatever the precision; the cast is
+        differentiable, so gradients reach the float32 parameters behind them."""
+        return tokens.to(self.dtype)
 
     @property
     def text_width(self) -> int:

@@ -32,6 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.capabilities import BackboneCapabilities
+from anomaly_vlm.backbones.precision import (
+    MIXED_PRECISIONS,
+    PURE_PRECISIONS,
+    resolve_precision,
+    use_mixed_precision,
+)
 from anomaly_vlm.backbones.weights import WeightsNotFoundError, weights_identity
 
 log = logging.getLogger(__name__)
@@ -355,7 +361,12 @@ class FrozenDINOv2(nn.Module):
         cache_dir: folder searched for (and given) the weight files before torch.hub's own.
         seed: seed of the random initialisation when ``pretrained`` is None.
         mean, std: normalisation (ImageNet's by default, as every DINOv2 release uses).
-        precision: ``fp32`` (the published AnomalyDINO runs), ``fp16`` or ``bf16`` weights.
+        precision: ``fp32`` (the published AnomalyDINO runs); pure ``fp16`` / ``bf16`` (weights and stream
+            in that type); mixed ``amp-bf16`` / ``amp-fp16`` (float32 stream, norms and accumulations,
+            matmul operands in the low type, as :class:`~anomaly_vlm.backbones.clip.FrozenCLIP`); ``auto``:
+            see :func:`~anomaly_vlm.backbones.precision.resolve_precision`.
+        precision_device: ``cpu`` or ``cuda``, the device ``auto`` decides for (None: a visible GPU).
+        release_precision: the method's official GPU precision, what ``auto`` picks on a GPU.
     """
 
     capabilities: ClassVar[BackboneCapabilities] = BackboneCapabilities(
@@ -374,11 +385,12 @@ class FrozenDINOv2(nn.Module):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         precision: str = "fp32",
+        precision_device: str | None = None,
+        release_precision: str | None = None,
     ) -> None:
         super().__init__()
-        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-        if precision not in dtypes:
-            raise ValueError(f"backbone.precision={precision!r} is not one of {sorted(dtypes)}")
+        self.requested_precision = precision
+        precision, self.precision_reason = resolve_precision(precision, precision_device, release_precision)
         arch = architecture(model)
         self.model_name = model
         self.pretrained = pretrained
@@ -390,7 +402,11 @@ class FrozenDINOv2(nn.Module):
         if weight_file is not None:
             log.info("Loading %s weights from %s", model, weight_file)
             load_dinov2_weights(vit, weight_file)
-        self.vit = vit.to(dtypes[precision])
+        if precision in MIXED_PRECISIONS:
+            use_mixed_precision(vit, MIXED_PRECISIONS[precision])
+        else:
+            vit = vit.to(PURE_PRECISIONS[precision])
+        self.vit = vit
         self.identity = weights_identity(model, pretrained, seed)
         if precision != "fp32":
             self.identity += f":{precision}"
@@ -444,7 +460,44 @@ class FrozenDINOv2(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """Type of the activations between blocks: float32 in fp32 and mixed modes, else the weights'."""
         return self.vit.cls_token.dtype
+
+    @property
+    def mixed_precision(self) -> bool:
+        """True in the ``amp-*`` modes (float32 stream, low-precision matmuls)."""
+        return self.precision in MIXED_PRECISIONS
+
+    def precision_record(self) -> dict[str, str]:
+        """What ``backbone.precision`` asked for, what runs, and why (results.json, the start line)."""
+        return {
+            "requested": self.requested_precision,
+            "resolved": self.precision,
+            "reason": self.precision_reason,
+        }
+
+    def convert_precision(self, precision: str, reason: str = "configured") -> None:
+        """Run this backbone, built in fp32, in ``precision`` from now on (in place), as one built in it.
+
+        Raises:
+            ValueError: ``precision`` is unknown (or ``auto``), or this backbone runs in another low
+                precision already (its weights are rounded; build it in fp32).
+        """
+        if precision == self.precision:
+            return
+        if precision not in MIXED_PRECISIONS and precision not in PURE_PRECISIONS:
+            raise ValueError(f"backbone.precision={precision!r} is not a concrete precision")
+        if self.precision != "fp32":
+            raise ValueError(
+                f"backbone '{self.model_name}' runs in {self.precision}: its weights are rounded already and "
+                f"cannot run in {precision}; build it in fp32"
+            )
+        if precision in MIXED_PRECISIONS:
+            use_mixed_precision(self.vit, MIXED_PRECISIONS[precision])
+        else:
+            self.vit.to(PURE_PRECISIONS[precision])
+        self.precision, self.requested_precision, self.precision_reason = precision, precision, reason
+        self.identity += f":{precision}"
 
     @property
     def positional_embedding(self) -> Tensor:
@@ -475,7 +528,8 @@ class FrozenDINOv2(nn.Module):
         normalized: bool = False,
     ) -> dict[int, Tensor]:
         """Patch tokens ``[B, N, W]`` at the given blocks (1-based; None = the last), CLS and registers
-        removed, after the final LayerNorm when ``norm`` (the reference's ``get_intermediate_layers``).
+        removed, after the final LayerNorm when ``norm`` (the reference's ``get_intermediate_layers``);
+        float32 whatever the precision, as CLIP's features (they meet the methods' float32 memories).
 
         Args:
             images: ``[B, 3, S, S]`` RGB in ``[0, 1]`` (or already normalised with ``normalized=True``).
@@ -497,7 +551,7 @@ class FrozenDINOv2(nn.Module):
         for index, block in enumerate(vit.blocks, start=1):
             x = block(x)
             if index in taps:
-                outputs[index] = (vit.norm(x) if norm else x)[:, skip:]
+                outputs[index] = (vit.norm(x) if norm else x)[:, skip:].float()
             if index >= max(taps):
                 break
         return outputs

@@ -131,7 +131,9 @@ def encode_dpam(
     Returns:
         ``(global_embedding [B, D], {block: patch embeddings [B, N, D]})``: the original stream's CLS after
         the last block ``@ proj``, and per tapped block the DPAM stream (the plain stream before DPAM
-        starts or with ``dpam`` off) ``-> ln_post -> proj``, CLS dropped; none normalised.
+        starts or with ``dpam`` off) ``-> ln_post -> proj``, CLS dropped; none normalised; float32
+        whatever ``backbone.precision``, as the backbone's own features (they meet float32 text and
+        learned layers).
     """
     x = backbone.ln_pre(backbone.embed_patches(images, normalized=normalized))
     wanted = set(layers)
@@ -148,5 +150,7 @@ def encode_dpam(
         global_embedding = backbone.ln_post(x[:, 0]) @ backbone.proj
     else:
         global_embedding = x[:, 0] @ backbone.proj
-    patches = {index: backbone.ln_post(tokens[:, 1:]) @ backbone.proj for index, tokens in taps.items()}
-    return global_embedding, patches
+    patches = {
+        index: (backbone.ln_post(tokens[:, 1:]) @ backbone.proj).float() for index, tokens in taps.items()
+    }
+    return global_embedding.float(), patches

@@ -220,7 +220,10 @@ def encode_deep_prompted_text(
     mask = clip.attn_mask
     if mask is not None and length != mask.shape[0]:
         mask = mask[:length, :length]
-    x = embeddings[:, :length] + clip.positional_embedding[:length].to(embeddings.dtype)
+    # The stream's type (float32 in fp32 and mixed precision): float32 embeddings and prompts enter it.
+    x = backbone.stream_tokens(embeddings[:, :length]) + backbone.stream_tokens(
+        clip.positional_embedding[:length]
+    )
     seq_first = not getattr(transformer, "batch_first", True)
     for index, block in enumerate(transformer.resblocks, start=1):
         if 2 <= index <= len(deep_prompts) + 1:
@@ -234,7 +237,4 @@ def encode_deep_prompted_text(
             x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
         else:
             x = block(x, attn_mask=mask)
-    x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), token_ids.argmax(dim=-1)]
-    projection = clip.text_projection
-    return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+    return backbone._project_end_tokens(x, token_ids.argmax(dim=-1), embeddings.dtype)

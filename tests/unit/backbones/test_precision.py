@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from anomaly_vlm.backbones import FrozenCLIP, precision
+from anomaly_vlm.backbones import FrozenCLIP, FrozenDINOv2, precision
 from anomaly_vlm.backbones.precision import BatchFirstAttention, resolve_precision
 from anomaly_vlm.cache.feature_cache import backbone_fingerprint
 from anomaly_vlm.methods.winclip.torch_model import WinCLIPModel
+from anomaly_vlm.prompts.learnable import encode_deep_prompted_text
 
 
 def tiny(mode: str) -> FrozenCLIP:
@@ -194,3 +195,58 @@ def test_winclip_window_pass_in_mixed_bf16_copies_no_weight_per_window(mixed_bf1
         model.encode_windows(tokens, 0)
     names = {event.key for event in profile.key_averages()}
     assert "aten::bmm" not in names
+
+
+def test_text_features_leave_a_pure_low_precision_backbone_in_float32():
+    """They meet float32 learned layers (Bayes-PFL's class mapping failed: mat1 and mat2 dtypes)."""
+    backbone = tiny("bf16")
+    assert backbone.encode_text(["a photo of a thing"]).dtype == torch.float32
+    ids = backbone.tokenize(["a photo of a thing"])
+    embedded = backbone.token_embeddings(ids).float().requires_grad_(True)
+    features = encode_deep_prompted_text(backbone, embedded, ids, [torch.zeros(2, backbone.text_width)])
+    assert features.dtype == torch.float32
+    features.square().sum().backward()
+    assert embedded.grad.dtype == torch.float32 and embedded.grad.abs().sum() > 0
+
+
+def test_dinov2_runs_mixed_precision_with_float32_norms_and_features(monkeypatch):
+    fp32 = FrozenDINOv2("anomaly-vlm-tiny-dinov2", None, image_size=140, seed=0)
+    amp = FrozenDINOv2("anomaly-vlm-tiny-dinov2", None, image_size=140, seed=0, precision="amp-bf16")
+    block = amp.vit.blocks[0]
+    assert block.attn.qkv.weight.dtype == block.mlp.fc1.weight.dtype == torch.bfloat16
+    assert block.norm1.weight.dtype == amp.vit.cls_token.dtype == torch.float32
+    assert amp.dtype == torch.float32 and amp.identity.endswith(":amp-bf16")
+    images = torch.rand(2, 3, 140, 140)
+    got, expected = amp.patch_tokens(images, [2, 4]), fp32.patch_tokens(images, [2, 4])
+    for index in (2, 4):
+        assert got[index].dtype == torch.float32
+        assert cosine(got[index], expected[index]) > 0.99
+        assert not torch.equal(got[index], expected[index])  # bf16 did run
+    assert (
+        FrozenDINOv2("anomaly-vlm-tiny-dinov2", None, image_size=140, precision="bf16")
+        .patch_tokens(images)[4]
+        .dtype
+        == torch.float32
+    )
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    auto = FrozenDINOv2(
+        "anomaly-vlm-tiny-dinov2", None, image_size=140, precision="auto", precision_device="cpu"
+    )
+    assert auto.precision_record()["resolved"] == "amp-bf16"
+
+
+@pytest.mark.parametrize("mode", ["amp-bf16", "bf16"])
+def test_an_fp32_backbone_converted_to_a_precision_is_the_one_built_in_it(mode):
+    """What a saved fp32 detector loaded with another precision runs (its weights checked as saved)."""
+    converted = tiny("fp32")
+    converted.convert_precision(mode)
+    built = tiny(mode)
+    assert converted.precision == mode and converted.identity == built.identity
+    images = torch.rand(2, 3, 128, 128)
+    got, expected = converted.encode_image(images, layers=[4]), built.encode_image(images, layers=[4])
+    torch.testing.assert_close(got.layer_tokens[4], expected.layer_tokens[4], rtol=0, atol=0)
+    torch.testing.assert_close(got.global_embedding, expected.global_embedding, rtol=0, atol=0)
+    text = ["a photo of a thing"]
+    torch.testing.assert_close(converted.encode_text(text), built.encode_text(text), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="its weights are rounded already"):
+        built.convert_precision("fp32")
