@@ -218,6 +218,42 @@ def save_detector(
     return folder
 
 
+def _run_precision(
+    path: str | Path, precision: str | None, saved: str, device: str | torch.device, method: str
+) -> tuple[str, str]:
+    """``(precision, reason)`` a detector saved in ``saved`` runs in when ``precision`` is asked for.
+
+    Raises:
+        DetectorError: an unknown precision, or another one than a low-precision detector was saved in.
+    """
+    from anomaly_vlm.backbones.precision import RELEASE_GPU_PRECISION, resolve_precision
+
+    if precision is None:
+        return saved, "as saved"
+    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
+    try:
+        wanted, reason = resolve_precision(str(precision), device_type, RELEASE_GPU_PRECISION.get(method))
+    except ValueError as error:
+        raise DetectorError(str(error)) from None
+    if wanted != saved and saved != "fp32":
+        raise DetectorError(
+            f"detector={path} was saved with backbone.precision={saved}: its weights were rounded to it, so "
+            f"it runs in {saved} only, not {wanted}; save it from a backbone.precision=fp32 run to choose "
+            "the precision when loading"
+        )
+    return wanted, reason
+
+
+def _digest_as_saved(backbone: Any, saved_precision: str) -> str:
+    """The backbone's weights digest in the precision the detector was saved with: computed, or, for a
+    shared backbone already converted to another precision, the one checked before converting it."""
+    if getattr(backbone, "precision", "fp32") != saved_precision:
+        recorded = getattr(backbone, "digest_as_saved", None)
+        if recorded is not None and recorded[0] == saved_precision:
+            return str(recorded[1])
+    return backbone_digest(backbone)
+
+
 def _plain(statistics: dict[str, Tensor]) -> dict[str, Any]:
     """The statistics as JSON numbers or lists, for people reading ``detector.json`` (the state file
     holds the exact tensors)."""
@@ -237,6 +273,9 @@ class Detector:
         self.meta = meta
         self.config = config
         self.path = path
+        record = getattr(getattr(method, "backbone", None), "precision_record", None)
+        #: The backbone precision this detector runs in (requested, resolved, reason), None without one.
+        self.precision: dict[str, str] | None = record() if callable(record) else None
         thresholds = meta.get("thresholds")
         self.thresholds = None if thresholds is None else CategoryThresholds.from_dict(thresholds)
         self.set_dependence: str | None = method.set_dependence
@@ -329,6 +368,7 @@ class Detector:
         trust_pickle: bool = False,
         set_dependence: str = "refuse",
         backbone: Any = None,
+        precision: str | None = None,
     ):
         """Rebuild the method from the saved config, check the backbone weights, restore the state.
 
@@ -336,7 +376,8 @@ class Detector:
             path: the detector folder.
             device: where to score.
             backbone_overrides: replace backbone config values (e.g. ``cache_dir``, or ``pretrained`` to
-                point at a local copy of the same weights; other weights are refused).
+                point at a local copy of the same weights; other weights are refused). A ``precision``
+                among them is as the ``precision`` argument.
             trust_pickle: also open a format-1 detector, whose state is a pickle. **Unsafe**: unpickling
                 runs whatever code the file names, so pass it only for files you made yourself or whose
                 source you trust as you would trust a program from it; better, convert them once with
@@ -346,6 +387,10 @@ class Detector:
                 frozen); ``refuse`` (default) raises.
             backbone: a frozen backbone already built from the same backbone config (detectors served
                 together share one); its weights are checked against the digest like a built one's.
+            precision: run the backbone in this ``backbone.precision`` (``auto`` resolves for ``device``);
+                None: the precision it was saved with. Precision is not the weights' identity: they are
+                checked as saved, then run in this precision (a detector saved in fp32 runs in any; one
+                saved in a low precision only in that one, its weights being rounded).
 
         Raises:
             DetectorError: missing folder, newer or (without ``trust_pickle``) pickled format, a file that
@@ -371,17 +416,28 @@ class Detector:
             state, statistics = split_set_statistics(cls.read_state(folder, meta, trust_pickle=trust_pickle))
         except ValueError as error:
             raise DetectorError(f"detector={folder}: {error}") from None
+        saved_precision = str(config.backbone.get("precision") or "fp32")
         if backbone_overrides:
-            config.backbone = OmegaConf.merge(config.backbone, backbone_overrides)
+            overrides = dict(backbone_overrides)
+            asked = overrides.pop("precision", None)
+            precision = asked if precision is None else precision
+            config.backbone = OmegaConf.merge(config.backbone, overrides)
+        wanted, reason = _run_precision(path, precision, saved_precision, device, str(meta.get("method")))
         if backbone is None:
             backbone = build(config.backbone)
-        digest = backbone_digest(backbone)
+        digest = _digest_as_saved(backbone, saved_precision)
         if digest != meta["backbone"]["digest"]:
             raise DetectorError(
                 f"detector={path} was saved with backbone {meta['backbone']['model']} weights "
                 f"{meta['backbone']['identity']} (digest {meta['backbone']['digest']}); the weights loaded "
                 f"now ({backbone.identity}, digest {digest}) are other weights"
             )
+        if wanted != getattr(backbone, "precision", "fp32"):
+            backbone.convert_precision(wanted, reason)
+            # A backbone shared by several detectors is checked against each one's digest as saved.
+            backbone.digest_as_saved = (saved_precision, digest)
+        if wanted != saved_precision:
+            config.backbone.precision = wanted
         prompts = build(config.prompts)
         class_names = (config.get("data") or {}).get("class_names") or {}
         if class_names and hasattr(prompts, "class_name_overrides"):

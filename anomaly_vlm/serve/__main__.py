@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.max_batch,
             settings.set_dependence,
             settings.threads,
+            settings.precision,
         )
     except (UsageError, DetectorError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)

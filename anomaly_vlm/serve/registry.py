@@ -86,6 +86,7 @@ class ServedDetector:
         thresholds = meta.get("thresholds")
         self.thresholds = None if thresholds is None else CategoryThresholds.from_dict(thresholds)
         self.set_dependence: str | None = None
+        self.precision: dict[str, str] | None = None
 
     @property
     def image_size(self) -> int:
@@ -100,6 +101,8 @@ class ServedDetector:
             "category": meta.get("category"),
             "shots": meta.get("shots", 0),
             "backbone": {key: meta.get("backbone", {}).get(key) for key in ("model", "identity", "digest")},
+            # The backbone precision it runs in (the saved one unless the service's precision= overrides).
+            "precision": self.precision,
             "input_size": self.image_size,
             "thresholds": meta.get("thresholds"),
             "set_dependence": self.set_dependence,
@@ -133,6 +136,7 @@ class TorchDetector(ServedDetector):
         super().__init__(name, detector.path, detector.meta, max_batch)
         self.detector = detector
         self.set_dependence = detector.set_dependence
+        self.precision = detector.precision
 
     @torch.no_grad()
     def predict_requests(self, requests: Sequence[Tensor]) -> list[Prediction]:
@@ -237,9 +241,11 @@ def load_detectors(
     max_batch: int = 8,
     set_dependence: str = "refuse",
     threads: int | None = None,
+    precision: str | None = None,
 ) -> dict[str, ServedDetector]:
     """Load every detector once; on PyTorch, detectors whose backbone config and weights are the same
-    share one backbone object (its weights are checked against each detector's digest).
+    share one backbone object (its weights are checked against each detector's digest), run in
+    ``precision`` (``backbone.precision``; None: as saved).
 
     Raises:
         DetectorError: a folder that is not a loadable detector, or (``set_dependence="refuse"``) one whose
@@ -267,7 +273,11 @@ def load_detectors(
             backbones[key] = instantiate(config.backbone, _partial_=True)()
         try:
             detector = Detector.load(
-                folder, device=device, set_dependence=set_dependence, backbone=backbones[key]
+                folder,
+                device=device,
+                set_dependence=set_dependence,
+                backbone=backbones[key],
+                precision=precision,
             )
         except DetectorError as error:
             if "detector_set_dependence=accept" not in str(error):

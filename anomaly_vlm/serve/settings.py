@@ -55,6 +55,8 @@ class ServeSettings:
             it (transductive MuSc): each request is then scored alone, as its own set, never batched
             with another; ``refuse`` (default) refuses to start with one.
         threads: torch intra-op threads (None: torch's default).
+        precision: ``backbone.precision`` the ``torch`` runtime runs the detectors' backbones in (None:
+            each one's own; the weights are still checked as saved).
         warmup: score one image per detector before ``/readyz`` turns ready.
         log_level: uvicorn's log level.
     """
@@ -75,6 +77,7 @@ class ServeSettings:
     read_timeout_s: float = 10.0
     set_dependence: str = "refuse"
     threads: int | None = None
+    precision: str | None = None
     warmup: bool = True
     log_level: str = "info"
 
@@ -91,6 +94,11 @@ class ServeSettings:
             raise UsageError(f"runtime={self.runtime} must be one of {list(RUNTIMES)}")
         if self.set_dependence not in SET_DEPENDENCE:
             raise UsageError(f"set_dependence={self.set_dependence} must be one of {list(SET_DEPENDENCE)}")
+        if self.precision is not None and self.runtime != "torch":
+            raise UsageError(
+                f"precision={self.precision} is a setting of runtime=torch; an exported graph runs in the "
+                "precision it was exported in"
+            )
         positive = {
             "port": self.port,
             "max_batch": self.max_batch,
@@ -117,7 +125,7 @@ class ServeSettings:
 _INT = ("port", "max_batch", "max_images", "max_image_pixels", "max_queue", "threads")
 _FLOAT = ("batch_wait_ms", "max_upload_mb", "request_timeout_s", "read_timeout_s")
 _BOOL = ("batching", "warmup")
-_STR = ("host", "runtime", "device", "set_dependence", "log_level")
+_STR = ("host", "runtime", "device", "set_dependence", "log_level", "precision")
 KEYS = ("detector", *_STR, *_INT, *_FLOAT, *_BOOL)
 
 
@@ -170,6 +178,8 @@ def parse(argv: Sequence[str]) -> ServeSettings:
             options[key] = _number(key, value, float)
         elif key in _BOOL:
             options[key] = _flag(key, value)
+        elif key == "precision" and value.lower() in ("null", "none", ""):
+            options[key] = None
         elif key in _STR:
             options[key] = value
         else:

@@ -209,6 +209,7 @@ def predict(cfg: DictConfig) -> None:
 
         decisions = predict_with_detector(cfg, settings, source, heatmaps, output_dir / MASK_DIR, name_of)
         thresholds, shots, categories = decisions.thresholds, decisions.shots, list(decisions.thresholds)
+        precision = decisions.precision
     else:
         names = group_choices(cfg)
         raise_first(check_config(cfg, names, fit=False))
@@ -216,6 +217,8 @@ def predict(cfg: DictConfig) -> None:
         categories = datamodule.categories
         job = prepare_job(cfg, datamodule, (source,), output_dir, names["method"], fit=False)
         method, shots = job.method, job.shots
+        record = getattr(getattr(method, "backbone", None), "precision_record", None)
+        precision = record() if callable(record) else None
 
         thresholds = prediction_thresholds(cfg, settings, method, datamodule, job.references)
         decisions = DecisionWriter(thresholds, output_dir / MASK_DIR, name_of)
@@ -233,6 +236,8 @@ def predict(cfg: DictConfig) -> None:
             "seed": int(cfg.seed),
             "categories": categories,
             "thresholds": {category: chosen.to_dict() for category, chosen in thresholds.items()},
+            # The backbone precision that ran: requested, resolved, why (a detector's own unless overridden).
+            "precision": precision,
         },
     )
     print(f"scored {counted(len(rows), 'image')}: {scores_path}")

@@ -1,7 +1,8 @@
 """``evaluate.py mode=predict detector=<folder> data.path=...``: score images with a saved detector.
 
 No dataset, references or prompts are read: the detector holds them. The outputs are those of any
-prediction run (``scores.csv`` with decisions, heatmaps, masks).
+prediction run (``scores.csv`` with decisions, heatmaps, masks). ``backbone.precision=`` on the command
+line runs the detector's backbone in that precision (its weights are still checked as saved).
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ from anomaly_vlm.decisions.thresholds import ThresholdSettings
 from anomaly_vlm.deploy.detector import Detector, check_set_dependence
 
 
+def command_line_precision(cfg: DictConfig) -> str | None:
+    """``backbone.precision`` when the command line sets it, else None (the detector's own precision):
+    the composed config always holds a value, the default backbone's, which is not the user's choice."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    for override in HydraConfig.get().overrides.task:
+        if override.partition("=")[0].lstrip("+~") == "backbone.precision":
+            return str(cfg.backbone.precision)
+    return None
+
+
 def predict_with_detector(
     cfg: DictConfig,
     settings: ThresholdSettings,
@@ -34,16 +48,22 @@ def predict_with_detector(
     """Score every image of ``source``'s test split with the detector of ``cfg.detector``.
 
     The detector's thresholds decide, unless ``threshold.method=fixed`` gives others. Returns the
-    decision writer (its ``thresholds`` and ``decisions``; ``shots`` is set on it for the run record).
+    decision writer (its ``thresholds`` and ``decisions``; ``shots`` and the backbone ``precision`` that
+    ran are set on it for the run record).
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     accept = check_set_dependence(str(cfg.detector_set_dependence))
-    detector = Detector.load(str(cfg.detector), device=device, set_dependence=accept)
+    detector = Detector.load(
+        str(cfg.detector), device=device, set_dependence=accept, precision=command_line_precision(cfg)
+    )
+    if detector.precision is not None:
+        print(f"backbone precision: {detector.precision['resolved']} ({detector.precision['reason']})")
     thresholds = detector.thresholds
     if settings.method == "fixed":
         thresholds = CategoryDecisions(settings).category_thresholds_fixed()
     writer = DecisionWriter({detector.category: thresholds} if thresholds else {}, mask_dir, name_of)
     writer.shots = int(detector.meta.get("shots", 0))
+    writer.precision = detector.precision
     batch_size = int((cfg.get("datamodule") or {}).get("batch_size", 8))
     for category in source.categories:
         samples = source.samples(category, "test")
