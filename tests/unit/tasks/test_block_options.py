@@ -7,6 +7,7 @@ configs with one ``error:`` line.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -38,6 +39,7 @@ FIT_TINY = {
 }
 
 
+@functools.cache  # one compose per method and process: collection and three tests ask for it
 def _declared(method: str) -> dict:
     return dict(get_class(_compose(f"method={method}").method._target_).block_options)
 
@@ -46,9 +48,8 @@ def _declared(method: str) -> dict:
 def test_every_block_option_of_a_method_is_declared(method):
     cfg = _compose(f"method={method}")
     named = {key for key in cfg.method if BLOCK_NAME.search(key)}
-    assert named <= set(_declared(method)), (
-        f"method={method} does not declare {named - set(_declared(method))}"
-    )
+    declared = set(_declared(method))
+    assert named <= declared, f"method={method} does not declare {named - declared}"
 
 
 @pytest.mark.parametrize("method", [method for method in METHODS if _declared(method)])
