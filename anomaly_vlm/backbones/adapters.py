@@ -7,7 +7,8 @@ frozen and shared; what is learned is passed in, so a method never reaches into 
 * :class:`ResidualAdapter`: ``x <- w * rescale(fc(x)) + (1 - w) * x``, the adapted output rescaled per
   token to the norm of its input;
 * :func:`encode_image_adapted` / :func:`encode_text_adapted`: the encoders with a hook after chosen
-  blocks (1-based), e.g. residual adapters in the first blocks;
+  blocks (1-based), e.g. residual adapters in the first blocks; the vision blocks optionally compute their
+  attention weights explicitly (:func:`explicit_attention_block`), as code that asks for them does;
 * :func:`encode_image_value_attention`: the vision tower with the self-attention of the blocks from
   ``start`` on replaced by V-V attention (one stream, MLPs kept), which is how AA-CLIP's training targets
   are made (its ``DAPM_replace``), unlike the dual stream of
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.clip import FrozenCLIP, ImageFeatures, value_value_attention
+from anomaly_vlm.backbones.precision import autocast_for
 
 #: A function of the batch-first residual stream ``[B, L, W]`` after a block, returning the new stream.
 BlockHook = Callable[[Tensor], Tensor]
@@ -62,25 +64,68 @@ def _check_hooks(hooks: Mapping[int, BlockHook], depth: int, what: str) -> None:
         raise ValueError(f"{what} hooks after blocks {bad} outside 1..{depth}")
 
 
+def explicit_attention_block(block: nn.Module, x: Tensor) -> Tensor:
+    """One block on batch-first ``[B, L, W]`` tokens, its self-attention computed as a sequence-first
+    ``nn.MultiheadAttention`` called with its default ``need_weights=True`` computes it.
+
+    That call materialises the attention weights (``bmm`` of the scaled queries and the keys, ``softmax``,
+    ``bmm`` with the values, on sequence-first tokens): what code does whose blocks return their attention
+    (AA-CLIP's). The block's own call (``need_weights=False``) goes to ``scaled_dot_product_attention`` or
+    PyTorch's fused kernel instead, which sums in another order: the same function, other float32 roundings
+    (about 4e-7 per block at ViT-L-14-336's size), enough to put a learned LeakyReLU's pre-activation within
+    rounding of 0 on the other side of the kink. Works in every precision (mixed: under autocast, as the
+    block's own attention).
+    """
+    attention = block.attn
+    if not isinstance(attention, nn.MultiheadAttention) or not attention._qkv_same_embed_dim:
+        raise ValueError("explicit attention needs blocks whose attention is a packed nn.MultiheadAttention")
+    normed = block.ln_1(x.transpose(0, 1))
+    weight = attention.in_proj_weight
+    low = weight.dtype != torch.float32 and normed.dtype == torch.float32
+    with autocast_for(weight, low, weight.dtype):
+        mixed, _ = F.multi_head_attention_forward(
+            normed,
+            normed,
+            normed,
+            attention.embed_dim,
+            attention.num_heads,
+            weight,
+            attention.in_proj_bias,
+            attention.bias_k,
+            attention.bias_v,
+            attention.add_zero_attn,
+            0.0,
+            attention.out_proj.weight,
+            attention.out_proj.bias,
+            training=False,
+            need_weights=True,
+        )
+    x = x + block.ls_1(mixed.transpose(0, 1).to(x.dtype))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 def encode_image_adapted(
     backbone: FrozenCLIP,
     images: Tensor,
     hooks: Mapping[int, BlockHook],
     layers: Sequence[int] = (),
     normalized: bool = False,
+    explicit_attention: bool = False,
 ) -> ImageFeatures:
     """The vision tower with ``hooks[i]`` applied to the stream after block ``i`` (1-based).
 
     The taps (``layer_tokens``, ``[B, 1 + N, W]``, raw stream with CLS) are taken after the hook of their
     block; ``patch_tokens`` and ``global_embedding`` come from the last block's (hooked) output as in
     :meth:`FrozenCLIP.encode_image`. Differentiable with respect to what the hooks hold.
+    ``explicit_attention`` runs every block through :func:`explicit_attention_block` instead of its own
+    call.
     """
     _check_hooks(hooks, backbone.num_layers, "vision")
     taps = set(backbone.check_layers(layers))
     x = backbone.ln_pre(backbone.embed_patches(images, normalized=normalized))
     outputs: dict[int, Tensor] = {}
     for index, block in enumerate(backbone.blocks, start=1):
-        x = backbone.run_block(block, x)
+        x = explicit_attention_block(block, x) if explicit_attention else backbone.run_block(block, x)
         hook = hooks.get(index)
         if hook is not None:
             x = hook(x)
@@ -177,5 +222,6 @@ __all__ = [
     "encode_image_adapted",
     "encode_image_value_attention",
     "encode_text_adapted",
+    "explicit_attention_block",
     "value_attention_block",
 ]

@@ -255,7 +255,15 @@ class AAClip(nn.Module):
     def encode_image(self, pixels: Tensor) -> tuple[list[Tensor], Tensor]:
         """Per level unit ``[B, N, D]`` patch features, and the ``[B, D]`` detection feature."""
         hooks = {index: adapter for index, adapter in enumerate(self.image_adapters, start=1)}
-        encoded = encode_image_adapted(self.backbone, pixels, hooks, self.levels, normalized=True)
+        # The official blocks return their attention weights (nn.MultiheadAttention's default
+        # need_weights=True), which computes them explicitly; a fused kernel rounds otherwise, and an adapter
+        # pre-activation within that rounding of 0 takes the other LeakyReLU slope (and 100 times the
+        # gradient). In float32, the official precision, ours computes them as the official code does; the
+        # low precisions keep the fused kernel (no official counterpart; speed and memory are their point).
+        explicit = self.backbone.compute_dtype == torch.float32
+        encoded = encode_image_adapted(
+            self.backbone, pixels, hooks, self.levels, normalized=True, explicit_attention=explicit
+        )
         tokens = [self.backbone.ln_post(encoded.layer_tokens[level][:, 1:]) for level in self.levels]
         patches = [
             F.normalize(self._project(projection, level), dim=-1)

@@ -11,6 +11,7 @@ from anomaly_vlm.backbones.adapters import (
     encode_image_adapted,
     encode_image_value_attention,
     encode_text_adapted,
+    explicit_attention_block,
     value_attention_block,
 )
 
@@ -90,3 +91,21 @@ def test_batch_mixing_value_attention_couples_the_images(backbone: FrozenCLIP) -
     torch.testing.assert_close(
         value_attention_block(block, x, mix_batch=True), expected, atol=1e-5, rtol=1e-4
     )
+
+
+def test_explicit_attention_is_a_sequence_first_attention_that_returns_its_weights(
+    backbone: FrozenCLIP,
+) -> None:
+    block = backbone.blocks[2]
+    x = torch.randn(2, 65, backbone.width, requires_grad=True)
+    attention = torch.nn.MultiheadAttention(backbone.width, block.attn.num_heads)  # sequence-first
+    attention.load_state_dict(block.attn.state_dict())
+    tokens = x.transpose(0, 1).contiguous()
+    normed = block.ln_1(tokens)
+    mid = tokens + attention(normed, normed, normed)[0]  # need_weights=True, its default
+    expected = (mid + block.mlp(block.ln_2(mid))).transpose(0, 1)
+    assert torch.equal(explicit_attention_block(block, x), expected)
+    images = torch.rand(2, 3, 128, 128)
+    explicit = encode_image_adapted(backbone, images, {}, [2, 8], explicit_attention=True)
+    fused = encode_image_adapted(backbone, images, {}, [2, 8])
+    torch.testing.assert_close(explicit.layer_tokens[8], fused.layer_tokens[8], atol=1e-5, rtol=1e-5)

@@ -117,3 +117,49 @@ def test_augmentation_moves_image_and_mask_together() -> None:
     assert set(out_masks.unique().tolist()) <= {0.0, 1.0}  # nearest neighbour keeps the mask binary
     jittered, _ = augment(images, masks, torch.Generator().manual_seed(3), color=True, fill=[0.0, 0.5, 0.5])
     assert float(jittered.min()) >= 0.0 and float(jittered.max()) <= 1.0
+
+
+def _official_style_image_features(
+    model: AAClip, pixels: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The official ``AdaptedCLIP.forward`` written out on the same weights: sequence-first tokens through
+    blocks whose attention is a sequence-first ``nn.MultiheadAttention`` called with its default
+    ``need_weights=True``, the adapters' mix after the first blocks, the taps after them."""
+    backbone = model.backbone
+    x = backbone.ln_pre(backbone.embed_patches(pixels, normalized=True)).transpose(0, 1).contiguous()
+    taps = {}
+    for index, block in enumerate(backbone.blocks, start=1):
+        attention = torch.nn.MultiheadAttention(backbone.width, block.attn.num_heads)
+        attention.load_state_dict(block.attn.state_dict())
+        attention.requires_grad_(False)
+        normed = block.ln_1(x)
+        x = x + block.ls_1(attention(normed, normed, normed)[0])
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        if index <= model.image_adapt_until:
+            out = torch.nn.functional.leaky_relu(model.image_adapters[index - 1].fc(x))
+            out = out * x.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True)
+            x = 0.1 * out + (1 - 0.1) * x
+        if index in model.levels:
+            taps[index] = x[1:].transpose(0, 1)
+    tokens = [backbone.ln_post(taps[level]) for level in model.levels]
+    patches = [
+        torch.nn.functional.normalize(p(t), dim=-1)
+        for p, t in zip(model.seg_projections, tokens, strict=True)
+    ]
+    detection = torch.nn.functional.normalize(model.det_projection(tokens[-1]), dim=-1).mean(1)
+    return patches, detection
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "test"])
+def test_image_features_are_the_official_floats(backbone: FrozenCLIP, grad: bool) -> None:
+    """In float32 the adapted tower computes the official float32 values bit for bit (the attention
+    weights explicitly, as the official blocks do), so no adapter pre-activation near the LeakyReLU kink
+    takes the other slope; a fused attention kernel rounds otherwise."""
+    model = _model(backbone)
+    pixels = model.frozen_features(torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(3)))
+    with torch.set_grad_enabled(grad):
+        patches, detection = model.encode_image(pixels["pixels"])
+        official_patches, official_detection = _official_style_image_features(model, pixels["pixels"])
+    for mine, theirs in zip(patches, official_patches, strict=True):
+        assert torch.equal(mine, theirs)
+    assert torch.equal(detection, official_detection)
