@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from trained_methods import cpu_trainer, held_out_learning_run, saved_checkpoint
 
 from anomaly_vlm.backbones import FrozenCLIP
 from anomaly_vlm.data import AnomalyDataModule
 from anomaly_vlm.data.datasets import SyntheticAD
 from anomaly_vlm.methods.bayespfl import BayesPFLModule
 from anomaly_vlm.methods.bayespfl.lightning_module import cosine_with_warmup
-from anomaly_vlm.metrics.functional import pixel_metrics
 from anomaly_vlm.prompts import PromptSet
 
 PROMPTS = PromptSet("two_prompt", ["{}"], ["damaged {}"], ["{}"])
-
-
-@pytest.fixture(scope="module")
-def backbone() -> FrozenCLIP:
-    return FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=0)
 
 
 def _module(backbone: FrozenCLIP, **kwargs) -> BayesPFLModule:
@@ -58,66 +52,27 @@ def test_official_parameter_groups_and_schedule(backbone: FrozenCLIP) -> None:
 
 def test_checkpoint_holds_only_learned_parameters(backbone: FrozenCLIP, tmp_path: Path) -> None:
     module = _module(backbone)
-    checkpoint: dict = {}
-    module.on_save_checkpoint(checkpoint)
-    assert all(name.startswith("model.") and "backbone" not in name for name in checkpoint["state_dict"])
-    meta = checkpoint["anomaly_vlm"]
+    meta = saved_checkpoint(module, tmp_path / "trained.ckpt")["anomaly_vlm"]
     assert meta["method"] == "bayespfl" and meta["layers"] == [2, 4, 6, 8] and meta["num_flows"] == 10
-    torch.save(checkpoint, tmp_path / "trained.ckpt")
     with pytest.raises(ValueError, match="num_flows: checkpoint has 10, this run has 4"):
         _module(backbone, num_flows=4).load_trainable_checkpoint(str(tmp_path / "trained.ckpt"))
 
 
-def _held_out_pixel_auroc(module: BayesPFLModule, datamodule: AnomalyDataModule) -> float:
-    maps, masks = [], []
-    module.eval()
-    for category in datamodule.categories:
-        module.setup_category(category, None)
-        for batch in datamodule.category_test_dataloader(category):
-            maps.append(module.predict_images(batch.image).anomaly_map)
-            masks.append(batch.mask)
-    return pixel_metrics(torch.cat(maps).numpy(), torch.cat(masks).numpy())["pixel_auroc"]
-
-
 def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, tmp_path: Path) -> None:
     """Train on one generated set, evaluate on images of another generator seed (never seen)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: extra threads only contend on a shared CPU
-    try:
-        counts = {
-            "num_train": 1,
-            "num_test_good": 3,
-            "num_test_per_defect": 3,
-            "categories": ["brick", "disc"],
-        }
-        train_source = SyntheticAD(tmp_path / "train", generator_seed=0, **counts)
-        held_out = SyntheticAD(tmp_path / "held_out", generator_seed=1, **counts)
-        train_data = AnomalyDataModule(
-            held_out, 128, batch_size=32, train_source=train_source, train_batch_size=8
-        )
-        test_data = AnomalyDataModule(held_out, 128, batch_size=32)
-        L.seed_everything(333, verbose=False)
-        # Higher learning rates than the published 1e-4 / 1e-3 make a few CPU steps enough.
-        module = _module(
+    run = held_out_learning_run(
+        # Higher learning rates than the published 1e-4 / 1e-3 make a few CPU steps enough. Stage 1 with the
+        # official augmentation (stage 2 moves no map: its own test is below).
+        lambda: _module(
             backbone, lr_linear=3e-3, lr_prompt=3e-3, lr_flow=3e-3, warmup_fraction=0.0, stage2_epochs=0
-        )  # stage 1 with the official augmentation (stage 2 moves no map: its own test is below)
-        untrained = _held_out_pixel_auroc(module, test_data)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_epochs=EPOCHS,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        started = time.perf_counter()
-        trainer.fit(module, datamodule=train_data)
-        seconds = time.perf_counter() - started
-        trained = _held_out_pixel_auroc(module, test_data)
-    finally:
-        torch.set_num_threads(threads)
-    print(f"held-out pixel AUROC {untrained:.3f} -> {trained:.3f}; training {seconds:.1f} s")
-    assert trained > untrained + MARGIN
+        ),
+        tmp_path,
+        epochs=EPOCHS,
+        seed=333,
+        train_batch_size=8,
+    )
+    print(run.summary())
+    assert run.trained_pixel > run.untrained_pixel + MARGIN
 
 
 EPOCHS = 4
@@ -190,16 +145,7 @@ def test_stage_two_lowers_its_loss_and_trains_only_its_parameters(
         L.seed_everything(333, verbose=False)
         module = _module(backbone, stage2_epochs=2, lr_stage2=1e-3, augment=True)
         stage_one_end = _StageOneEnd(probe)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_epochs=3,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[stage_one_end],
-        )
-        trainer.fit(module, datamodule=data)
+        cpu_trainer(3, [stage_one_end]).fit(module, datamodule=data)
         after = probe(module)
     finally:
         torch.set_num_threads(threads)
