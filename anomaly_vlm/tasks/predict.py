@@ -184,6 +184,12 @@ def write_scores(scores_path: Path, rows: list[tuple[str, str, float]], decision
     os.replace(temporary, scores_path)
 
 
+def backbone_precision(method) -> dict[str, str] | None:
+    """The method's backbone precision record (requested, resolved, reason), None without one."""
+    record = getattr(getattr(method, "backbone", None), "precision_record", None)
+    return record() if callable(record) else None
+
+
 def predict(cfg: DictConfig) -> None:
     """Score the images of ``cfg.data`` (any source; its test split, labels ignored)."""
     quiet_lightning()
@@ -217,8 +223,7 @@ def predict(cfg: DictConfig) -> None:
         categories = datamodule.categories
         job = prepare_job(cfg, datamodule, (source,), output_dir, names["method"], fit=False)
         method, shots = job.method, job.shots
-        record = getattr(getattr(method, "backbone", None), "precision_record", None)
-        precision = record() if callable(record) else None
+        precision = backbone_precision(method)
 
         thresholds = prediction_thresholds(cfg, settings, method, datamodule, job.references)
         decisions = DecisionWriter(thresholds, output_dir / MASK_DIR, name_of)
