@@ -184,7 +184,7 @@ BENCH_PRECISION_ARGS ?=
 bench-precision: $(STAMP)  ## every method in fp32 vs amp-bf16/bf16 (GPU: also fp16): time, maps, AUROC (BENCH_PRECISION_ARGS=...)
 	$(PERF) precision $(JSON_ARG) $(BENCH_PRECISION_ARGS)
 
-# AnomalyDINO's nearest-neighbour search at MVTec scale: faiss-cpu (the parity extra) against torch matrix
+# AnomalyDINO's nearest-neighbour search at MVTec scale: faiss-cpu (method.knn=faiss) against torch matrix
 # products, same distances checked. Run it on an idle machine; BENCH_KNN_ARGS=--quick only checks that it runs.
 BENCH_KNN_ARGS ?=
 bench-knn: $(STAMP)  ## AnomalyDINO kNN: faiss-cpu vs torch per-image time at MVTec scale (BENCH_KNN_ARGS=...)
