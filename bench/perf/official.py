@@ -608,6 +608,7 @@ def run(args: argparse.Namespace, report: BenchReport) -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     if args.threads:
         torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the anomalib process (WinCLIP) inherits it
     report.environment["torch_threads"] = torch.get_num_threads()
 
     chosen = {}
