@@ -58,6 +58,13 @@ class ResidualAdapter(nn.Module):
         return f"width={self.fc.in_features}, weight={self.mix}"
 
 
+def _run_hook(hook: BlockHook, x: Tensor) -> Tensor:
+    """``hook`` on the stream ``x``: in float32, the type of its learned parameters in every precision (a
+    low-precision stream meets them as the backbone's float32 features do), its output back in the
+    stream's type. A no-op cast in fp32 and mixed precision, whose stream is float32; differentiable."""
+    return hook(x.float()).to(x.dtype)
+
+
 def _check_hooks(hooks: Mapping[int, BlockHook], depth: int, what: str) -> None:
     bad = sorted(int(index) for index in hooks if not 1 <= int(index) <= depth)
     if bad:
@@ -116,9 +123,9 @@ def encode_image_adapted(
 
     The taps (``layer_tokens``, ``[B, 1 + N, W]``, raw stream with CLS) are taken after the hook of their
     block; ``patch_tokens`` and ``global_embedding`` come from the last block's (hooked) output as in
-    :meth:`FrozenCLIP.encode_image`. Differentiable with respect to what the hooks hold.
-    ``explicit_attention`` runs every block through :func:`explicit_attention_block` instead of its own
-    call.
+    :meth:`FrozenCLIP.encode_image` (float32 whatever the precision). Differentiable with respect to
+    what the hooks hold, which run in float32 (:func:`_run_hook`). ``explicit_attention`` runs every
+    block through :func:`explicit_attention_block` instead of its own call.
     """
     _check_hooks(hooks, backbone.num_layers, "vision")
     taps = set(backbone.check_layers(layers))
@@ -128,13 +135,11 @@ def encode_image_adapted(
         x = explicit_attention_block(block, x) if explicit_attention else backbone.run_block(block, x)
         hook = hooks.get(index)
         if hook is not None:
-            x = hook(x)
+            x = _run_hook(hook, x)
         if index in taps:
             outputs[index] = x
     final = backbone.ln_post(x)
-    return ImageFeatures(
-        global_embedding=final[:, 0] @ backbone.proj, patch_tokens=final[:, 1:], layer_tokens=outputs
-    )
+    return backbone._float_features(final[:, 0] @ backbone.proj, final[:, 1:], outputs)
 
 
 def encode_text_adapted(
@@ -143,17 +148,19 @@ def encode_text_adapted(
     """The text tower with ``hooks[i]`` applied to the stream after text block ``i`` (1-based).
 
     Returns the end tokens (argmax of ``token_ids``) after ``ln_final``: ``[S, D]`` through CLIP's
-    ``text_projection`` when ``project``, else ``[S, text_width]`` for a method that brings its own head.
-    Positions after the last end token are not run (with the causal mask they cannot reach an end token).
+    ``text_projection`` when ``project``, else ``[S, text_width]`` for a method that brings its own head;
+    in the token embeddings' type (float32) whatever the precision. Positions after the last end token
+    are not run (with the causal mask they cannot reach an end token). The stream has the backbone's
+    type (float32 in mixed precision); the hooks run in float32 (:func:`_run_hook`).
     """
     clip = backbone.clip
     transformer = clip.transformer
     _check_hooks(hooks, len(transformer.resblocks), "text")
-    cast = transformer.get_cast_dtype()
     token_ids = token_ids.to(clip.token_embedding.weight.device)
     eot = token_ids.argmax(dim=-1)
     length = backbone._text_length(eot, token_ids.shape[1])
-    x = clip.token_embedding(token_ids[:, :length]).to(cast) + clip.positional_embedding[:length].to(cast)
+    embedded = clip.token_embedding(token_ids[:, :length])
+    x = backbone.stream_tokens(embedded) + backbone.stream_tokens(clip.positional_embedding[:length])
     mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
     seq_first = not getattr(transformer, "batch_first", True)
     for index, block in enumerate(transformer.resblocks, start=1):
@@ -163,11 +170,11 @@ def encode_text_adapted(
             x = block(x, attn_mask=mask)
         hook = hooks.get(index)
         if hook is not None:
-            x = hook(x)
+            x = _run_hook(hook, x)
     if project:
-        return backbone._project_end_tokens(x, eot)
+        return backbone._project_end_tokens(x, eot, embedded.dtype)
     x = clip.ln_final(x)
-    return x[torch.arange(x.shape[0], device=x.device), eot]
+    return x[torch.arange(x.shape[0], device=x.device), eot].to(embedded.dtype)
 
 
 def value_attention_block(block: nn.Module, x: Tensor, mix_batch: bool = False) -> Tensor:
@@ -198,7 +205,8 @@ def encode_image_value_attention(
     normalized: bool = False,
 ) -> dict[int, Tensor]:
     """The raw stream ``[B, 1 + N, W]`` at the outputs of ``layers`` of a tower whose blocks ``start ..
-    depth`` (1-based) run :func:`value_attention_block`; earlier blocks run unchanged. Frozen (no grad)."""
+    depth`` (1-based) run :func:`value_attention_block`; earlier blocks run unchanged. Frozen (no grad);
+    float32 whatever the precision, as the backbone's other features."""
     backbone.check_layers([start])
     taps = set(backbone.check_layers(layers))
     x = backbone.ln_pre(backbone.embed_patches(images, normalized=normalized))
@@ -212,7 +220,7 @@ def encode_image_value_attention(
         else:
             x = backbone.run_block(block, x)
         if index in taps:
-            outputs[index] = x
+            outputs[index] = x.float()
     return outputs
 
 

@@ -15,7 +15,7 @@ from anomaly_vlm.tasks.instantiate import build
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 #: method -> the backbone config of its offline experiment (AnomalyDINO: the tiny DINOv2).
-METHODS = {"bayespfl": "tiny", "faprompt": "tiny", "anomalydino": "dinov2_tiny"}
+METHODS = {"aaclip": "tiny", "bayespfl": "tiny", "faprompt": "tiny", "anomalydino": "dinov2_tiny"}
 MODES = ("amp-bf16", "bf16")
 
 
@@ -83,7 +83,7 @@ class _Gradients(L.Callback):
 
 
 #: method -> optimiser steps: AA-CLIP's first epoch trains its text side, the second its image side.
-STEPS = {"bayespfl": 1, "faprompt": 1}
+STEPS = {"aaclip": 2, "bayespfl": 1, "faprompt": 1}
 
 
 @pytest.mark.parametrize("mode", MODES)
