@@ -51,7 +51,6 @@ import torch
 from omegaconf import OmegaConf
 
 from anomaly_vlm.methods.adaclip import AdaCLIPModule
-from anomaly_vlm.methods.aprillab import AprilGANModule
 from anomaly_vlm.prompts import PromptSet
 from bench import REPO_ROOT
 from bench.parity.official import (
@@ -65,10 +64,10 @@ from bench.parity.official import (
     smooth_images,
 )
 from bench.parity.release import (
-    expect_refusal,
     official_constructor_literal,
     official_methods,
-    with_one_wrong_shape,
+    refusal_rows,
+    release_file_rows,
 )
 from bench.report import TARGET_REL, ParityReport
 
@@ -323,39 +322,19 @@ def release_check(folder, theirs, make_module, backbone, images, category, round
     their_scores, their_maps = official_test(theirs, backbone.normalize(images), category, rounding)
 
     torch.manual_seed(9)
-    module = make_module()
-    module.load_trainable_checkpoint(str(path))
-    module.setup_category(category, None)
-    with torch.no_grad():
-        prediction = module.predict_images(images)
-    report.note(
-        f"release file written by the official AdaCLIP_Trainer.save ({path.stat().st_size} bytes, "
-        f"{len(torch.load(path, weights_only=True))} tensors), origin {module.checkpoint_origin}"
-    )
-    report.add("release file: final map", max_abs(prediction.anomaly_map, their_maps))
-    report.add("release file: image score (HSF-fused)", max_abs(prediction.image_score, their_scores))
-
-    wrong, key = with_one_wrong_shape(path, tmp / "wrong_shape.pth")
-    fresh = make_module()
-    expect_refusal(
+    release_file_rows(
         report,
-        "release file with one wrong shape refused",
-        lambda: fresh.load_trainable_checkpoint(str(wrong)),
-        f"key '{key}' has shape ",
+        path,
+        make_module,
+        category,
+        images,
+        their_maps,
+        their_scores,
+        score_name="image score (HSF-fused)",
+        written_by="the official AdaCLIP_Trainer.save",
+        details=f", {len(torch.load(path, weights_only=True))} tensors",
     )
-    other = AprilGANModule(backbone, aprilgan_prompts())
-    expect_refusal(
-        report,
-        "this release given to method=aprillab refused",
-        lambda: other.load_trainable_checkpoint(str(path)),
-        "is the authors' release of AdaCLIP (caoyunkang/AdaCLIP), made for method=adaclip",
-    )
-
-
-def aprilgan_prompts() -> PromptSet:
-    node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "prompts" / "aprilgan.yaml"))
-    node.pop("_target_")
-    return PromptSet(**node)
+    refusal_rows(report, path, make_module, backbone, "AdaCLIP (caoyunkang/AdaCLIP)", "adaclip", tmp)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

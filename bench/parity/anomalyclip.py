@@ -37,8 +37,6 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from anomaly_vlm.methods.anomalyclip import AnomalyCLIPModule
-from anomaly_vlm.methods.aprillab import AprilGANModule
-from anomaly_vlm.prompts import PromptSet
 from anomaly_vlm.prompts.learnable import LearnablePromptSet
 from bench import REPO_ROOT
 from bench.parity.official import (
@@ -53,7 +51,7 @@ from bench.parity.official import (
     small_vit_l14_336,
     smooth_images,
 )
-from bench.parity.release import expect_refusal, run_official_statements, with_one_wrong_shape
+from bench.parity.release import refusal_rows, release_file_rows, run_official_statements
 from bench.report import TARGET_REL, ParityReport
 
 OFFICIAL = OfficialCode(
@@ -209,39 +207,17 @@ def release_check(folder, official, theirs, design, make_module, backbone, image
     their_scores, their_maps, _ = official_test(official, theirs, their_text, backbone.normalize(images))
 
     torch.manual_seed(9)  # ours starts from other random prompts too
-    module = make_module()
-    module.load_trainable_checkpoint(str(path))
-    module.setup_category("object", None)
-    with torch.no_grad():
-        prediction = module.predict_images(images)
-    report.note(
-        f"release file written by the official train.py ({path.stat().st_size} bytes), origin "
-        f"{module.checkpoint_origin}"
-    )
-    report.add("release file: final map", max_abs(prediction.anomaly_map, their_maps))
-    report.add("release file: image score", max_abs(prediction.image_score, their_scores))
-
-    wrong, key = with_one_wrong_shape(path, tmp / "wrong_shape.pth")
-    fresh = make_module()
-    expect_refusal(
+    release_file_rows(
         report,
-        "release file with one wrong shape refused",
-        lambda: fresh.load_trainable_checkpoint(str(wrong)),
-        f"key '{key}' has shape ",
+        path,
+        make_module,
+        "object",
+        images,
+        their_maps,
+        their_scores,
+        written_by="the official train.py",
     )
-    other = AprilGANModule(backbone, aprilgan_prompts())
-    expect_refusal(
-        report,
-        "this release given to method=aprillab refused",
-        lambda: other.load_trainable_checkpoint(str(path)),
-        "is the authors' release of AnomalyCLIP (zqhang/AnomalyCLIP), made for method=anomalyclip",
-    )
-
-
-def aprilgan_prompts() -> PromptSet:
-    node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "prompts" / "aprilgan.yaml"))
-    node.pop("_target_")
-    return PromptSet(**node)
+    refusal_rows(report, path, make_module, backbone, "AnomalyCLIP (zqhang/AnomalyCLIP)", "anomalyclip", tmp)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -61,6 +61,7 @@ from bench.parity.official import (
     small_vit_l14_336,
     smooth_images,
 )
+from bench.parity.release import release_file_rows
 from bench.report import TARGET_REL, ParityReport
 
 OFFICIAL = OfficialCode("https://github.com/mala-lab/FAPrompt", "FAPROMPT_DIR", "FAPrompt.py")
@@ -307,16 +308,15 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         # ----- the official save format (train.py:170-173) loaded with ckpt_path ------------------------
         release = tmp / "epoch_1.pth"
         torch.save({"prompt_learner": learner.state_dict()}, release)
-        loaded = FAPromptModule(backbone, prompt_set, **{key: method[key] for key in keep})
-        loaded.load_trainable_checkpoint(str(release))
-        loaded.setup_category("object", None)
-        with torch.no_grad():
-            again = loaded.predict_images(images)
-        report.add(
-            "official checkpoint file via ckpt_path: final map", max_abs(again.anomaly_map, their_maps)
-        )
-        report.add(
-            "official checkpoint file via ckpt_path: image score", max_abs(again.image_score, their_scores)
+        release_file_rows(
+            report,
+            release,
+            lambda: FAPromptModule(backbone, prompt_set, **{key: method[key] for key in keep}),
+            "object",
+            images,
+            their_maps,
+            their_scores,
+            prefix="official checkpoint file via ckpt_path",
         )
 
         # ----- one training step (train.py) -------------------------------------------------------------

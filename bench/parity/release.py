@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import ast
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
+from anomaly_vlm.methods.aprillab import AprilGANModule
+from anomaly_vlm.prompts import PromptSet
+from bench import REPO_ROOT
+from bench.parity.official import max_abs
 from bench.report import ParityReport
 
 #: A refusal row passes when the expected message came (delta 0) and misses otherwise (delta 1).
@@ -121,3 +126,74 @@ def expect_refusal(report: ParityReport, quantity: str, load, expected: str) -> 
         return
     report.note(f"  ({quantity}: loaded without an error)")
     report.add(quantity, 1.0, REFUSED_TARGET)
+
+
+def release_file_rows(
+    report: ParityReport,
+    path: Path,
+    make_module: Callable[[], Any],
+    category: str,
+    images: torch.Tensor,
+    their_maps: torch.Tensor,
+    their_scores: torch.Tensor,
+    *,
+    prefix: str = "release file",
+    score_name: str = "image score",
+    written_by: str | None = None,
+    details: str = "",
+) -> None:
+    """Our method loads the official file with ``ckpt_path`` and scores the images the official test
+    scored after loading the same file: rows ``<prefix>: final map`` and ``<prefix>: <score_name>``.
+
+    Args:
+        make_module: a fresh module of our method (the harness seeds the random state before the call).
+        written_by: what wrote the file, for the note line (no note when None); ``details`` is added to
+            the note's size in brackets.
+    """
+    module = make_module()
+    module.load_trainable_checkpoint(str(path))
+    module.setup_category(category, None)
+    with torch.no_grad():
+        prediction = module.predict_images(images)
+    if written_by is not None:
+        report.note(
+            f"release file written by {written_by} ({path.stat().st_size} bytes{details}), origin "
+            f"{module.checkpoint_origin}"
+        )
+    report.add(f"{prefix}: final map", max_abs(prediction.anomaly_map, their_maps))
+    report.add(f"{prefix}: {score_name}", max_abs(prediction.image_score, their_scores))
+
+
+def aprilgan_prompts() -> PromptSet:
+    """APRIL-GAN's prompt set as ``conf/prompts/aprilgan.yaml`` states it."""
+    node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "prompts" / "aprilgan.yaml"))
+    node.pop("_target_")
+    return PromptSet(**node)
+
+
+def refusal_rows(
+    report: ParityReport,
+    path: Path,
+    make_module: Callable[[], Any],
+    backbone: Any,
+    release: str,
+    method: str,
+    tmp: Path,
+) -> None:
+    """The release file with one wrong shape is refused by a fresh module of ours, naming the key; the file
+    given to ``method=aprillab`` is refused as the authors' release of ``release``, made for ``method``."""
+    wrong, key = with_one_wrong_shape(path, tmp / "wrong_shape.pth")
+    fresh = make_module()
+    expect_refusal(
+        report,
+        "release file with one wrong shape refused",
+        lambda: fresh.load_trainable_checkpoint(str(wrong)),
+        f"key '{key}' has shape ",
+    )
+    other = AprilGANModule(backbone, aprilgan_prompts())
+    expect_refusal(
+        report,
+        "this release given to method=aprillab refused",
+        lambda: other.load_trainable_checkpoint(str(path)),
+        f"is the authors' release of {release}, made for method={method}",
+    )
