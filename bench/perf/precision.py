@@ -72,7 +72,8 @@ def compose_method(name: str, mode: str, quick: bool, shots: int | None):
     experiments = set(info.experiments)
     if quick:
         base = [f"experiment={name}_synthetic"] if f"{name}_synthetic" in experiments else [f"method={name}"]
-        base.append("backbone=tiny")
+        # The tiny model of the method's own family (AnomalyDINO's is DINOv2).
+        base.append("backbone=dinov2_tiny" if info.backbone.startswith("dinov2") else "backbone=tiny")
     else:
         base = [f"experiment={name}_mvtec"] if f"{name}_mvtec" in experiments else [f"method={name}"]
         base += [f"backbone={info.backbone}", "backbone.pretrained=null"]
