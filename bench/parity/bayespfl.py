@@ -28,10 +28,11 @@ Harness-only settings, the official code itself is used unmodified:
 Compared: the frozen features (pooled embedding, the four taps), the test-time image score and maps of
 every image (``sample_num`` samples, official order), the top-k pixel means and the set-level image score,
 the stage-2 image score, the training loss of one batch (stage 1) and the gradient of every learnable
-parameter (relative to the largest official entry), the stage-2 loss of one batch (CE of the
-``image_mapping(g + fuse(taps))`` logits) and the gradient of every stage-2 parameter (``lr_group5``),
-and a file saved as ``train.py`` saves
-(``{"MyModel": state_dict}``) loaded by ``ckpt_path``. Everything runs in float32 (the official code casts
+parameter (relative to the largest official entry; ``temperature_image``'s, a sum of nearly cancelling
+terms, relative to the sum of their magnitudes, its plain figure shown unchecked), the stage-2 loss of
+one batch (CE of the ``image_mapping(g + fuse(taps))`` logits) and the gradient of every stage-2 parameter
+(``lr_group5``), and a file saved as ``train.py`` saves (``{"MyModel": state_dict}``) loaded by
+``ckpt_path``. Everything runs in float32 (the official code casts
 to fp16 only its weights, at load); target 1e-4. Exits 1 when a figure misses its target, 2 without the
 official code.
 """
