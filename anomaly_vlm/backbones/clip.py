@@ -26,8 +26,8 @@ from anomaly_vlm.backbones.capabilities import BackboneCapabilities
 from anomaly_vlm.backbones.precision import (
     MIXED_PRECISIONS,
     PURE_PRECISIONS,
+    BackbonePrecision,
     autocast_for,
-    resolve_precision,
     use_fast_attention,
     use_mixed_precision,
 )
@@ -165,7 +165,7 @@ def interpolate_positional_embedding(
     return torch.cat([cls_pos, grid], dim=0)
 
 
-class FrozenCLIP(nn.Module):
+class FrozenCLIP(BackbonePrecision, nn.Module):
     """A frozen open_clip ViT CLIP with multi-layer token taps.
 
     Args:
@@ -213,9 +213,7 @@ class FrozenCLIP(nn.Module):
     ) -> None:
         super().__init__()
         register_package_model_configs()
-        self.requested_precision = precision
-        precision, self.precision_reason = resolve_precision(precision, precision_device, release_precision)
-        self.precision = precision
+        precision = self._resolve_precision(precision, precision_device, release_precision)
         model_name = model
         if model_name not in open_clip.list_models():
             raise ValueError(
@@ -305,55 +303,17 @@ class FrozenCLIP(nn.Module):
         """Type of the activations between blocks: float32 in fp32 and mixed modes, else the weights'."""
         return PURE_PRECISIONS.get(self.precision, torch.float32)
 
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """Type the matrix products take their operands in (``backbone.precision``)."""
-        return MIXED_PRECISIONS.get(self.precision) or PURE_PRECISIONS[self.precision]
-
-    @property
-    def mixed_precision(self) -> bool:
-        """True in the ``amp-*`` modes (float32 stream, low-precision matmuls)."""
-        return self.precision in MIXED_PRECISIONS
-
-    def precision_record(self) -> dict[str, str]:
-        """What ``backbone.precision`` asked for, what runs, and why (results.json, the start line)."""
-        return {
-            "requested": self.requested_precision,
-            "resolved": self.precision,
-            "reason": self.precision_reason,
-        }
-
-    def convert_precision(self, precision: str, reason: str = "configured") -> None:
-        """Run this backbone, built in fp32, in ``precision`` from now on (in place).
-
-        The same weights and layers as a backbone built in that precision: mixed modes round the matmul
-        weights once and hook their layers; pure modes are open_clip's ``precision`` (its float32
-        LayerNorms, weights and projections in the low type). A saved detector checks its weights as
-        saved (fp32), then runs them in the precision asked for.
-
-        Raises:
-            ValueError: ``precision`` is unknown (or ``auto``: resolve it first), or this backbone runs in
-                another low precision already (its weights are rounded; build it in fp32).
-        """
-        if precision == self.precision:
-            return
-        if precision not in MIXED_PRECISIONS and precision not in PURE_PRECISIONS:
-            raise ValueError(f"backbone.precision={precision!r} is not a concrete precision")
-        if self.precision != "fp32":
-            raise ValueError(
-                f"backbone '{self.model_name}' runs in {self.precision}: its weights are rounded already and "
-                f"cannot run in {precision}; build it in fp32"
-            )
+    def _run_in(self, precision: str) -> None:
+        # Mixed: the matmul weights rounded once and their layers hooked; pure: open_clip's ``precision``
+        # (its float32 LayerNorms, weights and projections in the low type).
         if precision in MIXED_PRECISIONS:
             use_mixed_precision(self.clip, MIXED_PRECISIONS[precision])
-        else:
-            for module in self.clip.modules():
-                if type(module) in (nn.LayerNorm, open_clip.transformer.LayerNorm):
-                    module.__class__ = open_clip.transformer.LayerNormFp32
-            open_clip.model.convert_weights_to_lp(self.clip, dtype=PURE_PRECISIONS[precision])
-            use_fast_attention(self.clip)
-        self.precision, self.requested_precision, self.precision_reason = precision, precision, reason
-        self.identity += f":{precision}"
+            return
+        for module in self.clip.modules():
+            if type(module) in (nn.LayerNorm, open_clip.transformer.LayerNorm):
+                module.__class__ = open_clip.transformer.LayerNormFp32
+        open_clip.model.convert_weights_to_lp(self.clip, dtype=PURE_PRECISIONS[precision])
+        use_fast_attention(self.clip)
 
     @property
     def logit_scale(self) -> Tensor:

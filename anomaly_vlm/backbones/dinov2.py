@@ -35,7 +35,7 @@ from anomaly_vlm.backbones.capabilities import BackboneCapabilities
 from anomaly_vlm.backbones.precision import (
     MIXED_PRECISIONS,
     PURE_PRECISIONS,
-    resolve_precision,
+    BackbonePrecision,
     use_mixed_precision,
 )
 from anomaly_vlm.backbones.weights import WeightsNotFoundError, weights_identity
@@ -350,7 +350,7 @@ def load_dinov2_weights(vit: DinoViT, weight_file: str | os.PathLike) -> None:
     vit.load_state_dict(state, strict=True)
 
 
-class FrozenDINOv2(nn.Module):
+class FrozenDINOv2(BackbonePrecision, nn.Module):
     """A frozen DINOv2 ViT (reference architecture) that gives patch tokens at chosen blocks.
 
     Args:
@@ -389,12 +389,10 @@ class FrozenDINOv2(nn.Module):
         release_precision: str | None = None,
     ) -> None:
         super().__init__()
-        self.requested_precision = precision
-        precision, self.precision_reason = resolve_precision(precision, precision_device, release_precision)
+        precision = self._resolve_precision(precision, precision_device, release_precision)
         arch = architecture(model)
         self.model_name = model
         self.pretrained = pretrained
-        self.precision = precision
         weight_file = resolve_dinov2_weights(model, pretrained, cache_dir)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -463,41 +461,11 @@ class FrozenDINOv2(nn.Module):
         """Type of the activations between blocks: float32 in fp32 and mixed modes, else the weights'."""
         return self.vit.cls_token.dtype
 
-    @property
-    def mixed_precision(self) -> bool:
-        """True in the ``amp-*`` modes (float32 stream, low-precision matmuls)."""
-        return self.precision in MIXED_PRECISIONS
-
-    def precision_record(self) -> dict[str, str]:
-        """What ``backbone.precision`` asked for, what runs, and why (results.json, the start line)."""
-        return {
-            "requested": self.requested_precision,
-            "resolved": self.precision,
-            "reason": self.precision_reason,
-        }
-
-    def convert_precision(self, precision: str, reason: str = "configured") -> None:
-        """Run this backbone, built in fp32, in ``precision`` from now on (in place), as one built in it.
-
-        Raises:
-            ValueError: ``precision`` is unknown (or ``auto``), or this backbone runs in another low
-                precision already (its weights are rounded; build it in fp32).
-        """
-        if precision == self.precision:
-            return
-        if precision not in MIXED_PRECISIONS and precision not in PURE_PRECISIONS:
-            raise ValueError(f"backbone.precision={precision!r} is not a concrete precision")
-        if self.precision != "fp32":
-            raise ValueError(
-                f"backbone '{self.model_name}' runs in {self.precision}: its weights are rounded already and "
-                f"cannot run in {precision}; build it in fp32"
-            )
+    def _run_in(self, precision: str) -> None:
         if precision in MIXED_PRECISIONS:
             use_mixed_precision(self.vit, MIXED_PRECISIONS[precision])
         else:
             self.vit.to(PURE_PRECISIONS[precision])
-        self.precision, self.requested_precision, self.precision_reason = precision, precision, reason
-        self.identity += f":{precision}"
 
     @property
     def positional_embedding(self) -> Tensor:

@@ -249,3 +249,70 @@ def autocast_for(weight: Tensor, enabled: bool, dtype: torch.dtype) -> contextli
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(weight.device.type, dtype=dtype)
+
+
+class BackbonePrecision:
+    """What every frozen backbone family shares about ``backbone.precision``: resolving the request, the
+    record written to ``results.json``, and converting an fp32-built backbone in place.
+
+    A family implements :meth:`_run_in` (make its layers run in a concrete low precision) and states
+    ``dtype`` (the type of its stream); ``model_name`` and ``identity`` are its own attributes.
+    """
+
+    requested_precision: str
+    precision: str
+    precision_reason: str
+    model_name: str
+    identity: str
+
+    def _resolve_precision(
+        self, requested: str, device_type: str | None, release_precision: str | None
+    ) -> str:
+        """Resolve ``requested`` (see :func:`resolve_precision`), remember it and why; the concrete value."""
+        self.requested_precision = requested
+        self.precision, self.precision_reason = resolve_precision(requested, device_type, release_precision)
+        return self.precision
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Type the matrix products take their operands in (``backbone.precision``)."""
+        return MIXED_PRECISIONS.get(self.precision) or PURE_PRECISIONS[self.precision]
+
+    @property
+    def mixed_precision(self) -> bool:
+        """True in the ``amp-*`` modes (float32 stream, low-precision matmuls)."""
+        return self.precision in MIXED_PRECISIONS
+
+    def precision_record(self) -> dict[str, str]:
+        """What ``backbone.precision`` asked for, what runs, and why (results.json, the start line)."""
+        return {
+            "requested": self.requested_precision,
+            "resolved": self.precision,
+            "reason": self.precision_reason,
+        }
+
+    def convert_precision(self, precision: str, reason: str = "configured") -> None:
+        """Run this backbone, built in fp32, in ``precision`` from now on (in place), as one built in it.
+
+        A saved detector checks its weights as saved (fp32), then runs them in the precision asked for.
+
+        Raises:
+            ValueError: ``precision`` is unknown (or ``auto``: resolve it first), or this backbone runs in
+                another low precision already (its weights are rounded; build it in fp32).
+        """
+        if precision == self.precision:
+            return
+        if precision not in MIXED_PRECISIONS and precision not in PURE_PRECISIONS:
+            raise ValueError(f"backbone.precision={precision!r} is not a concrete precision")
+        if self.precision != "fp32":
+            raise ValueError(
+                f"backbone '{self.model_name}' runs in {self.precision}: its weights are rounded already and "
+                f"cannot run in {precision}; build it in fp32"
+            )
+        self._run_in(precision)
+        self.precision, self.requested_precision, self.precision_reason = precision, precision, reason
+        self.identity += f":{precision}"
+
+    def _run_in(self, precision: str) -> None:
+        """Make the layers of this fp32 backbone run in the concrete low ``precision`` (in place)."""
+        raise NotImplementedError(f"{type(self).__name__} does not convert its precision")
