@@ -205,17 +205,25 @@ def _prediction(prediction) -> Outputs:
     return prediction.image_score, prediction.anomaly_map, None
 
 
+def vit_l_config(quick: bool) -> tuple[dict, int, int]:
+    """The ViT-L-14-336-shaped config both sides load (narrow with ``quick``), its width and embed dim."""
+    from bench.parity.official import small_vit_l14_336
+
+    width, text_width, embed_dim = VIT_L_QUICK if quick else VIT_L
+    config = small_vit_l14_336(width, text_width=text_width, text_layers=12, embed_dim=embed_dim)
+    return config, width, embed_dim
+
+
 # ----- the methods -------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def aprillab_pair(folder: Path, precision: str, quick: bool, images: int) -> Iterator[Pair]:
     from anomaly_vlm.methods.aprillab import AprilGANModule
     from bench.parity import aprillab as parity
-    from bench.parity.official import cpu_device_moves, shrunk_backbone, small_vit_l14_336, smooth_images
+    from bench.parity.official import cpu_device_moves, shrunk_backbone, smooth_images
 
     torch.manual_seed(0)
     official = parity.import_official(folder)
-    width, text_width, embed_dim = VIT_L_QUICK if quick else VIT_L
-    config = small_vit_l14_336(width, text_width=text_width, text_layers=12, embed_dim=embed_dim)
+    config, width, embed_dim = vit_l_config(quick)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         settings = parity.backbone_settings()
@@ -256,12 +264,11 @@ def aprillab_pair(folder: Path, precision: str, quick: bool, images: int) -> Ite
 @contextlib.contextmanager
 def anomalyclip_pair(folder: Path, precision: str, quick: bool, images: int) -> Iterator[Pair]:
     from bench.parity import anomalyclip as parity
-    from bench.parity.official import cpu_device_moves, small_vit_l14_336, smooth_images
+    from bench.parity.official import cpu_device_moves, smooth_images
 
     torch.manual_seed(0)
     official = parity.import_official(folder)
-    width, text_width, embed_dim = VIT_L_QUICK if quick else VIT_L
-    config = small_vit_l14_336(width, text_width=text_width, text_layers=12, embed_dim=embed_dim)
+    config, width, embed_dim = vit_l_config(quick)
     layers = [24]  # the published runs: --features_list 24
     with tempfile.TemporaryDirectory() as tmp:
         backbone, theirs, learner, _, _, with_official_prompts = parity.build_models(
