@@ -108,6 +108,25 @@ def logging_stub(name: str) -> dict[str, Any]:
     return {"logger": logging.getLogger(f"official.{name}")}
 
 
+#: Top-level modules that an official checkout's import block loaded, and the checkout they came from.
+_LOADED_BY_CHECKOUT: dict[str, Path] = {}
+
+
+def forget_clashing_modules(folder: Path, roots: list[Path]) -> None:
+    """Drop from ``sys.modules`` the modules another official checkout loaded under a name that one of
+    ``roots`` also defines (APRIL-GAN and AnomalyCLIP both have ``prompt_ensemble``), so that code from two
+    checkouts can be imported in one process (``make bench-official``). Installed packages are never
+    dropped: only what an earlier :func:`official_imports` block loaded."""
+    for name, origin in list(_LOADED_BY_CHECKOUT.items()):
+        if origin == folder or not any(
+            (root / f"{name}.py").is_file() or (root / name).is_dir() for root in roots
+        ):
+            continue
+        for loaded in [key for key in sys.modules if key == name or key.startswith(name + ".")]:
+            sys.modules.pop(loaded)
+        del _LOADED_BY_CHECKOUT[name]
+
+
 @contextlib.contextmanager
 def official_imports(
     folder: Path,
@@ -140,7 +159,10 @@ def official_imports(
             stubbed.append(name)
     if chdir:
         os.chdir(folder)
-    sys.path[:0] = [str(folder), *(str(folder / path) for path in extra_paths)]
+    roots = [Path(folder), *(Path(folder) / path for path in extra_paths)]
+    forget_clashing_modules(Path(folder), roots)
+    sys.path[:0] = [str(root) for root in roots]
+    before = set(sys.modules)
     try:
         yield
     except ModuleNotFoundError as error:
@@ -151,6 +173,9 @@ def official_imports(
         )
         raise SystemExit(2) from None
     finally:
+        for name in set(sys.modules) - before:
+            if "." not in name and name not in stubbed:
+                _LOADED_BY_CHECKOUT.setdefault(name, Path(folder))
         os.chdir(previous_cwd)
         sys.path[:] = previous_path
         for name in stubbed:
