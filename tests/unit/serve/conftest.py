@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,20 @@ from anomaly_vlm.tasks.instantiate import build
 CONF = Path(__file__).resolve().parents[3] / "conf"
 SIZE = 64
 TWO = ("prompts=two_prompt",)
+
+
+def wait_ready(client, limit_s: float = 120.0) -> None:
+    """Poll ``/readyz`` until the warm-up pass is done.
+
+    The limit is generous on purpose: on a loaded 2-core machine an ONNX session's first pass can take
+    several seconds, and a predict sent before then is answered 503 (warming up), as it should be.
+    """
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the service was not ready within {limit_s:g} s")
 
 
 def make_detector(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -18,15 +17,7 @@ from anomaly_vlm.deploy import Detector
 from anomaly_vlm.serve import ServeSettings, create_app
 from anomaly_vlm.serve.images import decode_image
 
-from .conftest import SIZE, png_bytes
-
-
-def wait_ready(client: TestClient) -> None:
-    for _ in range(300):
-        if client.get("/readyz").status_code == 200:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the service never became ready")
+from .conftest import SIZE, png_bytes, wait_ready
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from anomaly_vlm.serve.batching import Batcher, Overloaded
 from anomaly_vlm.serve.images import decode_image
 from anomaly_vlm.serve.registry import load_detectors
 
-from .conftest import SIZE, png_bytes
+from .conftest import SIZE, png_bytes, wait_ready
 
 
 def _run_batcher(sizes, max_batch=4, batching=True, wait_s=0.05, work_s=0.0, timeout=5.0, max_queue=100):
@@ -162,8 +162,11 @@ def test_onnx_runtime_matches_the_detector_within_the_export_tolerance(detectors
     export_onnx(folder)
     settings = ServeSettings(detectors={"clip": folder}, runtime="onnx")
     with TestClient(create_app(settings)) as client:
+        wait_ready(client)  # the ONNX warm-up pass; before it ends a predict is (rightly) 503
         files = [("files", (f"{k}.png", png_bytes(k), "image/png")) for k in range(3)]
-        body = client.post("/v1/detectors/clip/predict", files=files).json()
+        response = client.post("/v1/detectors/clip/predict", files=files)
+    assert response.status_code == 200, response.text
+    body = response.json()
     assert body["runtime"] == "onnx"
     images = torch.stack([decode_image(png_bytes(k), SIZE, 10**6) for k in range(3)])
     expected = Detector.load(folder).predict(images)
