@@ -357,7 +357,8 @@ class FrozenDINOv2(BackbonePrecision, nn.Module):
         model: a key of :data:`ARCHITECTURES` (``dinov2_vits14``, ``dinov2_vitb14_reg``, ...).
         pretrained: ``lvd142m`` (the released weights), a local ``.pth``/``.safetensors`` file in the
             reference format, or None for a random init seeded by ``seed``.
-        image_size: square input size, a multiple of 14 (AnomalyDINO: 448 few-shot, 672 batched).
+        image_size: square input size, a multiple of 14 (AnomalyDINO: 448 few-shot, 672 batched); with the
+            aspect-preserving data geometry, the inputs' shorter side (:meth:`input_grid`).
         cache_dir: folder searched for (and given) the weight files before torch.hub's own.
         seed: seed of the random initialisation when ``pretrained`` is None.
         mean, std: normalisation (ImageNet's by default, as every DINOv2 release uses).
@@ -488,6 +489,27 @@ class FrozenDINOv2(BackbonePrecision, nn.Module):
             raise ValueError(f"layers {bad} outside 1..{self.num_layers} of backbone '{self.model_name}'")
         return layers
 
+    def input_grid(self, images: Tensor) -> tuple[int, int]:
+        """The patch grid ``(h, w)`` of ``[B, 3, H, W]`` inputs.
+
+        Square ``image_size`` inputs give :attr:`grid_size`. Non-square inputs (the aspect-preserving
+        ``datamodule.geometry=shorter_side``) are taken when their shorter side is ``image_size`` and both
+        sides are multiples of the patch size, as the reference code takes any such size (its positional
+        embedding resized to that grid).
+
+        Raises:
+            ValueError: any other size (``data.image_size`` differs from ``backbone.image_size``).
+        """
+        height, width = (int(side) for side in images.shape[-2:])
+        patch = self.patch_size
+        if min(height, width) != self.image_size or height % patch or width % patch:
+            raise ValueError(
+                f"expected {self.image_size}x{self.image_size} inputs (or, non-square, a shorter side of "
+                f"{self.image_size} and both sides multiples of {patch}), got {(height, width)}; "
+                "data.image_size must equal backbone.image_size"
+            )
+        return height // patch, width // patch
+
     def patch_tokens(
         self,
         images: Tensor,
@@ -500,16 +522,14 @@ class FrozenDINOv2(BackbonePrecision, nn.Module):
         float32 whatever the precision, as CLIP's features (they meet the methods' float32 memories).
 
         Args:
-            images: ``[B, 3, S, S]`` RGB in ``[0, 1]`` (or already normalised with ``normalized=True``).
+            images: ``[B, 3, S, S]`` RGB in ``[0, 1]`` (or already normalised with ``normalized=True``);
+                non-square ``[B, 3, H, W]`` with ``min(H, W) = S`` and both sides multiples of the patch size
+                give an ``h x w`` grid (:meth:`input_grid`), ``N = h * w`` in raster order.
             blocks: blocks whose outputs are returned.
             norm: apply the model's final ``norm`` to each (as ``get_intermediate_layers(norm=True)``).
             normalized: the images are already normalised.
         """
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(
-                f"expected {self.image_size}x{self.image_size} inputs, got {tuple(images.shape[-2:])}; "
-                "data.image_size must equal backbone.image_size"
-            )
+        self.input_grid(images)
         taps = set(self.check_layers(blocks if blocks is not None else [self.num_layers]))
         pixels = images if normalized else self.normalize(images)
         vit = self.vit

@@ -86,7 +86,33 @@ def test_patch_tokens_are_the_normed_last_block_without_cls_or_registers(tiny, m
     assert with_registers.patch_tokens(images)[4].shape == (2, 100, 64)
 
 
+def test_non_square_inputs_give_a_non_square_grid_with_the_reference_resize(tiny):
+    # The aspect-preserving geometry: a 150x100 file at shorter side 140 is 210x140 px, a 15x10 grid. The
+    # reference resizes its 37x37 embedding with scale_factor ((h + 0.1) / 37, (w + 0.1) / 37), h first.
+    pos = tiny.vit.pos_embed.detach()[0]
+    grid = pos[1:].reshape(1, 37, 37, -1).permute(0, 3, 1, 2)
+    scaled = F.interpolate(grid, scale_factor=((10 + 0.1) / 37, (15 + 0.1) / 37), mode="bicubic")
+    assert scaled.shape[-2:] == (10, 15)
+    expected = torch.cat([pos[:1], scaled.permute(0, 2, 3, 1).reshape(150, -1)])
+    torch.testing.assert_close(tiny.vit.interpolate_pos_encoding((10, 15))[0], expected, rtol=0, atol=0)
+    images = torch.rand(2, 3, 140, 210, generator=torch.Generator().manual_seed(1))
+    assert tiny.input_grid(images) == (10, 15)
+    assert tiny.input_grid(images.transpose(-1, -2)) == (15, 10)
+    tokens = tiny.patch_tokens(images)[4]
+    assert tokens.shape == (2, 150, 64)
+    x = tiny.vit.patch_embed(tiny.normalize(images))
+    x = torch.cat([tiny.vit.cls_token.expand(2, -1, -1), x], dim=1) + expected.unsqueeze(0)
+    for block in tiny.vit.blocks:
+        x = block(x)
+    torch.testing.assert_close(tokens, tiny.vit.norm(x)[:, 1:], rtol=0, atol=0)
+    # Square inputs are unchanged (the grid the backbone states).
+    assert tiny.input_grid(torch.rand(1, 3, 140, 140)) == tiny.grid_size == (10, 10)
+
+
 def test_image_size_errors(tiny):
+    for size in [(140, 145), (126, 210), (112, 112)]:  # a side off the patch size; shorter side not 140
+        with pytest.raises(ValueError, match="expected 140x140 inputs"):
+            tiny.patch_tokens(torch.rand(1, 3, *size))
     with pytest.raises(ValueError, match="not a multiple of patch size 14"):
         FrozenDINOv2(TINY, None, image_size=128)
     with pytest.raises(ValueError, match="expected 140x140 inputs"):
