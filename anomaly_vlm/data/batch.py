@@ -39,8 +39,12 @@ class AnomalyBatch:
         mask: ``[B, H, W]`` binary float ground truth at the input size; zeros for normal images; None
             when the dataset has no masks for this batch.
         category, path, defect_type: per-image strings.
-        digest: per image the SHA-256 of its file's bytes (the feature-cache key), None for an image
-            that is not a file's pixels (a mosaic); None when the batch was built without digests.
+        digest: per image the SHA-256 of its file's bytes (the feature-cache key; qualified by the data
+            geometry unless ``squash``), None for an image that is not a file's pixels (a mosaic); None when
+            the batch was built without digests.
+        map_size: ``(H, W)`` the methods' maps must have, when it is not the input's size: the files'
+            own resolution with ``datamodule.evaluation_resolution=file`` (``mask`` is then at that size
+            too; one size per batch). None: the input's ``H, W``.
     """
 
     image: Tensor
@@ -50,6 +54,7 @@ class AnomalyBatch:
     defect_type: list[str]
     mask: Tensor | None = None
     digest: list[str | None] | None = None
+    map_size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -68,6 +73,9 @@ class AnomalyBatch:
 def collate_samples(items: list[dict]) -> AnomalyBatch:
     """Collate dataset items (dicts from :class:`~anomaly_vlm.data.dataset.AnomalyImageDataset`)."""
     masks = [item["mask"] for item in items]
+    sizes = {item.get("map_size") for item in items}
+    if len(sizes) > 1:
+        raise ValueError(f"a batch holds images whose maps differ in size: {sorted(map(str, sizes))}")
     return AnomalyBatch(
         image=torch.stack([item["image"] for item in items]),
         label=torch.tensor([item["label"] for item in items], dtype=torch.long),
@@ -76,4 +84,5 @@ def collate_samples(items: list[dict]) -> AnomalyBatch:
         defect_type=[item["defect_type"] for item in items],
         mask=None if any(mask is None for mask in masks) else torch.stack(masks),
         digest=[item.get("digest") for item in items],
+        map_size=sizes.pop(),
     )

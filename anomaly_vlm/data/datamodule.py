@@ -2,20 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from anomaly_vlm.data.batch import Sample, collate_samples
 from anomaly_vlm.data.corruptions import corruption_from
-from anomaly_vlm.data.dataset import AnomalyImageDataset
+from anomaly_vlm.data.dataset import AnomalyImageDataset, check_evaluation_resolution, input_digest
 from anomaly_vlm.data.datasets.base import DatasetSource
 from anomaly_vlm.data.defect_synthesis import AnomalySynthesizer, EpochSampler, SynthesizedAnomalies
 from anomaly_vlm.data.distributed import ContiguousShardSampler, rank_and_world
-from anomaly_vlm.data.image_io import DataError, load_image
+from anomaly_vlm.data.image_io import DataError, check_geometry, image_size_of, load_image
 from anomaly_vlm.data.mosaic import MosaicDataset
 from anomaly_vlm.data.sampling import ShuffledOrder, check_reference_draw, draw_references
+
+
+class SizeRuns(Sampler[list[int]]):
+    """Batches of at most ``batch_size`` consecutive indices of ``sampler`` whose files share one size.
+
+    The test order is kept; a batch ends early where the size changes (VisA's categories each have one
+    file size, so there the batches are the usual ones).
+    """
+
+    def __init__(self, sampler: Sampler[int], sizes: list[tuple[int, int]], batch_size: int) -> None:
+        self.sampler = sampler
+        self.sizes = sizes
+        self.batch_size = int(batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batch: list[int] = []
+        for index in self.sampler:
+            if batch and (len(batch) == self.batch_size or self.sizes[index] != self.sizes[batch[-1]]):
+                yield batch
+                batch = []
+            batch.append(index)
+        if batch:
+            yield batch
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class AnomalyDataModule(L.LightningDataModule):
@@ -50,6 +78,15 @@ class AnomalyDataModule(L.LightningDataModule):
             (:func:`~anomaly_vlm.data.sampling.draw_references`): ``random`` (a seeded draw, the
             project's protocol) or ``sorted_slices`` (AnomalyDINO's official disjoint slices of the
             name-sorted normal images).
+        geometry: how a file becomes the model input (:data:`~anomaly_vlm.data.image_io.GEOMETRIES`):
+            ``squash`` (default, every method's protocol) or ``shorter_side`` (AnomalyDINO's official
+            preprocessing: the shorter side to ``image_size``, the aspect ratio kept, the bottom and right
+            cropped to multiples of ``crop_multiple``; a non-square file gives a non-square input).
+        crop_multiple: see ``geometry`` (AnomalyDINO: the patch size, 14).
+        evaluation_resolution: ``input`` (maps and ground truth at the input size, default) or ``file``
+            (ground truth at each file's own resolution, and maps asked at it: AnomalyDINO's official
+            evaluation). Test batches then hold images of one file size (consecutive runs of the test
+            order, at most ``batch_size``).
 
     The training data of an epoch (order, mosaics, synthesized defects) is a function of the seeds and
     the epoch alone, not of the global random generators, the loader's workers or earlier epochs; the
@@ -73,8 +110,21 @@ class AnomalyDataModule(L.LightningDataModule):
         test_corruption_strength: int = 1,
         test_corruption_seed: int = 0,
         reference_draw: str = "random",
+        geometry: str = "squash",
+        crop_multiple: int = 1,
+        evaluation_resolution: str = "input",
     ) -> None:
         super().__init__()
+        check_geometry(geometry, crop_multiple)
+        check_evaluation_resolution(evaluation_resolution)
+        if test_corruption is not None and evaluation_resolution == "file":
+            raise DataError(
+                "datamodule.test_corruption corrupts the images at the input size, so it cannot be evaluated "
+                "against ground truth at the files' resolution (datamodule.evaluation_resolution=input)"
+            )
+        self.geometry = geometry
+        self.crop_multiple = int(crop_multiple)
+        self.evaluation_resolution = evaluation_resolution
         check_reference_draw(reference_draw)
         self.reference_draw = reference_draw
         self.test_corruption = corruption_from(
@@ -98,9 +148,32 @@ class AnomalyDataModule(L.LightningDataModule):
     def categories(self) -> list[str]:
         return self.source.categories
 
+    @property
+    def input_geometry(self) -> tuple[str, int]:
+        """``(geometry, crop_multiple)``: how a file becomes the model input."""
+        return self.geometry, self.crop_multiple
+
+    def input_digest(self, sample: Sample) -> str:
+        """The feature-cache key of a sample's input pixels (its file's digest, qualified by the geometry)."""
+        return input_digest(sample.path, *self.input_geometry)
+
     def _loader(
-        self, dataset: AnomalyImageDataset, batch_size: int, shuffle: bool = False, sampler=None
+        self,
+        dataset: AnomalyImageDataset,
+        batch_size: int,
+        shuffle: bool = False,
+        sampler=None,
+        batch_sampler=None,
     ) -> DataLoader:
+        if batch_sampler is not None:
+            return DataLoader(
+                dataset,
+                batch_sampler=batch_sampler,
+                num_workers=self.num_workers,
+                collate_fn=collate_samples,
+                persistent_workers=False,
+                pin_memory=torch.cuda.is_available(),
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -121,9 +194,18 @@ class AnomalyDataModule(L.LightningDataModule):
             with_masks=self.source.has_masks(category),
             max_image_pixels=self.source.max_image_pixels,
             corruption=self.test_corruption,
+            geometry=self.geometry,
+            crop_multiple=self.crop_multiple,
+            evaluation_resolution=self.evaluation_resolution,
         )
         # Under DDP each rank tests a contiguous, unpadded shard (a single process gets everything).
-        return self._loader(dataset, self.batch_size, sampler=ContiguousShardSampler(len(dataset)))
+        shard = ContiguousShardSampler(len(dataset))
+        if self.geometry == "squash" and self.evaluation_resolution == "input":
+            return self._loader(dataset, self.batch_size, sampler=shard)
+        # Inputs (shorter_side) or maps (file resolution) take each file's size: a batch holds one size.
+        limit = self.source.max_image_pixels
+        sizes = [image_size_of(sample.path, limit) for sample in samples]
+        return self._loader(dataset, self.batch_size, batch_sampler=SizeRuns(shard, sizes, self.batch_size))
 
     def reference_samples(self, category: str, shots: int, seed: int) -> list[Sample]:
         """The few-shot normal references of a category (empty for zero-shot)."""
@@ -142,7 +224,7 @@ class AnomalyDataModule(L.LightningDataModule):
         """
         limit = self.source.max_image_pixels
         size = None if file_resolution else self.image_size
-        images = [load_image(sample.path, size, limit) for sample in samples]
+        images = [load_image(sample.path, size, limit, *self.input_geometry) for sample in samples]
         shapes = {tuple(image.shape) for image in images}
         if len(shapes) > 1:
             first = images[0].shape

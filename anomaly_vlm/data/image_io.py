@@ -152,37 +152,86 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _squashed(image: Image.Image, size: int | None) -> Tensor:
+#: ``datamodule.geometry``: how a file becomes the model input. ``squash`` (every method's default: both
+#: sides to ``image_size``, the aspect ratio lost) or ``shorter_side`` (AnomalyDINO's official
+#: preprocessing: the shorter side to ``image_size`` keeping the aspect ratio, then the bottom and right
+#: cropped to a multiple of ``datamodule.crop_multiple``, so a non-square file gives a non-square input).
+GEOMETRIES: tuple[str, ...] = ("squash", "shorter_side")
+
+
+def check_geometry(geometry: str, multiple: int = 1) -> None:
+    """Refuse an unknown ``datamodule.geometry`` or a ``crop_multiple`` below 1 (:class:`DataError`)."""
+    if geometry not in GEOMETRIES:
+        raise DataError(f"datamodule.geometry={geometry!r} is not one of {list(GEOMETRIES)}")
+    if isinstance(multiple, bool) or int(multiple) != multiple or multiple < 1:
+        raise DataError(f"datamodule.crop_multiple={multiple!r} must be a positive integer")
+
+
+def input_geometry(
+    width: int, height: int, size: int | None, geometry: str = "squash", multiple: int = 1
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((resized width, height), (cropped width, height))`` of a ``width x height`` file.
+
+    ``shorter_side`` rounds the longer side as torchvision's ``Resize(size)`` does (``int(size * long /
+    short)``), the official AnomalyDINO transform, and crops the bottom and right to multiples of
+    ``multiple`` (its crop to the patch size). ``size`` None keeps the file's resolution.
+    """
+    if size is None:
+        resized = (width, height)
+    elif geometry == "squash":
+        resized = (size, size)
+    else:
+        short, long = min(width, height), max(width, height)
+        other = int(size * long / short)
+        resized = (size, other) if width <= height else (other, size)
+    if geometry == "squash":
+        return resized, resized
+    return resized, (resized[0] - resized[0] % multiple, resized[1] - resized[1] % multiple)
+
+
+def _squashed(image: Image.Image, size: int | None, geometry: str = "squash", multiple: int = 1) -> Tensor:
     # The one resize of the data layer (PIL's antialiased bicubic on the 8-bit RGB image), shared by
     # load_image and resize_image so that both give the same pixels.
-    if size is not None and image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    resized, (width, height) = input_geometry(*image.size, size, geometry, multiple)
+    if image.size != resized:
+        image = image.resize(resized, Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return pixels[:, :height, :width].contiguous()
 
 
-def load_image(path: str, size: int | None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Tensor:
-    """``[3, size, size]`` float RGB in ``[0, 1]``, bicubic squash-resized.
+def load_image(
+    path: str,
+    size: int | None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    geometry: str = "squash",
+    multiple: int = 1,
+) -> Tensor:
+    """``[3, size, size]`` float RGB in ``[0, 1]``, bicubic squash-resized (``geometry="squash"``).
 
     Args:
         path: the image file.
-        size: the square side; None keeps the file's own resolution (``[3, H, W]``).
+        size: the square side (``shorter_side``: the shorter side); None keeps the file's own resolution
+            (``[3, H, W]``).
         max_pixels: refuse a file with more pixels (``data.max_image_pixels``), before decoding it.
+        geometry: ``squash`` or ``shorter_side`` (:data:`GEOMETRIES`, :func:`input_geometry`).
+        multiple: ``shorter_side`` crops the bottom and right to multiples of it.
 
     Raises:
         DataError: the file is missing, unreadable or over ``max_pixels``.
     """
-    return _squashed(to_rgb(_open(path, max_pixels)), size)
+    return _squashed(to_rgb(_open(path, max_pixels)), size, geometry, multiple)
 
 
-def resize_image(image: Tensor, size: int) -> Tensor:
+def resize_image(image: Tensor, size: int, geometry: str = "squash", multiple: int = 1) -> Tensor:
     """A ``[3, H, W]`` image of 8-bit values in ``[0, 1]`` (as :func:`load_image` gives them) resized the way
-    :func:`load_image` resizes a file: ``resize_image(load_image(p, None), s)`` equals ``load_image(p, s)``.
+    :func:`load_image` resizes a file: ``resize_image(load_image(p, None), s, g, m)`` equals
+    ``load_image(p, s, geometry=g, multiple=m)``.
 
     Methods that change the file's pixels before the resize (AnomalyDINO turns its references at their
     original resolution) use it to finish them as the loader would.
     """
     pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-    resized = _squashed(Image.fromarray(pixels.permute(1, 2, 0).numpy()), size)
+    resized = _squashed(Image.fromarray(pixels.permute(1, 2, 0).numpy()), size, geometry, multiple)
     return resized.to(device=image.device, dtype=image.dtype)
 
 
@@ -218,12 +267,18 @@ def mask_is_empty(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_P
 
 
 def load_mask(
-    path: str, size: int, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    path: str,
+    size: int | None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    geometry: str = "squash",
+    multiple: int = 1,
 ) -> tuple[Tensor, tuple[int, int]]:
     """Binary ``[size, size]`` float mask and the file's original (width, height).
 
     ``path`` may be a folder of masks of the same image; their union is returned. A mask file with more
     than ``max_pixels`` pixels (``data.max_image_pixels``) is refused before decoding (:class:`DataError`).
+    ``size`` None: the mask at its file's resolution (the full-resolution ground truth); ``geometry`` and
+    ``multiple``: resized and cropped as :func:`load_image` resizes its image.
     """
     parts = [_binary(file, max_pixels) for file in mask_files(path)]
     original_size = parts[0][1]
@@ -232,8 +287,12 @@ def load_mask(
         if other_size != original_size:
             raise DataError(f"masks in {path} differ in size: {original_size} and {other_size}")
         binary = binary | other
-    resized = Image.fromarray(binary.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy((np.asarray(resized) > 0.5).astype(np.float32)), original_size
+    if size is None:
+        return torch.from_numpy(binary.astype(np.float32)), original_size
+    resized_size, (width, height) = input_geometry(*binary.shape[::-1], size, geometry, multiple)
+    resized = Image.fromarray(binary.astype(np.float32)).resize(resized_size, Image.Resampling.BILINEAR)
+    mask = torch.from_numpy((np.asarray(resized) > 0.5).astype(np.float32))
+    return mask[:height, :width].contiguous(), original_size
 
 
 def image_size_of(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:

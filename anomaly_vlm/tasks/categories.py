@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 
 import lightning as L
 
-from anomaly_vlm.cache.digest import file_digest
 from anomaly_vlm.callbacks.scoring import CategoryScoring
 from anomaly_vlm.data import AnomalyDataModule, Sample
 from anomaly_vlm.methods.base import AnomalyMethod
@@ -31,6 +30,6 @@ def score_categories(
         scoring.begin(
             category,
             datamodule.load_images(list(chosen), file_resolution) if chosen else None,
-            [file_digest(sample.path) for sample in chosen] if chosen else None,
+            [datamodule.input_digest(sample) for sample in chosen] if chosen else None,
         )
         trainer.test(method, dataloaders=datamodule.category_test_dataloader(category), verbose=False)

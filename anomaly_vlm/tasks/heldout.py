@@ -59,7 +59,14 @@ def heldout_thresholds(
         datamodule.source, references, int(settings.max_holdout), datamodule.categories, trained_on=trained
     )
     heldout = AnomalyDataModule(
-        source, datamodule.image_size, batch_size=datamodule.batch_size, num_workers=datamodule.num_workers
+        source,
+        datamodule.image_size,
+        batch_size=datamodule.batch_size,
+        num_workers=datamodule.num_workers,
+        # The held-out images are scored as the test images are (same input and map geometry).
+        geometry=datamodule.geometry,
+        crop_multiple=datamodule.crop_multiple,
+        evaluation_resolution=datamodule.evaluation_resolution,
     )
     chooser = HeldOutThresholds(settings.target_fpr)
     scoring = CategoryScoring([chooser])
