@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,5 +35,41 @@ def run_entry_point(cache_dir):
                 f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
             )
         return result
+
+    return run
+
+
+@pytest.fixture
+def recorded_make(tmp_path):
+    """Run a make target with ``PY=`` a recorder instead of Python: it logs each Python command line the
+    recipe starts (with the ``DATA_ROOT`` and ``ANOMALY_VLM_WEIGHTS`` it sees) and fails, with exit status
+    2, the first one that contains ``fail_on``. Returns make's result and the recorded command lines, so a
+    test sees in a fraction of a second which commands a target starts, in which order, and that make stops
+    at a failing check; the check itself then runs for real (``run_python``) on the recorded arguments."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    log = tmp_path / "recorded_commands"
+    recorder = tmp_path / "recording_python"
+    recorder.write_text(
+        "#!/bin/sh\n"
+        'printf "%s\\037" "DATA_ROOT=$DATA_ROOT" "ANOMALY_VLM_WEIGHTS=$ANOMALY_VLM_WEIGHTS" "$@"'
+        f' >> "{log}"\n'
+        f'printf "\\n" >> "{log}"\n'
+        'case "$*" in *"$RECORDER_FAIL_ON"*) echo "recorder: fails here" >&2; exit 2;; esac\n'
+    )
+    recorder.chmod(0o755)
+
+    def run(*arguments: str, fail_on: str, env: dict[str, str] | None = None):
+        result = subprocess.run(
+            [make, "--no-print-directory", *arguments, f"PY={recorder}", "STAMP=Makefile"],
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {}), "RECORDER_FAIL_ON": fail_on},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        lines = log.read_text().splitlines() if log.exists() else []
+        return result, [line.split("\037")[:-1] for line in lines]
 
     return run

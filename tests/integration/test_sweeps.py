@@ -197,15 +197,38 @@ def _assert_clear_failure(
     assert seconds < 120
 
 
-def test_reproduce_without_data_fails_fast(tmp_path: Path) -> None:
-    result, seconds = _reproduce("winclip-mvtec", tmp_path)
-    _assert_clear_failure("winclip-mvtec", result, seconds, tmp_path)
+def test_reproduce_without_data_fails_fast(tmp_path: Path, recorded_make) -> None:
+    """The target's first command is the preflight, and make stops when it fails (recorded: no Python
+    starts); the preflight, run for real on the recorded arguments, fails on the missing data. The whole
+    target for real, Python included: test_every_reproduce_target_fails_fast_without_data (slow)."""
+    data_root = tmp_path / "no-data"
+    result, commands = recorded_make(
+        "reproduce-winclip-mvtec",
+        f"DATA_ROOT={data_root}",
+        f"OUTPUTS={tmp_path / 'out'}",
+        f"OUT={tmp_path / 'reports'}",
+        fail_on="anomaly_vlm.tasks.preflight",
+    )
+    assert result.returncode != 0
+    assert len(commands) == 1, commands  # stopped at the failed preflight: no sweep was started
+    environment, _, *arguments = commands[0]
+    assert environment == f"DATA_ROOT={data_root}"  # the preflight reads the DATA_ROOT given to make
+    assert arguments[:3] == ["-m", "anomaly_vlm.tasks.preflight", "experiment=winclip_mvtec"]
+    started = time.monotonic()
+    preflight = run_python(
+        [sys.executable, *arguments],
+        cwd=REPO_ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "DATA_ROOT": str(data_root)},
+        timeout=300,
+    )
+    _assert_clear_failure("winclip-mvtec", preflight, time.monotonic() - started, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [
+        "winclip-mvtec",
         "winclip-visa",
         "aprillab-mvtec",
         "aprillab-visa",
