@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from anomaly_vlm.data.image_io import DataError
 from anomaly_vlm.methods.contract import FrozenFeatures, Prediction, ScoredBatch, concat_features
 
 
@@ -76,6 +77,8 @@ class _Shard:
     masks: list[Tensor | None] = dataclasses.field(default_factory=list)
     predictions: list[Prediction] = dataclasses.field(default_factory=list)
     features: list[FrozenFeatures] = dataclasses.field(default_factory=list)
+    #: Per batch the size its maps must have (``AnomalyBatch.map_size``; None: the method's own).
+    map_sizes: list[tuple[int, int] | None] = dataclasses.field(default_factory=list)
     #: (position in the shard, defect type, label, image) of the images kept to draw, in drawing order.
     images: list[tuple[int, str, int, np.ndarray]] = dataclasses.field(default_factory=list)
 
@@ -172,6 +175,7 @@ class CategoryScoring(L.Callback):
         shard.defect_types += list(batch.defect_type)
         shard.labels.append(batch.label.detach().cpu())
         shard.masks.append(None if batch.mask is None else batch.mask.detach().cpu() > 0.5)
+        shard.map_sizes.append(batch.map_size)
         if scored.prediction is not None:
             shard.predictions.append(_cpu_float(scored.prediction))
         else:
@@ -222,10 +226,23 @@ class CategoryScoring(L.Callback):
             offset += len(shard.paths)
         masks = [mask for shard in shards for mask in shard.masks]
         features = [part for shard in shards for part in shard.features]
+        map_sizes = {size for shard in shards for size in shard.map_sizes}
+        if len(map_sizes) > 1:
+            # Maps and masks of a category are held as one [N, H, W] tensor each.
+            raise DataError(
+                f"category '{self._category}' holds files of several sizes "
+                f"({', '.join(sorted(f'{w}x{h}' for h, w in map_sizes if h))}); evaluating at the files' "
+                "resolution needs one size per category (datamodule.evaluation_resolution=input evaluates "
+                "at the input size)"
+            )
+        map_size = next(iter(map_sizes), None)
         if features:
             with torch.no_grad():
                 device_features = {k: v.to(pl_module.device) for k, v in concat_features(features).items()}
-                prediction = _cpu_float(pl_module.score_set(device_features))
+                if map_size is None:
+                    prediction = _cpu_float(pl_module.score_set(device_features))
+                else:
+                    prediction = _cpu_float(pl_module.score_set_at(device_features, map_size))
         else:
             prediction = Prediction.concat([part for shard in shards for part in shard.predictions])
         with torch.no_grad():

@@ -207,6 +207,19 @@ class AnomalyMethod(L.LightningModule):
     def score_set(self, features: FrozenFeatures) -> Prediction:
         return self.model.score_set(features)
 
+    def score_at(self, features: FrozenFeatures, map_size: tuple[int, int]) -> Prediction:
+        """:meth:`score` with maps of ``map_size`` ``(H, W)`` (``AnomalyBatch.map_size``: the files'
+        resolution with ``datamodule.evaluation_resolution=file``).
+
+        By default the final maps are resized bilinearly (half-pixel, no antialias); a method whose map
+        depends on the resolution it is finished at (AnomalyDINO blurs after its resize) overrides it.
+        """
+        return resized_maps(self.score(features), map_size)
+
+    def score_set_at(self, features: FrozenFeatures, map_size: tuple[int, int]) -> Prediction:
+        """:meth:`score_set` with maps of ``map_size`` (see :meth:`score_at`)."""
+        return resized_maps(self.score_set(features), map_size)
+
     def postprocess_set(
         self, prediction: Prediction, statistics: dict[str, Tensor] | None = None
     ) -> Prediction:
@@ -268,6 +281,8 @@ class AnomalyMethod(L.LightningModule):
         if self.transductive:
             return ScoredBatch(batch, features=features)
         with torch.no_grad():
+            if batch.map_size is not None:
+                return ScoredBatch(batch, prediction=self.score_at(features, batch.map_size))
             return ScoredBatch(batch, prediction=self.score(features))
 
     predict_step = test_step
@@ -352,3 +367,13 @@ class AnomalyMethod(L.LightningModule):
             raise ValueError(not_this_release_message(self, flat, source))
         self.load_state_dict(load_official_state(self, payload, source), strict=False)
         self.checkpoint_origin, self.checkpoint_sha256 = "official", sha256_file(path)
+
+
+def resized_maps(prediction: Prediction, size: tuple[int, int]) -> Prediction:
+    """``prediction`` with its maps resized bilinearly (half-pixel, no antialias) to ``size`` ``(H, W)``."""
+    if tuple(prediction.anomaly_map.shape[-2:]) == tuple(size):
+        return prediction
+    maps = torch.nn.functional.interpolate(
+        prediction.anomaly_map.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False
+    )[:, 0]
+    return dataclasses.replace(prediction, anomaly_map=maps)

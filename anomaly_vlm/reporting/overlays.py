@@ -23,7 +23,13 @@ def colorize(anomaly_map: np.ndarray, vmin: float | None = None, vmax: float | N
 def overlay_panel(
     image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None, alpha: float = 0.5
 ) -> np.ndarray:
-    """Side-by-side panel as a uint8 array: image | blended heatmap | mask (when given)."""
+    """Side-by-side panel as a uint8 array: image | blended heatmap | mask (when given).
+
+    A map at another resolution than the image (maps at the files' resolution) gets the image resized to it.
+    """
+    if image.shape[:2] != anomaly_map.shape[-2:]:
+        height, width = anomaly_map.shape[-2:]
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
     heat = colorize(anomaly_map)
     blended = (alpha * heat + (1 - alpha) * image).astype(np.uint8)
     panels = [image, blended]

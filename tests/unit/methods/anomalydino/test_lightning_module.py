@@ -104,7 +104,7 @@ def test_references_of_different_sizes_are_one_error_line(tmp_path):
         datamodule.load_images(samples, file_resolution=True)
 
 
-def test_the_job_asks_for_the_references_at_the_files_resolution(backbone, monkeypatch):
+def test_the_job_asks_for_the_references_at_the_files_resolution(backbone):
     from anomaly_vlm.tasks import categories
 
     asked = []
@@ -119,9 +119,11 @@ def test_the_job_asks_for_the_references_at_the_files_resolution(backbone, monke
         def category_test_dataloader(self, category):
             return None
 
+        def input_digest(self, sample):
+            return "digest"
+
     scoring = SimpleNamespace(begin=lambda *args: None)
     trainer = SimpleNamespace(callbacks=[scoring], test=lambda *args, **kwargs: None)
-    monkeypatch.setattr(categories, "file_digest", lambda path: "digest")
     references = {"disc": [Sample("a.png", "disc", 0)]}
     for rotate_before_resize in (True, False):
         method = AnomalyDINOModule(backbone, None, shots=1, rotate_before_resize=rotate_before_resize)
