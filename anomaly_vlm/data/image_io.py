@@ -174,11 +174,11 @@ def input_geometry(
 
     ``shorter_side`` rounds the longer side as torchvision's ``Resize(size)`` does (``int(size * long /
     short)``), the official AnomalyDINO transform, and crops the bottom and right to multiples of
-    ``multiple`` (its crop to the patch size). ``size`` None keeps the file's resolution.
+    ``multiple`` (its crop to the patch size). ``size`` None keeps the file's resolution, uncropped.
     """
-    if size is None:
-        resized = (width, height)
-    elif geometry == "squash":
+    if size is None:  # the file's own pixels, uncropped (a method resizes them later, as the loader would)
+        return (width, height), (width, height)
+    if geometry == "squash":
         resized = (size, size)
     else:
         short, long = min(width, height), max(width, height)
