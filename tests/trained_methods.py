@@ -123,7 +123,8 @@ def held_out_learning_run(
 
     Args:
         build_module: builds the method (called after the data exist and ``seed`` is set).
-        root: an empty folder for the two synthetic sets.
+        root: the folder of the two synthetic sets: generated there on first use, read as they are by
+            later runs given the same folder (the sets depend on nothing a run sets).
         seed: ``L.seed_everything`` before the module is built.
         train_batch_size: the training loader's batch size (None: the datamodule's default).
         postprocess: see :func:`held_out_metrics`.

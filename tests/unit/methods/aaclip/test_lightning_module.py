@@ -105,7 +105,7 @@ def test_a_schedule_without_image_epochs_is_refused(backbone: FrozenCLIP, tmp_pa
         cpu_trainer(2).fit(_module(backbone, prompts=SMALL, text_epochs=2), datamodule=data)
 
 
-def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, tmp_path: Path) -> None:
+def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, held_out_sets: Path) -> None:
     """Train both stages on one generated set, evaluate on images of another generator seed (never seen)."""
     run = held_out_learning_run(
         lambda: _module(
@@ -118,7 +118,7 @@ def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, tmp_path: Pa
             blur_kernel=3,
             blur_sigma=0.5,
         ),
-        tmp_path,
+        held_out_sets,
         epochs=6,
         seed=111,
         train_batch_size=4,

@@ -59,14 +59,14 @@ def test_checkpoint_holds_only_learned_parameters_and_refuses_other_shapes(
 
 
 def test_training_lowers_the_loss_and_raises_held_out_pixel_auroc(
-    backbone: FrozenCLIP, tmp_path: Path
+    backbone: FrozenCLIP, held_out_sets: Path
 ) -> None:
     """Train on one generated set, evaluate on images of another generator seed (never seen)."""
     run = held_out_learning_run(
         # sigma 1 at 128 px is about the official sigma 4 at 518 px. Two sentences instead of the 48 of the
         # ensemble and no HSF (it moves image scores only) keep the test to seconds; both run elsewhere.
         lambda: _module(backbone, prompts=SMALL, blur_sigma=1.0, lr=0.003, use_hsf=False),
-        tmp_path,
+        held_out_sets,
         epochs=5,
         seed=111,
         train_batch_size=8,

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from trained_methods import cpu_trainer, held_out_learning_run, saved_checkpoint
+from trained_methods import COUNTS, cpu_trainer, held_out_learning_run, saved_checkpoint
 
 from anomaly_vlm.backbones import FrozenCLIP
 from anomaly_vlm.data import AnomalyDataModule
@@ -58,7 +58,7 @@ def test_checkpoint_holds_only_learned_parameters(backbone: FrozenCLIP, tmp_path
         _module(backbone, num_flows=4).load_trainable_checkpoint(str(tmp_path / "trained.ckpt"))
 
 
-def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, tmp_path: Path) -> None:
+def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, held_out_sets: Path) -> None:
     """Train on one generated set, evaluate on images of another generator seed (never seen)."""
     run = held_out_learning_run(
         # Higher learning rates than the published 1e-4 / 1e-3 make a few CPU steps enough. Stage 1 with the
@@ -66,7 +66,7 @@ def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, tmp_path: Pa
         lambda: _module(
             backbone, lr_linear=3e-3, lr_prompt=3e-3, lr_flow=3e-3, warmup_fraction=0.0, stage2_epochs=0
         ),
-        tmp_path,
+        held_out_sets,
         epochs=EPOCHS,
         seed=333,
         train_batch_size=8,
@@ -111,7 +111,7 @@ class _StageOneEnd(L.Callback):
 
 
 def test_stage_two_lowers_its_loss_and_trains_only_its_parameters(
-    backbone: FrozenCLIP, tmp_path: Path
+    backbone: FrozenCLIP, held_out_sets: Path, tmp_path: Path
 ) -> None:
     """One epoch of stage 1, then two of stage 2 (the last ``stage2_epochs``): stage 2 lowers the
     classification loss of a fixed batch and moves only class_mapping, image_mapping and fuse; the run then
@@ -119,14 +119,7 @@ def test_stage_two_lowers_its_loss_and_trains_only_its_parameters(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        source = SyntheticAD(
-            tmp_path / "train",
-            generator_seed=0,
-            num_train=1,
-            num_test_good=3,
-            num_test_per_defect=3,
-            categories=["brick", "disc"],
-        )
+        source = SyntheticAD(held_out_sets / "train", generator_seed=0, **COUNTS)  # the learning test's set
         data = AnomalyDataModule(source, 128, batch_size=32, train_source=source, train_batch_size=8)
         probe_data = AnomalyDataModule(source, 128, batch_size=32, train_source=source, train_batch_size=8)
         batch = next(iter(probe_data.train_dataloader()))  # a fixed training batch, not augmented

@@ -50,10 +50,12 @@ def test_checkpoint_holds_only_learned_parameters_and_refuses_other_shapes(
 
 
 def test_training_lowers_the_loss_and_raises_held_out_pixel_auroc(
-    backbone: FrozenCLIP, tmp_path: Path
+    backbone: FrozenCLIP, held_out_sets: Path
 ) -> None:
     """Train on one generated set, evaluate on images of another generator seed (never seen)."""
-    run = held_out_learning_run(lambda: _module(backbone), tmp_path, epochs=8, seed=111, train_batch_size=8)
+    run = held_out_learning_run(
+        lambda: _module(backbone), held_out_sets, epochs=8, seed=111, train_batch_size=8
+    )
     print(run.summary())
     assert run.last_loss < 0.9 * run.first_loss
     assert run.trained_pixel > run.untrained_pixel + 0.1  # measured 0.445 -> 0.658
