@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from composed import compose_each
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from anomaly_vlm.analysis.analyses import ANALYSES, PUBLISHED_AGGREGATION, PromptsAnalysis, domain_of
@@ -198,24 +197,21 @@ def test_every_sweep_composes(scale, monkeypatch):
     after an hour of sweeping)."""
     monkeypatch.setenv("DATA_ROOT", "data")
     parser = OverridesParser.create()
-    seen = set()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for analysis in ANALYSES.values():
-            for sweep in analysis.sweeps(scale):
-                if sweep.part in seen:
-                    continue
-                seen.add(sweep.part)
-                overrides = []
-                for override in parser.parse_overrides(list(sweep.overrides)):
-                    if override.is_sweep_override():
-                        value = next(iter(override.sweep_string_iterator()))
-                        overrides.append(f"{override.get_key_element()}={value}")
-                    else:
-                        overrides.append(override.input_line)
-                cfg = compose("train", overrides=overrides)
-                assert cfg.method is not None, sweep.part
-    assert len(seen) >= 15
+    jobs = {}
+    for analysis in ANALYSES.values():
+        for sweep in analysis.sweeps(scale):
+            overrides = []
+            for override in parser.parse_overrides(list(sweep.overrides)):
+                if override.is_sweep_override():
+                    value = next(iter(override.sweep_string_iterator()))
+                    overrides.append(f"{override.get_key_element()}={value}")
+                else:
+                    overrides.append(override.input_line)
+            jobs.setdefault(sweep.part, overrides)
+    assert len(jobs) >= 15
+    # Sweeps share experiments: each distinct set of config-group choices is composed once.
+    for part, cfg in zip(jobs, compose_each("train", jobs.values()), strict=True):
+        assert cfg.method is not None, part
 
 
 def test_a_sweep_is_up_to_date_only_when_every_job_has_finished(results):
