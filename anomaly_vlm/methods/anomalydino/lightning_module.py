@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_vlm.backbones.capabilities import BackboneNeeds
-from anomaly_vlm.data.image_io import resize_image
+from anomaly_vlm.data.image_io import check_geometry, resize_image
 from anomaly_vlm.methods.anomalydino.torch_model import (
     ROTATION_ANGLES,
     AnomalyDINO,
@@ -49,6 +49,11 @@ class AnomalyDINOModule(AnomalyMethod):
             loader's images), cheaper, different pixels where the files are larger than the input.
         mask_references: mask the references' background too where the test images are masked (the
             official ``--mask_ref_images``, off by default; the demo notebook masks them).
+        geometry: how the data loader turns a file into the input (``${datamodule.geometry}``): the
+            references this method resizes itself (turned copies, files' resolution) are resized the same
+            way. ``shorter_side`` (published: the shorter side to ``image_size``, aspect kept, cropped to
+            ``crop_multiple``) or ``squash``.
+        crop_multiple: ``${datamodule.crop_multiple}`` (published: the patch size, 14).
         knn_neighbors: nearest reference patches averaged (published 1).
         knn_metric: ``cosine`` (published ``L2_normalized``) or ``l2``.
         knn: the nearest-neighbour search: ``faiss`` (faiss-cpu, the official library, faster on a CPU;
@@ -56,7 +61,8 @@ class AnomalyDINOModule(AnomalyMethod):
         morphology: ``1d`` (published: the official code dilates and closes the raster-order column of
             patches) or ``2d`` (the corrected morphology on the patch grid).
         mask_threshold: PC1 threshold of the background mask (published 10).
-        map_sigma: Gaussian blur of the map (published 4, in pixels of the evaluation resolution).
+        map_sigma: Gaussian blur of the map (published 4, in pixels of the map's resolution: the files' with
+            ``datamodule.evaluation_resolution=file``, as published).
         quantile: nearest fraction averaged in the batched zero-shot mode (published 0.001).
         reference_batch_size: references encoded per forward pass (memory only).
         block_bytes: memory bound of one block of distances (result unchanged).
@@ -90,6 +96,8 @@ class AnomalyDINOModule(AnomalyMethod):
         rotation: bool | None = None,
         rotate_before_resize: bool = True,
         mask_references: bool = False,
+        geometry: str = "squash",
+        crop_multiple: int = 1,
         knn_neighbors: int = 1,
         knn_metric: str = "cosine",
         knn: str = "faiss",
@@ -121,6 +129,9 @@ class AnomalyDINOModule(AnomalyMethod):
         self.rotation_override = rotation
         self.rotate_before_resize = bool(rotate_before_resize)
         self.mask_references = bool(mask_references)
+        check_geometry(geometry, crop_multiple)
+        self.geometry = geometry
+        self.crop_multiple = int(crop_multiple)
         self.reference_batch_size = int(reference_batch_size)
 
     @property
@@ -147,24 +158,44 @@ class AnomalyDINOModule(AnomalyMethod):
             self.model.set_memory(None)
             return
         size = self.model.backbone.image_size
+        geometry = (self.geometry, self.crop_multiple)
         # References at their files' resolution (references_at_file_resolution) are resized here exactly as
         # the loader resizes a file, so the 0-degree copy is the loader's image (and its cache entry).
         resized = reference_images
-        if tuple(reference_images.shape[-2:]) != (size, size):
-            resized = torch.stack([resize_image(image, size) for image in reference_images])
-        tokens = self.reference_features(resized, self.reference_batch_size)["patch_tokens"]
+        if self.geometry != "squash" or tuple(reference_images.shape[-2:]) != (size, size):
+            resized = torch.stack([resize_image(image, size, *geometry) for image in reference_images])
+        features = self.reference_features(resized, self.reference_batch_size)
+        grid = self.model.feature_grid(features)
+        tokens = features["patch_tokens"]
         if rotation:
             # The official code turns the file's pixels, then resizes each copy (rotate_before_resize). The
             # turned copies are no file's pixels, so they bypass the feature cache.
             source = reference_images if self.rotate_before_resize else resized
-            turned = rotate_references(source, ROTATION_ANGLES[1:], size=size)
+            turned = rotate_references(source, ROTATION_ANGLES[1:], size, *geometry)
             parts = [
                 self.frozen_features(turned[start : start + self.reference_batch_size])
                 for start in range(0, len(turned), self.reference_batch_size)
             ]
             tokens = torch.cat([tokens, concat_features(parts)["patch_tokens"]])
-        mask = self.model.foreground(tokens, masking) if (self.mask_references and masking) else None
+        mask = self.model.foreground(tokens, masking, grid) if (self.mask_references and masking) else None
         self.model.set_memory(tokens, mask)
+        if grid[0] != grid[1] and self.model.export_unsupported is None:
+            # The ONNX graph takes square image_size inputs (the detector's bicubic squash).
+            height, width = self.model.input_size(grid)
+            self.model.export_unsupported = (
+                f"its references are {width}x{height} px (datamodule.geometry={self.geometry} keeps the "
+                f"files' aspect ratio), but an exported graph takes square {size}x{size} inputs; export "
+                "from square files or with datamodule.geometry=squash"
+            )
+
+    def score_at(self, features, map_size: tuple[int, int]):
+        """Maps resized to ``map_size`` (the files' resolution) from the patch grid and blurred there, as
+        the official code finishes them; image scores from the raw grid."""
+        return self.model.score(features, map_size=map_size)
+
+    def score_set_at(self, features, map_size: tuple[int, int]):
+        """:meth:`score_at` for the batched zero-shot mode."""
+        return self.model.score_set(features, map_size=map_size)
 
     def feature_spec(self) -> dict[str, Any]:
         return self.model.feature_spec()

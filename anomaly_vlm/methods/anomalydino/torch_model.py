@@ -20,7 +20,10 @@ Written from the official code (``dammsi/AnomalyDINO``), not the paper's prose:
 * image score: the mean of the top ``int(0.01 N)`` patch distances of the grid (background zeros
   included), the maximum when that count is 0;
 * map: the grid resized bilinearly (half-pixel, no antialias) to the image, then a Gaussian blur of
-  sigma 4 (scipy's ``gaussian_filter``, reflect, truncate 4).
+  sigma 4 (scipy's ``gaussian_filter``, reflect, truncate 4); asked for maps at the files' resolution
+  (``score(map_size=...)``), resized and blurred at that resolution, as the official code does;
+* grid: the input's own ``h x w`` patch grid: a non-square input (the aspect-preserving data geometry)
+  gives a non-square grid, carried in the features as ``patch_grid``.
 
 The batched zero-shot mode (``shots=0``, the official ``run_anomalydino_batched.py``) is transductive:
 each test image's patches are scored against all patches of the category's other test images by the
@@ -95,7 +98,11 @@ def preprocess_table(dataset: str | None, category: str, preprocess: str) -> tup
 
 
 def rotate_references(
-    images: Tensor, angles: tuple[int, ...] = ROTATION_ANGLES, size: int | None = None
+    images: Tensor,
+    angles: tuple[int, ...] = ROTATION_ANGLES,
+    size: int | None = None,
+    geometry: str = "squash",
+    multiple: int = 1,
 ) -> Tensor:
     """The official rotation augmentation of ``[B, 3, H, W]`` images in ``[0, 1]``: ``[B * len(angles), 3,
     H, W]``, each image's copies in angle order.
@@ -103,8 +110,9 @@ def rotate_references(
     Runs cv2's own ``warpAffine`` on the 8-bit image (its fixed-point bilinear kernel), as the official code
     does; the loaded images are 8-bit values divided by 255, so the round trip is exact. ``size``: each
     turned copy is then resized to ``size x size`` as the data loader resizes a file
-    (:func:`~anomaly_vlm.data.image_io.resize_image`), the official order (turn the file's pixels, then
-    resize); the 0-degree copy is then exactly the loader's image of the file.
+    (:func:`~anomaly_vlm.data.image_io.resize_image`; ``geometry="shorter_side"``: the shorter side to
+    ``size``, cropped to ``multiple``), the official order (turn the file's pixels, then resize); the
+    0-degree copy is then exactly the loader's image of the file.
     """
     import cv2
 
@@ -125,7 +133,7 @@ def rotate_references(
                 borderMode=cv2.BORDER_DEFAULT,
             )
             copy = torch.from_numpy(turned).permute(2, 0, 1).float() / 255
-            out.append(copy if size is None else resize_image(copy, size))
+            out.append(copy if size is None else resize_image(copy, size, geometry, multiple))
     return torch.stack(out).to(device=images.device, dtype=images.dtype)
 
 
@@ -351,7 +359,8 @@ class AnomalyDINO(nn.Module):
             distances to float32 rounding. Exported graphs search with torch.
         morphology: ``1d`` (published, the official column morphology) or ``2d`` (on the patch grid).
         mask_threshold: PC1 threshold of the background mask (published 10).
-        map_sigma: Gaussian blur of the map in pixels of the evaluation resolution (published 4).
+        map_sigma: Gaussian blur of the map in pixels of the map's resolution (published 4, at the files'
+            resolution).
         quantile: the batched mode's fraction of nearest patches (published 0.001).
         block_bytes: memory bound of one block of distances (result unchanged).
     """
@@ -407,7 +416,32 @@ class AnomalyDINO(nn.Module):
 
     @property
     def grid(self) -> tuple[int, int]:
+        """The backbone's square grid (of ``image_size`` inputs)."""
         return tuple(self.backbone.grid_size)
+
+    def feature_grid(self, features: Mapping[str, Tensor]) -> tuple[int, int]:
+        """The patch grid of ``features``: ``patch_grid`` (non-square inputs), else :attr:`grid`.
+
+        Raises:
+            AnomalyDINOError: the images of one set have different grids.
+        """
+        grids = features.get("patch_grid")
+        if grids is None:
+            return self.grid
+        first = grids[0]
+        if bool((grids != first).any()):
+            raise AnomalyDINOError(
+                f"images of {sorted({tuple(int(v) for v in row) for row in grids.tolist()})} patches are "
+                "scored together; a category's files must share one size"
+            )
+        return int(first[0]), int(first[1])
+
+    def input_size(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The input size ``(H, W)`` of a patch grid (``image_size`` square for the backbone's grid)."""
+        if grid == self.grid:
+            return self.backbone.image_size, self.backbone.image_size
+        patch = int(self.backbone.patch_size)
+        return grid[0] * patch, grid[1] * patch
 
     def feature_spec(self) -> dict[str, Any]:
         """What besides backbone, preprocessing and image determines :meth:`frozen_features`."""
@@ -415,16 +449,24 @@ class AnomalyDINO(nn.Module):
 
     @torch.no_grad()
     def frozen_features(self, images: Tensor, normalized: bool = False) -> FrozenFeatures:
-        """``patch_tokens [B, N, W]``: the last block's patch tokens after the final norm."""
+        """``patch_tokens [B, N, W]``: the last block's patch tokens after the final norm; for non-square
+        inputs also ``patch_grid [B, 2]``, the ``(h, w)`` grid of the ``N`` tokens (raster order)."""
         last = self.backbone.num_layers
         tokens = self.backbone.patch_tokens(images, [last], norm=True, normalized=normalized)[last]
-        return {"patch_tokens": tokens.float()}
+        features = {"patch_tokens": tokens.float()}
+        if images.shape[-2] != images.shape[-1]:
+            grid = self.backbone.input_grid(images)
+            features["patch_grid"] = torch.tensor(grid, device=tokens.device).expand(len(tokens), 2)
+        return features
 
-    def foreground(self, tokens: Tensor, masking: bool | None = None) -> Tensor:
-        """``[B, N]`` patches that are scored (all of them without masking)."""
+    def foreground(
+        self, tokens: Tensor, masking: bool | None = None, grid: tuple[int, int] | None = None
+    ) -> Tensor:
+        """``[B, N]`` patches that are scored (all of them without masking); ``grid``: the tokens' patch
+        grid (default the backbone's)."""
         if not (self.masking if masking is None else masking):
             return torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return background_mask(tokens, self.grid, self.mask_threshold, self.morphology)
+        return background_mask(tokens, grid or self.grid, self.mask_threshold, self.morphology)
 
     def set_masking(self, masking: bool) -> None:
         """Mask the background of the test images of the current category (or not)."""
@@ -472,23 +514,38 @@ class AnomalyDINO(nn.Module):
         ).view(tokens.shape[:2])
         return torch.where(mask, flat, torch.zeros_like(flat))
 
-    def anomaly_map(self, distances: Tensor, size: tuple[int, int]) -> Tensor:
-        """``[B, H, W]`` map: the ``[B, N]`` grid resized bilinearly to ``size``, then blurred."""
-        grid = distances.view(-1, 1, *self.grid)
-        resized = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)[:, 0]
+    def anomaly_map(
+        self, distances: Tensor, size: tuple[int, int], grid: tuple[int, int] | None = None
+    ) -> Tensor:
+        """``[B, H, W]`` map: the ``[B, N]`` grid (``grid``, default the backbone's) resized bilinearly to
+        ``size``, then blurred there (the official ``dists2map`` at the file's resolution)."""
+        grid = distances.view(-1, 1, *(grid or self.grid))
+        resized = F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
         return gaussian_blur(resized, self.map_sigma)
 
-    def score(self, features: Mapping[str, Tensor], knn: str | None = None) -> Prediction:
-        """Score images against the reference memory (few-shot); ``knn`` overrides the model's search."""
+    def score(
+        self,
+        features: Mapping[str, Tensor],
+        knn: str | None = None,
+        map_size: tuple[int, int] | None = None,
+    ) -> Prediction:
+        """Score images against the reference memory (few-shot); ``knn`` overrides the model's search;
+        ``map_size``: the maps' ``(H, W)`` (the files' resolution; default the input's). The image score
+        comes from the raw patch grid."""
         tokens = features["patch_tokens"]
-        distances = self.patch_distances(tokens, self.foreground(tokens), knn)
-        size = (self.backbone.image_size, self.backbone.image_size)
-        return Prediction(mean_top_percent(distances), self.anomaly_map(distances, size))
+        grid = self.feature_grid(features)
+        distances = self.patch_distances(tokens, self.foreground(tokens, grid=grid), knn)
+        size = map_size or self.input_size(grid)
+        return Prediction(mean_top_percent(distances), self.anomaly_map(distances, size, grid))
 
-    def score_set(self, features: Mapping[str, Tensor]) -> Prediction:
-        """Batched zero-shot: score each test image against the category's other test images."""
+    def score_set(
+        self, features: Mapping[str, Tensor], map_size: tuple[int, int] | None = None
+    ) -> Prediction:
+        """Batched zero-shot: score each test image against the category's other test images (``map_size``
+        as in :meth:`score`)."""
         tokens = features["patch_tokens"]
-        mask = self.foreground(tokens)
+        grid = self.feature_grid(features)
+        mask = self.foreground(tokens, grid=grid)
         distances = torch.stack(
             [
                 mutual_patch_scores(tokens, index, self.quantile, self.block_bytes)
@@ -496,8 +553,10 @@ class AnomalyDINO(nn.Module):
             ]
         )
         distances = torch.where(mask, distances, torch.zeros_like(distances))
-        size = (self.backbone.image_size, self.backbone.image_size)
-        return Prediction(mean_top_percent(distances, fallback_max=False), self.anomaly_map(distances, size))
+        size = map_size or self.input_size(grid)
+        return Prediction(
+            mean_top_percent(distances, fallback_max=False), self.anomaly_map(distances, size, grid)
+        )
 
     def export_module(self) -> ScoringGraph:
         """The export graph: normalised images -> (image score, map) with the memory baked in; it searches
