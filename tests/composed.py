@@ -1,10 +1,9 @@
 """Hydra compositions for tests, each distinct one done once per test process.
 
-A composition takes about a tenth of a second and many tests compose the same overrides, so
-``compose_config`` keeps the first result and hands every caller its own deep copy (tests change the
-configs they get). ``compose_each`` composes many override sets that share config-group choices (an
-analysis's sweeps) from one composition per distinct choice. ``method_file`` reads a method's config file
-without composing, for parametrize lists built at collection time.
+A composition takes about a tenth of a second and many tests compose the same config-group choices,
+so ``compose_config`` keeps each composition and hands every caller its own deep copy (tests change the
+configs they get). ``method_file`` reads a method's config file without composing, for parametrize
+lists built at collection time.
 """
 
 from __future__ import annotations
@@ -42,12 +41,27 @@ def _composed(config_name: str, overrides: tuple[str, ...], hydra: bool, cwd: st
 def compose_config(config_name: str, overrides: Sequence[str] = (), *, hydra: bool = False) -> DictConfig:
     """``hydra.compose`` of ``conf/<config_name>.yaml``, a fresh copy for each call.
 
-    Interpolations stay unresolved in the kept composition, so environment variables and the clock are
-    read when the caller resolves its copy, as with a fresh composition. Compositions that fail are not
-    kept (each call raises again).
+    Hydra composes in two steps: the config-group choices among the overrides (``method=aprillab``) give
+    the defaults list and the merged config, then the value overrides (``shots=4``) are applied to it in
+    struct mode. Without the hydra node, the first step is done once per distinct set of group choices
+    and the second, for each call, by Hydra's own function on a copy: a call fails or succeeds, and
+    returns, as its own composition would. With the hydra node (it records every override), each
+    distinct override list is composed once.
+
+    Interpolations stay unresolved in the kept compositions, so environment variables and the clock are
+    read when the caller resolves its copy. Compositions that fail are not kept (each call raises again).
     """
-    cwd = os.getcwd() if hydra else ""
-    return copy.deepcopy(_composed(config_name, tuple(overrides), hydra, cwd))
+    if hydra:
+        return copy.deepcopy(_composed(config_name, tuple(overrides), True, os.getcwd()))
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    values = Overrides(_repository(), parsed).config_overrides
+    if any(override.get_key_element().lstrip("+~").startswith("hydra") for override in values):
+        # hydra.searchpath and the like change the composition itself.
+        return copy.deepcopy(_composed(config_name, tuple(overrides), False, ""))
+    groups = tuple(override.input_line for override in parsed if not any(override is v for v in values))
+    cfg = copy.deepcopy(_composed(config_name, groups, False, ""))
+    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    return cfg
 
 
 @functools.cache
@@ -56,26 +70,9 @@ def _repository() -> ConfigRepository:
 
 
 def compose_each(config_name: str, override_sets: Iterable[Sequence[str]]) -> list[DictConfig]:
-    """``compose_config(config_name, overrides)`` for each set, sharing the config-group choices.
-
-    Hydra composes in two steps: the config-group choices of the overrides (``experiment=...``) give the
-    defaults list and the merged config, then the value overrides (``shots=4``) are applied to it in
-    struct mode. Here the first step is done once per distinct set of group choices and the second, for
-    each set, by Hydra's own function on a copy: a set fails or succeeds as its own composition would.
-    """
-    parser = OverridesParser.create()
-    configs = []
-    for overrides in override_sets:
-        parsed = parser.parse_overrides(list(overrides))
-        values = Overrides(_repository(), parsed).config_overrides
-        if any(override.get_key_element().lstrip("+~").startswith("hydra") for override in values):
-            configs.append(compose_config(config_name, overrides))  # the hydra node is dropped below
-            continue
-        groups = [override.input_line for override in parsed if not any(override is v for v in values)]
-        cfg = compose_config(config_name, groups)
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-        configs.append(cfg)
-    return configs
+    """``compose_config(config_name, overrides)`` for each set (sets that share config-group choices
+    share one composition)."""
+    return [compose_config(config_name, overrides) for overrides in override_sets]
 
 
 @functools.cache

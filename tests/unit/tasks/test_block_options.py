@@ -7,13 +7,12 @@ configs with one ``error:`` line.
 
 from __future__ import annotations
 
-import functools
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from composed import compose_config, method_file
 from hydra.utils import get_class
 from PIL import Image
 
@@ -28,8 +27,7 @@ BLOCK_NAME = re.compile(r"(^|_)(layers|stages|blocks|start|depth)$")
 
 
 def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=["backbone=tiny", *overrides])
+    return compose_config("train", ["backbone=tiny", *overrides])
 
 
 #: Overrides that make a method's defaults fit the tiny backbone (its files are written for ViT-L).
@@ -39,14 +37,20 @@ FIT_TINY = {
 }
 
 
-@functools.cache  # one compose per method and process: collection and three tests ask for it
+def _method_class(method: str) -> type:
+    # Read from the method's file without composing: parametrize lists are built at collection.
+    # test_every_block_option_of_a_method_is_declared holds it to the composed config's class.
+    return get_class(method_file(method)["method"]["_target_"])
+
+
 def _declared(method: str) -> dict:
-    return dict(get_class(_compose(f"method={method}").method._target_).block_options)
+    return dict(_method_class(method).block_options)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_block_option_of_a_method_is_declared(method):
     cfg = _compose(f"method={method}")
+    assert get_class(cfg.method._target_) is _method_class(method)
     named = {key for key in cfg.method if BLOCK_NAME.search(key)}
     declared = set(_declared(method))
     assert named <= declared, f"method={method} does not declare {named - declared}"
