@@ -19,18 +19,26 @@ SWEEP = (
     "trainer.max_epochs=1",
     "data.categories=[disc]",
     "train_data.categories=[grass]",
+    # Five training and five test images (one per defect type): the draws above are of the default eight
+    # train images, and two draws still score differently on every pixel.
+    "+train_data.num_test_good=2",
+    "+train_data.num_test_per_defect=1",
+    "+data.num_test_good=2",
+    "+data.num_test_per_defect=1",
 )
 
 
-def _own_cache(tmp_path) -> str:
+def _own_cache(tmp_path, cache_dir) -> tuple[str, ...]:
     """A cache folder of this test alone: the shared trained parameters live in ``<cache>/trained``, and
-    a training another test already published there would be loaded instead of trained."""
-    return f"paths.cache_dir={tmp_path / 'cache'}"
+    a training another test already published there would be loaded instead of trained. The synthetic
+    images are the session's (generated once)."""
+    synthetic = cache_dir / "synthetic"
+    return f"paths.cache_dir={tmp_path / 'cache'}", f"data.root={synthetic}", f"train_data.root={synthetic}"
 
 
-def test_reference_draws_share_one_training(run_entry_point, tmp_path):
+def test_reference_draws_share_one_training(run_entry_point, tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
-    result = run_entry_point("train.py", *SWEEP, f"hydra.sweep.dir={sweep}", _own_cache(tmp_path))
+    result = run_entry_point("train.py", *SWEEP, f"hydra.sweep.dir={sweep}", *_own_cache(tmp_path, cache_dir))
     payloads = [json.loads(path.read_text()) for path in sorted(sweep.rglob("results.json"))]
     assert len(payloads) == 2
     first, second = sorted(payloads, key=lambda payload: payload["config"]["reference_seed"])
@@ -54,7 +62,7 @@ def test_neutral_keys_are_the_hydra_exclude_keys():
 
 
 @pytest.mark.slow
-def test_parallel_joblib_jobs_train_the_shared_parameters_once(run_entry_point, tmp_path):
+def test_parallel_joblib_jobs_train_the_shared_parameters_once(run_entry_point, tmp_path, cache_dir):
     """Two jobs launched at once by joblib: one trains, the other waits for its lock and loads."""
     overrides = [item for item in SWEEP if not item.startswith("reference_seed")]
     sweep = tmp_path / "sweep"
@@ -65,7 +73,7 @@ def test_parallel_joblib_jobs_train_the_shared_parameters_once(run_entry_point, 
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         f"hydra.sweep.dir={sweep}",
-        _own_cache(tmp_path),
+        *_own_cache(tmp_path, cache_dir),
         timeout=900,
     )
     payloads = [json.loads(path.read_text()) for path in sorted(sweep.rglob("results.json"))]

@@ -12,7 +12,7 @@ from warm_python import run_python
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_winclip_few_shot_run_writes_results(tmp_path):
+def test_winclip_few_shot_run_writes_results(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     command = [
         sys.executable,
@@ -23,6 +23,13 @@ def test_winclip_few_shot_run_writes_results(tmp_path):
         "shots=2",
         "logger=none",
         "data.categories=[brick,disc]",
+        # Three train images (two references, one held out for the thresholds) and one test image per
+        # defect type: the run's steps all happen, on a third of the images.
+        "+data.num_train=3",
+        "+data.num_test_good=2",
+        "+data.num_test_per_defect=1",
+        # The session's synthetic images (generated once); the text cache below stays this test's own.
+        f"data.root={cache_dir / 'synthetic'}",
         "datamodule.num_workers=0",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run_dir}",
