@@ -58,7 +58,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server():
     httpd = _Server(("127.0.0.1", 0), _Handler)
     httpd.ranges = []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: the default 0.5 s interval idled through every teardown.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()
