@@ -27,7 +27,11 @@ _spec.loader.exec_module(helpers)
 
 @pytest.fixture(scope="module")
 def winclip_detector(tmp_path_factory):
-    return helpers.make_detector(tmp_path_factory.mktemp("ov"), "winclip", 1)
+    """WinCLIP+ 1-shot: windows, reference memory and harmonic aggregation in the graph. One window scale
+    (the second repeats the same ops; test_onnx_export runs both) and two prompts (the text classifier is
+    a constant of the graph) keep the trace and the conversion short."""
+    folder = tmp_path_factory.mktemp("ov")
+    return helpers.make_detector(folder, "winclip", 1, *helpers.TWO, "method.scales=[2]")
 
 
 @pytest.fixture(scope="module")
