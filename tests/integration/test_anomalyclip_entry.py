@@ -54,7 +54,7 @@ def test_cross_dataset_experiments_compose(experiment: str, data: str, train_dat
     assert cfg.data.root != cfg.train_data.root
 
 
-def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path) -> None:
+def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path, cache_dir: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -64,6 +64,16 @@ def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path) -> None:
         f"paths.output_root={tmp_path / 'out'}",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}",
+        # The session's generated images (the cache of trained parameters stays this test's own), five
+        # test images per category and fifteen to train on: one batch each way.
+        f"data.root={cache_dir / 'synthetic'}",
+        f"train_data.root={cache_dir / 'synthetic'}",
+        "+data.num_train=2",
+        "+data.num_test_good=2",
+        "+data.num_test_per_defect=1",
+        "+train_data.num_train=2",
+        "+train_data.num_test_good=2",
+        "+train_data.num_test_per_defect=1",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
     ]

@@ -90,7 +90,7 @@ def test_an_impossible_alignment_is_one_error_line(tmp_path):
     ]
 
 
-def test_only_the_alignment_strategies_that_train_ask_for_train_data(tmp_path):
+def test_only_the_alignment_strategies_that_train_ask_for_train_data(tmp_path, cache_dir):
     """Training-free strategies (none, windows, surgery) run without auxiliary data; a strategy that trains
     stops with one line naming train_data."""
     common = ["experiment=demo", "method=alignment", "logger=none", f"paths.cache_dir={tmp_path / 'cache'}"]
@@ -104,6 +104,11 @@ def test_only_the_alignment_strategies_that_train_ask_for_train_data(tmp_path):
         *common,
         "method.alignment=surgery",
         "data.categories=[disc]",
+        # five test images of the session's generated set: the run only has to finish
+        f"data.root={cache_dir / 'synthetic'}",
+        "+data.num_train=2",
+        "+data.num_test_good=2",
+        "+data.num_test_per_defect=1",
         f"hydra.run.dir={tmp_path / 'surgery'}",
     )
     assert free.returncode == 0, free.stderr[-3000:]

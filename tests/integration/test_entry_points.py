@@ -11,13 +11,16 @@ import pytest
 from anomaly_vlm.metrics import METRIC_NAMES, Evaluator
 
 DEMO = ("experiment=demo", "logger=none", "data.categories=[disc,nut]")
+# Two train and five test images per category (two good, one per defect type): every step of a job runs,
+# on the smallest set that has each defect kind.
+SMALL = ("+data.num_train=2", "+data.num_test_good=2", "+data.num_test_per_defect=1")
 
 
 @pytest.fixture(scope="module")
 def demo_run(run_entry_point, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("demo_run")
     result = run_entry_point(
-        "train.py", *DEMO, f"hydra.run.dir={run_dir}", "save_predictions=true", "num_overlays=2"
+        "train.py", *DEMO, *SMALL, f"hydra.run.dir={run_dir}", "save_predictions=true", "num_overlays=2"
     )
     return run_dir, result
 
@@ -88,14 +91,14 @@ def test_overlays_are_written(demo_run):
 def test_finished_result_is_never_overwritten(demo_run, run_entry_point):
     run_dir, _ = demo_run
     before = (run_dir / "results.json").read_text()
-    refused = run_entry_point("train.py", *DEMO, f"hydra.run.dir={run_dir}", expect_ok=False)
+    refused = run_entry_point("train.py", *DEMO, *SMALL, f"hydra.run.dir={run_dir}", expect_ok=False)
     assert refused.returncode != 0
     assert "already holds a finished result" in refused.stderr + refused.stdout
     assert (run_dir / "results.json").read_text() == before
 
 
 def test_evaluate_entry_point_tests_only(run_entry_point, tmp_path):
-    run_entry_point("evaluate.py", *DEMO, "data.categories=[gravel]", f"hydra.run.dir={tmp_path}")
+    run_entry_point("evaluate.py", *DEMO, *SMALL, "data.categories=[gravel]", f"hydra.run.dir={tmp_path}")
     payload = json.loads((tmp_path / "results.json").read_text())
     assert list(payload["metrics"]["per_category"]) == ["gravel"]
     assert payload["config"]["task_name"] == "evaluate"
@@ -117,7 +120,12 @@ def test_multirun_two_seeds_two_folders(run_entry_point, tmp_path):
 def test_training_free_method_ignores_train_data(run_entry_point, tmp_path):
     """A sweep over methods shares train_data; a method that does not train must not claim it."""
     run_entry_point(
-        "train.py", *DEMO, "data.categories=[nut]", "train_data=synthetic", f"hydra.run.dir={tmp_path}"
+        "train.py",
+        *DEMO,
+        *SMALL,
+        "data.categories=[nut]",
+        "train_data=synthetic",
+        f"hydra.run.dir={tmp_path}",
     )
     payload = json.loads((tmp_path / "results.json").read_text())
     assert payload["train_dataset"] is None

@@ -15,6 +15,10 @@ def test_musc_synthetic_run_is_marked_transductive(run_entry_point, tmp_path):
         "experiment=musc_synthetic",
         "logger=none",
         "data.categories=[brick,disc]",
+        # six test images per category (three good, one per defect type): a set MuSc scores mutually;
+        # the eight train images are the held-out normal set of the thresholds, scored together too
+        "+data.num_test_good=3",
+        "+data.num_test_per_defect=1",
         f"hydra.run.dir={run_dir}",
     )
     results = json.loads((run_dir / "results.json").read_text())

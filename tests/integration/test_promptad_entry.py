@@ -61,6 +61,10 @@ def test_synthetic_experiment_runs_end_to_end(run_entry_point, tmp_path: Path) -
         "experiment=promptad_synthetic",
         "logger=none",
         "data.categories=[disc]",
+        # two train images (one reference) and five test images, one per defect type
+        "+data.num_train=2",
+        "+data.num_test_good=2",
+        "+data.num_test_per_defect=1",
         "method.epochs=2",
         "method.progress=false",
         "backbone.precision=fp32",
