@@ -91,7 +91,7 @@ def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path, cache_dir
     assert checkpoint["anomaly_vlm"]["layers"] == [8]
 
 
-def test_class_names_are_ignored_by_learned_prompts(tmp_path: Path) -> None:
+def test_class_names_are_ignored_by_learned_prompts(tmp_path: Path, cache_dir: Path) -> None:
     """``data.class_names`` with a learned prompt set: one log line, never a crash (folder data)."""
     from anomaly_vlm.data.toy import generate_synthetic_dataset
 
@@ -111,6 +111,11 @@ def test_class_names_are_ignored_by_learned_prompts(tmp_path: Path) -> None:
         f"paths.output_root={tmp_path / 'out'}",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}",
+        # the experiment's three training categories: the session's smallest generated set
+        f"train_data.root={cache_dir / 'synthetic'}",
+        "+train_data.num_train=2",
+        "+train_data.num_test_good=2",
+        "+train_data.num_test_per_defect=1",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=1",
     ]
