@@ -68,7 +68,9 @@ def run(tmp_path_factory):
             "loss": _mean_loss(module, train_batches),
             "auroc": _held_out_pixel_auroc(module, datamodule),
         }
-        cpu_trainer(8).fit(module, datamodule=datamodule)
+        # Four epochs (24 steps): loss 5.83 -> 3.98, held-out pixel AUROC 0.530 -> 0.694 (eight gave
+        # 3.88 and 0.717 for twice the time); without learning both assertions below fail.
+        cpu_trainer(4).fit(module, datamodule=datamodule)
         after = {
             "loss": _mean_loss(module, train_batches),
             "auroc": _held_out_pixel_auroc(module, datamodule),
