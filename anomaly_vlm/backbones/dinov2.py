@@ -368,6 +368,8 @@ class FrozenDINOv2(BackbonePrecision, nn.Module):
             see :func:`~anomaly_vlm.backbones.precision.resolve_precision`.
         precision_device: ``cpu`` or ``cuda``, the device ``auto`` decides for (None: a visible GPU).
         release_precision: the method's official GPU precision, what ``auto`` picks on a GPU.
+        patch_size: the architecture's patch size, stated in the config so that other keys can follow it
+            (``datamodule.crop_multiple``); checked, None: not stated.
     """
 
     capabilities: ClassVar[BackboneCapabilities] = BackboneCapabilities(
@@ -388,10 +390,15 @@ class FrozenDINOv2(BackbonePrecision, nn.Module):
         precision: str = "fp32",
         precision_device: str | None = None,
         release_precision: str | None = None,
+        patch_size: int | None = None,
     ) -> None:
         super().__init__()
         precision = self._resolve_precision(precision, precision_device, release_precision)
         arch = architecture(model)
+        if patch_size is not None and int(patch_size) != arch.patch_size:
+            raise ValueError(
+                f"backbone.patch_size={patch_size}, but {model} has patches of {arch.patch_size}"
+            )
         self.model_name = model
         self.pretrained = pretrained
         weight_file = resolve_dinov2_weights(model, pretrained, cache_dir)

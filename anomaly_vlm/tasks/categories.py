@@ -25,6 +25,9 @@ def score_categories(
     # A method that changes its references' pixels before the resize (AnomalyDINO's rotation) takes them at
     # their files' resolution and resizes them itself.
     file_resolution = bool(getattr(method, "references_at_file_resolution", False))
+    if hasattr(method, "input_geometry"):
+        # ... and resizes them as the loader resizes the test images (datamodule.geometry).
+        method.input_geometry = datamodule.input_geometry
     for category in datamodule.categories:
         chosen = references.get(category) or []
         scoring.begin(

@@ -49,11 +49,11 @@ class AnomalyDINOModule(AnomalyMethod):
             loader's images), cheaper, different pixels where the files are larger than the input.
         mask_references: mask the references' background too where the test images are masked (the
             official ``--mask_ref_images``, off by default; the demo notebook masks them).
-        geometry: how the data loader turns a file into the input (``${datamodule.geometry}``): the
-            references this method resizes itself (turned copies, files' resolution) are resized the same
-            way. ``shorter_side`` (published: the shorter side to ``image_size``, aspect kept, cropped to
-            ``crop_multiple``) or ``squash``.
-        crop_multiple: ``${datamodule.crop_multiple}`` (published: the patch size, 14).
+        geometry: how the data loader turns a file into the input: the references this method resizes
+            itself (turned copies, files' resolution) are resized the same way. ``shorter_side``
+            (published: the shorter side to ``image_size``, aspect kept, cropped to ``crop_multiple``) or
+            ``squash``. A job sets it (:attr:`input_geometry`) from the datamodule that serves the images.
+        crop_multiple: see ``geometry`` (published: the patch size, 14).
         knn_neighbors: nearest reference patches averaged (published 1).
         knn_metric: ``cosine`` (published ``L2_normalized``) or ``l2``.
         knn: the nearest-neighbour search: ``faiss`` (faiss-cpu, the official library, faster on a CPU;
@@ -130,8 +130,8 @@ class AnomalyDINOModule(AnomalyMethod):
         self.rotate_before_resize = bool(rotate_before_resize)
         self.mask_references = bool(mask_references)
         check_geometry(geometry, crop_multiple)
-        self.geometry = geometry
-        self.crop_multiple = int(crop_multiple)
+        #: ``(geometry, crop_multiple)`` of the data loader's inputs; the job sets it from its datamodule.
+        self.input_geometry: tuple[str, int] = (geometry, int(crop_multiple))
         self.reference_batch_size = int(reference_batch_size)
 
     @property
@@ -158,11 +158,11 @@ class AnomalyDINOModule(AnomalyMethod):
             self.model.set_memory(None)
             return
         size = self.model.backbone.image_size
-        geometry = (self.geometry, self.crop_multiple)
+        geometry = self.input_geometry
         # References at their files' resolution (references_at_file_resolution) are resized here exactly as
         # the loader resizes a file, so the 0-degree copy is the loader's image (and its cache entry).
         resized = reference_images
-        if self.geometry != "squash" or tuple(reference_images.shape[-2:]) != (size, size):
+        if geometry[0] != "squash" or tuple(reference_images.shape[-2:]) != (size, size):
             resized = torch.stack([resize_image(image, size, *geometry) for image in reference_images])
         features = self.reference_features(resized, self.reference_batch_size)
         grid = self.model.feature_grid(features)
@@ -183,7 +183,7 @@ class AnomalyDINOModule(AnomalyMethod):
             # The ONNX graph takes square image_size inputs (the detector's bicubic squash).
             height, width = self.model.input_size(grid)
             self.model.export_unsupported = (
-                f"its references are {width}x{height} px (datamodule.geometry={self.geometry} keeps the "
+                f"its references are {width}x{height} px (datamodule.geometry={geometry[0]} keeps the "
                 f"files' aspect ratio), but an exported graph takes square {size}x{size} inputs; export "
                 "from square files or with datamodule.geometry=squash"
             )

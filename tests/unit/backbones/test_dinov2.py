@@ -121,6 +121,10 @@ def test_image_size_errors(tiny):
         tiny.patch_tokens(torch.rand(1, 3, 140, 140), [5])
     with pytest.raises(ValueError, match="is not a DINOv2 model"):
         FrozenDINOv2("ViT-B-16", None)
+    # The configs state the patch size (datamodule.crop_multiple follows it); a wrong one is refused.
+    assert FrozenDINOv2(TINY, None, image_size=140, patch_size=14).patch_size == 14
+    with pytest.raises(ValueError, match="backbone.patch_size=16, but .* has patches of 14"):
+        FrozenDINOv2(TINY, None, image_size=140, patch_size=16)
 
 
 def test_weights_resolution(tmp_path, monkeypatch):

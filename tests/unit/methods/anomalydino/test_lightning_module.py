@@ -111,6 +111,7 @@ def test_the_job_asks_for_the_references_at_the_files_resolution(backbone):
 
     class Data:
         categories = ["disc"]
+        input_geometry = ("shorter_side", 14)
 
         def load_images(self, samples, file_resolution=False):
             asked.append(file_resolution)
@@ -128,6 +129,8 @@ def test_the_job_asks_for_the_references_at_the_files_resolution(backbone):
     for rotate_before_resize in (True, False):
         method = AnomalyDINOModule(backbone, None, shots=1, rotate_before_resize=rotate_before_resize)
         categories.score_categories(trainer, method, Data(), scoring, references)
+        # The references it resizes itself are resized as the loader resizes the test images.
+        assert method.input_geometry == ("shorter_side", 14)
     assert asked == [True, False]
 
 
