@@ -159,6 +159,15 @@ def _why_too_few(count: int, topmin_min: float, topmin_max: float) -> str:
     )
 
 
+def _distance_operands(features: Tensor, norms: Tensor, query: bool) -> Tensor:
+    """One side of ``torch.cdist``'s matrix-product path for the Euclidean distance (ATen's
+    ``_euclidean_dist``): ``[-2a, |a|^2, 1] . [b, 1, |b|^2] = |a - b|^2``, summed inside one product."""
+    ones = torch.ones_like(norms)
+    if query:
+        return torch.cat([features.mul(-2), norms, ones], dim=-1)
+    return torch.cat([features, ones, norms], dim=-1)
+
+
 def mutual_scores(
     features: Tensor,
     topmin_min: float = 0.0,
@@ -167,11 +176,21 @@ def mutual_scores(
 ) -> Tensor:
     """Mutual scoring (MSM) of a set of images by each other.
 
+    The release computes, for every image, ``torch.cdist`` to all patches of the other images and the
+    minimum over each image's patches, so every pair of images is multiplied twice and every one of the
+    ``N (N - 1) L^2`` distances goes through a square root. Here each pair is multiplied once: the block
+    of squared distances between images i < j gives the nearest patch of j for each patch of i (its
+    row minima) and the nearest patch of i for each patch of j (its column minima). The squared
+    distances are the sums of cdist's own matrix-product path; the clamp at 0 and the square root, both
+    monotone, are taken after the minimum, on ``N (N - 1) L`` values. Results equal cdist's up to the
+    rounding of the order in which a pair's two squared norms are added (below 1e-6 on unit features).
+
     Args:
         features: ``[N, L, C]`` aggregated patch features of the N images of a set.
         topmin_min, topmin_max: interval of the sorted image-to-image distances that is averaged.
-        block_bytes: bound of one distance block; the references of an image are processed in chunks
-            so that ``L x (chunk * L)`` float32 distances stay below it (the result does not change).
+        block_bytes: bound of one distance block; the other images of a pair are processed in chunks
+            so that ``L x (chunk * L)`` float32 squared distances stay below it (the result does not
+            change).
 
     Returns:
         ``[N, L]`` float64 patch anomaly scores.
@@ -179,25 +198,23 @@ def mutual_scores(
     count, patches, channels = features.shape
     check_set_size(count, topmin_min, topmin_max)
     k_min, k_max = interval_bounds(count - 1, topmin_min, topmin_max)
+    features = features.float()
     chunk = max(1, int(block_bytes // max(1, patches * patches * 4)))
-    scores = torch.empty(count, patches, dtype=torch.float64, device=features.device)
-    for index in range(count):
-        query = features[index : index + 1]
-        nearest = []
-        for start in range(0, count, chunk):
+    norms = features.pow(2).sum(dim=-1, keepdim=True)
+    # nearest[i, p, j]: smallest squared distance from patch p of image i to the patches of image j; an
+    # image's own column stays +inf so that it is never among the smallest.
+    nearest = torch.full((count, patches, count), math.inf, dtype=torch.float32, device=features.device)
+    for index in range(count - 1):
+        query = _distance_operands(features[index], norms[index], query=True)  # [L, C + 2]
+        for start in range(index + 1, count, chunk):
             stop = min(start + chunk, count)
-            # A contiguous slice (no copy); the image's distances to itself are dropped afterwards.
-            references = features[start:stop].reshape(1, -1, channels)
-            # Same call as the release (torch.cdist, Euclidean), then the best match in each image.
-            distances = torch.cdist(query, references).reshape(patches, stop - start, patches)
-            best = distances.min(dim=-1).values
-            if start <= index < stop:
-                best = torch.cat([best[:, : index - start], best[:, index - start + 1 :]], dim=1)
-            nearest.append(best)
-        per_image = torch.cat(nearest, dim=1).float()  # [L, N - 1]
-        smallest = torch.topk(per_image, k_max, dim=1, largest=False, sorted=True).values
-        scores[index] = smallest[:, k_min:k_max].mean(dim=1).double()
-    return scores
+            references = _distance_operands(features[start:stop], norms[start:stop], query=False)
+            squared = (query @ references.reshape(-1, channels + 2).T).view(patches, stop - start, patches)
+            nearest[index, :, start:stop] = squared.amin(dim=2)
+            nearest[start:stop, :, index] = squared.amin(dim=0)
+    distances = nearest.clamp_min_(0).sqrt_()
+    smallest = torch.topk(distances, k_max, dim=2, largest=False, sorted=True).values
+    return smallest[:, :, k_min:k_max].mean(dim=2).double()
 
 
 def rscin(scores: Tensor, embeddings: Tensor | None, k_list: Sequence[int]) -> Tensor:

@@ -87,6 +87,51 @@ def test_mutual_scores_average_the_smallest_thirty_percent_of_nearest_distances(
     torch.testing.assert_close(mutual_scores(features, block_bytes=1), scores, atol=1e-6, rtol=1e-6)
 
 
+def _release_msm(features: torch.Tensor, topmin_min: float, topmin_max: float) -> torch.Tensor:
+    """MSM as the release computes it: per image, cdist to all patches of the other images, the minimum
+    within each image, the sorted k_max smallest, the mean of those from k_min on."""
+    count, patches, channels = features.shape
+    k_min, k_max = interval_bounds(count - 1, topmin_min, topmin_max)
+    rows = []
+    for i in range(count):
+        others = torch.cat([features[:i], features[i + 1 :]]).reshape(-1, channels)
+        nearest = torch.cdist(features[i : i + 1], others).reshape(patches, count - 1, patches).amin(-1)
+        smallest = torch.topk(nearest, k_max, dim=1, largest=False, sorted=True).values
+        rows.append(smallest[:, k_min:k_max].mean(dim=1).double())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize(
+    ("count", "side", "channels", "interval", "block_bytes"),
+    [
+        (8, 3, 5, (0.0, 0.3), 256 * 2**20),
+        (8, 3, 5, (0.0, 0.3), 1),  # one image per block
+        (11, 6, 64, (0.2, 0.6), 3 * 36 * 36 * 4),  # chunks of 3 images that do not divide the set
+        (7, 6, 300, (1, 4), 256 * 2**20),  # counts instead of fractions
+    ],
+)
+def test_mutual_scores_equal_the_release_cdist_formulation(count, side, channels, interval, block_bytes):
+    generator = torch.Generator().manual_seed(count + channels)
+    features = F.normalize(torch.randn(count, side * side, channels, generator=generator), dim=-1)
+    features[2] = features[5]  # identical images: distance 0, clamped rounding must not go negative
+    expected = _release_msm(features, *interval)
+    scores = mutual_scores(features, *interval, block_bytes=block_bytes)
+    assert scores.dtype == torch.float64
+    torch.testing.assert_close(scores, expected, atol=5e-7, rtol=0)
+
+
+def test_mutual_scores_multiply_each_pair_of_images_once():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    count, patches, channels = 9, 16, 32
+    features = F.normalize(torch.randn(count, patches, channels), dim=-1)
+    with FlopCounterMode(display=False) as counter:
+        mutual_scores(features, block_bytes=2 * patches * patches * 4)
+    # One product of [L, C + 2] by [C + 2, L] per unordered pair (cdist's path: norms folded in).
+    pairs = count * (count - 1) // 2
+    assert counter.get_total_flops() == pairs * 2 * patches * patches * (channels + 2)
+
+
 def test_mutual_scores_flag_the_patch_that_no_other_image_has():
     generator = torch.Generator().manual_seed(3)
     base = F.normalize(torch.randn(1, 16, 8, generator=generator), dim=-1).repeat(10, 1, 1)
