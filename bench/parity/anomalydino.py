@@ -9,12 +9,14 @@ the local DINOv2 checkout (``source='local'``, no network) with random weights t
 to a ``.pth`` file, which both sides load: the official model by ``load_state_dict``, ours through
 ``backbone.pretrained=<file>``. XFormers is disabled, so both run ``scaled_dot_product_attention`` in
 fp32. The images are PNG files at ``--source-size`` (default: the model resolution ``--image-size``, 224 by
-default for a CPU, the published 448 as an option). With a larger source (MVTec AD's files are 1024 px) the
-official code turns each reference at the file's resolution and then resizes every copy, and so do we
-(``method.rotate_before_resize``, references loaded at the files' resolution); the test images are resized
-by both sides' loaders. The official maps are then blurred at the file's resolution and ours at the model
-resolution (a documented difference), so the map row compares ours with the official ``dists2map`` of the
-official grid at the model resolution.
+default for a CPU, the published 448 as an option; ``WxH`` for non-square files, as VisA's). With a larger
+source (MVTec AD's files are 1024 px) the official code turns each reference at the file's resolution and
+then resizes every copy, and so do we (``method.rotate_before_resize``, references loaded at the files'
+resolution); the test images are resized by both sides' loaders: the shorter side to ``--image-size``
+keeping the aspect ratio, the bottom and right cropped to multiples of 14 (``datamodule.geometry=
+shorter_side``), so a non-square file gives a non-square patch grid on both sides. Both sides resize each
+map to its file's resolution and blur it there (``datamodule.evaluation_resolution=file``): the map row
+compares ours with the official full-resolution tiffs.
 
 The official ``run_anomaly_detection`` runs as published (masking and rotation as its agnostic table sets
 them for ``capsule``, 1-NN ``L2_normalized``, faiss on the CPU), with two changes that only remove
@@ -49,29 +51,33 @@ DINOV2 = OfficialCode("https://github.com/facebookresearch/dinov2", "DINOV2_DIR"
 OBJECT = "capsule"  # masked and rotated under the published agnostic table
 
 
-def object_images(count: int, size: int, seed: int, defects: int = 0) -> np.ndarray:
-    """``[count, size, size, 3]`` uint8 RGB: a textured ellipse on a darker, slightly noisy background,
-    the last ``defects`` images with a bright scratch on the object."""
+def object_images(count: int, size: int | tuple[int, int], seed: int, defects: int = 0) -> np.ndarray:
+    """``[count, H, W, 3]`` uint8 RGB (``size``: a side, or ``(H, W)``): a textured ellipse on a darker,
+    slightly noisy background, the last ``defects`` images with a bright scratch on the object."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    height, width = (size, size) if isinstance(size, int) else size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = yy / height, xx / width
     out = []
     for index in range(count):
         cy, cx = 0.5 + rng.normal(0, 0.02, 2)
         ry, rx = 0.28 + rng.normal(0, 0.01), 0.18 + rng.normal(0, 0.01)
         inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
         texture = 0.5 + 0.25 * np.sin(18 * xx + 7 * yy + rng.uniform(0, 6.28))
-        image = np.empty((size, size, 3), np.float32)
-        image[...] = 0.15 + 0.03 * rng.standard_normal((size, size, 1))
+        image = np.empty((height, width, 3), np.float32)
+        image[...] = 0.15 + 0.03 * rng.standard_normal((height, width, 1))
         for channel, tint in enumerate((0.9, 0.35, 0.2)):
             image[..., channel] = np.where(inside, tint * texture + 0.1, image[..., channel])
         if index >= count - defects:
-            top, left = int(size * 0.45), int(size * 0.45)
-            image[top : top + size // 12, left : left + size // 40] = 1.0
+            top, left = int(height * 0.45), int(width * 0.45)
+            image[top : top + height // 12, left : left + width // 40] = 1.0
         out.append((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
     return np.stack(out)
 
 
-def write_dataset(root: Path, shots: int, good: int, bad: int, size: int, seed: int) -> None:
+def write_dataset(
+    root: Path, shots: int, good: int, bad: int, size: int | tuple[int, int], seed: int
+) -> None:
     """An MVTec-layout folder ``root/capsule/{train/good,test/good,test/crack}`` of PNG files."""
     import cv2
 
@@ -133,6 +139,18 @@ def batched_functions(script: Path) -> dict:
     return namespace
 
 
+def source_size(text: str) -> tuple[int, int]:
+    """``--source-size``: ``N`` (square) or ``WxH``, as ``(H, W)``."""
+    try:
+        if "x" in text.lower():
+            width, height = (int(part) for part in text.lower().split("x"))
+        else:
+            width = height = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither N nor WxH") from None
+    return height, width
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dinov2", metavar="DIR", help=DINOV2.help)
     parser.add_argument("--model", default="dinov2_vits14", help="DINOv2 hub name (published dinov2_vits14)")
@@ -144,9 +162,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--source-size",
-        type=int,
+        type=source_size,
         default=None,
-        help="side of the image files (default: --image-size; e.g. 1024 as MVTec AD's files)",
+        help="side of the image files, or WxH for non-square files (default: --image-size; e.g. 1024 as "
+        "MVTec AD's files, 1500x1000 as VisA's capsules)",
     )
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--good", type=int, default=2, help="normal test images")
@@ -172,9 +191,10 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
     from anomaly_vlm.methods.anomalydino.torch_model import mean_top_percent, mutual_patch_scores
 
     size = args.image_size
-    source = args.source_size or size
+    source = args.source_size or (size, size)
     report.note(
-        f"AnomalyDINO parity: {args.model} (random weights), {size} px from {source} px files, "
+        f"AnomalyDINO parity: {args.model} (random weights), {size} px (shorter side) from "
+        f"{source[1]}x{source[0]} px files, "
         f"{args.shots}-shot, {args.good}+{args.bad} test images, object '{OBJECT}' (agnostic: masking + "
         "rotation)"
     )
@@ -192,7 +212,6 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
 
             backbones = importlib.import_module("src.backbones")
             detection = importlib.import_module("src.detection")
-            official_utils = importlib.import_module("src.utils")
             full_pca = lambda n_components, svd_solver=None: sklearn.decomposition.PCA(  # noqa: E731
                 n_components=n_components, svd_solver="full"
             )
@@ -288,7 +307,17 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         from anomaly_vlm.backbones.dinov2 import FrozenDINOv2
 
         backbone = FrozenDINOv2(args.model, pretrained=str(weights), image_size=size)
-        method = AnomalyDINOModule(backbone, None, shots=args.shots, preprocess="agnostic", dataset="MVTecAD")
+        # The official geometry: method=anomalydino's datamodule.geometry=shorter_side, crop_multiple=14.
+        geometry = ("shorter_side", backbone.patch_size)
+        method = AnomalyDINOModule(
+            backbone,
+            None,
+            shots=args.shots,
+            preprocess="agnostic",
+            dataset="MVTecAD",
+            geometry=geometry[0],
+            crop_multiple=geometry[1],
+        )
         ref_files = sorted(os.listdir(root / OBJECT / "train" / "good"))
         # At the files' resolution, as the job loads them for this method (references_at_file_resolution).
         assert method.references_at_file_resolution
@@ -303,8 +332,8 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         report.add("rotated references (pixels in [0, 1])", max_abs(ours_rotated, theirs_rotated))
 
         # Reference memory: ours holds the originals first, then each image's 7 turned copies.
-        patches = backbone.num_patches
         shots = len(ref_files)
+        patches = method.model.memory.shape[0] // (shots * 8)
         ours_blocks = method.model.memory.view(-1, patches, backbone.width)
         order = []
         for image in range(shots):
@@ -316,13 +345,18 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
         report.note(f"memory: {tuple(theirs_memory.shape)} patches x width (k x 8 rotations x N)")
 
         test_images = torch.stack(
-            [load_image(str(root / OBJECT / "test" / kind / name), size) for kind, name in test_files]
+            [
+                load_image(str(root / OBJECT / "test" / kind / name), size, None, *geometry)
+                for kind, name in test_files
+            ]
         )
         features = method.frozen_features(test_images)
         tokens = features["patch_tokens"]
+        grid = method.model.feature_grid(features)
         theirs_tokens = torch.from_numpy(np.stack(features_all[: len(test_files)]))
         report.add("test patch tokens (last block, normed)", max_abs(tokens, theirs_tokens))
-        ours_masks = method.model.foreground(tokens)
+        report.note(f"inputs {tuple(test_images.shape[-2:])} px, patch grid {grid} (h, w)")
+        ours_masks = method.model.foreground(tokens, grid=grid)
         # The official masks: one per reference copy (unmasked), then one per test image, types in the
         # order the official code iterates them (a set of ["crack", "good"] in this process), files sorted.
         official_order = [
@@ -331,7 +365,8 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
             for name in sorted(os.listdir(root / OBJECT / "test" / kind))
         ]
         theirs_masks = dict(zip(official_order, masks_recorded[shots * 8 :], strict=True))
-        prediction = method.score(features)
+        # Maps at the files' resolution, as datamodule.evaluation_resolution=file asks for them.
+        prediction = method.score_at(features, source)
         ours_grids = method.model.patch_distances(tokens, ours_masks)
         grid_delta = map_delta = score_delta = 0.0
         mask_errors = 0
@@ -339,21 +374,15 @@ def run(args: argparse.Namespace, folder: Path, report: ParityReport) -> None:
             mask_errors += int((torch.from_numpy(theirs_masks[key]) != ours_masks[index]).sum())
             theirs_grid = torch.from_numpy(official_grids[key]).flatten()
             grid_delta = max(grid_delta, max_abs(ours_grids[index].double(), theirs_grid))
-            theirs_map = official_maps[key]
-            if source != size:
-                theirs_map = official_utils.dists2map(official_grids[key], (size, size))
-            theirs_map = torch.from_numpy(theirs_map.astype(np.float64))
+            assert official_grids[key].shape == grid, (official_grids[key].shape, grid)
+            theirs_map = torch.from_numpy(official_maps[key].astype(np.float64))
             map_delta = max(map_delta, max_abs(prediction.anomaly_map[index].double(), theirs_map))
             theirs_score = float(scores_official[f"{key[0]}/{key[1]}"])
             score_delta = max(score_delta, abs(float(prediction.image_score[index]) - theirs_score))
         report.add("test masks (patches that differ)", float(mask_errors), target=0.0)
         report.note(f"test foreground patches: {ours_masks.sum(dim=1).tolist()} of {patches}")
         report.add("patch distances (grid, 1 - cos)", grid_delta)
-        report.add(
-            f"anomaly maps ({size} px, blurred)"
-            + ("" if source == size else " vs the official dists2map at this size"),
-            map_delta,
-        )
+        report.add(f"anomaly maps ({source[1]}x{source[0]} px, the files' resolution, blurred)", map_delta)
         report.add("image scores (mean top 1 %)", score_delta)
 
         batched_set = torch.cat([tokens, ours_blocks[order]])
