@@ -60,7 +60,7 @@ def test_training_lowers_the_loss_and_beats_untrained_prompts_on_held_out_images
 ) -> None:
     """Train on one generated set, evaluate on images of another generator seed (never seen)."""
     # sigma 1 at 128 px is about the official sigma 4 at 518 px
-    run = held_out_learning_run(lambda: _module(backbone, blur_sigma=1.0), held_out_sets, epochs=20, seed=111)
+    run = held_out_learning_run(lambda: _module(backbone, blur_sigma=1.0), held_out_sets, epochs=14, seed=111)
     print(run.summary())
-    assert run.last_loss < 0.9 * run.first_loss
-    assert run.trained_pixel > run.untrained_pixel + 0.08
+    assert run.last_loss < 0.9 * run.first_loss  # measured: 6.677 -> 4.950 in 14 epochs
+    assert run.trained_pixel > run.untrained_pixel + 0.08  # measured: 0.592 -> 0.730 (20 epochs: 0.708)
