@@ -9,19 +9,18 @@ from pathlib import Path
 
 import lightning
 import pytest
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 from omegaconf import OmegaConf
 
 from anomaly_vlm.config import EvaluateConfig, TrainConfig
 from anomaly_vlm.reporting import identity, tables
 from anomaly_vlm.reporting.results import write_json_atomic
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
-
 
 def _compose(name: str, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(name, overrides=["paths.output_dir=job", "logger=none", *overrides])
+    # compose_config: the seeds and paths are value overrides, so the configs of one experiment share one
+    # composition.
+    cfg = compose_config(name, ["paths.output_dir=job", "logger=none", *overrides])
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
 
