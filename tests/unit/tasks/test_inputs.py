@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 from PIL import Image
 
 from anomaly_vlm.data import DataError
@@ -18,7 +18,6 @@ from anomaly_vlm.tasks.construction import with_class_names
 from anomaly_vlm.tasks.errors import CheckpointError, FinishedRunError, MissingValueError, report_user_errors
 from anomaly_vlm.tasks.runner import run
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
 RNG = np.random.default_rng(0)
 
 
@@ -55,8 +54,9 @@ def config(output_dir: Path, *overrides: str, name: str = "train"):
         f"paths.cache_dir={output_dir.parent / 'cache'}",
         "+trainer.enable_progress_bar=false",
     ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(name, overrides=[*base, *overrides])
+    # compose_config: the paths and values are value overrides, so configs with the same group choices share
+    # one composition.
+    return compose_config(name, [*base, *overrides])
 
 
 @pytest.fixture
