@@ -151,6 +151,10 @@ NOT_TRAINING_KEYS: tuple[str, ...] = (
     "datamodule.test_corruption_seed",
     # which normal images are the test-time references (training never reads them)
     "datamodule.reference_draw",
+    # how test images and references are resized and evaluated (the training loader always squashes)
+    "datamodule.geometry",
+    "datamodule.crop_multiple",
+    "datamodule.evaluation_resolution",
     # a limit on input files refuses files; what is read within it trains the same parameters
     "train_data.max_image_pixels",
     "train_data.synthesis.max_image_pixels",
