@@ -2,10 +2,10 @@
 
 ``python -m bench.perf official [--official-aprillab DIR] [--official-anomalyclip DIR] [--official-musc DIR]
 [--official-promptad DIR] [--official-adaclip DIR] [--anomalib-python PYTHON] [--precision fp32,amp-bf16]
-[--images 2] [--musc-images 8] [--rounds 3] [--quick]`` (``make bench-official APRILGAN_DIR=...
-ANOMALYCLIP_DIR=... MUSC_DIR=... PROMPTAD_DIR=... ADACLIP_DIR=...``; WinCLIP runs when the anomalib side
-environment of ``make parity-venv`` exists). A method whose official code is not given is skipped, and the
-run says so.
+[--images 2] [--musc-images 8] [--rounds 3] [--methods musc,...] [--quick]`` (``make bench-official
+APRILGAN_DIR=... ANOMALYCLIP_DIR=... MUSC_DIR=... PROMPTAD_DIR=... ADACLIP_DIR=...``; WinCLIP runs when the
+anomalib side environment of ``make parity-venv`` exists). A method whose official code is not given is
+skipped, and the run says so; ``--methods`` runs only the methods it names (each needs its official code).
 
 Built with the parity harnesses' loading (``bench.parity.<method>``: the official modules imported from
 the checkout, the same random state dict loaded by both sides, the positional embedding resized at load as
@@ -598,6 +598,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed calls per side (default 3; quick 1)")
     parser.add_argument("--quick", action="store_true", help="narrow widths, one round: a harness check")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--methods",
+        default=None,
+        metavar="NAMES",
+        help=f"comma-separated subset of {', '.join(METHODS)} (default: those whose code is given)",
+    )
+
+
+def selected_methods(value: str | None) -> list[str]:
+    """The methods ``--methods`` names (all when not given), checked before anything loads."""
+    if value is None:
+        return list(METHODS)
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    wrong = [name for name in names if name not in METHODS]
+    if wrong or not names:
+        raise SystemExit(f"error: --methods {value}: each name must be one of {', '.join(METHODS)}")
+    return names
 
 
 def run(args: argparse.Namespace, report: BenchReport) -> int:
@@ -618,14 +635,27 @@ def run(args: argparse.Namespace, report: BenchReport) -> int:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the anomalib process (WinCLIP) inherits it
     report.environment["torch_threads"] = torch.get_num_threads()
 
+    wanted = selected_methods(getattr(args, "methods", None))
+
+    def flag(name: str) -> str:
+        return "--anomalib-python" if name == "winclip" else f"--{METHODS[name].option.replace('_', '-')}"
+
+    if getattr(args, "methods", None) is not None:
+        for name in wanted:
+            if not getattr(args, METHODS[name].option):
+                raise SystemExit(
+                    f"error: --methods {args.methods} names {name}, whose official code is not given: "
+                    f"pass {flag(name)} ({METHODS[name].variable})"
+                )
     chosen = {}
     for name, method in METHODS.items():
         value = getattr(args, method.option)
-        if value:
+        if name not in wanted:
+            print(f"skipped: {method.label} (not in --methods)")
+        elif value:
             chosen[name] = official_source(name, value)
         else:
-            given = "--anomalib-python" if name == "winclip" else f"--{method.option.replace('_', '-')}"
-            print(f"skipped: {method.label} (no {given}; {method.variable})")
+            print(f"skipped: {method.label} (no {flag(name)}; {method.variable})")
     if not chosen:
         raise SystemExit(
             "error: no official code given: pass at least one of "

@@ -121,3 +121,28 @@ def test_quick_run_times_every_method_whose_official_code_is_given(tmp_path):
             assert rows[precision]["ours_s_per_image"] > 0, name
         # fp32: both sides computed the same thing (parity precision on these narrow models)
         assert rows["fp32"]["maps_max_delta"] < 1e-3 and rows["fp32"]["scores_max_delta"] < 1e-3, name
+
+
+def test_methods_selects_a_subset_and_is_checked_before_anything_loads(tmp_path, capsys):
+    assert official.selected_methods(None) == list(official.METHODS)
+    assert official.selected_methods("musc, aprillab") == ["musc", "aprillab"]
+    with pytest.raises(SystemExit) as error:
+        official.run(_args("--methods", "musc,dino"), BenchReport("official"))
+    assert str(error.value).startswith("error: --methods musc,dino: each name must be one of aprillab, ")
+    with pytest.raises(SystemExit) as error:
+        official.run(
+            _args("--methods", "musc", "--official-aprillab", str(tmp_path)), BenchReport("official")
+        )
+    assert str(error.value) == (
+        "error: --methods musc names musc, whose official code is not given: pass --official-musc (MUSC_DIR)"
+    )
+    # A checkout given for a method left out is not even looked at (tmp_path is no checkout): skipped.
+    both = ("--official-aprillab", str(tmp_path), "--official-musc", str(tmp_path))
+    with pytest.raises(SystemExit) as error:
+        official.run(_args("--methods", "musc", *both), BenchReport("official"))
+    assert error.value.code == 2  # the MuSc checkout is checked, and refused
+    captured = capsys.readouterr()
+    assert "is not a checkout of https://github.com/xrli-U/MuSc" in captured.err
+    assert "VAND-APRIL-GAN" not in captured.err
+    for label in ("APRIL-GAN zero-shot", "AnomalyCLIP zero-shot"):  # those before MuSc, which stops the run
+        assert f"skipped: {label} (not in --methods)" in captured.out
