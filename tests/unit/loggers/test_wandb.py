@@ -25,7 +25,7 @@ def fresh_wandb():
 
 def _read_when_complete(read_offline_run, folder: Path, timeout: float = 20.0) -> dict:
     """W&B's service may still be writing the transaction log for a moment after finish() (a half-written
-    record does not parse yet)."""
+    record does not parse yet): read again every 50 ms, up to the deadline."""
     from google.protobuf.message import DecodeError
 
     deadline = time.monotonic() + timeout
@@ -36,11 +36,11 @@ def _read_when_complete(read_offline_run, folder: Path, timeout: float = 20.0) -
             # a record (or the file itself) is still being written: read again, up to the deadline
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.5)
+            time.sleep(0.05)
             continue
         if (run["name"] and "test/image_auroc" in run["summary"]) or time.monotonic() > deadline:
             return run
-        time.sleep(0.5)
+        time.sleep(0.05)
 
 
 def _metrics(value: float) -> dict:
