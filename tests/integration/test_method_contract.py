@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from composed import method_file
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
@@ -77,11 +78,16 @@ def _score(method, data, references, consumer, tmp_path) -> None:
     score_categories(_trainer(tmp_path, [scoring]), method, data, scoring, references)
 
 
+def _method_class(name: str) -> type:
+    # Read from the method's file without composing: parametrize lists are built at collection.
+    # _check_contract holds it to the composed config's class.
+    return get_class(method_file(name)["method"]["_target_"])
+
+
 def _runs_on_dinov2(name: str) -> bool:
     from anomaly_vlm.backbones import FrozenDINOv2
 
-    method_class = get_class(_compose(name).method._target_)
-    return method_class.backbone_problem(FrozenDINOv2.capabilities) is None
+    return _method_class(name).backbone_problem(FrozenDINOv2.capabilities) is None
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +116,7 @@ def test_method_contract_on_the_dinov2_family(name, data_126, tmp_path):
 
 def _check_contract(name, tiny_backbone, data, size, tmp_path):
     cfg = _compose(name)
+    assert get_class(cfg.method._target_) is _method_class(name)
     prompts = build(cfg.prompts)
     shots = 1 if getattr(get_class(cfg.method._target_), "supports_few_shot", True) else 0
 
