@@ -134,3 +134,16 @@ def test_anomalydino_turns_the_official_geometry_on_and_the_other_methods_keep_t
         cfg = compose("train", overrides=overrides)
     data = cfg.datamodule
     assert (data.geometry, data.crop_multiple, data.evaluation_resolution) == expected
+
+
+def test_the_batched_zero_shot_mode_finishes_its_maps_at_the_files_resolution(backbone):
+    images = (
+        torch.randint(0, 256, (12, 3, 140, 210), generator=torch.Generator().manual_seed(2)) / 255
+    ).float()
+    method = AnomalyDINOModule(backbone, None, shots=0)
+    method.setup_category("widget", None)
+    features = method.frozen_features(images)
+    assert features["patch_grid"].tolist() == [[10, 15]] * 12
+    at_input, at_file = method.score_set(features), method.score_set_at(features, (100, 150))
+    assert at_input.anomaly_map.shape == (12, 140, 210) and at_file.anomaly_map.shape == (12, 100, 150)
+    torch.testing.assert_close(at_file.image_score, at_input.image_score, rtol=0, atol=0)
