@@ -67,10 +67,10 @@ def test_training_lowers_the_loss_and_raises_held_out_pixel_auroc(
         # ensemble and no HSF (it moves image scores only) keep the test to seconds; both run elsewhere.
         lambda: _module(backbone, prompts=SMALL, blur_sigma=1.0, lr=0.003, use_hsf=False),
         held_out_sets,
-        epochs=5,
+        epochs=3,
         seed=111,
         train_batch_size=8,
     )
     print(run.summary())
-    assert run.last_loss < 0.9 * run.first_loss
-    assert run.trained_pixel > run.untrained_pixel + 0.08
+    assert run.last_loss < 0.9 * run.first_loss  # measured: 9.372 -> 6.550 in 3 epochs
+    assert run.trained_pixel > run.untrained_pixel + 0.08  # measured: 0.463 -> 0.739 (5 epochs: 0.722)

@@ -75,8 +75,9 @@ def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, held_out_set
     assert run.trained_pixel > run.untrained_pixel + MARGIN
 
 
-EPOCHS = 4
-MARGIN = 0.15  # measured: 0.423 -> 0.674 (0.689 without the augmentation)
+EPOCHS = 3
+#: measured: 0.423 -> 0.693 in 3 epochs (4 epochs: 0.674, or 0.689 without the augmentation)
+MARGIN = 0.15
 
 
 @pytest.mark.parametrize("resample", [False, True])

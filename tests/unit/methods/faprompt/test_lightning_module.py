@@ -54,8 +54,8 @@ def test_training_lowers_the_loss_and_raises_held_out_pixel_auroc(
 ) -> None:
     """Train on one generated set, evaluate on images of another generator seed (never seen)."""
     run = held_out_learning_run(
-        lambda: _module(backbone), held_out_sets, epochs=8, seed=111, train_batch_size=8
+        lambda: _module(backbone), held_out_sets, epochs=6, seed=111, train_batch_size=8
     )
     print(run.summary())
-    assert run.last_loss < 0.9 * run.first_loss
-    assert run.trained_pixel > run.untrained_pixel + 0.1  # measured 0.445 -> 0.658
+    assert run.last_loss < 0.9 * run.first_loss  # measured: 6.259 -> 2.769 in 6 epochs
+    assert run.trained_pixel > run.untrained_pixel + 0.1  # measured: 0.445 -> 0.741 (8 epochs: 0.658)
