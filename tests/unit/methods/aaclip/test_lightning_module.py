@@ -119,10 +119,10 @@ def test_training_raises_held_out_pixel_auroc(backbone: FrozenCLIP, held_out_set
             blur_sigma=0.5,
         ),
         held_out_sets,
-        epochs=6,
+        epochs=4,  # one text epoch, three image epochs
         seed=111,
         train_batch_size=4,
         postprocess=True,
     )
     print(run.summary())
-    assert run.trained_pixel > run.untrained_pixel + 0.08
+    assert run.trained_pixel > run.untrained_pixel + 0.08  # measured: 0.472 -> 0.768 (6 epochs: 0.791)
