@@ -17,7 +17,7 @@ def test_the_load_client_measures_answers_and_counts_errors():
     with Server(create_app(settings, {"slow": detector})) as url:
         good = asyncio.run(load(url, "/v1/detectors/slow/predict", 2, 0.1, 0.8, [png(64, 0)]))
         # One worker, 50 ms a pass, passes not batched: at most ~20 answers a second, whatever the clients
-        # (0.8 s of measurement: about 16 answers, so both bounds stay far from the figure).
+        # (measured over 0.8 s: about 16 a second, far from both bounds).
         assert 5 <= good["requests_per_s"] <= 22
         assert good["errors"] == 0 and good["p50_ms"] >= 50 and good["p99_ms"] >= good["p50_ms"]
         bad = asyncio.run(load(url, "/v1/detectors/nope/predict", 2, 0.05, 0.25, [png(64, 0)]))
