@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from anomaly_vlm.data.batch import Sample, collate_samples
 from anomaly_vlm.data.corruptions import corruption_from
@@ -15,35 +13,9 @@ from anomaly_vlm.data.dataset import AnomalyImageDataset, check_evaluation_resol
 from anomaly_vlm.data.datasets.base import DatasetSource
 from anomaly_vlm.data.defect_synthesis import AnomalySynthesizer, EpochSampler, SynthesizedAnomalies
 from anomaly_vlm.data.distributed import ContiguousShardSampler, rank_and_world
-from anomaly_vlm.data.image_io import DataError, check_geometry, image_size_of, load_image
+from anomaly_vlm.data.image_io import DataError, check_geometry, image_size_of, input_geometry, load_image
 from anomaly_vlm.data.mosaic import MosaicDataset
 from anomaly_vlm.data.sampling import ShuffledOrder, check_reference_draw, draw_references
-
-
-class SizeRuns(Sampler[list[int]]):
-    """Batches of at most ``batch_size`` consecutive indices of ``sampler`` whose files share one size.
-
-    The test order is kept; a batch ends early where the size changes (VisA's categories each have one
-    file size, so there the batches are the usual ones).
-    """
-
-    def __init__(self, sampler: Sampler[int], sizes: list[tuple[int, int]], batch_size: int) -> None:
-        self.sampler = sampler
-        self.sizes = sizes
-        self.batch_size = int(batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batch: list[int] = []
-        for index in self.sampler:
-            if batch and (len(batch) == self.batch_size or self.sizes[index] != self.sizes[batch[-1]]):
-                yield batch
-                batch = []
-            batch.append(index)
-        if batch:
-            yield batch
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 class AnomalyDataModule(L.LightningDataModule):
@@ -85,8 +57,7 @@ class AnomalyDataModule(L.LightningDataModule):
         crop_multiple: see ``geometry`` (AnomalyDINO: the patch size, 14).
         evaluation_resolution: ``input`` (maps and ground truth at the input size, default) or ``file``
             (ground truth at each file's own resolution, and maps asked at it: AnomalyDINO's official
-            evaluation). Test batches then hold images of one file size (consecutive runs of the test
-            order, at most ``batch_size``).
+            evaluation). A category's files must then give one map size (checked before scoring).
 
     The training data of an epoch (order, mosaics, synthesized defects) is a function of the seeds and
     the epoch alone, not of the global random generators, the loader's workers or earlier epochs; the
@@ -158,22 +129,8 @@ class AnomalyDataModule(L.LightningDataModule):
         return input_digest(sample.path, *self.input_geometry)
 
     def _loader(
-        self,
-        dataset: AnomalyImageDataset,
-        batch_size: int,
-        shuffle: bool = False,
-        sampler=None,
-        batch_sampler=None,
+        self, dataset: AnomalyImageDataset, batch_size: int, shuffle: bool = False, sampler=None
     ) -> DataLoader:
-        if batch_sampler is not None:
-            return DataLoader(
-                dataset,
-                batch_sampler=batch_sampler,
-                num_workers=self.num_workers,
-                collate_fn=collate_samples,
-                persistent_workers=False,
-                pin_memory=torch.cuda.is_available(),
-            )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -198,14 +155,29 @@ class AnomalyDataModule(L.LightningDataModule):
             crop_multiple=self.crop_multiple,
             evaluation_resolution=self.evaluation_resolution,
         )
+        if self.geometry != "squash" or self.evaluation_resolution != "input":
+            # Inputs (shorter_side) and maps (file resolution) take each file's size.
+            limit = self.source.max_image_pixels
+            self._check_one_map_size(category, [image_size_of(sample.path, limit) for sample in samples])
         # Under DDP each rank tests a contiguous, unpadded shard (a single process gets everything).
-        shard = ContiguousShardSampler(len(dataset))
-        if self.geometry == "squash" and self.evaluation_resolution == "input":
-            return self._loader(dataset, self.batch_size, sampler=shard)
-        # Inputs (shorter_side) or maps (file resolution) take each file's size: a batch holds one size.
-        limit = self.source.max_image_pixels
-        sizes = [image_size_of(sample.path, limit) for sample in samples]
-        return self._loader(dataset, self.batch_size, batch_sampler=SizeRuns(shard, sizes, self.batch_size))
+        return self._loader(dataset, self.batch_size, sampler=ContiguousShardSampler(len(dataset)))
+
+    def _check_one_map_size(self, category: str, sizes: list[tuple[int, int]]) -> None:
+        """Refuse, before anything is scored, a category whose maps would differ in size (a category's
+        maps and masks are held as one ``[N, H, W]`` tensor each). Files of one map size also give one
+        input size, so every batch holds one ``[B, 3, H, W]``."""
+        if self.evaluation_resolution == "file":
+            shapes = set(sizes)
+        else:
+            shapes = {input_geometry(*size, self.image_size, *self.input_geometry)[1] for size in sizes}
+        if len(shapes) > 1:
+            listed = ", ".join(f"{width}x{height}" for width, height in sorted(shapes))
+            raise DataError(
+                f"category '{category}' holds files of several sizes ({listed} px maps with "
+                f"datamodule.geometry={self.geometry}, evaluation_resolution={self.evaluation_resolution}); "
+                "a category's maps must share one size (datamodule.geometry=squash "
+                "evaluation_resolution=input gives every file the input size)"
+            )
 
     def reference_samples(self, category: str, shots: int, seed: int) -> list[Sample]:
         """The few-shot normal references of a category (empty for zero-shot)."""

@@ -45,5 +45,5 @@ def test_a_category_of_several_file_sizes_is_one_error(tiny_backbone, tmp_path):
         )
     datamodule = AnomalyDataModule(MVTecLayout(tmp_path), 28, batch_size=4, evaluation_resolution="file")
     scoring = CategoryScoring([_Recorder()])
-    with pytest.raises(DataError, match=r"several sizes \(30x30, 40x30\).*evaluation_resolution=input"):
+    with pytest.raises(DataError, match=r"several sizes \(30x30, 40x30 px.*evaluation_resolution=input"):
         score_categories(_trainer([scoring]), _Mutual(tiny_backbone), datamodule, scoring, {})

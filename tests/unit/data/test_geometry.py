@@ -12,7 +12,6 @@ from PIL import Image
 
 from anomaly_vlm.cache.digest import file_digest
 from anomaly_vlm.data import AnomalyDataModule, DataError, MVTecLayout
-from anomaly_vlm.data.datamodule import SizeRuns
 from anomaly_vlm.data.image_io import input_geometry, load_image, load_mask, resize_image
 
 
@@ -90,27 +89,36 @@ def test_masks_follow_the_geometry_or_keep_the_files_resolution(tmp_path):
 
 
 def test_file_resolution_batches_one_size_with_maps_and_masks_at_it(tmp_path):
-    sizes = {"a0": (150, 100), "a1": (150, 100), "a2": (120, 100), "g0": (150, 100), "g1": (150, 100)}
+    sizes = {"a0": (150, 100), "a1": (150, 100), "a2": (150, 100), "g0": (150, 100), "g1": (150, 100)}
     source = _dataset(tmp_path, sizes)
     data = AnomalyDataModule(
-        source, 56, batch_size=8, geometry="shorter_side", crop_multiple=14, evaluation_resolution="file"
+        source, 56, batch_size=3, geometry="shorter_side", crop_multiple=14, evaluation_resolution="file"
     )
     batches = list(data.category_test_dataloader("widget"))
-    shapes = [
-        (tuple(batch.image.shape[-2:]), batch.map_size, tuple(batch.mask.shape[-2:])) for batch in batches
-    ]
-    # Test order: crack a0 a1 a2, then good g0 g1; the 120x100 file is a batch of its own.
-    assert [len(batch) for batch in batches] == [2, 1, 2]
-    assert shapes == [
-        ((56, 84), (100, 150), (100, 150)),
-        ((56, 56), (100, 120), (100, 120)),  # 120x100 -> 67x56 -> cropped to 56x56
-        ((56, 84), (100, 150), (100, 150)),
-    ]
-    assert batches[0].mask.sum() > 0 and batches[2].mask.sum() == 0
+    assert [len(batch) for batch in batches] == [3, 2]
+    for batch in batches:  # 150x100 -> 84x56 inputs; maps and masks at the files' 100x150
+        assert batch.image.shape[-2:] == (56, 84) and batch.map_size == (100, 150)
+        assert batch.mask.shape[-2:] == (100, 150)
+    assert batches[0].mask.sum() > 0 and batches[1].mask.sum() == 0  # crack a0..a2 first, then good
     sample = source.samples("widget", "test")[0]
     assert batches[0].digest[0] == f"{file_digest(sample.path)}:shorter_side:14" == data.input_digest(sample)
     references = data.load_images(source.samples("widget", "train"))
     assert references.shape == (2, 3, 56, 84)
+
+
+def test_a_category_whose_maps_would_differ_in_size_is_refused_before_scoring(tmp_path):
+    source = _dataset(tmp_path, {"a0": (150, 100), "a1": (120, 100), "g0": (150, 100)})
+    for options, listed in [
+        ({"evaluation_resolution": "file"}, "120x100, 150x100"),
+        ({"geometry": "shorter_side", "crop_multiple": 14}, "56x56, 84x56"),  # 120x100 -> 67x56 -> 56x56
+    ]:
+        data = AnomalyDataModule(source, 56, **options)
+        with pytest.raises(DataError, match=rf"category 'widget' holds files of several sizes \({listed} px"):
+            data.category_test_dataloader("widget")
+    # The same shape after the resize passes: 150x100 and 153x102 both give 84x56 inputs.
+    square = _dataset(tmp_path / "other", {"a0": (150, 100), "a1": (153, 102)})
+    data = AnomalyDataModule(square, 56, geometry="shorter_side", crop_multiple=14)
+    assert [tuple(b.image.shape[-2:]) for b in data.category_test_dataloader("widget")] == [(56, 84)]
 
 
 def test_squash_loaders_are_unchanged(tmp_path):
@@ -119,8 +127,6 @@ def test_squash_loaders_are_unchanged(tmp_path):
     (batch,) = list(data.category_test_dataloader("widget"))
     assert batch.image.shape == (3, 3, 56, 56) and batch.mask.shape == (3, 56, 56) and batch.map_size is None
     assert batch.digest[0] == file_digest(source.samples("widget", "test")[0].path)
-    assert SizeRuns(range(5), [1, 1, 2, 2, 2], 2).__iter__().__next__() == [0, 1]
-    assert list(SizeRuns(range(5), [1, 1, 2, 2, 2], 2)) == [[0, 1], [2, 3], [4]]
 
 
 def test_geometry_options_are_checked(tmp_path):
