@@ -15,6 +15,8 @@ Where the paper is silent the released code (xrli-U/MuSc) decides, and this modu
   per channel with stride 1 whose zero padding counts in the mean, then L2 normalisation per patch;
 * MSM: for each patch the smallest Euclidean distance to the patches of every *other* image, then the
   mean of the ``int((N - 1) * 0.3)`` smallest of those N - 1 values (float32; accumulated in float64);
+  each pair of images is multiplied once (the release does it twice); under the backbone's mixed
+  ``amp-*`` precision the products take their operands in the low type (default fp32: the release's);
 * the patch map is the mean over blocks and over r in {1, 3, 5}, upsampled bilinearly with
   ``align_corners=True`` to the input size, no blur; the image score is the map's maximum;
 * RsCIN: the image scores are min-max normalised over the category and smoothed over the
@@ -173,6 +175,7 @@ def mutual_scores(
     topmin_min: float = 0.0,
     topmin_max: float = 0.3,
     block_bytes: int = 256 * 2**20,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Mutual scoring (MSM) of a set of images by each other.
 
@@ -191,6 +194,11 @@ def mutual_scores(
         block_bytes: bound of one distance block; the other images of a pair are processed in chunks
             so that ``L x (chunk * L)`` float32 squared distances stay below it (the result does not
             change).
+        dtype: type of the products' operands: None or float32, the release's arithmetic as above; a
+            low-precision type (the backbone's ``amp-*`` one), the same sums with the operands rounded
+            to it and accumulated in float32 by the product, so the cancellation of
+            ``|a|^2 + |b|^2 - 2 a . b`` happens before the squared distance is rounded to that type
+            (relative 2^-9 in bfloat16); the square roots and averages stay float32.
 
     Returns:
         ``[N, L]`` float64 patch anomaly scores.
@@ -199,17 +207,25 @@ def mutual_scores(
     check_set_size(count, topmin_min, topmin_max)
     k_min, k_max = interval_bounds(count - 1, topmin_min, topmin_max)
     features = features.float()
+    dtype = dtype or torch.float32
     chunk = max(1, int(block_bytes // max(1, patches * patches * 4)))
     norms = features.pow(2).sum(dim=-1, keepdim=True)
     # nearest[i, p, j]: smallest squared distance from patch p of image i to the patches of image j; an
     # image's own column stays +inf so that it is never among the smallest.
     nearest = torch.full((count, patches, count), math.inf, dtype=torch.float32, device=features.device)
+    # Low-precision products run on tiles of 32 values along the summed axis: zeros pad C + 2 to them.
+    width = channels + 2 if dtype == torch.float32 else -(-(channels + 2) // 32) * 32
+
+    def operands(rows: slice | int, query: bool) -> Tensor:
+        sides = _distance_operands(features[rows], norms[rows], query)
+        return F.pad(sides, (0, width - channels - 2)).to(dtype) if width > channels + 2 else sides.to(dtype)
+
     for index in range(count - 1):
-        query = _distance_operands(features[index], norms[index], query=True)  # [L, C + 2]
+        query = operands(index, query=True)  # [L, C + 2]
         for start in range(index + 1, count, chunk):
             stop = min(start + chunk, count)
-            references = _distance_operands(features[start:stop], norms[start:stop], query=False)
-            squared = (query @ references.reshape(-1, channels + 2).T).view(patches, stop - start, patches)
+            references = operands(slice(start, stop), query=False)
+            squared = (query @ references.reshape(-1, width).T).view(patches, stop - start, patches)
             nearest[index, :, start:stop] = squared.amin(dim=2)
             nearest[start:stop, :, index] = squared.amin(dim=0)
     distances = nearest.clamp_min_(0).sqrt_()
@@ -400,13 +416,22 @@ class MuSc(nn.Module):
             # One block at a time: only one [N, L, C] aggregated tensor is alive at any moment.
             for layer in self.layers:
                 aggregated = self.aggregate(features[tokens_key(layer)], r, device, index)
-                layer_scores = mutual_scores(aggregated, self.topmin_min, self.topmin_max, self.block_bytes)
+                layer_scores = mutual_scores(
+                    aggregated, self.topmin_min, self.topmin_max, self.block_bytes, self.msm_dtype
+                )
                 del aggregated
                 if parts is not None:
                     parts[(r, layer)] = layer_scores.cpu()
                 per_layer.append(layer_scores)
             per_degree.append(torch.stack(per_layer).mean(dim=0))
         return torch.stack(per_degree).mean(dim=0)
+
+    @property
+    def msm_dtype(self) -> torch.dtype | None:
+        """Operand type of mutual scoring: the backbone's low type in its mixed ``amp-*`` modes (where the
+        distance products are most of MuSc's time once the encoder runs in low precision), else None
+        (float32, the release's arithmetic)."""
+        return self.backbone.compute_dtype if getattr(self.backbone, "mixed_precision", False) else None
 
     def upsample(self, patch_scores: Tensor, size: tuple[int, int]) -> Tensor:
         """``[N, L]`` patch scores -> ``[N, H, W]`` maps (bilinear, ``align_corners=True``, float64)."""

@@ -132,6 +132,50 @@ def test_mutual_scores_multiply_each_pair_of_images_once():
     assert counter.get_total_flops() == pairs * 2 * patches * patches * (channels + 2)
 
 
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    return values.flatten().argsort().argsort().double()
+
+
+def test_low_precision_mutual_scores_follow_fp32():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    generator = torch.Generator().manual_seed(4)
+    words = F.normalize(torch.randn(20, 64, generator=generator), dim=-1)
+    features = words[torch.randint(0, 20, (8, 36), generator=generator)]
+    features = F.normalize(features + 0.05 * torch.randn(8, 36, 64, generator=generator), dim=-1)
+    features[3, 5] = F.normalize(torch.randn(64, generator=generator), dim=-1)  # a patch no other image has
+    exact = mutual_scores(features)
+    assert torch.equal(mutual_scores(features, dtype=torch.float32), exact)  # float32 is the exact path
+    with FlopCounterMode(display=False) as counter:
+        low = mutual_scores(features, dtype=torch.bfloat16, block_bytes=3 * 36 * 36 * 4)
+    assert counter.get_total_flops() == 28 * 2 * 36 * 36 * 96  # each pair once, C + 2 padded to 32s
+    assert low.dtype == torch.float64 and low.shape == exact.shape
+    assert float((low - exact).abs().max()) < 1e-2
+    assert torch.corrcoef(torch.stack([_ranks(low), _ranks(exact)]))[0, 1] > 0.99
+    assert low.flatten().argmax() == exact.flatten().argmax() == 3 * 36 + 5
+
+
+def test_mutual_scoring_runs_in_the_backbones_low_type_only_in_mixed_precision(tiny_backbone, monkeypatch):
+    from anomaly_vlm.backbones import FrozenCLIP
+    from anomaly_vlm.methods.musc import torch_model
+
+    assert MuSc(tiny_backbone).msm_dtype is None  # fp32: the release's arithmetic
+    amp = FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=0, precision="amp-bf16")
+    model = MuSc(amp, rscin_k=())
+    assert model.msm_dtype == torch.bfloat16
+    seen = []
+    original = torch_model.mutual_scores
+
+    def spy(*args, **kwargs):
+        seen.append(args[4] if len(args) > 4 else kwargs.get("dtype"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch_model, "mutual_scores", spy)
+    images = torch.rand(6, 3, 128, 128, generator=torch.Generator().manual_seed(8))
+    model.score_set(model.frozen_features(images))
+    assert seen == [torch.bfloat16] * (len(model.r_list) * len(model.layers))
+
+
 def test_mutual_scores_flag_the_patch_that_no_other_image_has():
     generator = torch.Generator().manual_seed(3)
     base = F.normalize(torch.randn(1, 16, 8, generator=generator), dim=-1).repeat(10, 1, 1)
