@@ -84,6 +84,12 @@ def _aprillab(templates: int | None = None) -> AprilGANModule:
     return AprilGANModule(backbone, PromptSet(**prompts))
 
 
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    """One folder for the generated sets of every test here: each size of set is generated once, then read."""
+    return tmp_path_factory.mktemp("synthetic")
+
+
 @pytest.fixture
 def one_thread():
     threads = torch.get_num_threads()
@@ -92,22 +98,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_training_data_is_normal_only_and_refused_without_synthesis(tmp_path):
-    datamodule = _datamodule(tmp_path, OWN, OWN, 4, None)
+def test_training_data_is_normal_only_and_refused_without_synthesis(synthetic_root):
+    datamodule = _datamodule(synthetic_root, OWN, OWN, 4, None)
     assert {sample.label for sample in datamodule.train_samples()} == {0}
     with pytest.raises(DataError, match="train_data.synthesize_anomalies=true"):
         datamodule.train_dataloader()
 
 
-def test_aprillab_trained_on_normal_images_segments_their_real_defects_better(tmp_path, one_thread):
-    datamodule = _datamodule(tmp_path, OWN, OWN, 4, AnomalySynthesizer(seed=0))
+def test_aprillab_trained_on_normal_images_segments_their_real_defects_better(synthetic_root, one_thread):
+    datamodule = _datamodule(synthetic_root, OWN, OWN, 4, AnomalySynthesizer(seed=0))
     before, after = _train(_aprillab(templates=4), datamodule, epochs=8)
     print(f"APRIL-GAN pixel AUROC on the test images of its own categories {before:.3f} -> {after:.3f}")
     assert after > before + 0.06
 
 
 @pytest.mark.slow
-def test_anomalyclip_trained_on_normal_images_segments_their_real_defects_better(tmp_path, one_thread):
+def test_anomalyclip_trained_on_normal_images_segments_their_real_defects_better(synthetic_root, one_thread):
     L.seed_everything(111, verbose=False)
     torch.manual_seed(111)
     module = AnomalyCLIPModule(
@@ -116,17 +122,19 @@ def test_anomalyclip_trained_on_normal_images_segments_their_real_defects_better
         layers=[8],
         blur_sigma=1.0,  # sigma 1 at 128 px is about the official sigma 4 at 518 px
     )
-    datamodule = _datamodule(tmp_path, OWN, OWN, 6, AnomalySynthesizer(seed=0))
+    datamodule = _datamodule(synthetic_root, OWN, OWN, 6, AnomalySynthesizer(seed=0))
     before, after = _train(module, datamodule, epochs=20)
     print(f"AnomalyCLIP pixel AUROC on the test images of its own categories {before:.3f} -> {after:.3f}")
     assert after > before + 0.05
 
 
 @pytest.mark.slow
-def test_aprillab_trained_on_synthesized_defects_segments_held_out_categories_better(tmp_path, one_thread):
+def test_aprillab_trained_on_synthesized_defects_segments_held_out_categories_better(
+    synthetic_root, one_thread
+):
     results = []
     for seed in (0, 1, 2, 3, 4):
-        datamodule = _datamodule(tmp_path, TRAIN, OWN, 6, AnomalySynthesizer(seed=seed), seed=seed)
+        datamodule = _datamodule(synthetic_root, TRAIN, OWN, 6, AnomalySynthesizer(seed=seed), seed=seed)
         results.append(_train(_aprillab(), datamodule, epochs=6))
     before = results[0][0]
     after = float(np.mean([trained for _, trained in results]))
