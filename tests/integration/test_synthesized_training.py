@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 from omegaconf import open_dict
 from PIL import Image
 
@@ -46,24 +46,21 @@ TRAIN_ON_FOLDER = (
 def test_every_train_data_has_synthesis_off_and_the_dataset_never_sees_its_keys():
     names = sorted(path.stem for path in (CONF / "train_data").glob("*.yaml"))
     assert len(names) > 10
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for name in names:
-            cfg = compose("train", overrides=[f"train_data={name}", "seed=3"])
-            node = cfg.train_data
-            assert node.synthesize_anomalies is False, name
-            assert node.synthesis._target_ == "anomaly_vlm.data.defect_synthesis.AnomalySynthesizer"
-            dataset, synthesis = split_synthesis(node)
-            assert synthesis is None and "synthesis" not in dataset and "synthesize_anomalies" not in dataset
-            assert "synthesis" in node  # the job's config is left whole
-        cfg = compose(
-            "train", overrides=["train_data=folder", "train_data.synthesize_anomalies=true", "seed=3"]
-        )
-        dataset, synthesis = split_synthesis(cfg.train_data)
-        assert synthesis.seed == 3 and dataset._get_parent() is cfg  # interpolations still resolve
-        with open_dict(cfg):
-            cfg.train_data.synthesize_anomalies = "yes"
-        with pytest.raises(ConfigError, match="train_data.synthesize_anomalies='yes' must be true or false"):
-            split_synthesis(cfg.train_data)
+    for name in names:
+        cfg = compose_config("train", [f"train_data={name}", "seed=3"])
+        node = cfg.train_data
+        assert node.synthesize_anomalies is False, name
+        assert node.synthesis._target_ == "anomaly_vlm.data.defect_synthesis.AnomalySynthesizer"
+        dataset, synthesis = split_synthesis(node)
+        assert synthesis is None and "synthesis" not in dataset and "synthesize_anomalies" not in dataset
+        assert "synthesis" in node  # the job's config is left whole
+    cfg = compose_config("train", ["train_data=folder", "train_data.synthesize_anomalies=true", "seed=3"])
+    dataset, synthesis = split_synthesis(cfg.train_data)
+    assert synthesis.seed == 3 and dataset._get_parent() is cfg  # interpolations still resolve
+    with open_dict(cfg):
+        cfg.train_data.synthesize_anomalies = "yes"
+    with pytest.raises(ConfigError, match="train_data.synthesize_anomalies='yes' must be true or false"):
+        split_synthesis(cfg.train_data)
 
 
 def test_normal_only_train_data_without_synthesis_is_one_error_line(tmp_path, run_entry_point):
@@ -113,8 +110,7 @@ def test_normal_only_train_data_trains_with_synthesized_defects_that_bypass_the_
         f"feature_cache.dir={tmp_path / 'features'}",
         "+trainer.enable_progress_bar=false",
     ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     run(cfg, fit=True)
     results = json.loads((out / "results.json").read_text())
     assert (out / "checkpoints" / "trained.ckpt").is_file()

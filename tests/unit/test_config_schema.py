@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -17,8 +17,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _compose(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
+    return compose_config(name, overrides)
 
 
 def test_entry_configs_compose_onto_the_schema():

@@ -147,26 +147,25 @@ def test_a_limit_that_is_not_a_positive_number_is_refused(tmp_path, value):
 
 
 def test_every_data_config_has_the_limit_and_passes_it_to_its_source(tmp_path):
-    from hydra import compose, initialize_config_dir
+    from composed import compose_config
     from hydra.utils import instantiate
 
     conf = Path(__file__).resolve().parents[3] / "conf"
     names = sorted(path.stem for path in (conf / "data").glob("*.yaml"))
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        for name in names:
-            cfg = compose("train", overrides=[f"data={name}", "train_data=folder"])
-            assert cfg.data.max_image_pixels == DEFAULT_MAX_IMAGE_PIXELS, name
-        assert cfg.train_data.max_image_pixels == DEFAULT_MAX_IMAGE_PIXELS
-        cfg = compose(
-            "train",
-            overrides=[
-                "data=folder",
-                f"data.root={_folder(tmp_path / 'data')}",
-                "data.max_image_pixels=255",
-                "train_data=folder",
-                "train_data.max_image_pixels=77",
-            ],
-        )
+    for name in names:
+        cfg = compose_config("train", [f"data={name}", "train_data=folder"])
+        assert cfg.data.max_image_pixels == DEFAULT_MAX_IMAGE_PIXELS, name
+    assert cfg.train_data.max_image_pixels == DEFAULT_MAX_IMAGE_PIXELS
+    cfg = compose_config(
+        "train",
+        [
+            "data=folder",
+            f"data.root={_folder(tmp_path / 'data')}",
+            "data.max_image_pixels=255",
+            "train_data=folder",
+            "train_data.max_image_pixels=77",
+        ],
+    )
     assert instantiate(cfg.data).max_image_pixels == 255
     # Texture files follow the training data's limit (interpolated, stated once).
     assert cfg.train_data.synthesis.max_image_pixels == 77

@@ -3,17 +3,14 @@ they score, and one training step reaches their float32 learned parameters throu
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 
 from anomaly_vlm.data.batch import AnomalyBatch
 from anomaly_vlm.tasks.instantiate import build
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
 #: method -> the backbone config of its offline experiment (AnomalyDINO: the tiny DINOv2).
 METHODS = {"aaclip": "tiny", "bayespfl": "tiny", "faprompt": "tiny", "anomalydino": "dinov2_tiny"}
 MODES = ("amp-bf16", "bf16")
@@ -21,8 +18,7 @@ MODES = ("amp-bf16", "bf16")
 
 def _method(name: str, mode: str):
     overrides = [f"experiment={name}_synthetic", f"backbone={METHODS[name]}", f"backbone.precision={mode}"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "seed=0"])
+    cfg = compose_config("train", [*overrides, "seed=0"])
     torch.manual_seed(0)
     shots = int(cfg.get("shots") or 0)
     method = build(

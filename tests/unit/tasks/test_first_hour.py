@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 from hydra.errors import ConfigCompositionException
 from PIL import Image
 
@@ -21,7 +21,6 @@ from anomaly_vlm.tasks.outputs import guard_finished_run
 from anomaly_vlm.tasks.predict import heatmap_name, label_progress_as_predicting
 from anomaly_vlm.tasks.runner import run
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
 RNG = np.random.default_rng(0)
 
 
@@ -54,8 +53,7 @@ def config(output_dir: Path, *overrides: str, name: str = "train"):
         f"paths.cache_dir={output_dir.parent / 'cache'}",
         "+trainer.enable_progress_bar=false",
     ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(name, overrides=[*base, *overrides])
+    return compose_config(name, [*base, *overrides])
 
 
 @pytest.fixture

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 
 from anomaly_vlm.data import DataError
 from anomaly_vlm.tasks.config_checks import check_training_data
 from anomaly_vlm.tasks.training_data import trains_on_auxiliary_data, use_protocol_training_data
 
-CONF = Path(__file__).resolve().parents[4] / "conf"
 TRAINING_FREE = ("none", "windows", "surgery")
 TRAINED = ("linear", "text_prompts", "both_prompts", "surgery+text_prompts", "linear+both_prompts")
 
 
 def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=["experiment=demo", "method=alignment", *overrides])
+    return compose_config("train", ["experiment=demo", "method=alignment", *overrides])
 
 
 @pytest.mark.parametrize("alignment", TRAINING_FREE)

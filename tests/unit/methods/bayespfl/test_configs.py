@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 
 from anomaly_vlm.config import register
 from anomaly_vlm.tasks.config_checks import check_backbone_depths
 
-CONF = Path(__file__).resolve().parents[4] / "conf"
-
 
 def _compose(*overrides: str):
     register()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose_config("train", overrides)
 
 
 def test_method_file_holds_the_official_defaults() -> None:
