@@ -49,6 +49,12 @@ def saved_run(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def widget(saved_run):
+    """The saved WinCLIP+ detector of category widget, loaded once for the tests that only score with it."""
+    return anomaly_vlm.Detector.load(saved_run("winclip") / "detectors" / "widget")
+
+
 @pytest.mark.parametrize(
     "method",
     [
@@ -126,8 +132,8 @@ def test_predict_with_a_detector_matches_the_run(saved_run, tmp_path):
 
 
 # ----- the Python API ------------------------------------------------------------------------------------
-def test_no_images_give_empty_outputs(saved_run):
-    detector = anomaly_vlm.Detector.load(saved_run("winclip") / "detectors" / "widget")
+def test_no_images_give_empty_outputs(widget):
+    detector = widget
     size = detector.image_size
     for nothing in ([], torch.empty(0, 3, size, size)):
         output = detector.predict(nothing)
@@ -136,19 +142,17 @@ def test_no_images_give_empty_outputs(saved_run):
         assert output.masks.shape == (0, size, size) and output.masks.dtype == torch.bool
 
 
-def test_masks_are_a_bool_tensor_like_the_scores_and_maps(saved_run):
-    detector = anomaly_vlm.Detector.load(saved_run("winclip") / "detectors" / "widget")
+def test_masks_are_a_bool_tensor_like_the_scores_and_maps(widget):
+    detector = widget
     output = detector.predict(torch.rand(2, 3, detector.image_size, detector.image_size))
     assert isinstance(output.masks, torch.Tensor) and output.masks.dtype == torch.bool
     assert torch.equal(output.masks, output.anomaly_map > detector.thresholds.pixel)
 
 
-def test_one_path_is_one_image(saved_run):
-    out = saved_run("winclip")
-    with (out / "predictions" / "scores.csv").open() as handle:
+def test_one_path_is_one_image(saved_run, widget):
+    with (saved_run("winclip") / "predictions" / "scores.csv").open() as handle:
         path = next(row["path"] for row in csv.DictReader(handle) if row["category"] == "widget")
-    detector = anomaly_vlm.Detector.load(out / "detectors" / "widget")
-    assert torch.equal(detector.predict(path).image_score, detector.predict([Path(path)]).image_score)
+    assert torch.equal(widget.predict(path).image_score, widget.predict([Path(path)]).image_score)
 
 
 @pytest.mark.parametrize(
@@ -160,8 +164,8 @@ def test_one_path_is_one_image(saved_run):
         ((2, 3, 128, 128), torch.uint8, "got torch.uint8 values (e.g. images.float() / 255)"),
     ],
 )
-def test_a_tensor_the_detector_cannot_score_says_what_it_expects(saved_run, shape, dtype, hint):
-    detector = anomaly_vlm.Detector.load(saved_run("winclip") / "detectors" / "widget")
+def test_a_tensor_the_detector_cannot_score_says_what_it_expects(widget, shape, dtype, hint):
+    detector = widget
     with pytest.raises(DetectorError) as raised:
         detector.predict(torch.zeros(shape, dtype=dtype))
     message = str(raised.value)
