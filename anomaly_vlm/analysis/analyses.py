@@ -57,6 +57,10 @@ TINY_TEST = "data.categories=[disc]"
 TINY_TRAIN = "train_data.categories=[brick,grass,gravel]"
 TINY_COMMON = ("logger=none", "num_overlays=0", "datamodule.num_workers=0", TINY_TEST)
 
+#: Tiny training epochs of a method for which one epoch is no schedule: AA-CLIP trains its text adapters for
+#: ``method.text_epochs`` (1 in its synthetic experiment), then its image adapters, so it needs one of each.
+TINY_EPOCHS = {"aaclip": 2}
+
 #: Vision blocks of the backbones the methods use at each scale (tiny: 8; ViT-L-14-336: 24).
 DEPTH = {"tiny": 8, "published": 24}
 
@@ -69,9 +73,9 @@ ZERO_SHOT = ("shots=0", "reference_seed=0")
 def setup(method: str, scale: str) -> tuple[str, ...]:
     """The overrides of a method's standard setting at a scale, from its catalog entry.
 
-    Tiny: its ``<method>_synthetic`` experiment (else the demo's data with ``method=<method>``), one epoch on
-    three synthetic categories when it trains. Published: its ``<method>_mvtec`` experiment (else MVTec AD
-    with the method's defaults).
+    Tiny: its ``<method>_synthetic`` experiment (else the demo's data with ``method=<method>``), one epoch
+    (:data:`TINY_EPOCHS` where that is no schedule) on three synthetic categories when it trains.
+    Published: its ``<method>_mvtec`` experiment (else MVTec AD with the method's defaults).
     """
     info = method_info(method)
     if scale == "tiny":
@@ -80,7 +84,7 @@ def setup(method: str, scale: str) -> tuple[str, ...]:
         else:
             base = ("experiment=demo", f"method={method}")
         if info.trains:
-            base = (*base, "trainer.max_epochs=1", TINY_TRAIN)
+            base = (*base, f"trainer.max_epochs={TINY_EPOCHS.get(method, 1)}", TINY_TRAIN)
         return (*base, *TINY_COMMON)
     if f"{method}_mvtec" in info.experiments:
         return (f"experiment={method}_mvtec",)
