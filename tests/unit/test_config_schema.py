@@ -78,3 +78,29 @@ def test_every_global_config_file_fits_the_schema(group):
     for path in sorted((CONF / group).glob("*.yaml")):
         cfg = _compose(name, f"{group}={path.stem}")
         assert OmegaConf.get_type(cfg) in (TrainConfig, EvaluateConfig), path.name
+
+
+def test_shared_compositions_are_the_compositions_hydra_makes(tmp_path, monkeypatch):
+    """``tests/composed.py`` composes each set of config-group choices once and applies the value
+    overrides to a copy with Hydra's own function: its configs equal fresh ones and are the caller's own."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        ("train", ["experiment=demo", "method=aprillab", "shots=4", "method.stages=[2,4]", "logger=none"]),
+        ("train", ["method=aprillab", "+trainer.enable_progress_bar=false", "data.categories=[disc]"]),
+        ("evaluate", ["mode=predict", "backbone=tiny", "seed=3"]),
+    ]
+    for name, overrides in cases:
+        shared = compose_config(name, overrides)
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            fresh = compose(name, overrides=overrides)
+        assert repr(shared) == repr(fresh), overrides  # values, interpolations unresolved
+        assert OmegaConf.get_type(shared) is OmegaConf.get_type(fresh) and OmegaConf.is_struct(shared)
+        shared.seed = 99
+        assert compose_config(name, overrides).seed == fresh.seed
+    hydra_node = compose_config("train", ["method=aprillab", "shots=4"], hydra=True).hydra
+    assert list(hydra_node.overrides.task) == ["method=aprillab", "shots=4"]
+    assert hydra_node.runtime.cwd == str(tmp_path)
