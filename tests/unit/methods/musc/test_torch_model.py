@@ -155,13 +155,14 @@ def test_low_precision_mutual_scores_follow_fp32():
     assert low.flatten().argmax() == exact.flatten().argmax() == 3 * 36 + 5
 
 
-def test_mutual_scoring_runs_in_the_backbones_low_type_only_in_mixed_precision(tiny_backbone, monkeypatch):
+def test_low_precision_mutual_scoring_is_opt_in_and_only_in_mixed_precision(tiny_backbone, monkeypatch):
     from anomaly_vlm.backbones import FrozenCLIP
     from anomaly_vlm.methods.musc import torch_model
 
-    assert MuSc(tiny_backbone).msm_dtype is None  # fp32: the release's arithmetic
+    assert MuSc(tiny_backbone, low_precision_msm=True).msm_dtype is None  # fp32: the release's arithmetic
     amp = FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=0, precision="amp-bf16")
-    model = MuSc(amp, rscin_k=())
+    assert MuSc(amp).msm_dtype is None  # amp alone keeps float32 mutual scoring
+    model = MuSc(amp, rscin_k=(), low_precision_msm=True)
     assert model.msm_dtype == torch.bfloat16
     seen = []
     original = torch_model.mutual_scores
