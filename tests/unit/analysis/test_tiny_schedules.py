@@ -51,3 +51,33 @@ def test_every_tiny_aaclip_sweep_leaves_aaclip_an_image_adapter_epoch():
         checked.append(part)
     # Every analysis over the trained methods includes AA-CLIP (layers, shots, efficiency, prompts, ...).
     assert len(checked) >= 3, checked
+
+
+def test_every_tiny_reference_draw_exists_in_the_synthetic_categories():
+    """Each few-shot job of the tiny sweeps draws its references from a synthetic category's normal
+    training images with the job's own draw rule (AnomalyDINO's experiments take disjoint sorted slices)."""
+    from anomaly_vlm.data.batch import Sample
+    from anomaly_vlm.data.sampling import draw_references
+
+    parser = OverridesParser.create()
+    checked = 0
+    for analysis in ANALYSES.values():
+        for sweep in analysis.sweeps("tiny"):
+            parsed = parser.parse_overrides(list(sweep.overrides))
+            values = {
+                o.get_key_element(): list(o.sweep_string_iterator()) for o in parsed if o.is_sweep_override()
+            }
+            shots = [int(v) for v in values.get("shots", [])] or [
+                int(o.value()) for o in parsed if o.get_key_element() == "shots"
+            ]
+            if not any(shots):
+                continue
+            fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+            cfg = compose_config("train", fixed)
+            normal = [Sample(f"{index:03d}.png", "disc", 0) for index in range(cfg.data.get("num_train", 8))]
+            seeds = [int(v) for v in values.get("reference_seed", [cfg.reference_seed])]
+            for count in shots:
+                for seed in seeds:
+                    draw_references(normal, count, seed, "disc", cfg.datamodule.reference_draw)
+                    checked += 1
+    assert checked >= 20
