@@ -171,12 +171,7 @@ def attribution(
             if any(v is None for v in values):
                 continue
             method_gain, alignment_gain = values[0] - values[1], values[2] - values[3]
-            if method_gain < 0.05:
-                # A share of a loss (or of nothing) reads as nonsense: no attribution is made.
-                share_text, share = "there is no gain over CLIP to attribute", "—"
-            else:
-                share = f"{100.0 * alignment_gain / method_gain:.0f}%"
-                share_text = f"its alignment accounts for {share} of it"
+            share, share_text = gain_share(method_gain, alignment_gain)
             parts.append(
                 f"{_title(metric)}: the method is {method_gain:+.1f} points against CLIP "
                 f"({values[1]:.1f} → {values[0]:.1f}); its alignment alone ({strategy}) is "
@@ -202,6 +197,27 @@ def attribution(
                 "(taps, prompts, scoring, training)." + detail
             )
     return sentences, table, sources
+
+
+def gain_share(method_gain: float, alignment_gain: float) -> tuple[str, str]:
+    """The table cell and the sentence for the share of ``method_gain`` that ``alignment_gain`` explains.
+
+    A percentage is only stated where it reads as a share: of a real gain, by an alignment that helps. An
+    alignment that lowers the metric explains none of the gain (a negative percentage would read as
+    nonsense), and one that gains more than the whole method explains all of it, the method's other
+    choices costing the difference.
+    """
+    if method_gain < 0.05:
+        return "—", "there is no gain over CLIP to attribute"
+    if alignment_gain <= 0.0:
+        return "0%", "its alignment alone does not help: the gain comes from its other choices"
+    if alignment_gain >= method_gain:
+        return "100%", (
+            f"its alignment alone gains more than the whole method (its other choices cost "
+            f"{alignment_gain - method_gain:.1f} points)"
+        )
+    share = f"{100.0 * alignment_gain / method_gain:.0f}%"
+    return share, f"its alignment accounts for {share} of it"
 
 
 def _delta(record: Record, none: Record) -> str:

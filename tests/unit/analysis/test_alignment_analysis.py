@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from anomaly_vlm.analysis.alignment import gain_share
 from anomaly_vlm.analysis.analyses import ANALYSES, CROSS_METHODS, EFFICIENCY_METHODS
 from anomaly_vlm.analysis.run import run_analyses
 from anomaly_vlm.methods.alignment import PUBLISHED_ALIGNMENT, STRATEGIES
@@ -76,3 +77,16 @@ def test_adaclips_row_is_its_preset_and_its_grid_parts_are_shown_alone(results, 
     sentence = next(note for note in sections[0].notes if note.startswith("adaclip:"))
     assert "its alignment alone (adaclip) is +12.0 against 'none'" in sentence
     assert "Its parts alone: linear +3.0" in sentence
+
+
+def test_a_share_is_stated_only_where_it_reads_as_one():
+    # WinCLIP at tiny scale: the method gains 26.6 points over CLIP, its windows alone lose 22.9 against
+    # 'none'; "-86%" of a gain is no share.
+    assert gain_share(26.6, -22.9) == (
+        "0%",
+        "its alignment alone does not help: the gain comes from its other choices",
+    )
+    cell, text = gain_share(10.0, 14.0)
+    assert cell == "100%" and "gains more than the whole method" in text and "cost 4.0 points" in text
+    assert gain_share(20.0, 10.0) == ("50%", "its alignment accounts for 50% of it")
+    assert gain_share(0.0, 5.0)[0] == "—" and gain_share(-3.0, 5.0)[0] == "—"
