@@ -33,6 +33,21 @@ def pytest_collection_modifyitems(session, config, items):
         shared_server().start()
 
 
+@pytest.fixture(autouse=True)
+def _torch_grad_mode_is_left_as_found():
+    """A test that leaves autograd switched off fails itself, instead of the unrelated tests that run
+    after it in the same worker (which then fail with "does not require grad", depending on the order)."""
+    import torch
+
+    enabled = torch.is_grad_enabled()
+    yield
+    leaked = torch.is_grad_enabled() != enabled
+    torch.set_grad_enabled(enabled)
+    assert not leaked, (
+        "the test left torch's autograd mode changed (torch.set_grad_enabled without restoring)"
+    )
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """A private cache folder (synthetic data, text embeddings) for the whole session."""

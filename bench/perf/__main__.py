@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from bench.cli import command_parser, pick
 from bench.perf import BENCHMARKS
 from bench.report import BenchReport
@@ -19,7 +21,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     report = BenchReport(name, settings={key: value for key, value in vars(args).items() if key != "json"})
-    status = module.run(args, report)
+    # Benchmarks switch autograd off (and may set torch's threads) for the whole process, as a command
+    # should; called in-process (tests), the caller gets both back as they were.
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    try:
+        status = module.run(args, report)
+    finally:
+        torch.set_grad_enabled(grad)
+        torch.set_num_threads(threads)
     report.status = status
     if args.json:
         report.write_json(args.json)
