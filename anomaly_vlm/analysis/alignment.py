@@ -210,7 +210,7 @@ def gain_share(method_gain: float, alignment_gain: float) -> tuple[str, str]:
     if method_gain < 0.05:
         return "—", "there is no gain over CLIP to attribute"
     if alignment_gain <= 0.0:
-        return "0%", "its alignment alone does not help: the gain comes from its other choices"
+        return "0%", "its alignment alone does not help"
     if alignment_gain >= method_gain:
         return "100%", (
             f"its alignment alone gains more than the whole method (its other choices cost "
