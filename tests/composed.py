@@ -86,3 +86,14 @@ def _method_file(method: str) -> dict:
 def method_file(method: str) -> dict:
     """The values of ``conf/method/<method>.yaml`` as written (no composition, no defaults list)."""
     return copy.deepcopy(_method_file(method))
+
+
+def first_job(overrides: Sequence[str]) -> list[str]:
+    """The overrides of the first job of a sweep: each sweep override (``a=1,2``) at its first value."""
+    job = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.is_sweep_override():
+            job.append(f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}")
+        else:
+            job.append(override.input_line)
+    return job

@@ -9,11 +9,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from anomaly_vlm.data.batch import Sample, collate_samples
 from anomaly_vlm.data.corruptions import corruption_from
-from anomaly_vlm.data.dataset import AnomalyImageDataset, check_evaluation_resolution, input_digest
+from anomaly_vlm.data.dataset import AnomalyImageDataset, check_test_geometry, input_digest
 from anomaly_vlm.data.datasets.base import DatasetSource
 from anomaly_vlm.data.defect_synthesis import AnomalySynthesizer, EpochSampler, SynthesizedAnomalies
 from anomaly_vlm.data.distributed import ContiguousShardSampler, rank_and_world
-from anomaly_vlm.data.image_io import DataError, check_geometry, image_size_of, input_geometry, load_image
+from anomaly_vlm.data.image_io import DataError, image_size_of, input_geometry, load_image
 from anomaly_vlm.data.mosaic import MosaicDataset
 from anomaly_vlm.data.sampling import ShuffledOrder, check_reference_draw, draw_references
 
@@ -86,13 +86,7 @@ class AnomalyDataModule(L.LightningDataModule):
         evaluation_resolution: str = "input",
     ) -> None:
         super().__init__()
-        check_geometry(geometry, crop_multiple)
-        check_evaluation_resolution(evaluation_resolution)
-        if test_corruption is not None and evaluation_resolution == "file":
-            raise DataError(
-                "datamodule.test_corruption corrupts the images at the input size, so it cannot be evaluated "
-                "against ground truth at the files' resolution (datamodule.evaluation_resolution=input)"
-            )
+        check_test_geometry(geometry, crop_multiple, evaluation_resolution, test_corruption)
         self.geometry = geometry
         self.crop_multiple = int(crop_multiple)
         self.evaluation_resolution = evaluation_resolution

@@ -51,13 +51,7 @@ class AnomalyImageDataset(Dataset):
         crop_multiple: int = 1,
         evaluation_resolution: str = "input",
     ) -> None:
-        check_geometry(geometry, crop_multiple)
-        check_evaluation_resolution(evaluation_resolution)
-        if corruption is not None and evaluation_resolution == "file":
-            raise DataError(
-                "datamodule.test_corruption corrupts the images at the input size, so it cannot be evaluated "
-                "against ground truth at the files' resolution (datamodule.evaluation_resolution=input)"
-            )
+        check_test_geometry(geometry, crop_multiple, evaluation_resolution, corruption)
         self.geometry = geometry
         self.crop_multiple = int(crop_multiple)
         self.evaluation_resolution = evaluation_resolution
@@ -128,6 +122,20 @@ def check_evaluation_resolution(value: str) -> None:
     if value not in EVALUATION_RESOLUTIONS:
         raise DataError(
             f"datamodule.evaluation_resolution={value!r} is not one of {list(EVALUATION_RESOLUTIONS)}"
+        )
+
+
+def check_test_geometry(
+    geometry: str, crop_multiple: int, evaluation_resolution: str, corruption: object | None
+) -> None:
+    """Refuse an unknown geometry or evaluation resolution, or a test corruption evaluated at the files'
+    resolution (corruptions act on the input-size images, so their ground truth is at the input size)."""
+    check_geometry(geometry, crop_multiple)
+    check_evaluation_resolution(evaluation_resolution)
+    if corruption is not None and evaluation_resolution == "file":
+        raise DataError(
+            "datamodule.test_corruption corrupts the images at the input size, so it cannot be evaluated "
+            "against ground truth at the files' resolution (datamodule.evaluation_resolution=input)"
         )
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from composed import compose_each
-from hydra.core.override_parser.overrides_parser import OverridesParser
+from composed import compose_each, first_job
 
 from anomaly_vlm.analysis.analyses import ANALYSES, PUBLISHED_AGGREGATION, PromptsAnalysis, domain_of
 from anomaly_vlm.analysis.figures import pareto_front
@@ -196,18 +195,10 @@ def test_every_sweep_composes(scale, monkeypatch):
     """The first job of every sweep of every analysis composes (wrong keys or values fail here, not
     after an hour of sweeping)."""
     monkeypatch.setenv("DATA_ROOT", "data")
-    parser = OverridesParser.create()
     jobs = {}
     for analysis in ANALYSES.values():
         for sweep in analysis.sweeps(scale):
-            overrides = []
-            for override in parser.parse_overrides(list(sweep.overrides)):
-                if override.is_sweep_override():
-                    value = next(iter(override.sweep_string_iterator()))
-                    overrides.append(f"{override.get_key_element()}={value}")
-                else:
-                    overrides.append(override.input_line)
-            jobs.setdefault(sweep.part, overrides)
+            jobs.setdefault(sweep.part, first_job(sweep.overrides))
     assert len(jobs) >= 15
     # Sweeps share experiments: each distinct set of config-group choices is composed once.
     for part, cfg in zip(jobs, compose_each("train", jobs.values()), strict=True):

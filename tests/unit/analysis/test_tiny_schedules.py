@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from composed import compose_config
+from composed import compose_config, first_job
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from anomaly_vlm.analysis.analyses import ANALYSES
@@ -14,21 +14,12 @@ from anomaly_vlm.methods.aaclip.lightning_module import AAClipModule
 
 def _first_jobs(scale: str):
     """The overrides of the first job of every sweep of every analysis (each sweep once)."""
-    parser = OverridesParser.create()
     seen = set()
     for analysis in ANALYSES.values():
         for sweep in analysis.sweeps(scale):
-            if sweep.part in seen:
-                continue
-            seen.add(sweep.part)
-            overrides = []
-            for override in parser.parse_overrides(list(sweep.overrides)):
-                if override.is_sweep_override():
-                    value = next(iter(override.sweep_string_iterator()))
-                    overrides.append(f"{override.get_key_element()}={value}")
-                else:
-                    overrides.append(override.input_line)
-            yield sweep.part, overrides
+            if sweep.part not in seen:
+                seen.add(sweep.part)
+                yield sweep.part, first_job(sweep.overrides)
 
 
 def test_every_tiny_aaclip_sweep_leaves_aaclip_an_image_adapter_epoch():
