@@ -33,9 +33,9 @@ from anomaly_vlm.tasks import resume
 from anomaly_vlm.tasks.runner import run
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
-EPOCHS = 4
+EPOCHS = 3
 #: The first run dies at this (epoch, batch), after ``last.ckpt`` of the epoch before it was written.
-KILL_AT = (2, 1)
+KILL_AT = (1, 1)
 
 
 class Killed(RuntimeError):
