@@ -24,12 +24,36 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """Start the warm interpreter of ``tests/warm_python.py`` while the first tests run, when entry-point
-    tests (``tests/integration``) were collected."""
+#: The tests that start entry points through ``tests/warm_python.py`` (a folder covers all its files);
+#: ``tests/unit/test_warm_python.py`` holds this list complete.
+WARM_SERVER_USERS = (
+    "tests/integration",
+    "tests/unit/test_warm_python.py",
+    "tests/unit/tasks/test_training_lock.py",
+)
+
+
+def runs_warm_server_users(config) -> bool:
+    """Whether this session's paths include a test of :data:`WARM_SERVER_USERS`."""
+    root = Path(config.invocation_params.dir)
+    for argument in config.args:
+        path = (root / argument.split("::")[0]).resolve()
+        for user in WARM_SERVER_USERS:
+            user_path = REPO_ROOT / user
+            if path == user_path or path in user_path.parents or user_path in path.parents:
+                return True
+    return False
+
+
+def pytest_sessionstart(session):
+    """Fork the warm interpreter of ``tests/warm_python.py`` from this process before it collects or runs
+    anything, when the session includes tests that start entry points. Not in an xdist controller: it
+    runs no test."""
     from warm_python import forking_enabled, shared_server
 
-    if forking_enabled() and any("integration" in item.path.parts for item in items):
+    config = session.config
+    controller = getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")
+    if forking_enabled() and not controller and runs_warm_server_users(config):
         shared_server().start()
 
 

@@ -1,16 +1,20 @@
 """``python train.py ...`` for tests, minus the 15 s of imports: children forked from a warm interpreter.
 
 Importing torch, Lightning and open_clip takes ~17 s on a two-core CI machine, and the end-to-end tests
-start dozens of entry-point processes. A *warm server* is one plain interpreter (started once per
-pytest worker, never touched by pytest) that imports those modules and then waits. Each request forks
-it: the child gets its own process, environment, working directory, argv and stdin/stdout/stderr
-files, runs the script or module as ``__main__`` exactly as ``python`` would, runs the ``atexit``
-handlers and exits with the script's status. Tests keep process isolation and read the same
-``returncode``/``stdout``/``stderr`` as from :func:`subprocess.run`.
+start dozens of entry-point processes. A *warm server* is a copy of the pytest worker itself, forked at
+session start right after that worker imported those modules (which its collection imports anyway, so
+the server costs no import of its own). The copy first undoes what pytest changed in the interpreter
+(warnings filters, logging handlers, standard streams, import hooks, exception hooks, ``sys.path``),
+then waits. Each request forks it: the child gets its own process, environment, working directory, argv
+and stdin/stdout/stderr files, runs the script or module as ``__main__`` exactly as ``python`` would,
+runs the ``atexit`` handlers and exits with the script's status. Tests keep process isolation and read
+the same ``returncode``/``stdout``/``stderr`` as from :func:`subprocess.run`.
 
-The server never runs a torch operation, so it starts no threads and forking it is safe. Where forking
-is not available (not Linux) or ``ANOMALY_VLM_TEST_FORK=0``, :meth:`WarmPython.run` is a plain
-:func:`subprocess.run`.
+The worker forks before it runs any test or torch operation: its imports start no Python thread (checked),
+and the only native threads they may start (the BLAS pools numpy loads, unless ``OMP_NUM_THREADS=1`` as
+under ``make test``) are shut down at fork by the BLAS library's own handlers, so forking is safe. Where
+forking is not available (not Linux), ``ANOMALY_VLM_TEST_FORK=0``, or the session started no server (see
+``tests/conftest.py``), :meth:`WarmPython.run` is a plain :func:`subprocess.run`.
 """
 
 from __future__ import annotations
@@ -39,9 +43,18 @@ WARM_MODULES = (
     "anomaly_vlm.entry",
 )
 
-#: Environment variables read when a module is imported (huggingface_hub freezes its offline flag):
-#: a request whose values differ from the server's runs as a plain subprocess instead.
-IMPORT_TIME_VARIABLES = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_OFFLINE")
+#: Environment variables read when the interpreter starts (its streams, its warnings filters) or a module is
+#: imported (huggingface_hub freezes its offline flag): a request whose values differ from the server's
+#: runs as a plain subprocess instead.
+IMPORT_TIME_VARIABLES = (
+    "PYTHONUNBUFFERED",
+    "PYTHONIOENCODING",
+    "PYTHONWARNINGS",
+    "HF_HUB_OFFLINE",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "TRANSFORMERS_OFFLINE",
+)
 
 
 def forking_enabled() -> bool:
@@ -53,35 +66,18 @@ class WarmPython:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = dict(env)
-        self._server: subprocess.Popen | None = None
-        self._ready = False
+        self._server: ForkedServer | None = None
 
     def start(self) -> None:
-        """Start the server (its imports run in the background until the first :meth:`run`)."""
-        if self._server is None or self._server.poll() is not None:
-            self._server = subprocess.Popen(
-                [sys.executable, __file__, "--serve"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                env=self.env,
-                text=True,
-                bufsize=1,
-            )
-            self._ready = False
-
-    def _ready_server(self) -> subprocess.Popen:
-        self.start()
-        if not self._ready:
-            ready = self._server.stdout.readline().strip()
-            if ready != "ready":
-                raise RuntimeError(f"warm python server failed to start: {ready!r}")
-            self._ready = True
-        return self._server
+        """Import :data:`WARM_MODULES` here and fork the server from this process. Call it before any test
+        runs (``pytest_sessionstart``): a process that has run torch operations may hold thread pools a
+        fork cannot copy."""
+        if self._server is None:
+            self._server = ForkedServer.fork()
 
     def close(self) -> None:
-        if self._server is not None and self._server.poll() is None:
-            self._server.stdin.close()
-            self._server.wait(timeout=30)
+        if self._server is not None:
+            self._server.close()
         self._server = None
 
     def run(
@@ -102,6 +98,7 @@ class WarmPython:
         err.touch()
         plain = (
             not forking_enabled()
+            or self._server is None
             or command[0] != sys.executable
             or any(env.get(name) != self.env.get(name) for name in IMPORT_TIME_VARIABLES)
         )
@@ -109,7 +106,9 @@ class WarmPython:
             with open(out, "w") as stdout, open(err, "w") as stderr:
                 process = subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
             return RunningCommand(command, folder, timeout, process=process)
-        server = self._ready_server()
+        server = self._server
+        if server.poll() is not None:
+            raise RuntimeError(f"warm python server exited with status {server.returncode}")
         request = {
             "argv": command[1:],
             "cwd": str(cwd),
@@ -133,7 +132,7 @@ class RunningCommand:
         folder: Path,
         timeout: float,
         process: subprocess.Popen | None = None,
-        server: subprocess.Popen | None = None,
+        server: ForkedServer | None = None,
     ) -> None:
         self.command, self.folder, self.timeout = command, folder, timeout
         self._process, self._server = process, server
@@ -214,16 +213,18 @@ def submit_python(
     return shared_server().submit(command, cwd=cwd, env=environment, timeout=timeout)
 
 
-# ----- server side (runs in its own interpreter: ``python warm_python.py --serve``) --------------------
+# ----- server side (a forked copy of the pytest worker) ---------------------------------------------------
 
 
-def _run_child(request: dict) -> None:
+def _run_child(request: dict, server_files: tuple[int, ...]) -> None:
     """In the forked child: become ``python <argv>`` and never return."""
     import atexit
     import runpy
     import signal
 
     os.setsid()  # its own process group: a timeout kills the job and everything it started
+    for fd in server_files:  # the server's pipes are not the script's to hold open
+        os.close(fd)
     # What the server created is the server's to clean up: a child must not run its exit finalizers or
     # the cleanups the server's imports registered. W&B's media folder (a TemporaryDirectory made when
     # wandb is imported, removed by an atexit hook of its own) would vanish for every later child.
@@ -239,6 +240,7 @@ def _run_child(request: dict) -> None:
     stderr = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     for source, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
         os.dup2(source, target)
+    _open_standard_streams()  # a fresh interpreter's buffering for these files
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -303,30 +305,155 @@ def _wait(pid: int, timeout: float) -> tuple[int, bool]:
         time.sleep(0.02)
 
 
-def serve() -> None:
-    import importlib
-    import threading
+#: A release build's warnings filters before ``-W`` and ``PYTHONWARNINGS`` (CPython's ``init_filters``).
+RELEASE_WARNING_FILTERS = (
+    ("default", None, DeprecationWarning, "__main__", 0),
+    ("ignore", None, DeprecationWarning, None, 0),
+    ("ignore", None, PendingDeprecationWarning, None, 0),
+    ("ignore", None, ImportWarning, None, 0),
+    ("ignore", None, ResourceWarning, None, 0),
+)
 
-    # Replies travel on a private copy of stdout; fd 1 itself now points at stderr, so a module that
-    # prints while importing cannot corrupt the protocol.
-    reply_stream = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, as for `python train.py`
-    for name in WARM_MODULES:
-        importlib.import_module(name)
-    if threading.active_count() != 1:
-        raise SystemExit(f"warm python server: imports started {threading.active_count() - 1} threads")
-    reply_stream.write("ready\n")
-    for line in sys.stdin:
+#: The pytest worker's standard streams, kept referenced in the server so that no copy of them is ever
+#: finalized there (finalizing one would close a file descriptor the server or a child reuses).
+_WORKER_STREAMS: list = []
+
+
+class ForkedServer:
+    """The server process seen from the worker: its pid, the request pipe and the reply pipe."""
+
+    def __init__(self, pid: int, stdin, stdout) -> None:
+        self.pid, self.stdin, self.stdout = pid, stdin, stdout
+        self.returncode: int | None = None
+
+    @classmethod
+    def fork(cls) -> ForkedServer:
+        import importlib
+
+        threads_before = set(threading.enumerate())
+        for name in WARM_MODULES:
+            importlib.import_module(name)
+        started = set(threading.enumerate()) - threads_before
+        if started:
+            raise RuntimeError(f"warm python server: importing {WARM_MODULES} started threads {started}")
+        request_read, request_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the server: never returns into pytest
+            status = 0
+            try:
+                os.close(request_write)
+                os.close(reply_read)
+                _become_plain_python()
+                _serve(os.fdopen(request_read), os.fdopen(reply_write, "w", buffering=1))
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                status = 1
+            finally:
+                os._exit(status)
+        os.close(request_read)
+        os.close(reply_write)
+        return cls(pid, os.fdopen(request_write, "w", buffering=1), os.fdopen(reply_read))
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def close(self, timeout: float = 30) -> None:
+        """End the server (it stops at the end of its request stream) and reap it."""
+        if self.poll() is None:
+            self.stdin.close()
+            self.returncode, _ = _wait(self.pid, timeout)
+        self.stdout.close()
+
+
+def _become_plain_python() -> None:
+    """In the freshly forked server: undo what pytest changed in this interpreter, so a command run from it
+    meets what ``python`` gives a script (the modules stay imported; that is the point)."""
+    import faulthandler
+    import logging
+    import warnings
+
+    # imports: pytest's assertion rewriter must not touch what a script imports
+    sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("_pytest")]
+    # warnings: the interpreter's defaults, then its -W options and PYTHONWARNINGS, as at start-up
+    warnings.filters[:] = list(RELEASE_WARNING_FILTERS)
+    warnings._filters_mutated()
+    warnings._processoptions(sys.warnoptions)
+    warnings.showwarning = warnings._showwarning_orig
+    if getattr(warnings._showwarnmsg_impl, "__module__", None) != "warnings":
+        raise RuntimeError("warm python server: forked while warnings were being recorded")
+    # logging: no handlers on the root logger, level WARNING
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+    # hooks pytest installs to collect exceptions of threads and finalizers
+    sys.excepthook = sys.__excepthook__
+    threading.excepthook = threading.__excepthook__
+    sys.unraisablehook = sys.__unraisablehook__
+    faulthandler.disable()
+    # standard streams: the worker's (pytest's capture) stay referenced, never finalized here
+    _WORKER_STREAMS.extend([sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__])
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    _open_standard_streams()
+    # sys.path: the interpreter's own entries; each child puts its script's folder and PYTHONPATH in front
+    tests = str(Path(__file__).resolve().parent)
+    pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    added = {"", os.getcwd(), tests, str(Path(tests).parent), *pythonpath}
+    sys.path[:] = ["", *(p for p in sys.path if p not in added)]
+    # a child's garbage collections then leave the server's objects (and their memory pages) alone
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def _open_standard_streams() -> None:
+    """``sys.stdin``/``stdout``/``stderr`` over file descriptors 0-2, made as CPython makes them at start-up
+    (``create_stdio``): unbuffered writes under ``-u``/``PYTHONUNBUFFERED``, else line buffering for a
+    terminal and for stderr; the encoding and error handlers of the worker's own start-up streams."""
+    import io
+
+    originals = _WORKER_STREAMS[3:6] if _WORKER_STREAMS else [sys.__stdin__, sys.__stdout__, sys.__stderr__]
+    unbuffered = isinstance(originals[1].buffer, io.FileIO)
+    streams = []
+    for fd, mode, original in zip((0, 1, 2), "rww", originals, strict=True):
+        raw = io.FileIO(fd, mode, closefd=False)
+        if mode == "w" and unbuffered:
+            buffer = raw
+        else:
+            buffer = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
+        streams.append(
+            io.TextIOWrapper(
+                buffer,
+                encoding=original.encoding,
+                errors=original.errors,
+                line_buffering=not unbuffered and (os.isatty(fd) or fd == 2),
+                write_through=mode == "w" and unbuffered,
+            )
+        )
+    sys.stdin, sys.stdout, sys.stderr = streams
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = streams
+
+
+def _serve(requests, replies) -> None:
+    """Fork one child per request line; answer each with its exit status, in order."""
+    for line in requests:
         request = json.loads(line)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _run_child(request)
+            _run_child(request, server_files=(requests.fileno(), replies.fileno()))
         returncode, timed_out = _wait(pid, float(request["timeout"]))
-        reply_stream.write(json.dumps({"returncode": returncode, "timed_out": timed_out}) + "\n")
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
-    serve()
+        replies.write(json.dumps({"returncode": returncode, "timed_out": timed_out}) + "\n")
