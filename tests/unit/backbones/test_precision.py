@@ -1,5 +1,7 @@
 """backbone.precision: mixed (amp-*) and pure low-precision modes, auto, and what records them."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,9 +19,15 @@ def tiny(mode: str) -> FrozenCLIP:
     return FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=0, precision=mode)
 
 
+@functools.cache
+def built(mode: str) -> FrozenCLIP:
+    """``tiny(mode)`` built once, for the tests that only run it (a frozen backbone keeps no state)."""
+    return tiny(mode)
+
+
 @pytest.fixture(scope="module")
 def mixed_bf16():
-    return tiny("amp-bf16")
+    return built("amp-bf16")
 
 
 def cosine(a, b):
@@ -64,7 +72,7 @@ def test_mixed_features_are_float32_and_close_to_fp32(tiny_backbone, mixed_bf16)
 
 
 def test_pure_bf16_keeps_open_clips_low_precision_stream():
-    backbone = tiny("bf16")
+    backbone = built("bf16")
     assert backbone.blocks[0].attn.in_proj_weight.dtype == torch.bfloat16
     assert backbone.proj.dtype == torch.bfloat16
     tokens = backbone.ln_pre(backbone.embed_patches(torch.rand(1, 3, 128, 128)))
@@ -178,7 +186,7 @@ def winclip_fp32(tiny_backbone):
 )
 def test_winclip_scores_in_every_precision_close_to_fp32(winclip_fp32, mode):
     """Pure bf16 used to fail in class_scores: expected m1 and m2 to have the same dtype."""
-    got, expected = winclip_prediction(tiny(mode)), winclip_fp32
+    got, expected = winclip_prediction(built(mode)), winclip_fp32
     assert got.anomaly_map.dtype == torch.float32 and got.image_score.dtype == torch.float32
     rho = spearmanr(got.anomaly_map.flatten().numpy(), expected.anomaly_map.flatten().numpy()).statistic
     assert rho > 0.99
@@ -199,7 +207,7 @@ def test_winclip_window_pass_in_mixed_bf16_copies_no_weight_per_window(mixed_bf1
 
 def test_text_features_leave_a_pure_low_precision_backbone_in_float32():
     """They meet float32 learned layers (Bayes-PFL's class mapping failed: mat1 and mat2 dtypes)."""
-    backbone = tiny("bf16")
+    backbone = built("bf16")
     assert backbone.encode_text(["a photo of a thing"]).dtype == torch.float32
     ids = backbone.tokenize(["a photo of a thing"])
     embedded = backbone.token_embeddings(ids).float().requires_grad_(True)
@@ -240,13 +248,12 @@ def test_an_fp32_backbone_converted_to_a_precision_is_the_one_built_in_it(mode):
     """What a saved fp32 detector loaded with another precision runs (its weights checked as saved)."""
     converted = tiny("fp32")
     converted.convert_precision(mode)
-    built = tiny(mode)
-    assert converted.precision == mode and converted.identity == built.identity
+    assert converted.precision == mode and converted.identity == built(mode).identity
     images = torch.rand(2, 3, 128, 128)
-    got, expected = converted.encode_image(images, layers=[4]), built.encode_image(images, layers=[4])
+    got, expected = converted.encode_image(images, layers=[4]), built(mode).encode_image(images, layers=[4])
     torch.testing.assert_close(got.layer_tokens[4], expected.layer_tokens[4], rtol=0, atol=0)
     torch.testing.assert_close(got.global_embedding, expected.global_embedding, rtol=0, atol=0)
     text = ["a photo of a thing"]
-    torch.testing.assert_close(converted.encode_text(text), built.encode_text(text), rtol=0, atol=0)
+    torch.testing.assert_close(converted.encode_text(text), built(mode).encode_text(text), rtol=0, atol=0)
     with pytest.raises(ValueError, match="its weights are rounded already"):
-        built.convert_precision("fp32")
+        built(mode).convert_precision("fp32")
