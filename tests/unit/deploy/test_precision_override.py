@@ -5,6 +5,7 @@ recorded."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,9 @@ def test_predict_runs_a_detector_in_the_precision_given_on_the_command_line(save
 
 
 def test_served_detectors_sharing_a_backbone_run_in_the_services_precision(tmp_path):
-    folders = {name: make_detector(tmp_path / name, "clip", 0, *TWO) for name in ("a", "b")}
+    # Two detectors of one backbone: the second a copy of the first under another name.
+    folders = {"a": make_detector(tmp_path / "a", "clip", 0, *TWO)}
+    folders["b"] = Path(shutil.copytree(folders["a"], tmp_path / "b" / folders["a"].name))
     served = load_detectors(folders, precision="amp-bf16")
     assert served["a"].detector.method.backbone is served["b"].detector.method.backbone
     for detector in served.values():
