@@ -146,13 +146,16 @@ def test_stage_two_loss_reaches_only_the_stage_two_parameters(backbone: FrozenCL
     assert torch.isfinite(losses["loss"]) and set(losses) == {"loss", "classification_loss"}
 
 
-def test_onnx_graph_scores_any_batch_as_torch(backbone: FrozenCLIP, tmp_path) -> None:
+def test_onnx_graph_scores_any_batch_as_torch(tmp_path) -> None:
     """Fixed samples: one static graph, traced at batch 2, scores a batch of 3 as the torch model does."""
     import warnings
 
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    images = torch.rand(4, 3, 128, 128)
+    # 64 px (16 patches, a 64x64 map, still more pixels than the top-k): the graph is the same as at
+    # 128 px and tracing, exporting and running it take under half the time.
+    backbone = FrozenCLIP("anomaly-vlm-tiny", None, image_size=64, seed=0)
+    images = torch.rand(4, 3, 64, 64)
     model = _model(backbone, resample_per_image=False)
     model.set_category("disc")
     model.freeze_set_statistics(model.set_statistics(model.score(model.frozen_features(images))))
