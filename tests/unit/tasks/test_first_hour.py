@@ -141,6 +141,8 @@ def _trained_parameters(cfg, path: Path) -> Path:
 
 def test_results_record_what_was_loaded_and_csv_logs_everything(tmp_path, folder_data):
     data = ["method=aprillab", "data=folder", f"data.root={folder_data}", "train_data=synthetic"]
+    # Two prompts and thresholds from the test set (no held-out pass): what is recorded does not change.
+    data += ["prompts=two_prompt", "threshold.method=f1"]
     untrained = tmp_path / "untrained"
     run(config(untrained, *data, "logger=csv", name="evaluate"), fit=False)
     results = json.loads((untrained / "results.json").read_text())
