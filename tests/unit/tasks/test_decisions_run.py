@@ -19,11 +19,14 @@ def folder_data(tmp_path):
     return make_dataset(tmp_path / "data")
 
 
+#: WinCLIP (reference memory, so shots draw references) at 64 px with two prompts: the thresholds and
+#: decisions follow from whatever scores come out.
+WINCLIP = ("method=winclip", "prompts=two_prompt", "backbone.image_size=64")
+
+
 def test_normal_fpr_thresholds_come_from_heldout_normals_and_decide_the_test_set(tmp_path, folder_data):
     out = tmp_path / "run"
-    cfg = config(
-        out, "data=folder", f"data.root={folder_data}", "save_predictions=true", "shots=1", "method=winclip"
-    )
+    cfg = config(out, "data=folder", f"data.root={folder_data}", "save_predictions=true", "shots=1", *WINCLIP)
     run(cfg, fit=False)
     payload = json.loads((out / "results.json").read_text())
     decisions = payload["decisions"]
@@ -66,7 +69,7 @@ def test_f1_thresholds_are_flagged_optimistic(tmp_path, folder_data):
 def test_normal_fpr_without_heldout_images_warns_and_keeps_the_run(tmp_path, folder_data, caplog):
     # Every normal training image is a reference: the ranking metrics still come, decisions do not.
     out = tmp_path / "run"
-    cfg = config(out, "data=folder", f"data.root={folder_data}", "shots=3", "method=winclip")
+    cfg = config(out, "data=folder", f"data.root={folder_data}", "shots=3", *WINCLIP)
     with caplog.at_level("WARNING"):
         run(cfg, fit=False)
     assert any("all are references (shots=3)" in r.getMessage() for r in caplog.records)
