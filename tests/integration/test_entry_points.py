@@ -14,13 +14,23 @@ DEMO = ("experiment=demo", "logger=none", "data.categories=[disc,nut]")
 # Two train and five test images per category (two good, one per defect type): every step of a job runs,
 # on the smallest set that has each defect kind.
 SMALL = ("+data.num_train=2", "+data.num_test_good=2", "+data.num_test_per_defect=1")
+# For the jobs whose assertions do not read map sizes: a quarter of the pixels.
+PX64 = ("backbone.image_size=64",)
 
 
 @pytest.fixture(scope="module")
 def demo_run(run_entry_point, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("demo_run")
+    # train_data too: a sweep over methods shares it, and this training-free method must not claim it
+    # (test_training_free_method_ignores_train_data).
     result = run_entry_point(
-        "train.py", *DEMO, *SMALL, f"hydra.run.dir={run_dir}", "save_predictions=true", "num_overlays=2"
+        "train.py",
+        *DEMO,
+        *SMALL,
+        "train_data=synthetic",
+        f"hydra.run.dir={run_dir}",
+        "save_predictions=true",
+        "num_overlays=2",
     )
     return run_dir, result
 
@@ -98,7 +108,9 @@ def test_finished_result_is_never_overwritten(demo_run, run_entry_point):
 
 
 def test_evaluate_entry_point_tests_only(run_entry_point, tmp_path):
-    run_entry_point("evaluate.py", *DEMO, *SMALL, "data.categories=[gravel]", f"hydra.run.dir={tmp_path}")
+    run_entry_point(
+        "evaluate.py", *DEMO, *SMALL, *PX64, "data.categories=[gravel]", f"hydra.run.dir={tmp_path}"
+    )
     payload = json.loads((tmp_path / "results.json").read_text())
     assert list(payload["metrics"]["per_category"]) == ["gravel"]
     assert payload["config"]["task_name"] == "evaluate"
@@ -106,7 +118,14 @@ def test_evaluate_entry_point_tests_only(run_entry_point, tmp_path):
 
 def test_multirun_two_seeds_two_folders(run_entry_point, tmp_path):
     run_entry_point(
-        "train.py", "-m", "seed=0,1", *DEMO, *SMALL, "data.categories=[brick]", f"hydra.sweep.dir={tmp_path}"
+        "train.py",
+        "-m",
+        "seed=0,1",
+        *DEMO,
+        *SMALL,
+        *PX64,
+        "data.categories=[brick]",
+        f"hydra.sweep.dir={tmp_path}",
     )
     results = sorted(tmp_path.rglob("results.json"))
     assert len(results) == 2
@@ -118,15 +137,9 @@ def test_multirun_two_seeds_two_folders(run_entry_point, tmp_path):
     assert means[0]["pixel_auroc"] != means[1]["pixel_auroc"] and means[0] != means[1]
 
 
-def test_training_free_method_ignores_train_data(run_entry_point, tmp_path):
+def test_training_free_method_ignores_train_data(demo_run):
     """A sweep over methods shares train_data; a method that does not train must not claim it."""
-    run_entry_point(
-        "train.py",
-        *DEMO,
-        *SMALL,
-        "data.categories=[nut]",
-        "train_data=synthetic",
-        f"hydra.run.dir={tmp_path}",
-    )
-    payload = json.loads((tmp_path / "results.json").read_text())
+    run_dir, _ = demo_run
+    payload = json.loads((run_dir / "results.json").read_text())
+    assert payload["config"]["train_data"] is not None  # the job was given train data
     assert payload["train_dataset"] is None
