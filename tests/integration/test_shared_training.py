@@ -17,6 +17,9 @@ SWEEP = (
     "shots=1",
     "reference_seed=0,2",  # draws 003.png and 002.png of disc (seeds 0 and 1 both draw 003.png)
     "trainer.max_epochs=1",
+    # 64 px and two prompts: what is shared and reused does not depend on them
+    "backbone.image_size=64",
+    "prompts=two_prompt",
     "data.categories=[disc]",
     "train_data.categories=[grass]",
     # Five training and five test images (one per defect type): the draws above are of the default eight
