@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 from warm_python import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,8 +17,7 @@ CONF = ROOT / "conf"
 
 
 def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose_config("train", overrides)
 
 
 def test_method_file_selects_published_settings() -> None:
@@ -76,6 +75,8 @@ def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path, cache_dir
         "+train_data.num_test_per_defect=1",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
+        # 64 px: what the run writes and trains does not depend on it
+        "backbone.image_size=64",
     ]
     completed = run_python(command, cwd=ROOT, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -118,6 +119,7 @@ def test_class_names_are_ignored_by_learned_prompts(tmp_path: Path, cache_dir: P
         "+train_data.num_test_per_defect=1",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=1",
+        "backbone.image_size=64",
     ]
     completed = run_python(command, cwd=ROOT, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
