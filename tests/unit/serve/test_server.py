@@ -58,7 +58,8 @@ def _settings(**kwargs) -> ServeSettings:
 
 def test_a_slow_client_gets_408_and_holds_nothing_up():
     detector = SlowDetector(0.0)
-    app = create_app(_settings(read_timeout_s=1.0, warmup=False), {"slow": detector})
+    # 0.5 s: the other request is answered in ~0.05 s even on a loaded machine
+    app = create_app(_settings(read_timeout_s=0.5, warmup=False), {"slow": detector})
     with Server(app) as url:
         host, port = url.removeprefix("http://").split(":")
         slow = socket.create_connection((host, int(port)))
@@ -71,7 +72,7 @@ def test_a_slow_client_gets_408_and_holds_nothing_up():
         ok = httpx.post(
             f"{url}/v1/detectors/slow/predict", content=png_bytes(0), headers={"content-type": "image/png"}
         )
-        assert ok.status_code == 200 and time.monotonic() - started < 0.9  # served while the slow one waits
+        assert ok.status_code == 200 and time.monotonic() - started < 0.45  # served while the slow one waits
         slow.settimeout(5)
         answer = slow.recv(4096)
         slow.close()
