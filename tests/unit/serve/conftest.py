@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -17,7 +17,6 @@ from anomaly_vlm.decisions.thresholds import CategoryThresholds
 from anomaly_vlm.deploy.detector import save_detector
 from anomaly_vlm.tasks.instantiate import build
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
 SIZE = 64
 TWO = ("prompts=two_prompt",)
 
@@ -42,8 +41,7 @@ def make_detector(
     """A saved detector of category ``widget``: tiny CLIP at 64 px, ``shots`` random references."""
     overrides = ["backbone=tiny", f"backbone.image_size={SIZE}", f"paths.output_dir={root / 'run'}"]
     overrides += [f"paths.cache_dir={root / 'cache'}", f"method={method_name}", f"shots={shots}", *extra]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     method = build(
         cfg.method, backbone=build(cfg.backbone), prompts=build(cfg.prompts), shots=shots, text_cache_dir=None
     )
