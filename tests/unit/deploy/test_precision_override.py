@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from composed import CONF
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
@@ -22,7 +23,7 @@ from anomaly_vlm.serve.registry import load_detectors
 from anomaly_vlm.serve.settings import UsageError, parse
 from anomaly_vlm.tasks import evaluate
 
-from ..serve.conftest import CONF, SIZE, TWO, make_detector
+from ..serve.conftest import SIZE, TWO, make_detector
 
 
 @pytest.fixture(scope="module")
