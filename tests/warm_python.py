@@ -31,7 +31,10 @@ import time
 import weakref
 from pathlib import Path
 
-#: Imported once by the server; each is what a train/evaluate/export process imports first.
+#: Imported once by the server; each is what a train/evaluate/export process imports first. Every module
+#: of the ``anomaly_vlm`` package is imported too, and Hydra's plugin discovery runs (each ``train.py``
+#: runs it): the worker's collection imports them anyway, and a child then compiles and imports none of
+#: them again (``PYTHONDONTWRITEBYTECODE`` leaves no bytecode to reuse).
 WARM_MODULES = (
     "torch",
     "lightning",
@@ -41,6 +44,7 @@ WARM_MODULES = (
     "anomaly_vlm.config",
     "anomaly_vlm.tasks",
     "anomaly_vlm.entry",
+    "skimage.io",  # the predictions' TIFF maps
 )
 
 #: Environment variables read when the interpreter starts (its streams, its warnings filters) or a module is
@@ -329,10 +333,18 @@ class ForkedServer:
     @classmethod
     def fork(cls) -> ForkedServer:
         import importlib
+        import pkgutil
 
         threads_before = set(threading.enumerate())
         for name in WARM_MODULES:
             importlib.import_module(name)
+        package = importlib.import_module("anomaly_vlm")
+        for module in pkgutil.walk_packages(package.__path__, "anomaly_vlm."):
+            if not module.name.endswith("__main__"):  # a __main__ runs its command when imported
+                importlib.import_module(module.name)
+        from hydra.core.plugins import Plugins
+
+        Plugins.instance()
         started = set(threading.enumerate()) - threads_before
         if started:
             raise RuntimeError(f"warm python server: importing {WARM_MODULES} started threads {started}")
