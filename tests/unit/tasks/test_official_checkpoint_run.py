@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 from PIL import Image
 
 from anomaly_vlm.tasks.errors import USER_ERRORS, CheckpointError
@@ -36,20 +36,20 @@ def folder_data(tmp_path) -> Path:
     return root
 
 
-def _config(output_dir: Path, *overrides: str):
+def _config(output_dir: Path, cache_dir: Path, *overrides: str):
     base = [
         "backbone=tiny",
         "logger=none",
         "trainer=cpu",
         "datamodule.num_workers=0",
         f"paths.output_dir={output_dir}",
-        f"paths.cache_dir={output_dir.parent / 'cache'}",
+        # The session's cache: the synthetic training data (checked before scoring) is generated once.
+        f"paths.cache_dir={cache_dir}",
         "+trainer.enable_progress_bar=false",
         "method=aprillab",
         "train_data=synthetic",
     ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("evaluate", overrides=[*base, *overrides])
+    return compose_config("evaluate", [*base, *overrides])
 
 
 def _release(path: Path, width: int = 64) -> Path:
@@ -63,10 +63,10 @@ def _release(path: Path, width: int = 64) -> Path:
     return path
 
 
-def test_the_authors_weights_are_tested_and_recorded(tmp_path, folder_data):
+def test_the_authors_weights_are_tested_and_recorded(tmp_path, folder_data, cache_dir):
     release = _release(tmp_path / "visa_pretrained.pth")
     out = tmp_path / "run"
-    run(_config(out, "data=folder", f"data.root={folder_data}", f"ckpt_path={release}"), fit=False)
+    run(_config(out, cache_dir, "data=folder", f"data.root={folder_data}", f"ckpt_path={release}"), fit=False)
     results = json.loads((out / "results.json").read_text())
     assert results["checkpoint_origin"] == "official"
     assert results["trained_checkpoint"] == str(release)
@@ -75,11 +75,13 @@ def test_the_authors_weights_are_tested_and_recorded(tmp_path, folder_data):
     assert not (out / "checkpoints").exists()  # nothing was trained
 
 
-def test_a_wrong_shape_stops_with_one_line(tmp_path, folder_data):
+def test_a_wrong_shape_stops_with_one_line(tmp_path, folder_data, cache_dir):
     release = _release(tmp_path / "vit_l.pth", width=1024)
     with pytest.raises(CheckpointError) as caught:
         run(
-            _config(tmp_path / "run", "data=folder", f"data.root={folder_data}", f"ckpt_path={release}"),
+            _config(
+                tmp_path / "run", cache_dir, "data=folder", f"data.root={folder_data}", f"ckpt_path={release}"
+            ),
             fit=False,
         )
     message = str(caught.value)
@@ -87,7 +89,7 @@ def test_a_wrong_shape_stops_with_one_line(tmp_path, folder_data):
     assert "key 'trainable_linearlayer.fc.0.weight' has shape (64, 1024), this run needs (64, 64)" in message
 
 
-def test_another_methods_release_is_named_before_weights_load(tmp_path, folder_data, monkeypatch):
+def test_another_methods_release_is_named_before_weights_load(tmp_path, folder_data, cache_dir, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the backbone was built before the file was checked")
 
@@ -100,6 +102,8 @@ def test_another_methods_release_is_named_before_weights_load(tmp_path, folder_d
         CheckpointError, match=r"release of AnomalyCLIP .*method=anomalyclip, not for method=aprillab"
     ):
         run(
-            _config(tmp_path / "run", "data=folder", f"data.root={folder_data}", f"ckpt_path={path}"),
+            _config(
+                tmp_path / "run", cache_dir, "data=folder", f"data.root={folder_data}", f"ckpt_path={path}"
+            ),
             fit=False,
         )
