@@ -117,6 +117,7 @@ def held_out_learning_run(
     seed: int,
     train_batch_size: int | None = None,
     postprocess: bool = False,
+    image_size: int = IMAGE_SIZE,
 ) -> LearningRun:
     """Train the module ``build_module()`` gives on one generated set for ``epochs`` epochs and evaluate it
     before and after on the test images of another generator seed.
@@ -128,6 +129,7 @@ def held_out_learning_run(
         seed: ``L.seed_everything`` before the module is built.
         train_batch_size: the training loader's batch size (None: the datamodule's default).
         postprocess: see :func:`held_out_metrics`.
+        image_size: the side the images are resized to (the backbone's input size).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: extra threads only contend on a shared CPU
@@ -136,9 +138,9 @@ def held_out_learning_run(
         held_out = SyntheticAD(root / "held_out", generator_seed=1, **COUNTS)
         batch = {} if train_batch_size is None else {"train_batch_size": train_batch_size}
         train_data = AnomalyDataModule(
-            held_out, IMAGE_SIZE, batch_size=32, train_source=train_source, **batch
+            held_out, image_size, batch_size=32, train_source=train_source, **batch
         )
-        test_data = AnomalyDataModule(held_out, IMAGE_SIZE, batch_size=32)
+        test_data = AnomalyDataModule(held_out, image_size, batch_size=32)
         L.seed_everything(seed, verbose=False)
         module = build_module()
         untrained_pixel, untrained_image = held_out_metrics(module, test_data, postprocess)
