@@ -54,6 +54,8 @@ def test_cross_dataset_experiments_compose(experiment: str, data: str, train_dat
 
 
 def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path, cache_dir: Path) -> None:
+    """The experiment end to end; its ``data.class_names`` meet the learned prompt set, which has no
+    class-name slot: one log line, never a crash."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -73,6 +75,7 @@ def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path, cache_dir
         "+train_data.num_train=2",
         "+train_data.num_test_good=2",
         "+train_data.num_test_per_defect=1",
+        "data.class_names={disc: metal disc}",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
         # 64 px: what the run writes and trains does not depend on it
@@ -80,6 +83,8 @@ def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path, cache_dir
     ]
     completed = run_python(command, cwd=ROOT, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
+    output = completed.stdout + completed.stderr
+    assert output.count("class_names ['disc'] are ignored") == 1, output[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["metrics"]["per_category"]) == {"disc", "nut"}
     assert results["metrics"]["mean"]["pixel_auroc"] is not None
@@ -92,6 +97,9 @@ def test_synthetic_experiment_trains_and_tests_offline(tmp_path: Path, cache_dir
     assert checkpoint["anomaly_vlm"]["layers"] == [8]
 
 
+# test_synthetic_experiment_trains_and_tests_offline checks the same log line in its run (synthetic data);
+# runs on data=folder: tests/unit/deploy/test_set_statistics.py, tests/unit/tasks/test_decisions_run.py.
+@pytest.mark.slow
 def test_class_names_are_ignored_by_learned_prompts(tmp_path: Path, cache_dir: Path) -> None:
     """``data.class_names`` with a learned prompt set: one log line, never a crash (folder data)."""
     from anomaly_vlm.data.toy import generate_synthetic_dataset
