@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from composed import compose_config
 from PIL import Image
 
 from anomaly_vlm.data import DataError
@@ -15,8 +15,6 @@ from anomaly_vlm.data.datasets.folder import FolderDataset
 from anomaly_vlm.data.datasets.mvtec import MVTecAD
 from anomaly_vlm.data.image_io import load_image, to_rgb
 from anomaly_vlm.tasks.instantiate import build
-
-CONF = Path(__file__).resolve().parents[3] / "conf"
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -34,17 +32,12 @@ def test_class_names_work_on_every_dataset(tmp_path, cache_dir):
         "visa": ("candle", tmp_path / "visa"),
         "folder": ("candle", tmp_path / "visa"),
     }
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for data, (category, root) in roots.items():
-            cfg = compose(
-                "train",
-                overrides=[
-                    f"data={data}",
-                    f"data.root={root}",
-                    f"data.class_names={{{category}: my {category}}}",
-                ],
-            )
-            assert build(cfg.data).class_names == {category: f"my {category}"}, data
+    for data, (category, root) in roots.items():
+        # The root and names are value overrides: each data group is one cached composition.
+        cfg = compose_config(
+            "train", [f"data={data}", f"data.root={root}", f"data.class_names={{{category}: my {category}}}"]
+        )
+        assert build(cfg.data).class_names == {category: f"my {category}"}, data
     with pytest.raises(DataError, match=r"data.class_names: \['nope'\] not in dataset 'mvtec'"):
         _ = MVTecAD(tmp_path / "mvtec", class_names={"nope": "x"}).class_names
 
