@@ -19,6 +19,8 @@ from anomaly_vlm.tasks.runner import run
 from ..tasks.test_inputs import config, make_dataset
 
 TWO = "prompts=two_prompt"
+#: 64 px on the tiny CLIP: the assertions compare scores of the same images and read sizes from the detector.
+PX64 = "backbone.image_size=64"
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def aprillab_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("aprillab")
     data = make_dataset(root / "data")
     out = root / "run"
-    overrides = ["data=folder", f"data.root={data}", "method=aprillab", "shots=1", TWO]
+    overrides = ["data=folder", f"data.root={data}", "method=aprillab", "shots=1", TWO, PX64]
     run(config(out, *overrides, "save_predictions=true", "save_detector=true"), fit=False)
     return out, data
 
@@ -84,7 +86,7 @@ def test_the_saved_statistics_are_the_test_sets_and_the_threshold_is_on_their_sc
 
 
 def test_the_frozen_step_is_the_run_step_on_the_run_set_and_per_image_elsewhere(tmp_path):
-    cfg = config(tmp_path / "run", "method=aprillab", "shots=1", TWO)
+    cfg = config(tmp_path / "run", "method=aprillab", "shots=1", TWO, PX64)
     method = build(cfg.method, backbone=build(cfg.backbone), prompts=build(cfg.prompts), shots=1)
     size = method.backbone.image_size
     generator = torch.Generator().manual_seed(0)
@@ -106,7 +108,7 @@ def test_the_frozen_step_is_the_run_step_on_the_run_set_and_per_image_elsewhere(
 
 
 def _musc(tmp_path):
-    cfg = config(tmp_path / "run", "method=musc")
+    cfg = config(tmp_path / "run", "method=musc", PX64)
     method = build(cfg.method, backbone=build(cfg.backbone), prompts=build(cfg.prompts), shots=0)
     method.setup_category("widget", None)
     return method, OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
