@@ -22,6 +22,9 @@ from anomaly_vlm.prompts import PromptSet
 TRAIN = ["grass", "gravel", "nut"]
 HELD_OUT = ["brick", "disc"]
 SIZES = {"num_train": 1, "num_test_good": 4, "num_test_per_defect": 4}
+#: No assertion reads a size: 96 px runs the tiny CLIP on about half of 128's patches (64 px kept the margins
+#: but ended 0.657 against the 0.65 bound).
+IMAGE_SIZE = 96
 
 
 def _held_out_pixel_auroc(module: AprilGANModule, datamodule: AnomalyDataModule) -> float:
@@ -53,11 +56,11 @@ def run(tmp_path_factory):
         L.seed_everything(111, verbose=False)
         prompts_cfg = OmegaConf.to_container(OmegaConf.load("conf/prompts/aprilgan.yaml"))
         prompts_cfg.pop("_target_")
-        backbone = FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=111)
+        backbone = FrozenCLIP("anomaly-vlm-tiny", None, image_size=IMAGE_SIZE, seed=111)
         module = AprilGANModule(backbone, PromptSet(**prompts_cfg))
         datamodule = AnomalyDataModule(
             SyntheticAD(root, HELD_OUT, **SIZES),
-            image_size=128,
+            image_size=IMAGE_SIZE,
             batch_size=16,
             num_workers=0,
             train_source=SyntheticAD(root, TRAIN, **SIZES),
@@ -68,8 +71,9 @@ def run(tmp_path_factory):
             "loss": _mean_loss(module, train_batches),
             "auroc": _held_out_pixel_auroc(module, datamodule),
         }
-        # Four epochs (24 steps): loss 5.83 -> 3.98, held-out pixel AUROC 0.530 -> 0.694 (eight gave
-        # 3.88 and 0.717 for twice the time); without learning both assertions below fail.
+        # Four epochs (24 steps) at 96 px: loss 5.77 -> 3.97, held-out pixel AUROC 0.454 -> 0.699 (128 px:
+        # 5.83 -> 3.98, 0.530 -> 0.694; other init seeds fail the AUROC bounds at both sizes); lr 0: both
+        # assertions below fail.
         cpu_trainer(4).fit(module, datamodule=datamodule)
         after = {
             "loss": _mean_loss(module, train_batches),
