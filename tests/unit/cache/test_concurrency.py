@@ -23,7 +23,7 @@ def test_parallel_jobs_compute_each_entry_once(tmp_path, images, make_extractor)
 
     def job(rank: int) -> None:
         torch.set_num_threads(1)
-        extractor = make_extractor(delay=0.3, log=log)
+        extractor = make_extractor(delay=0.15, log=log)
         cache = FeatureCache(tmp_path / "cache")
         order = [(index + 2 * rank) % len(digests) for index in range(len(digests))]  # overlapping orders
         barrier.wait()
