@@ -104,6 +104,7 @@ def test_only_the_alignment_strategies_that_train_ask_for_train_data(tmp_path, c
         *common,
         "method.alignment=surgery",
         "data.categories=[disc]",
+        "backbone.image_size=64",  # the run only has to finish
         # five test images of the session's generated set: the run only has to finish
         f"data.root={cache_dir / 'synthetic'}",
         "+data.num_train=2",
