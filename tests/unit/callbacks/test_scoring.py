@@ -142,8 +142,14 @@ class _Wants:
 
 
 def test_the_images_to_draw_cover_the_defect_types_across_batches(tiny_backbone, tmp_path):
+    # 64 px files (a quarter of the generation): the datamodule scales them to 128 like any other size.
     source = SyntheticAD(
-        tmp_path / "data", categories=["disc"], num_train=1, num_test_good=2, num_test_per_defect=3
+        tmp_path / "data",
+        categories=["disc"],
+        image_size=64,
+        num_train=1,
+        num_test_good=2,
+        num_test_per_defect=3,
     )
     datamodule = AnomalyDataModule(source, 128, batch_size=2)  # the defect folders span several batches
     wants, evaluator = _Wants(3), Evaluator()
