@@ -82,6 +82,7 @@ def datamodule(tmp_path_factory) -> AnomalyDataModule:
     source = SyntheticAD(
         tmp_path_factory.mktemp("scoring"),
         categories=["disc", "nut"],
+        image_size=64,  # files at 64 px (a quarter of the generation); the datamodule scales them to 128
         num_train=1,
         num_test_good=2,
         num_test_per_defect=1,
