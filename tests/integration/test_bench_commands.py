@@ -4,6 +4,8 @@ The harnesses themselves need the official code and minutes of CPU (``make parit
 their command lines, option parsers and imports from rotting in between.
 """
 
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -15,7 +17,9 @@ import pytest
 from warm_python import run_python
 
 from bench.parity import METHODS
+from bench.parity.__main__ import main as parity_main
 from bench.perf import BENCHMARKS
+from bench.perf.__main__ import main as perf_main
 from bench.report import BenchReport
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,6 +28,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def _bench(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     return run_python([sys.executable, "-m", *args], cwd=ROOT, env=env, timeout=300)
+
+
+def _help_in_process(main, name: str) -> tuple[int, str]:
+    """``main([name, "--help"])`` in this process: the harness's imports and option parser, without a
+    process per harness (test_help_lists_every_command and the checkout errors below run ``python -m``)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exited:
+        main([name, "--help"])
+    return exited.value.code, out.getvalue()
 
 
 @pytest.mark.parametrize(("package", "names"), [("bench.parity", METHODS), ("bench.perf", BENCHMARKS)])
@@ -46,17 +59,17 @@ def test_every_parity_harness_answers_help():
         "faprompt",
     }
     for method in METHODS:
-        result = _bench("bench.parity", method, "--help")
-        assert result.returncode == 0, f"{method}: {result.stderr}"
-        assert f"python -m bench.parity {method}" in result.stdout
-        assert "--official" in result.stdout and "--json FILE" in result.stdout
+        code, out = _help_in_process(parity_main, method)
+        assert code == 0, method
+        assert f"python -m bench.parity {method}" in out
+        assert "--official" in out and "--json FILE" in out
 
 
 def test_every_benchmark_answers_help():
     for name in BENCHMARKS:
-        result = _bench("bench.perf", name, "--help")
-        assert result.returncode == 0, f"{name}: {result.stderr}"
-        assert f"python -m bench.perf {name}" in result.stdout and "--json FILE" in result.stdout
+        code, out = _help_in_process(perf_main, name)
+        assert code == 0, name
+        assert f"python -m bench.perf {name}" in out and "--json FILE" in out
 
 
 def test_a_missing_or_wrong_official_checkout_is_one_error_line(tmp_path):
