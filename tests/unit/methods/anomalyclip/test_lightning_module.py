@@ -15,6 +15,15 @@ from anomaly_vlm.prompts import LearnablePromptSet, PromptSet
 PROMPTS = LearnablePromptSet("anomalyclip_learned", deep_prompt_depth=4)
 
 
+#: No assertion here reads a size: 64 px runs the tiny CLIP on a quarter of 128's patches.
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def backbone() -> FrozenCLIP:
+    return FrozenCLIP("anomaly-vlm-tiny", None, image_size=SIZE, seed=0)
+
+
 def _module(backbone: FrozenCLIP, **kwargs) -> AnomalyCLIPModule:
     torch.manual_seed(111)
     return AnomalyCLIPModule(backbone, kwargs.pop("prompts", PROMPTS), **{"layers": [8], **kwargs})
@@ -59,8 +68,12 @@ def test_training_lowers_the_loss_and_beats_untrained_prompts_on_held_out_images
     backbone: FrozenCLIP, held_out_sets: Path
 ) -> None:
     """Train on one generated set, evaluate on images of another generator seed (never seen)."""
-    # sigma 1 at 128 px is about the official sigma 4 at 518 px
-    run = held_out_learning_run(lambda: _module(backbone, blur_sigma=1.0), held_out_sets, epochs=14, seed=111)
+    # sigma 0.5 at 64 px is about the official sigma 4 at 518 px
+    run = held_out_learning_run(
+        lambda: _module(backbone, blur_sigma=0.5), held_out_sets, epochs=14, seed=111, image_size=SIZE
+    )
     print(run.summary())
-    assert run.last_loss < 0.9 * run.first_loss  # measured: 6.677 -> 4.950 in 14 epochs
-    assert run.trained_pixel > run.untrained_pixel + 0.08  # measured: 0.592 -> 0.730 (20 epochs: 0.708)
+    assert run.last_loss < 0.9 * run.first_loss  # measured: 6.725 -> 4.870 in 14 epochs
+    assert run.trained_pixel > run.untrained_pixel + 0.08  # measured: 0.573 -> 0.681
+    # (other init seeds: 0.584 -> 0.665, 0.396 -> 0.761; 128 px passed them too: 0.592 -> 0.730,
+    # 0.567 -> 0.714, 0.390 -> 0.802); lr 0: no change, the test fails
