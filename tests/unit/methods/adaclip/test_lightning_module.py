@@ -23,6 +23,15 @@ def _prompts() -> PromptSet:
     return PromptSet(**values)
 
 
+#: No assertion here reads a size: 96 px runs the tiny CLIP on about half of 128's patches.
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def backbone() -> FrozenCLIP:
+    return FrozenCLIP("anomaly-vlm-tiny", None, image_size=SIZE, seed=0)
+
+
 def _module(backbone: FrozenCLIP, **kwargs) -> AdaCLIPModule:
     torch.manual_seed(111)
     return AdaCLIPModule(backbone, kwargs.pop("prompts", _prompts()), **kwargs)
@@ -63,14 +72,17 @@ def test_training_lowers_the_loss_and_raises_held_out_pixel_auroc(
 ) -> None:
     """Train on one generated set, evaluate on images of another generator seed (never seen)."""
     run = held_out_learning_run(
-        # sigma 1 at 128 px is about the official sigma 4 at 518 px. Two sentences instead of the 48 of the
+        # sigma 0.75 at 96 px is about the official sigma 4 at 518 px. Two sentences instead of the 48 of the
         # ensemble and no HSF (it moves image scores only) keep the test to seconds; both run elsewhere.
-        lambda: _module(backbone, prompts=SMALL, blur_sigma=1.0, lr=0.003, use_hsf=False),
+        lambda: _module(backbone, prompts=SMALL, blur_sigma=0.75, lr=0.003, use_hsf=False),
         held_out_sets,
         epochs=3,
         seed=111,
+        image_size=SIZE,
         train_batch_size=8,
     )
     print(run.summary())
-    assert run.last_loss < 0.9 * run.first_loss  # measured: 9.372 -> 6.550 in 3 epochs
-    assert run.trained_pixel > run.untrained_pixel + 0.08  # measured: 0.463 -> 0.739 (5 epochs: 0.722)
+    assert run.last_loss < 0.9 * run.first_loss  # measured: 9.260 -> 6.513 in 3 epochs
+    assert run.trained_pixel > run.untrained_pixel + 0.08  # measured: 0.484 -> 0.676
+    # (other init seeds: 0.337 -> 0.728, 0.553 -> 0.647; 128 px passed them too: 0.463 -> 0.739,
+    # 0.464 -> 0.706, 0.521 -> 0.629; 64 px failed one); lr 0: no change, the test fails
