@@ -38,12 +38,12 @@ TEST_SIZES = {"num_test_good": 3, "num_test_per_defect": 3}
 
 
 def _datamodule(
-    root, train: list[str], test: list[str], num_train: int, synthesis, seed: int = 0
+    root, train: list[str], test: list[str], num_train: int, synthesis, seed: int = 0, size: int = 128
 ) -> AnomalyDataModule:
     sizes = {"num_train": num_train, **TEST_SIZES}
     return AnomalyDataModule(
         SyntheticAD(root, test, **sizes),
-        image_size=128,
+        image_size=size,
         batch_size=32,
         train_source=SyntheticAD(root, train, **sizes),
         train_split="train",  # train/good: normal images only
@@ -74,13 +74,13 @@ def _train(module, datamodule: AnomalyDataModule, epochs: int) -> tuple[float, f
     return before, _pixel_auroc(module, datamodule)
 
 
-def _aprillab(templates: int | None = None) -> AprilGANModule:
+def _aprillab(templates: int | None = None, size: int = 128) -> AprilGANModule:
     L.seed_everything(111, verbose=False)
     prompts = OmegaConf.to_container(OmegaConf.load("conf/prompts/aprilgan.yaml"))
     prompts.pop("_target_")
     if templates:
         prompts["templates"] = prompts["templates"][:templates]  # less text to encode
-    backbone = FrozenCLIP("anomaly-vlm-tiny", None, image_size=128, seed=111)
+    backbone = FrozenCLIP("anomaly-vlm-tiny", None, image_size=size, seed=111)
     return AprilGANModule(backbone, PromptSet(**prompts))
 
 
@@ -106,9 +106,12 @@ def test_training_data_is_normal_only_and_refused_without_synthesis(synthetic_ro
 
 
 def test_aprillab_trained_on_normal_images_segments_their_real_defects_better(synthetic_root, one_thread):
-    datamodule = _datamodule(synthetic_root, OWN, OWN, 4, AnomalySynthesizer(seed=0))
-    before, after = _train(_aprillab(templates=4), datamodule, epochs=8)
+    datamodule = _datamodule(synthetic_root, OWN, OWN, 4, AnomalySynthesizer(seed=0), size=96)
+    before, after = _train(_aprillab(templates=4, size=96), datamodule, epochs=8)
     print(f"APRIL-GAN pixel AUROC on the test images of its own categories {before:.3f} -> {after:.3f}")
+    # measured at 96 px (no assertion reads a size): 0.590 -> 0.667; other init seeds pass and fail as at
+    # 128 px (0.759 -> 0.616 and 0.292 -> 0.631; 128 px: 0.618 -> 0.720, 0.645 -> 0.615, 0.374 -> 0.715);
+    # lr 0: no change, the test fails
     assert after > before + 0.06
 
 
