@@ -7,6 +7,7 @@ still a dependency, just a hidden one.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "anomaly_vlm"
@@ -74,9 +75,11 @@ def _imports(path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def _graph() -> dict[str, set[str]]:
+@functools.cache
+def _graph() -> dict[str, frozenset[str]]:
+    """Each module's ``anomaly_vlm`` imports, parsed once per process (three tests only read it)."""
     modules = _modules()
-    return {name: _imports(path, set(modules)) - {name} for name, path in modules.items()}
+    return {name: frozenset(_imports(path, set(modules)) - {name}) for name, path in modules.items()}
 
 
 def _area(module: str) -> str:
