@@ -41,6 +41,7 @@ def test_meta_json_through_evaluate(run_entry_point, data_root, tmp_path):
     )
     (payload,) = _results(tmp_path)
     assert payload["dataset"] == "mvtec_converted"  # data.name keeps converted datasets apart in tables
+    assert payload["config"]["task_name"] == "evaluate"
     assert set(payload["metrics"]["per_category"]) == {"bottle", "wood"}
     assert payload["metrics"]["mean"]["pixel_auroc"] is not None
 

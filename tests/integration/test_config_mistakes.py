@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from warm_python import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,9 @@ def test_the_headline_command_trains_on_the_published_partner(tmp_path):
     ]
 
 
+# Slow: the check is tests/unit/tasks/test_unlabelled_data.py's train composition through run(); a DataError
+# reaching train.py's user as one error line is test_the_headline_command_trains_on_the_published_partner's.
+@pytest.mark.slow
 def test_unlabelled_images_in_train_py_name_mode_predict_first(tmp_path):
     result = _entry(
         "train.py", "experiment=demo", "data=images", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"

@@ -107,6 +107,8 @@ def test_finished_result_is_never_overwritten(demo_run, run_entry_point):
     assert (run_dir / "results.json").read_text() == before
 
 
+# Slow: evaluate.py's task name is also checked on test_meta_json_through_evaluate's default-suite run.
+@pytest.mark.slow
 def test_evaluate_entry_point_tests_only(run_entry_point, tmp_path):
     run_entry_point(
         "evaluate.py", *DEMO, *SMALL, *PX64, "data.categories=[gravel]", f"hydra.run.dir={tmp_path}"
