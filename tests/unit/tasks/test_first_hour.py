@@ -141,8 +141,8 @@ def _trained_parameters(cfg, path: Path) -> Path:
 
 def test_results_record_what_was_loaded_and_csv_logs_everything(tmp_path, folder_data):
     data = ["method=aprillab", "data=folder", f"data.root={folder_data}", "train_data=synthetic"]
-    # Two prompts and thresholds from the test set (no held-out pass): what is recorded does not change.
-    data += ["prompts=two_prompt", "threshold.method=f1"]
+    # Two prompts, 64 px, thresholds from the test set (no held-out pass): what is recorded does not change.
+    data += ["prompts=two_prompt", "backbone.image_size=64", "threshold.method=f1"]
     untrained = tmp_path / "untrained"
     run(config(untrained, *data, "logger=csv", name="evaluate"), fit=False)
     results = json.loads((untrained / "results.json").read_text())
@@ -215,7 +215,9 @@ def test_wandb_heatmaps_leave_no_overlays_when_num_overlays_is_0(tmp_path, folde
     wandb.teardown()
     out = tmp_path / "run"
     try:
-        run(config(out, "data=folder", f"data.root={folder_data}", "logger=wandb"), fit=False)
+        # two prompts at 64 px: the overlays and panels do not depend on them
+        small = ["prompts=two_prompt", "backbone.image_size=64"]
+        run(config(out, "data=folder", f"data.root={folder_data}", *small, "logger=wandb"), fit=False)
     finally:
         wandb.teardown()
     assert not (out / "overlays").exists()
