@@ -15,6 +15,8 @@ def test_musc_synthetic_run_is_marked_transductive(run_entry_point, tmp_path):
         "experiment=musc_synthetic",
         "logger=none",
         "data.categories=[brick,disc]",
+        # 64 px (4x4 patches of the tiny CLIP): the assertions read the protocol, categories and metric ranges
+        "backbone.image_size=64",
         # six test images per category (three good, one per defect type): a set MuSc scores mutually;
         # the eight train images are the held-out normal set of the thresholds, scored together too
         "+data.num_test_good=3",
