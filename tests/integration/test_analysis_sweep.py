@@ -14,6 +14,8 @@ from anomaly_vlm.analysis.sweeps import Sweep, is_up_to_date, run_sweep
 TINY = (
     "experiment=demo",
     "method=clip",
+    # 64 px: the assertions read the records' seed and method and the sweep's folders, not map sizes
+    "backbone.image_size=64",
     "logger=none",
     "num_overlays=0",
     "data.categories=[disc]",
