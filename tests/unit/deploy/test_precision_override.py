@@ -103,9 +103,9 @@ def test_predict_runs_a_detector_in_the_precision_given_on_the_command_line(save
     assert results["amp-bf16"]["resolved"] == "amp-bf16"
 
 
-def test_served_detectors_sharing_a_backbone_run_in_the_services_precision(tmp_path):
-    # Two detectors of one backbone: the second a copy of the first under another name.
-    folders = {"a": make_detector(tmp_path / "a", "clip", 0, *TWO)}
+def test_served_detectors_sharing_a_backbone_run_in_the_services_precision(saved, tmp_path):
+    # Two detectors of one backbone: the module's fp32 detector and a copy of it under another name.
+    folders = {"a": saved["fp32"]}
     folders["b"] = Path(shutil.copytree(folders["a"], tmp_path / "b" / folders["a"].name))
     served = load_detectors(folders, precision="amp-bf16")
     assert served["a"].detector.method.backbone is served["b"].detector.method.backbone
