@@ -98,6 +98,9 @@ def test_overlays_are_written(demo_run):
         assert len({png.name.split("_")[0] for png in pngs}) == 2
 
 
+# Slow: the same refusal (tasks/outputs.py, shared by both entry points) is
+# test_entry_point_errors.py::test_finished_run_is_refused_with_one_clean_line's, with its full line.
+@pytest.mark.slow
 def test_finished_result_is_never_overwritten(demo_run, run_entry_point):
     run_dir, _ = demo_run
     before = (run_dir / "results.json").read_text()
