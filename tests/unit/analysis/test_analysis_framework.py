@@ -190,8 +190,17 @@ def test_report_embeds_every_figure_and_lists_every_source(results, tmp_path):
     assert len(manifest["results"]) == 2
 
 
-@pytest.mark.parametrize("scale", ["tiny", "published"])
-def test_every_sweep_composes(scale, monkeypatch):
+@pytest.mark.parametrize(
+    ("scale", "every_swap"),
+    [
+        ("tiny", False),
+        ("published", False),
+        # Every method's job of each data swap, not one method's: test-all only (the default cases compose
+        # every experiment, and each data swap once).
+        pytest.param("published", True, marks=pytest.mark.slow),
+    ],
+)
+def test_every_sweep_composes(scale, every_swap, monkeypatch):
     """The first job of every sweep of every analysis composes (wrong keys or values fail here, not
     after an hour of sweeping)."""
     monkeypatch.setenv("DATA_ROOT", "data")
@@ -202,7 +211,8 @@ def test_every_sweep_composes(scale, monkeypatch):
             groups = [o for o in job if "." not in o.split("=")[0] and (CONF / o.split("=")[0]).is_dir()]
             swap = tuple(o for o in groups if not o.startswith("experiment="))
             if (
-                len(swap) < len(groups)
+                not every_swap
+                and len(swap) < len(groups)
                 and swap
                 and all(o.split("=")[0] in ("data", "train_data") for o in swap)
             ):
