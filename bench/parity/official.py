@@ -123,8 +123,21 @@ def forget_clashing_modules(folder: Path, roots: list[Path]) -> None:
         ):
             continue
         for loaded in [key for key in sys.modules if key == name or key.startswith(name + ".")]:
-            sys.modules.pop(loaded)
+            if _defined_in(sys.modules[loaded], origin):
+                sys.modules.pop(loaded)
         del _LOADED_BY_CHECKOUT[name]
+
+
+def _defined_in(module: Any, folder: Path) -> bool:
+    """Whether ``module`` was loaded from a file inside ``folder``. A checkout's import block may set the
+    installed package of the same name aside and put it back afterwards (APRIL-GAN's bundled ``open_clip``),
+    so the name alone does not say whose module ``sys.modules`` holds now."""
+    location = getattr(module, "__file__", None)
+    if location is None:  # namespace packages: their search path
+        location = next(iter(getattr(module, "__path__", []) or []), None)
+    if location is None:
+        return False
+    return Path(location).resolve().is_relative_to(Path(folder).resolve())
 
 
 @contextlib.contextmanager
