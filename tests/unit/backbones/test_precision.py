@@ -257,3 +257,47 @@ def test_an_fp32_backbone_converted_to_a_precision_is_the_one_built_in_it(mode):
     torch.testing.assert_close(converted.encode_text(text), built(mode).encode_text(text), rtol=0, atol=0)
     with pytest.raises(ValueError, match="its weights are rounded already"):
         built(mode).convert_precision("fp32")
+
+
+needs_onednn_bf16 = pytest.mark.skipif(
+    not precision._onednn_bf16(), reason="this CPU's oneDNN has no bf16 linear kernels (autocast's path only)"
+)
+
+
+@needs_onednn_bf16
+def test_packed_kernels_serve_frozen_layers_and_agree_with_autocasts_path(mixed_bf16, monkeypatch):
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        packed = mixed_bf16.encode_image(images, layers=[4])
+        block = mixed_bf16.blocks[0]
+        # in_proj, out_proj, c_fc (with GELU inside) and c_proj all ran on packed weights
+        assert {block.attn, block.attn.out_proj, block.mlp.c_fc, block.mlp.c_proj} <= set(
+            precision._PACKED_WEIGHTS
+        )
+        monkeypatch.setattr(precision, "PACKED_KERNELS", False)
+        plain = mixed_bf16.encode_image(images, layers=[4])
+    # Same products; the packed kernel adds the bias and applies GELU before rounding (one rounding fewer).
+    assert cosine(packed.patch_tokens, plain.patch_tokens) > 0.9995
+    assert cosine(packed.layer_tokens[4], plain.layer_tokens[4]) > 0.9995
+    assert (packed.global_embedding - plain.global_embedding).abs().max() < 0.02
+
+
+@needs_onednn_bf16
+def test_packed_weights_follow_reloaded_weights_and_stay_out_of_copies_and_state_dicts():
+    import copy
+    import io
+
+    backbone = tiny("amp-bf16")
+    images = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        before = backbone.encode_image(images).global_embedding
+        state = {key: value.clone() for key, value in backbone.clip.state_dict().items()}
+        c_fc = backbone.blocks[0].mlp.c_fc
+        c_fc.weight.mul_(0.0)  # an in-place reload (load_state_dict) must invalidate the packed copy
+        changed = backbone.encode_image(images).global_embedding
+        assert (changed - before).abs().max() > 1e-3
+        backbone.clip.load_state_dict(state)
+        again = backbone.encode_image(images).global_embedding
+    torch.testing.assert_close(again, before)
+    copy.deepcopy(backbone)  # no opaque oneDNN tensor inside the module
+    torch.save(backbone.clip.state_dict(), io.BytesIO())
