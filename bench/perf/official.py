@@ -29,7 +29,9 @@ published architecture and input size, random weights:
 * WinCLIP zero-shot (ViT-B-16-plus-240 @ 240) against anomalib, the peer implementation, in its own
   interpreter (``bench.parity.winclip_peer``); its time is measured inside that process.
 
-The two sides are timed alternately round by round (who goes first alternates), after one untimed
+Each method runs in its own interpreter when several are measured (a process that has loaded and run
+other checkouts' models times the next method slower than a fresh one). The two sides are timed
+alternately round by round (who goes first alternates), after one untimed
 warm-up call each; the median per image is reported. Peak memory is the largest resident-set growth
 sampled during each side's timed calls (of the anomalib process for WinCLIP). max |delta| of the image
 scores and maps of the timed calls is printed as the check that both computed the same thing (in fp32
@@ -52,8 +54,11 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -65,6 +70,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from bench import REPO_ROOT
 from bench.report import BenchReport
 
 PRECISIONS = ("fp32", "amp-bf16")
@@ -617,6 +623,38 @@ def selected_methods(value: str | None) -> list[str]:
     return names
 
 
+def run_alone(args: argparse.Namespace, name: str) -> dict:
+    """Measure one method as ``--methods name`` in a child interpreter (its table goes to this output)
+    and return its results."""
+    command = [sys.executable, "-m", "bench.perf", "official", "--methods", name]
+    option = METHODS[name].option
+    command += [
+        "--anomalib-python" if name == "winclip" else "--" + option.replace("_", "-"),
+        str(getattr(args, option)),
+    ]
+    for flag, value in (
+        ("--precision", args.precision),
+        ("--images", args.images),
+        ("--musc-images", args.musc_images),
+        ("--shots", args.shots),
+        ("--rounds", args.rounds),
+        ("--threads", args.threads),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
+    if args.quick:
+        command.append("--quick")
+    sys.stdout.flush()
+    with tempfile.TemporaryDirectory(prefix="bench-official-") as scratch:
+        report_file = Path(scratch) / "report.json"
+        completed = subprocess.run([*command, "--json", str(report_file)], cwd=REPO_ROOT, check=False)
+        if completed.returncode != 0 or not report_file.is_file():
+            raise SystemExit(
+                f"error: bench-official for {name} failed (exit {completed.returncode}): see above"
+            )
+        return json.loads(report_file.read_text())["results"]["methods"][name]
+
+
 def run(args: argparse.Namespace, report: BenchReport) -> int:
     warnings.filterwarnings("ignore")
     precisions = [mode.strip() for mode in args.precision.split(",") if mode.strip()]
@@ -664,6 +702,12 @@ def run(args: argparse.Namespace, report: BenchReport) -> int:
         )
 
     results = report.results.setdefault("methods", {})
+    if len(chosen) > 1:
+        # Each method in a fresh interpreter: a process that has already loaded and run other checkouts'
+        # models (gigabytes of freed heap, their imports) times the next method slower than a fresh one.
+        for name in chosen:
+            results[name] = run_alone(args, name)
+        return 0
     for name, source in chosen.items():
         method = METHODS[name]
         rows: dict[str, dict] = {}

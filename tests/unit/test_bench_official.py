@@ -6,6 +6,7 @@ PROMPTAD_DIR, ADACLIP_DIR) and is skipped without any.
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -112,7 +113,6 @@ def test_quick_run_times_every_method_whose_official_code_is_given(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
-    import json
 
     methods = json.loads(out.read_text())["results"]["methods"]
     assert len(methods) == len(given)
@@ -146,3 +146,48 @@ def test_methods_selects_a_subset_and_is_checked_before_anything_loads(tmp_path,
     assert "VAND-APRIL-GAN" not in captured.err
     for label in ("APRIL-GAN zero-shot", "AnomalyCLIP zero-shot"):  # those before MuSc, which stops the run
         assert f"skipped: {label} (not in --methods)" in captured.out
+
+
+def test_several_methods_run_one_child_interpreter_each_and_merge_their_reports(tmp_path, monkeypatch):
+    """A process that already ran other checkouts' models times the next method slower: each method is
+    measured as ``--methods <name>`` in its own interpreter, with the run's options passed on."""
+    monkeypatch.setattr(official, "official_source", lambda name, value: Path(value))
+    commands = []
+
+    def child(command, cwd, check):
+        commands.append(command)
+        name = command[command.index("--methods") + 1]
+        report = Path(command[command.index("--json") + 1])
+        report.write_text(json.dumps({"results": {"methods": {name: {"fp32": {"ratio": 1.5}}}}}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(official.subprocess, "run", child)
+    report = BenchReport("official")
+    args = _args(
+        "--official-musc",
+        "/m",
+        "--official-aprillab",
+        "/a",
+        "--precision",
+        "fp32",
+        "--rounds",
+        "2",
+        "--quick",
+    )
+    assert official.run(args, report) == 0
+    assert [command[command.index("--methods") + 1] for command in commands] == ["aprillab", "musc"]
+    aprillab = commands[0]
+    assert aprillab[aprillab.index("--official-aprillab") + 1] == "/a" and "--official-musc" not in aprillab
+    assert aprillab[aprillab.index("--rounds") + 1] == "2" and "--quick" in aprillab
+    assert aprillab[aprillab.index("--precision") + 1] == "fp32"
+    assert report.results["methods"] == {
+        "aprillab": {"fp32": {"ratio": 1.5}},
+        "musc": {"fp32": {"ratio": 1.5}},
+    }
+
+    def failing(command, cwd, check):
+        return subprocess.CompletedProcess(command, 3)
+
+    monkeypatch.setattr(official.subprocess, "run", failing)
+    with pytest.raises(SystemExit, match="bench-official for aprillab failed \\(exit 3\\)"):
+        official.run(args, BenchReport("official"))
