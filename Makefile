@@ -163,12 +163,13 @@ bench-export: $(STAMP)  ## export: onnxruntime, OpenVINO (fp32/bf16/int8), PyTor
 	$(PERF) export $(JSON_ARG) $(BENCH_EXPORT_ARGS)
 
 # Every method on its published architecture (random weights, published input size) in fp32 and each low
-# backbone.precision in one run: time, maps and AUROC against fp32, trained-parameter drift. Estimated
-# 20-30 min on an idle 2-core CPU with AMX (not measured yet; --images 4 shortens it);
+# backbone.precision in one run: time, maps and AUROC against fp32, trained-parameter drift. About
+# 40 min on an idle 2-core CPU with AMX (--images 4 shortens it);
 # BENCH_PRECISION_ARGS=--quick checks the harness on the tiny CLIP.
 # Ours against the official code on the same random weights, inputs and precision, fp32 and amp-bf16 in one
 # run: each method whose checkout is given (APRILGAN_DIR, ANOMALYCLIP_DIR, MUSC_DIR, PROMPTAD_DIR,
-# ADACLIP_DIR; the others are skipped), and WinCLIP against anomalib when the parity venv exists.
+# ADACLIP_DIR; the others are skipped), and WinCLIP against anomalib when the parity venv exists; each
+# method in its own interpreter. About 26 min for all six on an idle 2-core CPU.
 # BENCH_OFFICIAL_ARGS=--quick checks the harness (narrow widths, one round); --precision fp32 for one mode.
 BENCH_OFFICIAL_ARGS ?=
 OFFICIAL_DIRS = $(if $(APRILGAN_DIR),--official-aprillab "$(APRILGAN_DIR)") \
